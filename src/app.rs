@@ -1,0 +1,336 @@
+//! The commands: each wires stages together and reports to the user.
+//! Data (tables, JSON) goes to stdout; progress and paths to stderr.
+
+use anyhow::{bail, Context as _, Result};
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Command, ManifestArg, ModelArgs, RunArgs};
+use crate::demo::{prepare_demo, DEMO_MANIFEST};
+use crate::fetch::{
+    fetch, lock_path, read_lock, resolve_model, write_lock, Fetched, ResolvedModel,
+};
+use crate::hub::{Hub, HubConfig};
+use crate::manifest::Manifest;
+use crate::models::{Classifier, Runtime};
+use crate::plan::Plan;
+use crate::zoom::{center_view, decode_rgb, normalise_chw, zoom_view, DecodeLimits, Transform};
+
+/// A manifest with where it came from and how to reach its inputs.
+struct Context {
+    manifest: Manifest,
+    /// Shown in messages: the manifest file, or `<built-in demo>`.
+    label: PathBuf,
+    lock_file: PathBuf,
+    manifest_dir: PathBuf,
+    hub: Hub,
+}
+
+fn load_context(arg: &ManifestArg) -> Result<Context> {
+    match &arg.manifest {
+        Some(path) => {
+            let manifest = Manifest::load(path)?;
+            Ok(Context {
+                manifest,
+                label: path.clone(),
+                lock_file: lock_path(path),
+                manifest_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                hub: Hub::new(HubConfig::from_env()),
+            })
+        }
+        None => {
+            let label = PathBuf::from("<built-in demo manifest>");
+            let manifest = Manifest::parse(DEMO_MANIFEST, &label)?;
+            let run_dir = manifest.run_dir();
+            eprintln!("No manifest given: running the built-in SYNTHETIC demo (generated images, random-weight ResNet-18).");
+            let cfg = prepare_demo(&run_dir).context("generating the demo's Hub cache")?;
+            eprintln!(
+                "Demo inputs generated in the local Hub cache {}",
+                cfg.cache_dir.display()
+            );
+            manifest.validate(&label)?;
+            Ok(Context {
+                lock_file: run_dir.join("demo.lock"),
+                manifest,
+                label,
+                manifest_dir: PathBuf::from("."),
+                hub: Hub::new(cfg),
+            })
+        }
+    }
+}
+
+fn do_fetch(ctx: &Context) -> Result<Fetched> {
+    let existing = read_lock(&ctx.lock_file)?;
+    let fetched = fetch(
+        &ctx.manifest,
+        &ctx.manifest_dir,
+        &ctx.hub,
+        existing.as_ref(),
+        &ctx.lock_file,
+    )?;
+    if existing.as_ref() != Some(&fetched.lock) {
+        write_lock(&ctx.lock_file, &fetched.lock)?;
+        eprintln!("Wrote lock {}", ctx.lock_file.display());
+    } else {
+        tracing::info!("inputs match the lock {}", ctx.lock_file.display());
+    }
+    Ok(fetched)
+}
+
+/// Fetch (or verify) inputs and write the plan; refuse to mix runs.
+fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
+    let fetched = do_fetch(ctx)?;
+    let plan = Plan::new(&ctx.manifest, &fetched, limit);
+    if let Ok(old) = Plan::read(&plan.run_dir) {
+        if old != plan {
+            bail!(
+                "{} holds a run of a different plan (inputs, grid, models or limits changed since); \
+                 its scan records would not match. Set another build.output_dir in {} or delete {}",
+                plan.run_dir.display(),
+                ctx.label.display(),
+                plan.run_dir.display()
+            );
+        }
+    }
+    plan.write()
+        .with_context(|| format!("writing {}", Plan::path(&plan.run_dir).display()))?;
+    tracing::info!(
+        "plan: {} sources, {} models, {} transforms per image, run dir {}",
+        plan.sources.len(),
+        plan.models.len(),
+        plan.grid.len(),
+        plan.run_dir.display()
+    );
+    Ok(plan)
+}
+
+fn run_scan(plan: &Plan, args: &RunArgs) -> Result<()> {
+    let rt = Runtime::new(args.device)?;
+    eprintln!(
+        "Scanning on {}: {} model(s) x {} transforms per image",
+        rt.describe(),
+        plan.models.len(),
+        plan.grid.len()
+    );
+    for (s, fresh) in crate::scan::scan(plan, &rt)? {
+        let skipped: u64 = s.skipped.values().sum();
+        if !fresh {
+            eprintln!(
+                "  {}: already scanned ({} images), records kept",
+                s.origin, s.images_scanned
+            );
+            continue;
+        }
+        eprintln!(
+            "  {}: {} images scanned, {} skipped {:?}, {} crops in {:.1}s",
+            s.origin, s.images_scanned, skipped, s.skipped, s.forward_passes, s.seconds
+        );
+    }
+    Ok(())
+}
+
+fn run_select(plan: &Plan) -> Result<crate::select::Selection> {
+    let selection = crate::select::select(plan)?;
+    selection.write(&plan.run_dir)?;
+    print!("{}", selection.bounds_table());
+    Ok(selection)
+}
+
+fn run_export(plan: &Plan, selection: &crate::select::Selection) -> Result<()> {
+    let stats = crate::scan::read_stats(plan)?;
+    let summary = crate::export::export(plan, selection, &stats)?;
+    eprintln!(
+        "Exported {} hard image(s) in {} shard(s) to {}",
+        summary.rows,
+        summary.shards.len(),
+        summary.dir.join("data").display()
+    );
+    eprintln!("Dataset card: {}", summary.dir.join("README.md").display());
+    Ok(())
+}
+
+fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
+    let hub = Hub::new(HubConfig::from_env());
+    let resolved = resolve_model(&args.model, args.arch.as_deref(), &args.revision, &hub)?;
+    let rt = Runtime::new(args.device)?;
+    let model = Classifier::load(resolved.architecture, &resolved.weights, &rt)?;
+    Ok((resolved, model))
+}
+
+fn read_image(path: &Path) -> Result<crate::zoom::RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_rgb(&bytes, DecodeLimits::default())
+        .with_context(|| format!("{}: not a usable JPEG or PNG image", path.display()))
+}
+
+fn parse_transform(name: &str) -> Result<Transform> {
+    let t: Transform = name.parse()?;
+    if t.row > 2 || t.col > 2 || t.scale == 0 {
+        bail!("transform `{name}`: row and column go from 0 to 2 and the scale must be above 0");
+    }
+    Ok(t)
+}
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Build(args) => {
+            let ctx = load_context(&args.manifest)?;
+            let plan = prepare_plan(&ctx, args.limit)?;
+            run_scan(&plan, &args)?;
+            let selection = run_select(&plan)?;
+            run_export(&plan, &selection)?;
+            eprintln!(
+                "Run directory: {} (plan.json, scan/, select/, dataset/)",
+                plan.run_dir.display()
+            );
+        }
+        Command::Fetch(arg) => {
+            let ctx = load_context(&arg)?;
+            let fetched = do_fetch(&ctx)?;
+            for repo in &fetched.lock.repos {
+                for f in &repo.files {
+                    println!(
+                        "{}\t{}@{}\t{}\t{}",
+                        f.sha256, repo.id, repo.commit, f.path, f.size
+                    );
+                }
+            }
+        }
+        Command::Scan(args) => {
+            let ctx = load_context(&args.manifest)?;
+            let plan = prepare_plan(&ctx, args.limit)?;
+            run_scan(&plan, &args)?;
+        }
+        Command::Select(arg) => {
+            let ctx = load_context(&arg)?;
+            let plan = Plan::read(&ctx.manifest.run_dir()).with_context(|| {
+                format!(
+                    "no plan in {}: run `imagenet-hard scan` first",
+                    ctx.manifest.run_dir().display()
+                )
+            })?;
+            run_select(&plan)?;
+        }
+        Command::Export(arg) => {
+            let ctx = load_context(&arg)?;
+            let plan = Plan::read(&ctx.manifest.run_dir()).with_context(|| {
+                format!(
+                    "no plan in {}: run `imagenet-hard scan` first",
+                    ctx.manifest.run_dir().display()
+                )
+            })?;
+            let selection = crate::select::Selection::read(&plan.run_dir)?;
+            run_export(&plan, &selection)?;
+        }
+        Command::Eval {
+            dataset,
+            model,
+            limit,
+            batch_size,
+            json,
+        } => {
+            let (resolved, classifier) = open_model(&model)?;
+            let report = crate::eval::evaluate(
+                &classifier,
+                &resolved.name,
+                &resolved.provenance,
+                resolved.eval,
+                &dataset,
+                batch_size.max(1),
+                limit,
+            )?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                crate::util::write_json(&path, &report)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("Wrote {}", path.display());
+            }
+        }
+        Command::Predict {
+            image,
+            model,
+            transform,
+            top,
+            json,
+        } => {
+            let (resolved, classifier) = open_model(&model)?;
+            let img = read_image(&image)?;
+            let (view, view_name) = match transform {
+                Some(name) => {
+                    let t = parse_transform(&name)?;
+                    (zoom_view(&img, t, 3, 224, 0), t.to_string())
+                }
+                None => {
+                    let e = resolved.eval;
+                    (
+                        center_view(&img, e.resize, e.crop, e.interpolation),
+                        format!("resize {} / centre crop {}", e.resize, e.crop),
+                    )
+                }
+            };
+            let mut input = vec![0f32; 3 * view.width as usize * view.height as usize];
+            normalise_chw(&view, resolved.eval.mean, resolved.eval.std, &mut input);
+            let logits = classifier.logits(&input, 1, view.width as usize)?;
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let denom: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+            let classes = crate::labels::classes();
+            let best: Vec<serde_json::Value> = crate::labels::top_k(&logits, top.max(1))
+                .into_iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "index": i,
+                        "wnid": classes[i].wnid,
+                        "name": classes[i].name,
+                        "probability": (logits[i] - max).exp() / denom,
+                        "logit": logits[i],
+                    })
+                })
+                .collect();
+            if json {
+                let out = serde_json::json!({
+                    "image": image.display().to_string(),
+                    "model": resolved.name,
+                    "weights": resolved.provenance,
+                    "view": view_name,
+                    "top": best,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                eprintln!("{} on {} ({})", resolved.name, image.display(), view_name);
+                println!("rank\tindex\tprob\tname");
+                for (rank, b) in best.iter().enumerate() {
+                    println!(
+                        "{}\t{}\t{:.4}\t{}",
+                        rank + 1,
+                        b["index"],
+                        b["probability"].as_f64().unwrap_or(0.0),
+                        b["name"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Command::Zoom {
+            image,
+            transform,
+            output,
+            crop_size,
+        } => {
+            let t = parse_transform(&transform)?;
+            let img = read_image(&image)?;
+            let view = zoom_view(&img, t, 3, crop_size.max(1), 0);
+            let buffer = image::RgbImage::from_raw(view.width, view.height, view.data)
+                .context("crop buffer has the wrong size")?;
+            buffer
+                .save_with_format(&output, image::ImageFormat::Png)
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "Wrote {} ({t} of {}, {}x{})",
+                output.display(),
+                image.display(),
+                img.width,
+                img.height
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Command-line arguments (clap). Parsing only: `app` does the work.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::models::DeviceChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imagenet-hard",
+    version,
+    about = "Rebuild and curate the ImageNet-Hard benchmark: scan source images under the paper's exhaustive zoom grid, keep those every model fails, export them as Hub-layout Parquet shards.",
+    after_help = "Without a manifest, pipeline commands run the built-in synthetic demo (offline).\nEnvironment: HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_HUB_OFFLINE=1, HF_ENDPOINT, RUST_LOG."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ManifestArg {
+    /// Build manifest (TOML). Omit it to use the built-in synthetic demo.
+    pub manifest: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Scan at most N rows of each source (deterministic: the first N).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Where models run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// A registry name (resnet18, resnet50), a Hub repo id whose config.json
+    /// names a known architecture (e.g. timm/resnet50.tv_in1k), or a local
+    /// .safetensors file (then give --arch).
+    #[arg(long, short)]
+    pub model: String,
+    /// Architecture of a local weights file.
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Hub revision for a repo id given to --model.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The main job: fetch, scan, select and export in one go.
+    ///
+    /// Reads the manifest and its inputs (Hub cache or local files); writes
+    /// the run directory (`output/<name>/` unless `build.output_dir` says
+    /// otherwise): plan.json, scan/, select/, dataset/ (data/*.parquet and
+    /// README.md), and the lock file beside the manifest.
+    Build(RunArgs),
+    /// Resolve every Hub revision, download every input, write the lock.
+    ///
+    /// Reads the manifest; writes files into the Hub cache and
+    /// `<manifest>.lock` beside the manifest (commit, size and sha256 of each
+    /// file). An existing lock is verified instead; a mismatch is an error.
+    Fetch(ManifestArg),
+    /// Run every model over every transform of every image.
+    ///
+    /// Reads the manifest, lock and inputs; writes scan/<origin>.parquet
+    /// (one record per image and model) and scan/<origin>.stats.json. A
+    /// source with stats is done and is skipped on rerun.
+    Scan(RunArgs),
+    /// Compute the hard set and the 1-crop / all-transform upper bounds.
+    ///
+    /// Reads plan.json and scan/; writes select/selection.json and
+    /// select/bounds.md, and prints the bounds table on stdout.
+    Select(ManifestArg),
+    /// Write the hard set as a Hugging Face dataset folder.
+    ///
+    /// Reads plan.json, select/ and the sources; writes
+    /// dataset/data/validation-XXXXX-of-YYYYY.parquet and dataset/README.md.
+    Export(ManifestArg),
+    /// Score a model on a dataset folder in the ImageNet-Hard schema.
+    ///
+    /// Reads DATASET/data/validation-*.parquet (one complete shard family);
+    /// prints top-1/top-5 (any-label) overall and per origin; --json writes
+    /// the results.
+    Eval {
+        /// Folder holding data/validation-XXXXX-of-YYYYY.parquet (e.g. output/demo/dataset).
+        dataset: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Evaluate only the first N rows.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Top-5 classes of one model on one image file.
+    ///
+    /// Reads IMAGE (JPEG or PNG) and the model's weights; writes the top
+    /// classes (index, name, probability) to stdout, as JSON with --json.
+    Predict {
+        image: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Classify this zoom view (e.g. r1c1s256) instead of the model's
+        /// standard resize-256 / centre-crop-224 view.
+        #[arg(long, value_name = "rRcCsS")]
+        transform: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Print JSON on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one zoom transform of an image as a PNG: what the model sees.
+    ///
+    /// Reads IMAGE (JPEG or PNG); writes the 224x224 crop (before
+    /// normalisation) to --output.
+    Zoom {
+        image: PathBuf,
+        /// Transform name r<row>c<col>s<scale>, e.g. r0c2s448.
+        #[arg(long, short)]
+        transform: String,
+        /// Output PNG file.
+        #[arg(long, short)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 224)]
+        crop_size: u32,
+    },
+}

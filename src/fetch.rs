@@ -1,0 +1,373 @@
+//! Fetch stage: resolve every Hub revision to a commit, download (or find in
+//! the cache) every file, hash it, and write or check the lock file.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::hub::{sha256_file, Hub, HubError, RepoKind};
+use crate::manifest::{HubFiles, Manifest};
+
+/// The lock file: what `fetch` resolved, checked by every later run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    #[serde(rename = "repo", default)]
+    pub repos: Vec<LockedRepo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedRepo {
+    pub kind: RepoKind,
+    pub id: String,
+    pub revision: String,
+    pub commit: String,
+    #[serde(rename = "file")]
+    pub files: Vec<LockedFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lock file {lock}: cannot parse: {message}; delete it and run `imagenet-hard fetch` to recreate it")]
+    BadLock { lock: PathBuf, message: String },
+    #[error(
+        "{what} does not match the lock file {lock}: locked {locked}, found {found}. \
+         If the change is intended, delete the lock and run `imagenet-hard fetch`; otherwise re-download the file"
+    )]
+    Mismatch {
+        what: String,
+        lock: PathBuf,
+        locked: String,
+        found: String,
+    },
+    #[error("{repo} `{file}`: sha256 {found} differs from the manifest's pinned {expected}; the download is corrupt or the pin is wrong")]
+    PinnedHash {
+        repo: String,
+        file: String,
+        expected: String,
+        found: String,
+    },
+}
+
+/// Local paths of every input, in manifest order.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub source_files: Vec<Vec<PathBuf>>,
+    pub model_files: Vec<PathBuf>,
+    pub lock: Lock,
+}
+
+impl Lock {
+    /// Hex sha256 of the lock's canonical TOML: names the exact inputs of a build.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let text = toml::to_string(self).unwrap_or_default();
+        crate::hub::hex(&sha2::Sha256::digest(text.as_bytes()))
+    }
+
+    fn find(&self, kind: RepoKind, id: &str, revision: &str) -> Option<&LockedRepo> {
+        self.repos
+            .iter()
+            .find(|r| r.kind == kind && r.id == id && r.revision == revision)
+    }
+}
+
+/// Where the lock of a manifest lives: beside it, `<stem>.lock`.
+pub fn lock_path(manifest_file: &Path) -> PathBuf {
+    manifest_file.with_extension("lock")
+}
+
+pub fn read_lock(path: &Path) -> Result<Option<Lock>, FetchError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| FetchError::BadLock {
+                lock: path.into(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FetchError::Io {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+pub fn write_lock(path: &Path, lock: &Lock) -> Result<(), FetchError> {
+    let text = format!(
+        "# Written by `imagenet-hard fetch`: the resolved commit, size and sha256 of every input.\n\
+         # Later runs refuse inputs that differ. Commit it beside the manifest.\n\n{}",
+        toml::to_string(lock).map_err(|e| FetchError::BadLock { lock: path.into(), message: e.to_string() })?
+    );
+    crate::util::write_atomic(path, text.as_bytes()).map_err(|source| FetchError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Resolve and hash every input of `manifest`. With `existing`, every file
+/// must match it. Local `path` inputs are used as they are.
+pub fn fetch(
+    manifest: &Manifest,
+    manifest_dir: &Path,
+    hub: &Hub,
+    existing: Option<&Lock>,
+    lock_file: &Path,
+) -> Result<Fetched, FetchError> {
+    let mut lock = Lock::default();
+    let mut get = |kind: RepoKind, h: &HubFiles| -> Result<Vec<PathBuf>, FetchError> {
+        let locked = existing.and_then(|l| l.find(kind, &h.repo, &h.revision));
+        // A locked commit pins a moving revision (e.g. `main`) to what was fetched.
+        let revision = locked
+            .map(|r| r.commit.clone())
+            .unwrap_or_else(|| h.revision.clone());
+        let commit = hub.resolve_commit(kind, &h.repo, &revision)?;
+        let mut files = Vec::new();
+        let mut paths = Vec::new();
+        for f in &h.files {
+            let path = hub.file(kind, &h.repo, &commit, f)?;
+            let (sha256, size) = sha256_file(&path).map_err(|source| FetchError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if let Some(expected) = h.sha256.get(f) {
+                if !expected.eq_ignore_ascii_case(&sha256) {
+                    return Err(FetchError::PinnedHash {
+                        repo: h.repo.clone(),
+                        file: f.clone(),
+                        expected: expected.clone(),
+                        found: sha256,
+                    });
+                }
+            }
+            if let Some(lf) = locked.and_then(|r| r.files.iter().find(|lf| &lf.path == f)) {
+                if lf.sha256 != sha256 || lf.size != size {
+                    return Err(FetchError::Mismatch {
+                        what: format!("{} `{}` ({})", h.repo, f, path.display()),
+                        lock: lock_file.into(),
+                        locked: format!("sha256 {} ({} bytes)", lf.sha256, lf.size),
+                        found: format!("sha256 {sha256} ({size} bytes)"),
+                    });
+                }
+            }
+            files.push(LockedFile {
+                path: f.clone(),
+                size,
+                sha256,
+            });
+            paths.push(path);
+        }
+        let entry = LockedRepo {
+            kind,
+            id: h.repo.clone(),
+            revision: h.revision.clone(),
+            commit,
+            files,
+        };
+        if !lock.repos.contains(&entry) {
+            lock.repos.push(entry);
+        }
+        Ok(paths)
+    };
+    let mut source_files = Vec::new();
+    for s in &manifest.sources {
+        source_files.push(match &s.hub {
+            Some(h) => get(RepoKind::Dataset, h)?,
+            None => s.path.iter().map(|p| manifest_dir.join(p)).collect(),
+        });
+    }
+    let mut model_files = Vec::new();
+    for m in &manifest.models {
+        model_files.push(match (&m.hub, &m.path) {
+            (Some(h), _) => get(RepoKind::Model, h)?.remove(0),
+            (None, Some(p)) => manifest_dir.join(p),
+            (None, None) => {
+                return Err(FetchError::Io {
+                    path: manifest_dir.into(),
+                    source: std::io::Error::other(format!(
+                        "model `{}` has neither `hub` nor `path`",
+                        m.name
+                    )),
+                })
+            }
+        });
+    }
+    Ok(Fetched {
+        source_files,
+        model_files,
+        lock,
+    })
+}
+
+/// A model named on the command line, resolved to weights on disk.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    pub name: String,
+    pub architecture: crate::models::Architecture,
+    pub weights: PathBuf,
+    pub eval: crate::models::EvalPreprocess,
+    pub provenance: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelRefError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("--model {0}: a local weights file needs --arch (one of: {1})")]
+    NeedArch(String, String),
+    #[error("unknown architecture `{0}`; known: {1}")]
+    UnknownArch(String, String),
+    #[error("--model {0}: not a registry name ({1}), not an existing file, and not an `owner/name` Hub repo id")]
+    Unknown(String, String),
+    #[error("{file}: {message}")]
+    Config { file: PathBuf, message: String },
+}
+
+fn known_architectures() -> String {
+    crate::models::Architecture::ALL
+        .iter()
+        .map(|a| a.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Resolve `--model`: a registry name, a local safetensors file (with
+/// `arch`), or a Hub repo id whose `config.json` names the architecture
+/// (timm `architecture`, transformers `architectures`) and, for timm, the
+/// preprocessing (`pretrained_cfg`).
+pub fn resolve_model(
+    model: &str,
+    arch: Option<&str>,
+    revision: &str,
+    hub: &Hub,
+) -> Result<ResolvedModel, ModelRefError> {
+    use crate::models::{lookup, registry, Architecture, EvalPreprocess};
+    let parse_arch = |a: &str| {
+        Architecture::from_config_name(a)
+            .ok_or_else(|| ModelRefError::UnknownArch(a.into(), known_architectures()))
+    };
+    if let Some(entry) = lookup(model) {
+        let h = &entry.hub;
+        let commit = hub.resolve_commit(RepoKind::Model, &h.repo, &h.revision)?;
+        let path = hub.file(RepoKind::Model, &h.repo, &commit, &h.files[0])?;
+        if let Some(expected) = h.sha256.get(&h.files[0]) {
+            let (sha, _) = sha256_file(&path).map_err(|source| FetchError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if &sha != expected {
+                return Err(FetchError::PinnedHash {
+                    repo: h.repo.clone(),
+                    file: h.files[0].clone(),
+                    expected: expected.clone(),
+                    found: sha,
+                }
+                .into());
+            }
+        }
+        return Ok(ResolvedModel {
+            name: entry.name.into(),
+            architecture: entry.architecture,
+            weights: path,
+            eval: entry.eval,
+            provenance: format!("{}@{}", h.repo, commit),
+        });
+    }
+    let local = Path::new(model);
+    if local.is_file() {
+        let a = arch.ok_or_else(|| ModelRefError::NeedArch(model.into(), known_architectures()))?;
+        return Ok(ResolvedModel {
+            name: local
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| model.into()),
+            architecture: parse_arch(a)?,
+            weights: local.into(),
+            eval: EvalPreprocess::TORCHVISION,
+            provenance: local.display().to_string(),
+        });
+    }
+    let is_repo_id = model.split('/').count() == 2 && model.split('/').all(|p| !p.is_empty());
+    if !is_repo_id {
+        let names = registry()
+            .iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ModelRefError::Unknown(model.into(), names));
+    }
+    let commit = hub.resolve_commit(RepoKind::Model, model, revision)?;
+    let config_path = hub.file(RepoKind::Model, model, &commit, "config.json")?;
+    let cfg_err = |message: String| ModelRefError::Config {
+        file: config_path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&config_path).map_err(|e| cfg_err(e.to_string()))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| cfg_err(e.to_string()))?;
+    let arch_name = match arch {
+        Some(a) => a.to_string(),
+        None => config["architecture"]
+            .as_str()
+            .or_else(|| config["architectures"][0].as_str())
+            .ok_or_else(|| cfg_err("names no `architecture`; pass --arch".into()))?
+            .to_string(),
+    };
+    let architecture = parse_arch(&arch_name)?;
+    let weights = hub.file(RepoKind::Model, model, &commit, "model.safetensors")?;
+    Ok(ResolvedModel {
+        name: model.into(),
+        architecture,
+        weights,
+        eval: eval_from_timm_config(&config["pretrained_cfg"]),
+        provenance: format!("{model}@{commit}"),
+    })
+}
+
+/// timm's `pretrained_cfg`: crop = input_size[1], resize = floor(crop / crop_pct).
+fn eval_from_timm_config(cfg: &serde_json::Value) -> crate::models::EvalPreprocess {
+    use crate::models::EvalPreprocess;
+    use crate::zoom::Interpolation;
+    let mut pre = EvalPreprocess::TORCHVISION;
+    if let Some(crop) = cfg["input_size"][1].as_u64() {
+        pre.crop = crop as u32;
+        pre.resize = crop as u32;
+    }
+    let crop_pct = cfg["crop_pct"].as_f64().unwrap_or(0.875);
+    pre.resize = (pre.crop as f64 / crop_pct).floor() as u32;
+    if cfg["interpolation"].as_str() == Some("bicubic") {
+        pre.interpolation = Interpolation::Bicubic;
+    }
+    let triple = |v: &serde_json::Value| -> Option<[f32; 3]> {
+        let a = v.as_array()?;
+        Some([
+            a.first()?.as_f64()? as f32,
+            a.get(1)?.as_f64()? as f32,
+            a.get(2)?.as_f64()? as f32,
+        ])
+    };
+    if let Some(m) = triple(&cfg["mean"]) {
+        pre.mean = m;
+    }
+    if let Some(s) = triple(&cfg["std"]) {
+        pre.std = s;
+    }
+    pre
+}

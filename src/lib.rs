@@ -1,0 +1,23 @@
+//! `imagenet-hard`: rebuild and curate the ImageNet-Hard benchmark.
+//!
+//! The pipeline runs one way, a module per stage:
+//! manifest -> plan -> fetch (hub) -> sources -> zoom -> models -> scan
+//! (records) -> select -> export / eval.
+
+pub mod app;
+pub mod cli;
+pub mod demo;
+pub mod eval;
+pub mod export;
+pub mod fetch;
+pub mod hub;
+pub mod labels;
+pub mod manifest;
+pub mod models;
+pub mod plan;
+pub mod records;
+pub mod scan;
+pub mod select;
+pub mod sources;
+pub mod util;
+pub mod zoom;

@@ -1,0 +1,21 @@
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "imagenet_hard=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // clap exits with 2 on bad usage.
+    let cli = imagenet_hard::cli::Cli::parse();
+    match imagenet_hard::app::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

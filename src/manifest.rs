@@ -1,0 +1,522 @@
+//! The build manifest (TOML): what to scan, with which models, over which
+//! zoom grid, and how to select and export. Parsing rejects unknown keys and
+//! wrong types with the file, line and key; `validate` checks meaning.
+
+use crate::labels::ClassSubset;
+use crate::models::Architecture;
+use crate::zoom::{DecodeLimits, ZoomGrid, IMAGENET_MEAN, IMAGENET_STD};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("manifest {file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("manifest {file}: `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub build: BuildSection,
+    #[serde(default)]
+    pub zoom: ZoomSection,
+    #[serde(default)]
+    pub selection: SelectionSection,
+    #[serde(default)]
+    pub decode: DecodeLimits,
+    /// `[[source]]` tables.
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceSpec>,
+    /// `[[model]]` tables.
+    #[serde(rename = "model", default)]
+    pub models: Vec<ModelSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    /// Name of the build; also the dataset name in the card.
+    pub name: String,
+    /// Run directory, relative to the current directory. Default `output/<name>`.
+    #[serde(default)]
+    pub output_dir: Option<PathBuf>,
+    /// Target size of one exported shard, in MB (10^6 bytes).
+    #[serde(default = "default_shard_size_mb")]
+    pub shard_size_mb: u64,
+    /// Rows per Parquet row group in exported shards.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+    /// Crops per forward pass.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Text placed in the card's description; says what the build is.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+fn default_shard_size_mb() -> u64 {
+    500
+}
+fn default_row_group_rows() -> usize {
+    100
+}
+fn default_batch_size() -> usize {
+    16
+}
+
+/// The zoom grid (SPEC §1). Defaults are the paper's 36 scales x 3x3 anchors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoomSection {
+    #[serde(default = "paper_scales")]
+    pub scales: Vec<u32>,
+    #[serde(default = "default_anchors")]
+    pub anchors: u8,
+    #[serde(default = "default_crop_size")]
+    pub crop_size: u32,
+    #[serde(default)]
+    pub fill: u8,
+}
+
+fn paper_scales() -> Vec<u32> {
+    ZoomGrid::paper().scales
+}
+fn default_anchors() -> u8 {
+    3
+}
+fn default_crop_size() -> u32 {
+    224
+}
+
+impl Default for ZoomSection {
+    fn default() -> Self {
+        let g = ZoomGrid::paper();
+        ZoomSection {
+            scales: g.scales,
+            anchors: g.anchors,
+            crop_size: g.crop_size,
+            fill: g.fill,
+        }
+    }
+}
+
+impl ZoomSection {
+    pub fn grid(&self) -> ZoomGrid {
+        ZoomGrid {
+            scales: self.scales.clone(),
+            anchors: self.anchors,
+            crop_size: self.crop_size,
+            fill: self.fill,
+        }
+    }
+}
+
+/// Which images are hard (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectionRule {
+    /// Hard iff every model fails every transform (our rule, the default).
+    #[default]
+    AllFail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSection {
+    #[serde(default)]
+    pub rule: SelectionRule,
+}
+
+/// Files of one Hub repository at a pinned revision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HubFiles {
+    /// `owner/name` on the Hub.
+    pub repo: String,
+    /// A full 40-hex commit (recommended) or a branch/tag name.
+    pub revision: String,
+    /// Paths inside the repository.
+    pub files: Vec<String>,
+    /// Known sha256 per file, checked after download.
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
+}
+
+/// How the label column is written in a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelConvention {
+    /// Integer ImageNet-1k index 0..999 (or a list of them).
+    #[default]
+    Imagenet1kIndex,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceFormat {
+    /// Hugging Face Parquet: image as struct<bytes, path> or binary.
+    #[default]
+    Parquet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Stable name written to the `origin` column, e.g. `imagenet-val`.
+    pub origin: String,
+    /// Files on the Hub (a dataset repository).
+    #[serde(default)]
+    pub hub: Option<HubFiles>,
+    /// Local Parquet files (relative paths are relative to the manifest).
+    #[serde(default)]
+    pub path: Vec<PathBuf>,
+    #[serde(default)]
+    pub format: SourceFormat,
+    #[serde(default = "default_image_column")]
+    pub image_column: String,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    #[serde(default)]
+    pub labels: LabelConvention,
+    #[serde(default)]
+    pub class_subset: ClassSubset,
+    /// Scan only the first `limit` rows.
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Terms of use of the source dataset, copied into the card.
+    #[serde(default)]
+    pub terms: Option<String>,
+}
+
+fn default_image_column() -> String {
+    "image".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Name used in records and reports, e.g. `resnet50`.
+    pub name: String,
+    pub architecture: Architecture,
+    /// Weights on the Hub: `files[0]` is the safetensors file.
+    #[serde(default)]
+    pub hub: Option<HubFiles>,
+    /// Or a local safetensors file (relative to the manifest).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default = "imagenet_mean")]
+    pub mean: [f32; 3],
+    #[serde(default = "imagenet_std")]
+    pub std: [f32; 3],
+}
+
+fn imagenet_mean() -> [f32; 3] {
+    IMAGENET_MEAN
+}
+fn imagenet_std() -> [f32; 3] {
+    IMAGENET_STD
+}
+
+impl Manifest {
+    /// Read, parse and validate a manifest file.
+    pub fn load(file: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let manifest = Self::parse(&text, file)?;
+        manifest.validate(file)?;
+        Ok(manifest)
+    }
+
+    /// Parse TOML text; `file` only names the origin in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+        toml::from_str(text).map_err(|e| ManifestError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks that need more than types: every key that is wrong is named.
+    pub fn validate(&self, file: &Path) -> Result<(), ManifestError> {
+        let invalid = |key: String, message: String| ManifestError::Invalid {
+            file: file.to_path_buf(),
+            key,
+            message,
+        };
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        };
+        if !name_ok(&self.build.name) || self.build.name.contains('/') {
+            return Err(invalid(
+                "build.name".into(),
+                "use letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        if self.build.shard_size_mb == 0
+            || self.build.row_group_rows == 0
+            || self.build.batch_size == 0
+        {
+            return Err(invalid(
+                "build".into(),
+                "shard_size_mb, row_group_rows and batch_size must be at least 1".into(),
+            ));
+        }
+        let z = &self.zoom;
+        if z.scales.is_empty() || z.scales.contains(&0) {
+            return Err(invalid(
+                "zoom.scales".into(),
+                "give at least one scale, all above 0".into(),
+            ));
+        }
+        if z.scales.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid(
+                "zoom.scales".into(),
+                "list the scales in ascending order without repeats".into(),
+            ));
+        }
+        if z.anchors == 0 || z.crop_size == 0 {
+            return Err(invalid(
+                "zoom".into(),
+                "anchors and crop_size must be at least 1".into(),
+            ));
+        }
+        if self.sources.is_empty() {
+            return Err(invalid(
+                "source".into(),
+                "add at least one [[source]] table".into(),
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(invalid(
+                "model".into(),
+                "add at least one [[model]] table".into(),
+            ));
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let mut origins = BTreeSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = |k: &str| format!("source[{i}].{k}");
+            if !name_ok(&s.origin) {
+                return Err(invalid(
+                    key("origin"),
+                    "use letters, digits, '-', '_', '.' or '/'".into(),
+                ));
+            }
+            if !origins.insert(s.origin.as_str()) {
+                return Err(invalid(
+                    key("origin"),
+                    format!("`{}` is used by two sources", s.origin),
+                ));
+            }
+            match (&s.hub, s.path.is_empty()) {
+                (Some(h), true) => check_hub(h, &key("hub")).map_err(|(k, m)| invalid(k, m))?,
+                (None, false) => {
+                    for p in &s.path {
+                        let full = base.join(p);
+                        if !full.is_file() {
+                            return Err(invalid(
+                                key("path"),
+                                format!("{} does not exist", full.display()),
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        key("hub"),
+                        "give exactly one of `hub` or `path`".into(),
+                    ))
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let key = |k: &str| format!("model[{i}].{k}");
+            if !name_ok(&m.name) || m.name.contains('/') {
+                return Err(invalid(
+                    key("name"),
+                    "use letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            if !names.insert(m.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}` is used by two models", m.name),
+                ));
+            }
+            if m.std.iter().any(|&s| s <= 0.0) {
+                return Err(invalid(key("std"), "every std must be above 0".into()));
+            }
+            match (&m.hub, &m.path) {
+                (Some(h), None) => check_hub(h, &key("hub")).map_err(|(k, m)| invalid(k, m))?,
+                (None, Some(p)) => {
+                    let full = base.join(p);
+                    if !full.is_file() {
+                        return Err(invalid(
+                            key("path"),
+                            format!("{} does not exist", full.display()),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        key("hub"),
+                        "give exactly one of `hub` or `path`".into(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The run directory: `build.output_dir`, else `output/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.build
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("output").join(&self.build.name))
+    }
+}
+
+fn check_hub(h: &HubFiles, key: &str) -> Result<(), (String, String)> {
+    let repo_ok = h.repo.split('/').count() == 2 && h.repo.split('/').all(|p| !p.is_empty());
+    if !repo_ok {
+        return Err((
+            format!("{key}.repo"),
+            format!("`{}` is not an `owner/name` repository id", h.repo),
+        ));
+    }
+    if h.revision.is_empty() {
+        return Err((
+            format!("{key}.revision"),
+            "pin a revision (a full commit sha is best)".into(),
+        ));
+    }
+    if h.files.is_empty() {
+        return Err((format!("{key}.files"), "list at least one file".into()));
+    }
+    for (f, sha) in &h.sha256 {
+        if !h.files.contains(f) {
+            return Err((
+                format!("{key}.sha256.{f}"),
+                "names a file not in `files`".into(),
+            ));
+        }
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err((format!("{key}.sha256.{f}"), "expected 64 hex digits".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[build]
+name = "t"
+
+[[source]]
+origin = "imagenet-val"
+hub = { repo = "org/data", revision = "0123456789012345678901234567890123456789", files = ["a.parquet"] }
+
+[[model]]
+name = "resnet18"
+architecture = "resnet18"
+hub = { repo = "timm/resnet18.tv_in1k", revision = "main", files = ["model.safetensors"] }
+"#;
+
+    fn check(text: &str) -> Result<Manifest, ManifestError> {
+        let m = Manifest::parse(text, Path::new("m.toml"))?;
+        m.validate(Path::new("m.toml"))?;
+        Ok(m)
+    }
+
+    #[test]
+    fn defaults_are_the_paper_protocol() {
+        let m = check(MINIMAL).unwrap();
+        assert_eq!(m.zoom.grid(), ZoomGrid::paper());
+        assert_eq!(m.build.shard_size_mb, 500);
+        assert_eq!(m.build.row_group_rows, 100);
+        assert_eq!(m.models[0].mean, IMAGENET_MEAN);
+        assert_eq!(m.run_dir(), PathBuf::from("output/t"));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_and_key() {
+        let err = check(&MINIMAL.replace("name = \"t\"", "name = \"t\"\nshards = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m.toml") && err.contains("shards"), "{err}");
+        let err = check(&MINIMAL.replace("origin =", "orign ="))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("orign"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_reported() {
+        let err = check(&MINIMAL.replace("name = \"t\"", "name = \"t\"\nbatch_size = \"big\""))
+            .unwrap_err();
+        assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let err = check(&MINIMAL.replace("files = [\"a.parquet\"]", "files = []"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source[0].hub.files"), "{err}");
+        let err = check(&format!("{MINIMAL}\n[zoom]\nscales = [256, 128]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zoom.scales"), "{err}");
+        let err = check(&MINIMAL.replace(
+            "hub = { repo = \"org/data\"",
+            "path = [\"missing.parquet\"]\nhub = { repo = \"org/data\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("source[0].hub") && err.contains("exactly one"),
+            "{err}"
+        );
+        let err =
+            check(&MINIMAL.replace("architecture = \"resnet18\"", "architecture = \"resnet7\""))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("resnet7"), "{err}");
+    }
+
+    #[test]
+    fn missing_local_files_are_named() {
+        let text = MINIMAL.replace(
+            "hub = { repo = \"org/data\", revision = \"0123456789012345678901234567890123456789\", files = [\"a.parquet\"] }",
+            "path = [\"nowhere.parquet\"]",
+        );
+        let err = check(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("source[0].path") && err.contains("nowhere.parquet"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Reproducible synthetic weights (no download needed) for the demo, the
+//! tests and the PyTorch parity check. `scripts/golden_resnet.py` implements
+//! the same generator in numpy, so both sides build identical networks.
+//!
+//! Generator: splitmix64 over one counter shared by all tensors taken in
+//! sorted name order; `u = (z >> 40) / 2^24` in [0, 1). Per tensor:
+//! `running_var = 0.5 + u`, `running_mean = 0.2 (u - 0.5)`,
+//! 1-d `weight` = `0.5 + 0.5 u`, `bias = 0.2 (u - 0.5)`,
+//! other weights `(2u - 1) sqrt(3 / fan_in)`.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::{resnet, Architecture, ModelError};
+use crate::labels::NUM_CLASSES;
+
+/// splitmix64 stream.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 24 bits, exact in f32.
+    pub fn next_unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// What the classification head does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Head {
+    /// Generated like every other tensor.
+    Random,
+    /// Zero weights and a bias of 10 on one class: the model answers that
+    /// class for every input, whatever the backbone computes.
+    Always(usize),
+}
+
+fn value(name: &str, rank: usize, fan_in: usize, u: f32) -> f32 {
+    if name.ends_with("running_var") {
+        0.5 + u
+    } else if name.ends_with("running_mean") || name.ends_with("bias") {
+        0.2 * (u - 0.5)
+    } else if rank == 1 {
+        0.5 + 0.5 * u
+    } else {
+        (2.0 * u - 1.0) * (3.0 / fan_in as f32).sqrt()
+    }
+}
+
+/// Names and shapes of every tensor the architecture reads, sorted by name.
+pub fn tensor_shapes(arch: Architecture) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+    let err =
+        |e: candle_core::Error| ModelError::Device(format!("building {} shapes: {e}", arch.name()));
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    match arch {
+        Architecture::Resnet18 => drop(resnet::resnet18(vb).map_err(err)?),
+        Architecture::Resnet50 => drop(resnet::resnet50(vb).map_err(err)?),
+    }
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| ModelError::Device("poisoned var map".into()))?;
+    let mut shapes: Vec<(String, Vec<usize>)> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec()))
+        .collect();
+    shapes.sort();
+    Ok(shapes)
+}
+
+/// Generate weights for `arch` from `seed` and save them as safetensors.
+pub fn write_weights(
+    arch: Architecture,
+    seed: u64,
+    head: Head,
+    out: &Path,
+) -> Result<(), ModelError> {
+    let err = |e: candle_core::Error| ModelError::Load {
+        file: out.into(),
+        arch: arch.name(),
+        message: e.to_string(),
+    };
+    let mut rng = SplitMix64(seed);
+    let mut tensors = HashMap::new();
+    for (name, shape) in tensor_shapes(arch)? {
+        let n: usize = shape.iter().product();
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let mut values: Vec<f32> = (0..n)
+            .map(|_| value(&name, shape.len(), fan_in, rng.next_unit()))
+            .collect();
+        if let Head::Always(class) = head {
+            if name == "fc.weight" {
+                values.iter_mut().for_each(|v| *v = 0.0);
+            } else if name == "fc.bias" {
+                values = (0..NUM_CLASSES)
+                    .map(|i| if i == class { 10.0 } else { 0.0 })
+                    .collect();
+            }
+        }
+        tensors.insert(
+            name,
+            Tensor::from_vec(values, shape, &Device::Cpu).map_err(err)?,
+        );
+    }
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ModelError::Load {
+            file: out.into(),
+            arch: arch.name(),
+            message: e.to_string(),
+        })?;
+    }
+    candle_core::safetensors::save(&tensors, out).map_err(err)
+}
+
+/// A reproducible input batch (values in [-2, 2)), as the parity script makes it.
+pub fn input(seed: u64, len: usize) -> Vec<f32> {
+    let mut rng = SplitMix64(seed);
+    (0..len).map(|_| 4.0 * rng.next_unit() - 2.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix_matches_the_reference_sequence() {
+        // Reference values of splitmix64 seeded with 0 (Vigna's generator).
+        let mut r = SplitMix64(0);
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn resnet18_has_the_torchvision_tensor_names() {
+        let shapes = tensor_shapes(Architecture::Resnet18).unwrap();
+        let find = |n: &str| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
+        assert_eq!(find("conv1.weight"), Some(vec![64, 3, 7, 7]));
+        assert_eq!(
+            find("layer2.0.downsample.0.weight"),
+            Some(vec![128, 64, 1, 1])
+        );
+        assert_eq!(find("fc.weight"), Some(vec![1000, 512]));
+        assert_eq!(find("bn1.running_var"), Some(vec![64]));
+        // torchvision's resnet18 state dict has 102 float tensors (+ 20 num_batches_tracked).
+        assert_eq!(shapes.len(), 102);
+    }
+}

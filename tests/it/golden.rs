@@ -1,0 +1,173 @@
+//! Parity with the reference implementations. The expectations are files
+//! written by `scripts/golden_zoom.py` (Pillow) and `scripts/golden_resnet.py`
+//! (PyTorch); nothing here derives them from the code under test.
+
+use imagenet_hard::models::synthetic::{input, write_weights, Head};
+use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Runtime};
+use imagenet_hard::zoom::{decode_rgb, zoom_view, DecodeLimits, RgbImage, Transform};
+use std::path::{Path, PathBuf};
+
+fn golden(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(rel)
+}
+
+fn load_png(path: &Path) -> RgbImage {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    decode_rgb(&bytes, DecodeLimits::default()).unwrap()
+}
+
+/// Largest per-value difference, and where.
+fn max_diff(a: &RgbImage, b: &RgbImage) -> (u8, usize) {
+    assert_eq!((a.width, a.height), (b.width, b.height));
+    a.data
+        .iter()
+        .zip(&b.data)
+        .enumerate()
+        .map(|(i, (x, y))| (x.abs_diff(*y), i))
+        .max()
+        .unwrap_or((0, 0))
+}
+
+#[test]
+fn zoom_crops_match_pillow_exactly() {
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("zoom/cases.json")).unwrap()).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 14);
+    for case in cases {
+        let t: Transform = case["transform"].as_str().unwrap().parse().unwrap();
+        let pillow_rgb = load_png(&golden(&format!(
+            "zoom/{}",
+            case["decoded"].as_str().unwrap()
+        )));
+        let expected = load_png(&golden(&format!("zoom/{}", case["crop"].as_str().unwrap())));
+        // Resize + crop alone, from Pillow's own decode.
+        let ours = zoom_view(&pillow_rgb, t, 3, 224, 0);
+        let (d, at) = max_diff(&ours, &expected);
+        assert_eq!(
+            d, 0,
+            "{} {t}: resize+crop differs from Pillow at byte {at}",
+            case["input"]
+        );
+        // The whole path from the file's bytes (CMYK decodes within 1, see below).
+        let input = golden(&format!("zoom/{}", case["input"].as_str().unwrap()));
+        if case["mode"] != "CMYK" {
+            let ours = zoom_view(&load_png(&input), t, 3, 224, 0);
+            let (d, at) = max_diff(&ours, &expected);
+            assert_eq!(
+                d, 0,
+                "{} {t}: decode+zoom differs from Pillow at byte {at}",
+                case["input"]
+            );
+        }
+    }
+}
+
+/// Share of values that differ by more than 1.
+fn share_over_one(a: &RgbImage, b: &RgbImage) -> f64 {
+    a.data
+        .iter()
+        .zip(&b.data)
+        .filter(|(x, y)| x.abs_diff(**y) > 1)
+        .count() as f64
+        / a.data.len() as f64
+}
+
+#[test]
+fn mode_conversions_match_pillow() {
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("zoom/cases.json")).unwrap()).unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        let input = golden(&format!("zoom/{}", case["input"].as_str().unwrap()));
+        let ours = decode_rgb(&std::fs::read(&input).unwrap(), DecodeLimits::default()).unwrap();
+        let pillow = load_png(&golden(&format!(
+            "zoom/{}",
+            case["decoded"].as_str().unwrap()
+        )));
+        let (d, at) = max_diff(&ours, &pillow);
+        let over = share_over_one(&ours, &pillow);
+        eprintln!(
+            "{} ({}): max decode difference {d}, {:.2}% of values off by more than 1",
+            case["input"],
+            case["mode"],
+            100.0 * over
+        );
+        if case["mode"] == "CMYK" {
+            // CMYK goes through the `image` crate, whose CMYK->RGB rounds
+            // differently from Pillow's by at most 1.
+            assert!(
+                d <= 1,
+                "{}: CMYK decode differs from Pillow by {d} ({:.2}% > 1)",
+                case["input"],
+                100.0 * over
+            );
+        } else {
+            // PNG modes (L, RGBA, P) and YCbCr/grey JPEG (libjpeg-turbo, as Pillow) are exact.
+            assert_eq!(
+                d, 0,
+                "{}: decode differs from Pillow at byte {at}",
+                case["input"]
+            );
+        }
+    }
+}
+
+fn resnet_parity(arch: Architecture) {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden(&format!("resnet/{}.json", arch.name()))).unwrap(),
+    )
+    .unwrap();
+    let (batch, size) = (
+        doc["batch"].as_u64().unwrap() as usize,
+        doc["size"].as_u64().unwrap() as usize,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    write_weights(
+        arch,
+        doc["weight_seed"].as_u64().unwrap(),
+        Head::Random,
+        &weights,
+    )
+    .unwrap();
+    let model =
+        Classifier::load(arch, &weights, &Runtime::new(DeviceChoice::Cpu).unwrap()).unwrap();
+    let x = input(doc["input_seed"].as_u64().unwrap(), batch * 3 * size * size);
+    let ours = model.logits(&x, batch, size).unwrap();
+    let expected: Vec<f32> = doc["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    assert_eq!(ours.len(), expected.len());
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = ours
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(scale > 0.0);
+    assert!(
+        worst / scale < 1e-4,
+        "{}: max |candle - torch| = {worst} vs max |logit| {scale}",
+        arch.name()
+    );
+}
+
+#[test]
+fn resnet18_logits_match_pytorch() {
+    resnet_parity(Architecture::Resnet18);
+}
+
+#[test]
+fn resnet50_logits_match_pytorch() {
+    resnet_parity(Architecture::Resnet50);
+}

@@ -1,0 +1,279 @@
+//! A small Hub stand-in on loopback: the `/api/.../revision/<rev>` and
+//! `/resolve/<rev>/<file>` routes hf-hub uses, with Range support, so the
+//! real download, resume and checksum path runs without leaving the machine.
+
+use crate::fixture::{ok, stderr, Fixture, DATASET, PARQUET};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+#[derive(Default)]
+struct State {
+    /// "datasets/org/name" or "org/name" -> file -> bytes
+    repos: HashMap<String, HashMap<String, Vec<u8>>>,
+    /// Repos answering 401 to everything.
+    gated: Vec<String>,
+    /// (method, path, range, authorization) of every request.
+    log: Vec<(String, String, Option<String>, Option<String>)>,
+}
+
+struct HubStandIn {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl HubStandIn {
+    fn start(state: State) -> HubStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(state));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(stream, &shared));
+            }
+        });
+        HubStandIn { port, state }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+}
+
+fn serve(mut stream: TcpStream, state: &Mutex<State>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let range = headers.get("range").cloned();
+    let auth = headers.get("authorization").cloned();
+    let mut st = state.lock().unwrap();
+    st.log.push((method, path.clone(), range.clone(), auth));
+    let path = path.split('?').next().unwrap_or("").to_string();
+    if st.gated.iter().any(|g| path.contains(g.as_str())) {
+        return respond(
+            &mut stream,
+            "401 Unauthorized",
+            &[],
+            b"{\"error\":\"gated\"}",
+        );
+    }
+    // /api/{models|datasets}/<org>/<name>/revision/<rev>
+    if let Some(rest) = path.strip_prefix("/api/") {
+        let (kind, rest) = rest.split_once('/').unwrap_or(("", ""));
+        let id = rest.split("/revision/").next().unwrap_or("");
+        let key = if kind == "datasets" {
+            format!("datasets/{id}")
+        } else {
+            id.to_string()
+        };
+        return match st.repos.get(&key) {
+            Some(files) => {
+                let siblings: Vec<_> = files
+                    .keys()
+                    .map(|f| serde_json::json!({"rfilename": f}))
+                    .collect();
+                let body =
+                    serde_json::json!({"id": id, "sha": COMMIT, "siblings": siblings}).to_string();
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    &[("Content-Type".into(), "application/json".into())],
+                    body.as_bytes(),
+                )
+            }
+            None => respond(&mut stream, "404 Not Found", &[], b"{}"),
+        };
+    }
+    // /[datasets/]<org>/<name>/resolve/<rev>/<file>
+    let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
+        return respond(&mut stream, "404 Not Found", &[], b"");
+    };
+    let file = rest.split_once('/').map(|(_, f)| f).unwrap_or("");
+    let Some(bytes) = st.repos.get(repo).and_then(|f| f.get(file)).cloned() else {
+        return respond(&mut stream, "404 Not Found", &[], b"");
+    };
+    drop(st);
+    use sha2::Digest;
+    let sha = imagenet_hard::hub::hex(&sha2::Sha256::digest(&bytes));
+    let start: usize = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let end = match range
+        .as_deref()
+        .and_then(|r| r.split('-').nth(1))
+        .and_then(|e| e.parse::<usize>().ok())
+    {
+        Some(e) => e.min(bytes.len() - 1),
+        None => bytes.len() - 1,
+    };
+    let headers = vec![
+        ("ETag".to_string(), format!("\"{sha}\"")),
+        ("X-Linked-Etag".to_string(), format!("\"{sha}\"")),
+        ("X-Repo-Commit".to_string(), COMMIT.to_string()),
+        (
+            "Content-Range".to_string(),
+            format!("bytes {start}-{end}/{}", bytes.len()),
+        ),
+        ("Accept-Ranges".to_string(), "bytes".to_string()),
+    ];
+    respond(
+        &mut stream,
+        "206 Partial Content",
+        &headers,
+        &bytes[start..=end],
+    );
+}
+
+fn fixture_hub(fx: &Fixture) -> State {
+    let mut state = State::default();
+    state.repos.insert(
+        format!("datasets/{DATASET}"),
+        [(PARQUET.to_string(), fx.dataset_bytes())]
+            .into_iter()
+            .collect(),
+    );
+    // Models come from a cache filled beside, then served from its blobs.
+    let staging = Fixture::new();
+    staging.fill_cache();
+    for class in [3, 7] {
+        let snap = staging
+            .cache()
+            .join(format!("models--test-org--always-{class}/snapshots"))
+            .join(imagenet_hard::demo::DEMO_COMMIT);
+        let files = ["model.safetensors", "config.json"]
+            .iter()
+            .map(|f| (f.to_string(), std::fs::read(snap.join(f)).unwrap()))
+            .collect();
+        state
+            .repos
+            .insert(format!("test-org/always-{class}"), files);
+    }
+    state
+}
+
+#[test]
+fn fetch_downloads_resumes_and_locks_through_a_loopback_hub() {
+    let fx = Fixture::new();
+    let hub = HubStandIn::start(fixture_hub(&fx));
+    let manifest = fx.write_manifest("main");
+    // A partial download left by an interrupted run: the first half of the blob.
+    let data = fx.dataset_bytes();
+    use sha2::Digest;
+    let sha = imagenet_hard::hub::hex(&sha2::Sha256::digest(&data));
+    let blobs = fx.cache().join("datasets--test-org--tiny-source/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let half = data.len() / 2;
+    std::fs::write(blobs.join(format!("{sha}.part")), &data[..half]).unwrap();
+
+    let out = fx.run(
+        &["fetch", manifest.to_str().unwrap()],
+        &[
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("HF_TOKEN", "hf_test_token"),
+        ],
+    );
+    ok(&out);
+    let fetched = std::fs::read(
+        fx.cache()
+            .join("datasets--test-org--tiny-source/snapshots")
+            .join(COMMIT)
+            .join(PARQUET),
+    )
+    .unwrap();
+    assert_eq!(fetched, data, "resumed download reassembles the file");
+    assert_eq!(
+        std::fs::read_to_string(fx.cache().join("datasets--test-org--tiny-source/refs/main"))
+            .unwrap()
+            .trim(),
+        COMMIT
+    );
+    let log = &hub.state.lock().unwrap().log;
+    let resumed = format!("bytes={half}-");
+    assert!(
+        log.iter()
+            .any(|(_, p, r, _)| p.contains("tiny-source/resolve/")
+                && r.as_deref() == Some(resumed.as_str())),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .all(|(_, _, _, a)| a.as_deref() == Some("Bearer hf_test_token")),
+        "HF_TOKEN is sent: {log:?}"
+    );
+
+    let lock: imagenet_hard::fetch::Lock =
+        toml::from_str(&std::fs::read_to_string(fx.path().join("fixture.lock")).unwrap()).unwrap();
+    let repo = lock.repos.iter().find(|r| r.id == DATASET).unwrap();
+    assert_eq!(
+        (repo.commit.as_str(), repo.revision.as_str()),
+        (COMMIT, "main")
+    );
+    assert_eq!(repo.files[0].sha256, sha);
+    assert_eq!(repo.files[0].size, data.len() as u64);
+
+    // The same cache then serves an offline run, by the ref Python would read.
+    let offline = fx.run(
+        &["fetch", manifest.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&offline);
+}
+
+#[test]
+fn gated_repos_say_how_to_get_access() {
+    let fx = Fixture::new();
+    let mut state = fixture_hub(&fx);
+    state.gated.push(DATASET.to_string());
+    let hub = HubStandIn::start(state);
+    let manifest = fx.write_manifest("main");
+    let out = fx.run(
+        &["fetch", manifest.to_str().unwrap()],
+        &[("HF_ENDPOINT", &hub.endpoint())],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("HTTP 401")
+            && err.contains("HF_TOKEN")
+            && err.contains(&format!("datasets/{DATASET}")),
+        "{err}"
+    );
+}

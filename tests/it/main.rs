@@ -1,0 +1,8 @@
+//! One integration-test binary (as ripgrep's `tests/tests.rs`): golden parity
+//! with Pillow and PyTorch, and the whole pipeline run offline against a
+//! generated Hub cache and a loopback Hub stand-in.
+
+mod fixture;
+mod golden;
+mod hub_server;
+mod pipeline;

@@ -1,0 +1,432 @@
+//! The whole pipeline, offline, through the binary.
+
+use crate::fixture::{ok, stderr, stdout, Fixture, HARD_LABELS};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use imagenet_hard::export::{features_metadata, hard_schema, write_single_shard, HardRow};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn read_shard(
+    path: &std::path::Path,
+) -> (
+    arrow_schema::SchemaRef,
+    Vec<arrow_array::RecordBatch>,
+    parquet::file::metadata::ParquetMetaData,
+) {
+    let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    let meta = b.metadata().as_ref().clone();
+    let schema = b.schema().clone();
+    let batches = b.build().unwrap().map(|r| r.unwrap()).collect();
+    (schema, batches, meta)
+}
+
+#[test]
+fn build_offline_writes_the_hard_set_shards_and_card() {
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let manifest = fx.write_manifest("main");
+    let out = fx.run(
+        &["build", manifest.to_str().unwrap(), "--device", "cpu"],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&out);
+    let run = fx.path().join("run");
+
+    // Bounds: each model solves exactly the decodable rows labelled with its class (2 of 7).
+    let sel: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("select/selection.json")).unwrap())
+            .unwrap();
+    for b in sel["bounds"].as_array().unwrap() {
+        assert_eq!(b["images"], 7, "{b}");
+        let expect = 2.0 / 7.0;
+        assert!(
+            (b["upper_bound"].as_f64().unwrap() - expect).abs() < 1e-12,
+            "{b}"
+        );
+        assert!(
+            (b["one_crop"].as_f64().unwrap() - expect).abs() < 1e-12,
+            "{b}"
+        );
+    }
+    assert!(
+        stdout(&out).contains("| always-3 | tiny-source | 7 | 28.57 | 28.57 (18) |"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Shards: exact released schema, huggingface metadata, the hard rows.
+    let shard = run.join("dataset/data/validation-00000-of-00001.parquet");
+    let (schema, batches, meta) = read_shard(&shard);
+    assert_eq!(schema.fields(), hard_schema().fields());
+    let kv = meta.file_metadata().key_value_metadata().unwrap();
+    let hf = kv.iter().find(|k| k.key == "huggingface").unwrap();
+    assert_eq!(hf.value.as_deref(), Some(features_metadata().as_str()));
+    assert!(meta.row_groups().iter().all(|rg| rg.num_rows() <= 100));
+    let batch = arrow_select_concat(&batches);
+    assert_eq!(batch.num_rows(), 3);
+    let labels: Vec<i64> = (0..3)
+        .map(|i| {
+            batch
+                .column(1)
+                .as_list::<i32>()
+                .value(i)
+                .as_primitive::<Int64Type>()
+                .value(0)
+        })
+        .collect();
+    assert_eq!(labels, HARD_LABELS);
+    let origins = batch.column(2).as_string::<i32>();
+    assert!((0..3).all(|i| origins.value(i) == "tiny-source"));
+    let english = batch.column(3).as_list::<i32>();
+    assert_eq!(english.value(0).as_string::<i32>().value(0), "electric ray"); // class 5
+    let images = batch.column(0).as_struct();
+    let bytes = images.column_by_name("bytes").unwrap().as_binary::<i32>();
+    assert!(
+        image::load_from_memory(bytes.value(0)).is_ok(),
+        "stored bytes are the original encoded image"
+    );
+    assert_eq!(
+        images
+            .column_by_name("path")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "synthetic_0002.png"
+    );
+
+    // Card: valid front matter and the build's facts.
+    let card = std::fs::read_to_string(run.join("dataset/README.md")).unwrap();
+    let front = card
+        .strip_prefix("---\n")
+        .unwrap()
+        .split("\n---\n")
+        .next()
+        .unwrap();
+    for needle in [
+        "license: mit",
+        "- image-classification",
+        "dtype: image",
+        "sequence: int64",
+        "num_examples: 3",
+        "path: data/validation-*",
+        "name: validation",
+    ] {
+        assert!(
+            front.contains(needle),
+            "front matter lacks `{needle}`:\n{front}"
+        );
+    }
+    assert!(!card.contains("{{"), "unfilled placeholder:\n{card}");
+    assert!(card.contains("| tiny-source | 3 |"));
+    assert!(
+        card.contains("| tiny-source | corrupt-image | 1 |"),
+        "{card}"
+    );
+    assert!(card.contains("test fixture terms"));
+    let lock = std::fs::read_to_string(fx.path().join("fixture.lock")).unwrap();
+    let lock: imagenet_hard::fetch::Lock = toml::from_str(&lock).unwrap();
+    assert!(card.contains(&lock.hash()));
+    assert_eq!(lock.repos.len(), 3);
+
+    // Stats record the skip with its reason.
+    let stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("scan/tiny-source.stats.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stats["rows_read"], 8);
+    assert_eq!(stats["skipped"]["corrupt-image"], 1);
+    assert_eq!(stats["skips"][0]["row"], 6);
+
+    // A rerun resumes: nothing is scanned again, and the shard is byte-identical.
+    let before = std::fs::read(&shard).unwrap();
+    let records = run.join("scan/tiny-source.parquet");
+    let records_time = std::fs::metadata(&records).unwrap().modified().unwrap();
+    let again = fx.run(
+        &["build", manifest.to_str().unwrap(), "--device", "cpu"],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&again);
+    assert!(
+        stderr(&again).contains("tiny-source: already scanned"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::metadata(&records).unwrap().modified().unwrap(),
+        records_time
+    );
+    assert_eq!(std::fs::read(&shard).unwrap(), before);
+
+    // Tampering with the lock is refused, naming the lock and the file.
+    let lock_path = fx.path().join("fixture.lock");
+    let text = std::fs::read_to_string(&lock_path).unwrap();
+    let tampered = text
+        .replacen("sha256 = \"", "sha256 = \"0", 1)
+        .replacen("\"\n", "\"\n", 1);
+    let first_sha = text
+        .split("sha256 = \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    std::fs::write(
+        &lock_path,
+        tampered.replacen(&format!("0{first_sha}"), &"0".repeat(64), 1),
+    )
+    .unwrap();
+    let bad = fx.run(
+        &["fetch", manifest.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let err = stderr(&bad);
+    assert!(
+        err.contains("fixture.lock") && err.contains("does not match"),
+        "{err}"
+    );
+
+    // Eval on our own export: the always-3 model gets none of the hard set right.
+    let weights = fx
+        .cache()
+        .join("models--test-org--always-3/snapshots")
+        .join(imagenet_hard::demo::DEMO_COMMIT)
+        .join("model.safetensors");
+    let json = fx.path().join("eval.json");
+    let ev = fx.run(
+        &[
+            "eval",
+            run.join("dataset").to_str().unwrap(),
+            "--model",
+            weights.to_str().unwrap(),
+            "--arch",
+            "resnet18",
+            "--device",
+            "cpu",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    ok(&ev);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["overall"]["images"], 3);
+    assert_eq!(report["overall"]["top1_correct"], 0);
+}
+
+fn arrow_select_concat(batches: &[arrow_array::RecordBatch]) -> arrow_array::RecordBatch {
+    assert_eq!(batches.len(), 1, "fixture output fits one batch");
+    batches[0].clone()
+}
+
+#[test]
+fn offline_miss_names_the_repo_file_and_how_to_prefetch() {
+    let fx = Fixture::new();
+    let manifest = fx.write_manifest("main");
+    let out = fx.run(
+        &["build", manifest.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("HF_HUB_OFFLINE")
+            && err.contains("test-org/tiny-source")
+            && err.contains("pin the 40-hex commit"),
+        "{err}"
+    );
+    let pinned = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
+    let err = stderr(&fx.run(
+        &["fetch", pinned.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1")],
+    ));
+    assert!(
+        err.contains("data/validation-00000-of-00001.parquet")
+            && err.contains("huggingface-cli download"),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifest_errors_name_the_file_and_the_key() {
+    let fx = Fixture::new();
+    let manifest = fx.write_manifest("main");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("batch_size = 8", "batch_size = 8\nbatchsize = 9");
+    std::fs::write(&manifest, text).unwrap();
+    let out = fx.run(&["build", manifest.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("fixture.toml") && err.contains("batchsize"),
+        "{err}"
+    );
+    let usage = fx.run(&["build", "--no-such-flag"], &[]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn eval_scores_any_label_per_origin() {
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let img = |seed: u8| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, seed]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    };
+    let row = |labels: Vec<i64>, origin: &str, seed| HardRow {
+        image: img(seed),
+        path: format!("{seed}.png"),
+        labels,
+        origin: origin.into(),
+    };
+    let dir = fx.path().join("hand");
+    write_single_shard(
+        &dir,
+        vec![
+            row(vec![3], "a", 1),
+            row(vec![1, 3], "b", 2),
+            row(vec![5], "a", 3),
+        ],
+        2,
+    )
+    .unwrap();
+    let weights = fx
+        .cache()
+        .join("models--test-org--always-3/snapshots")
+        .join(imagenet_hard::demo::DEMO_COMMIT)
+        .join("model.safetensors");
+    let out = fx.run(
+        &[
+            "eval",
+            dir.to_str().unwrap(),
+            "--model",
+            weights.to_str().unwrap(),
+            "--arch",
+            "resnet18",
+            "--device",
+            "cpu",
+        ],
+        &[],
+    );
+    ok(&out);
+    let table = stdout(&out);
+    assert!(table.contains("| a | 2 | 50.00 |"), "{table}");
+    assert!(table.contains("| b | 1 | 100.00 |"), "{table}");
+    assert!(table.contains("| **all** | 3 | 66.67 |"), "{table}");
+}
+
+#[test]
+fn zoom_and_predict_work_on_image_files() {
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let photo = fx.path().join("photo.jpg");
+    image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 100]))
+        .save(&photo)
+        .unwrap();
+    let view = fx.path().join("view.png");
+    ok(&fx.run(
+        &[
+            "zoom",
+            photo.to_str().unwrap(),
+            "--transform",
+            "r0c2s448",
+            "-o",
+            view.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let png = image::open(&view).unwrap();
+    assert_eq!((png.width(), png.height()), (224, 224));
+    let bad = fx.run(
+        &[
+            "zoom",
+            photo.to_str().unwrap(),
+            "--transform",
+            "r3c0s10",
+            "-o",
+            view.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+
+    let weights = fx
+        .cache()
+        .join("models--test-org--always-7/snapshots")
+        .join(imagenet_hard::demo::DEMO_COMMIT)
+        .join("model.safetensors");
+    let out = fx.run(
+        &[
+            "predict",
+            photo.to_str().unwrap(),
+            "--model",
+            weights.to_str().unwrap(),
+            "--arch",
+            "resnet18",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        &[],
+    );
+    ok(&out);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let top = doc["top"].as_array().unwrap();
+    assert_eq!(top.len(), 5);
+    assert_eq!(top[0]["index"], 7);
+    assert_eq!(top[0]["name"], "cock");
+    // A Hub repo id resolves through its config.json (offline, from the cache).
+    let by_id = fx.run(
+        &[
+            "predict",
+            photo.to_str().unwrap(),
+            "--model",
+            "test-org/always-7",
+            "--device",
+            "cpu",
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&by_id);
+    assert!(
+        stdout(&by_id).lines().nth(1).unwrap().starts_with("1\t7\t"),
+        "{}",
+        stdout(&by_id)
+    );
+    let text = fx.path().join("notes.jpg");
+    std::fs::write(&text, "not an image").unwrap();
+    let err = fx.run(
+        &[
+            "predict",
+            text.to_str().unwrap(),
+            "--model",
+            weights.to_str().unwrap(),
+            "--arch",
+            "resnet18",
+        ],
+        &[],
+    );
+    assert_eq!(err.status.code(), Some(1));
+    assert!(stderr(&err).contains("notes.jpg"), "{}", stderr(&err));
+}
+
+#[test]
+fn help_says_what_each_command_reads_and_writes() {
+    let fx = Fixture::new();
+    for cmd in [
+        "build", "fetch", "scan", "select", "export", "eval", "predict", "zoom",
+    ] {
+        let out = fx.run(&[cmd, "--help"], &[]);
+        ok(&out);
+        let help = stdout(&out);
+        assert!(
+            help.contains("Reads") && help.contains("writes"),
+            "`{cmd} --help` must say what it reads and writes:\n{help}"
+        );
+    }
+}
