@@ -82,7 +82,7 @@ fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     let fetched = do_fetch(ctx)?;
     let plan = Plan::new(&ctx.manifest, &fetched, limit);
     if let Ok(old) = Plan::read(&plan.run_dir) {
-        if old != plan {
+        if !old.same_run_as(&plan) {
             bail!(
                 "{} holds a run of a different plan (inputs, grid, models or limits changed since); \
                  its scan records would not match. Set another build.output_dir in {} or delete {}",

@@ -168,7 +168,7 @@ pub fn evaluate(
     let plane = 3 * crop * crop;
     let mut input: Vec<f32> = Vec::with_capacity(batch_size * plane);
     let mut meta: Vec<(Vec<i64>, String)> = Vec::new();
-    let bar = crate::util::progress(limit.unwrap_or(0), "eval");
+    let bar = crate::util::progress(source.row_count().unwrap_or(0), "eval");
     let flush = |input: &mut Vec<f32>,
                  meta: &mut Vec<(Vec<i64>, String)>,
                  report: &mut EvalReport|

@@ -70,19 +70,25 @@ pub fn shard_name(index: usize, count: usize) -> String {
 }
 
 /// The released schema: image struct<bytes, path>, label list<int64>,
-/// origin string, english_label list<string>.
+/// origin string, english_label list<string>; the Arrow schema carries the
+/// `huggingface` features (pyarrow, and so `datasets`, read them from there).
 pub fn hard_schema() -> Arc<Schema> {
     let image_fields = Fields::from(vec![
         Field::new("bytes", DataType::Binary, true),
         Field::new("path", DataType::Utf8, true),
     ]);
     let list = |dt: DataType| DataType::List(Arc::new(Field::new("item", dt, true)));
-    Arc::new(Schema::new(vec![
+    let fields = vec![
         Field::new("image", DataType::Struct(image_fields), true),
         Field::new("label", list(DataType::Int64), true),
         Field::new("origin", DataType::Utf8, true),
         Field::new("english_label", list(DataType::Utf8), true),
-    ]))
+    ];
+    let metadata: std::collections::HashMap<String, String> =
+        [("huggingface".to_string(), features_metadata())]
+            .into_iter()
+            .collect();
+    Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
 /// The `huggingface` key-value metadata that makes `datasets` decode `image`.

@@ -133,6 +133,19 @@ impl Plan {
         crate::util::read_json(&Plan::path(run_dir))
     }
 
+    /// Whether `other` describes the same run: same inputs (by lock hash),
+    /// grid, models, limits and settings; where the files sit may differ.
+    pub fn same_run_as(&self, other: &Plan) -> bool {
+        let strip = |p: &Plan| {
+            let mut p = p.clone();
+            p.sources.iter_mut().for_each(|s| s.files.clear());
+            p.models.iter_mut().for_each(|m| m.weights = PathBuf::new());
+            p.tool_version.clear();
+            p
+        };
+        strip(self) == strip(other)
+    }
+
     pub fn model_names(&self) -> Vec<String> {
         self.models.iter().map(|m| m.name.clone()).collect()
     }

@@ -131,7 +131,7 @@ fn scan_source(
     let mut first_slot: u64 = 0; // slot number of pending[0]
     let mut queue: Vec<(u64, usize, RgbImage)> = Vec::new();
     let batch = plan.batch_size;
-    let bar = crate::util::progress(source.limit.unwrap_or(0), &source.origin);
+    let bar = crate::util::progress(reader.row_count().unwrap_or(0), &source.origin);
     let crop = grid.crop_size as usize;
 
     let run_batch = |queue: &mut Vec<(u64, usize, RgbImage)>,
@@ -190,13 +190,13 @@ fn scan_source(
                     correct,
                 })?;
             }
-            bar.inc(1);
         }
         Ok(())
     };
 
     for outcome in reader.rows() {
         stats.rows_read += 1;
+        bar.set_position(stats.rows_read);
         let rec = match outcome? {
             Ok(rec) => rec,
             Err(skip) => {

@@ -82,6 +82,17 @@ impl ParquetSource {
         }
     }
 
+    /// Rows the source will yield (from the Parquet footers), capped by `limit`.
+    pub fn row_count(&self) -> Option<u64> {
+        let mut total = 0u64;
+        for file in &self.files {
+            let f = std::fs::File::open(file).ok()?;
+            let b = ParquetRecordBatchReaderBuilder::try_new(f).ok()?;
+            total += b.metadata().file_metadata().num_rows() as u64;
+        }
+        Some(self.limit.map_or(total, |l| l.min(total)))
+    }
+
     fn open(&self, file: &Path) -> Result<ParquetRecordBatchReader, SourceError> {
         let perr = |e: &dyn std::fmt::Display| SourceError::Parquet {
             file: file.into(),

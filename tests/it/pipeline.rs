@@ -58,6 +58,11 @@ fn build_offline_writes_the_hard_set_shards_and_card() {
     let shard = run.join("dataset/data/validation-00000-of-00001.parquet");
     let (schema, batches, meta) = read_shard(&shard);
     assert_eq!(schema.fields(), hard_schema().fields());
+    assert_eq!(
+        schema.metadata().get("huggingface"),
+        Some(&features_metadata()),
+        "pyarrow reads features from the Arrow schema"
+    );
     let kv = meta.file_metadata().key_value_metadata().unwrap();
     let hf = kv.iter().find(|k| k.key == "huggingface").unwrap();
     assert_eq!(hf.value.as_deref(), Some(features_metadata().as_str()));
@@ -156,6 +161,25 @@ fn build_offline_writes_the_hard_set_shards_and_card() {
         records_time
     );
     assert_eq!(std::fs::read(&shard).unwrap(), before);
+
+    // A changed grid in the same run directory is refused, not mixed in.
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        original.replace("scales = [64, 256]", "scales = [64, 128, 256]"),
+    )
+    .unwrap();
+    let mixed = fx.run(
+        &["scan", manifest.to_str().unwrap(), "--device", "cpu"],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    assert_eq!(mixed.status.code(), Some(1));
+    assert!(
+        stderr(&mixed).contains("different plan"),
+        "{}",
+        stderr(&mixed)
+    );
+    std::fs::write(&manifest, original).unwrap();
 
     // Tampering with the lock is refused, naming the lock and the file.
     let lock_path = fx.path().join("fixture.lock");
