@@ -104,6 +104,17 @@ fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     Ok(plan)
 }
 
+/// The plan a previous `scan` wrote into the manifest's run directory.
+fn read_plan(ctx: &Context) -> Result<Plan> {
+    let run_dir = ctx.manifest.run_dir();
+    Plan::read(&run_dir).with_context(|| {
+        format!(
+            "no plan in {}: run `imagenet-hard scan` first",
+            run_dir.display()
+        )
+    })
+}
+
 fn run_scan(plan: &Plan, args: &RunArgs) -> Result<()> {
     let rt = Runtime::new(args.device)?;
     eprintln!(
@@ -203,22 +214,12 @@ pub fn run(command: Command) -> Result<()> {
         }
         Command::Select(arg) => {
             let ctx = load_context(&arg)?;
-            let plan = Plan::read(&ctx.manifest.run_dir()).with_context(|| {
-                format!(
-                    "no plan in {}: run `imagenet-hard scan` first",
-                    ctx.manifest.run_dir().display()
-                )
-            })?;
+            let plan = read_plan(&ctx)?;
             run_select(&plan)?;
         }
         Command::Export(arg) => {
             let ctx = load_context(&arg)?;
-            let plan = Plan::read(&ctx.manifest.run_dir()).with_context(|| {
-                format!(
-                    "no plan in {}: run `imagenet-hard scan` first",
-                    ctx.manifest.run_dir().display()
-                )
-            })?;
+            let plan = read_plan(&ctx)?;
             let selection = crate::select::Selection::read(&plan.run_dir)?;
             run_export(&plan, &selection)?;
         }

@@ -20,7 +20,7 @@ use crate::labels::class_name;
 use crate::plan::Plan;
 use crate::scan::ScanStats;
 use crate::select::{HardImage, Selection};
-use crate::sources::{ParquetSource, SourceError};
+use crate::sources::SourceError;
 
 const CARD_TEMPLATE: &str = include_str!("../DATASET_CARD.md");
 
@@ -312,13 +312,7 @@ pub fn export(
         if wanted.is_empty() {
             continue;
         }
-        let reader = ParquetSource {
-            files: source.files.clone(),
-            image_column: source.image_column.clone(),
-            label_column: source.label_column.clone(),
-            origin_column: None,
-            limit: source.limit,
-        };
+        let reader = source.reader();
         let mut found = BTreeSet::new();
         for outcome in reader.rows() {
             let rec = match outcome? {

@@ -51,6 +51,19 @@ pub struct PlannedModel {
     pub std: [f32; 3],
 }
 
+impl PlannedSource {
+    /// A streaming reader over this source's rows.
+    pub fn reader(&self) -> crate::sources::ParquetSource {
+        crate::sources::ParquetSource {
+            files: self.files.clone(),
+            image_column: self.image_column.clone(),
+            label_column: self.label_column.clone(),
+            origin_column: None,
+            limit: self.limit,
+        }
+    }
+}
+
 impl Plan {
     pub fn new(manifest: &Manifest, fetched: &Fetched, limit: Option<u64>) -> Plan {
         let commit_of = |repo: &str| {

@@ -11,7 +11,7 @@ use crate::labels::masked_argmax;
 use crate::models::{Classifier, ModelError, Runtime};
 use crate::plan::{Plan, PlannedSource};
 use crate::records::{RecordWriter, RecordsError, ScanRecord};
-use crate::sources::{ParquetSource, Skip, SourceError};
+use crate::sources::{Skip, SourceError};
 use crate::zoom::{decode_rgb, normalise_chw, zoom_views, RgbImage};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,13 +113,7 @@ fn scan_source(
     let grid = &plan.grid;
     let n_t = grid.len();
     let mask = source.class_subset.mask();
-    let reader = ParquetSource {
-        files: source.files.clone(),
-        image_column: source.image_column.clone(),
-        label_column: source.label_column.clone(),
-        origin_column: None,
-        limit: source.limit,
-    };
+    let reader = source.reader();
     let mut stats = ScanStats {
         origin: source.origin.clone(),
         models: plan.model_names(),

@@ -68,6 +68,14 @@ impl Fixture {
         }
     }
 
+    /// The cached weights of the fixture model answering `class`.
+    pub fn model_weights(&self, class: usize) -> PathBuf {
+        self.cache()
+            .join(format!("models--test-org--always-{class}/snapshots"))
+            .join(DEMO_COMMIT)
+            .join("model.safetensors")
+    }
+
     /// A manifest over the fixture repos: 2 scales (one is 256 for the
     /// 1-crop view) x 3x3 anchors, 64 px crops to keep CPU time small.
     pub fn write_manifest(&self, revision: &str) -> PathBuf {

@@ -211,11 +211,7 @@ fn build_offline_writes_the_hard_set_shards_and_card() {
     );
 
     // Eval on our own export: the always-3 model gets none of the hard set right.
-    let weights = fx
-        .cache()
-        .join("models--test-org--always-3/snapshots")
-        .join(imagenet_hard::demo::DEMO_COMMIT)
-        .join("model.safetensors");
+    let weights = fx.model_weights(3);
     let json = fx.path().join("eval.json");
     let ev = fx.run(
         &[
@@ -273,6 +269,38 @@ fn offline_miss_names_the_repo_file_and_how_to_prefetch() {
 }
 
 #[test]
+fn hf_home_locates_the_cache_when_hf_hub_cache_is_unset() {
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let home = fx.path().join("hf-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::rename(fx.cache(), home.join("hub")).unwrap();
+    let manifest = fx.write_manifest("main");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imagenet-hard"));
+    cmd.args(["fetch", manifest.to_str().unwrap()])
+        .current_dir(fx.path());
+    for k in [
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
+    ] {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .env("HF_HOME", &home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(
+        stdout(&out).contains("test-org/tiny-source@"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn manifest_errors_name_the_file_and_the_key() {
     let fx = Fixture::new();
     let manifest = fx.write_manifest("main");
@@ -319,11 +347,7 @@ fn eval_scores_any_label_per_origin() {
         2,
     )
     .unwrap();
-    let weights = fx
-        .cache()
-        .join("models--test-org--always-3/snapshots")
-        .join(imagenet_hard::demo::DEMO_COMMIT)
-        .join("model.safetensors");
+    let weights = fx.model_weights(3);
     let out = fx.run(
         &[
             "eval",
@@ -379,11 +403,7 @@ fn zoom_and_predict_work_on_image_files() {
     );
     assert_eq!(bad.status.code(), Some(1));
 
-    let weights = fx
-        .cache()
-        .join("models--test-org--always-7/snapshots")
-        .join(imagenet_hard::demo::DEMO_COMMIT)
-        .join("model.safetensors");
+    let weights = fx.model_weights(7);
     let out = fx.run(
         &[
             "predict",
