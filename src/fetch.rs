@@ -172,15 +172,24 @@ pub fn fetch(
             });
             paths.push(path);
         }
-        let entry = LockedRepo {
-            kind,
-            id: h.repo.clone(),
-            revision: h.revision.clone(),
-            commit,
-            files,
-        };
-        if !lock.repos.contains(&entry) {
-            lock.repos.push(entry);
+        // One entry per repo and revision, even when several tables use it.
+        let same =
+            |r: &&mut LockedRepo| r.kind == kind && r.id == h.repo && r.revision == h.revision;
+        match lock.repos.iter_mut().find(same) {
+            Some(entry) => {
+                for f in files {
+                    if !entry.files.contains(&f) {
+                        entry.files.push(f);
+                    }
+                }
+            }
+            None => lock.repos.push(LockedRepo {
+                kind,
+                id: h.repo.clone(),
+                revision: h.revision.clone(),
+                commit,
+                files,
+            }),
         }
         Ok(paths)
     };

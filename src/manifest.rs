@@ -508,6 +508,20 @@ hub = { repo = "timm/resnet18.tv_in1k", revision = "main", files = ["model.safet
     }
 
     #[test]
+    fn every_shipped_manifest_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "manifests/ holds the demo and the example");
+    }
+
+    #[test]
     fn missing_local_files_are_named() {
         let text = MINIMAL.replace(
             "hub = { repo = \"org/data\", revision = \"0123456789012345678901234567890123456789\", files = [\"a.parquet\"] }",
