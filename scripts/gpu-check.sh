@@ -7,7 +7,7 @@
 # 1. the binary finds the GPU and its libraries;
 # 2. the demo build runs on the CPU and on the GPU; their scan records must
 #    agree (top-1 per crop) and the logits of one crop must match closely;
-# 3. prints crops/s for both. Results land in $OUT (or ./gpu-check-out).
+# 3. prints crops/s for both. Logs and summary.txt land in $OUT (or ./gpu-check-out).
 set -euo pipefail
 BIN=$(realpath "${1:-.gpu/imagenet-hard}")
 REPO=$PWD
@@ -20,29 +20,29 @@ WORK=$(mktemp -d); cd "$WORK"
 for dev in cpu cuda; do
   rm -rf output
   "$BIN" build --device "$dev" > "$OUT/bounds-$dev.md" 2> "$OUT/build-$dev.log" || { cat "$OUT/build-$dev.log"; exit 1; }
-  cp output/demo/scan/synthetic-demo.stats.json "$OUT/stats-$dev.json"
-  cp output/demo/scan/synthetic-demo.parquet "$OUT/records-$dev.parquet"
-  cp output/demo/select/selection.json "$OUT/selection-$dev.json"
+  cp output/demo/scan/synthetic-demo.stats.json "$WORK/stats-$dev.json"
+  cp output/demo/scan/synthetic-demo.parquet "$WORK/records-$dev.parquet"
+  cp output/demo/select/selection.json "$WORK/selection-$dev.json"
 done
 W=$(ls output/demo/hub/models--imagenet-hard--synthetic-resnet18/snapshots/*/model.safetensors)
 for dev in cpu cuda; do
   "$BIN" predict "$REPO/tests/golden/zoom/inputs/rgb_301x207.png" --model "$W" --arch resnet18 --device "$dev" --json > "$OUT/predict-$dev.json"
 done
-python3 - "$OUT" <<'PY'
+python3 - "$WORK" "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import json, sys
-out = sys.argv[1]
+work, out = sys.argv[1], sys.argv[2]
 try:  # per-crop agreement when pyarrow is there, else the selections
     import pyarrow.parquet as pq
-    a, b = (pq.read_table(f"{out}/records-{d}.parquet").to_pylist() for d in ("cpu", "cuda"))
+    a, b = (pq.read_table(f"{work}/records-{d}.parquet").to_pylist() for d in ("cpu", "cuda"))
     crops = sum(len(r["pred"]) for r in a)
     same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra["pred"], rb["pred"]))
 except ImportError:
-    a, b = (json.load(open(f"{out}/selection-{d}.json")) for d in ("cpu", "cuda"))
+    a, b = (json.load(open(f"{work}/selection-{d}.json")) for d in ("cpu", "cuda"))
     crops, same = 1, int(a == b)
 pa, pb = (json.load(open(f"{out}/predict-{d}.json"))["top"] for d in ("cpu", "cuda"))
 diff = max(abs(x["logit"] - y["logit"]) for x, y in zip(pa, pb))
 scale = max(abs(x["logit"]) for x in pa)
-sa, sb = (json.load(open(f"{out}/stats-{d}.json")) for d in ("cpu", "cuda"))
+sa, sb = (json.load(open(f"{work}/stats-{d}.json")) for d in ("cpu", "cuda"))
 print(f"top-1 agreement cpu vs cuda: {same}/{crops} crops")
 print(f"top-5 logits max |cpu - cuda| = {diff:.3g} (max |logit| {scale:.3g}, relative {diff/scale:.2e}); same classes: {[x['index'] for x in pa] == [x['index'] for x in pb]}")
 for d, s in (("cpu", sa), ("cuda", sb)):

@@ -8,6 +8,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "imagenet_hard=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // clap exits with 2 on bad usage.
     let cli = imagenet_hard::cli::Cli::parse();
