@@ -164,7 +164,12 @@ fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
     let hub = Hub::new(HubConfig::from_env());
     let resolved = resolve_model(&args.model, args.arch.as_deref(), &args.revision, &hub)?;
     let rt = Runtime::new(args.device)?;
-    let model = Classifier::load(resolved.architecture, &resolved.weights, &rt)?;
+    let model = Classifier::load(
+        resolved.architecture,
+        &resolved.weights,
+        &resolved.extras,
+        &rt,
+    )?;
     Ok((resolved, model))
 }
 

@@ -256,7 +256,7 @@ pub fn prepare_demo(run_dir: &Path) -> anyhow::Result<HubConfig> {
     put_synthetic_model(
         &cache_dir,
         DEMO_MODEL,
-        Architecture::Resnet18,
+        Architecture::find("resnet18").expect("registered"),
         2023,
         Head::Random,
     )?;

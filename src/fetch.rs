@@ -68,7 +68,10 @@ pub enum FetchError {
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub source_files: Vec<Vec<PathBuf>>,
-    pub model_files: Vec<PathBuf>,
+    /// Per model: the weights first, then any further files of its repo.
+    pub model_files: Vec<Vec<PathBuf>>,
+    /// Where derived files (e.g. cached classifier heads, URL downloads) go.
+    pub tool_cache: PathBuf,
     pub lock: Lock,
 }
 
@@ -203,8 +206,8 @@ pub fn fetch(
     let mut model_files = Vec::new();
     for m in &manifest.models {
         model_files.push(match (&m.hub, &m.path) {
-            (Some(h), _) => get(RepoKind::Model, h)?.remove(0),
-            (None, Some(p)) => manifest_dir.join(p),
+            (Some(h), _) => get(RepoKind::Model, h)?,
+            (None, Some(p)) => vec![manifest_dir.join(p)],
             (None, None) => {
                 return Err(FetchError::Io {
                     path: manifest_dir.into(),
@@ -219,6 +222,7 @@ pub fn fetch(
     Ok(Fetched {
         source_files,
         model_files,
+        tool_cache: hub.tool_cache_dir(),
         lock,
     })
 }
@@ -229,6 +233,7 @@ pub struct ResolvedModel {
     pub name: String,
     pub architecture: crate::models::Architecture,
     pub weights: PathBuf,
+    pub extras: crate::models::Extras,
     pub eval: crate::models::EvalPreprocess,
     pub provenance: String,
 }
@@ -249,14 +254,6 @@ pub enum ModelRefError {
     Config { file: PathBuf, message: String },
 }
 
-fn known_architectures() -> String {
-    crate::models::Architecture::ALL
-        .iter()
-        .map(|a| a.name())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Resolve `--model`: a registry name, a local safetensors file (with
 /// `arch`), or a Hub repo id whose `config.json` names the architecture
 /// (timm `architecture`, transformers `architectures`) and, for timm, the
@@ -269,8 +266,9 @@ pub fn resolve_model(
 ) -> Result<ResolvedModel, ModelRefError> {
     use crate::models::{lookup, registry, Architecture, EvalPreprocess};
     let parse_arch = |a: &str| {
-        Architecture::from_config_name(a)
-            .ok_or_else(|| ModelRefError::UnknownArch(a.into(), known_architectures()))
+        Architecture::find(a).ok_or_else(|| {
+            ModelRefError::UnknownArch(a.into(), crate::models::Architecture::known())
+        })
     };
     if let Some(entry) = lookup(model) {
         let h = &entry.hub;
@@ -295,13 +293,19 @@ pub fn resolve_model(
             name: entry.name.into(),
             architecture: entry.architecture,
             weights: path,
+            extras: crate::models::Extras {
+                files: Default::default(),
+                cache_dir: Some(hub.tool_cache_dir()),
+            },
             eval: entry.eval,
             provenance: format!("{}@{}", h.repo, commit),
         });
     }
     let local = Path::new(model);
     if local.is_file() {
-        let a = arch.ok_or_else(|| ModelRefError::NeedArch(model.into(), known_architectures()))?;
+        let a = arch.ok_or_else(|| {
+            ModelRefError::NeedArch(model.into(), crate::models::Architecture::known())
+        })?;
         return Ok(ResolvedModel {
             name: local
                 .file_stem()
@@ -309,6 +313,7 @@ pub fn resolve_model(
                 .unwrap_or_else(|| model.into()),
             architecture: parse_arch(a)?,
             weights: local.into(),
+            extras: crate::models::Extras::default(),
             eval: EvalPreprocess::TORCHVISION,
             provenance: local.display().to_string(),
         });
@@ -345,6 +350,10 @@ pub fn resolve_model(
         name: model.into(),
         architecture,
         weights,
+        extras: crate::models::Extras {
+            files: Default::default(),
+            cache_dir: Some(hub.tool_cache_dir()),
+        },
         eval: eval_from_timm_config(&config["pretrained_cfg"]),
         provenance: format!("{model}@{commit}"),
     })

@@ -164,6 +164,16 @@ impl Hub {
         &self.cfg
     }
 
+    /// A folder beside the Hub cache for this tool's own downloads and
+    /// derived files (`<cache>/../imagenet-hard`).
+    pub fn tool_cache_dir(&self) -> PathBuf {
+        self.cfg
+            .cache_dir
+            .parent()
+            .unwrap_or(&self.cfg.cache_dir)
+            .join("imagenet-hard")
+    }
+
     fn repo_dir(&self, kind: RepoKind, repo: &str) -> PathBuf {
         self.cfg.cache_dir.join(format!(
             "{}--{}",

@@ -47,8 +47,20 @@ pub struct PlannedModel {
     pub architecture: Architecture,
     pub provenance: String,
     pub weights: PathBuf,
+    /// Further files of the model's repo (e.g. `tokenizer.json`) by name.
+    pub extra_files: std::collections::BTreeMap<String, PathBuf>,
+    pub cache_dir: PathBuf,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+impl PlannedModel {
+    pub fn extras(&self) -> crate::models::Extras {
+        crate::models::Extras {
+            files: self.extra_files.clone(),
+            cache_dir: Some(self.cache_dir.clone()),
+        }
+    }
 }
 
 impl PlannedSource {
@@ -105,14 +117,26 @@ impl Plan {
             .models
             .iter()
             .zip(&fetched.model_files)
-            .map(|(m, weights)| PlannedModel {
+            .map(|(m, files)| PlannedModel {
                 name: m.name.clone(),
                 architecture: m.architecture,
                 provenance: match &m.hub {
                     Some(h) => format!("{}@{}", h.repo, commit_of(&h.repo)),
-                    None => weights.display().to_string(),
+                    None => files[0].display().to_string(),
                 },
-                weights: weights.clone(),
+                weights: files[0].clone(),
+                extra_files: files[1..]
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                            p.clone(),
+                        )
+                    })
+                    .collect(),
+                cache_dir: fetched.tool_cache.clone(),
                 mean: m.mean,
                 std: m.std,
             })
@@ -152,7 +176,11 @@ impl Plan {
         let strip = |p: &Plan| {
             let mut p = p.clone();
             p.sources.iter_mut().for_each(|s| s.files.clear());
-            p.models.iter_mut().for_each(|m| m.weights = PathBuf::new());
+            p.models.iter_mut().for_each(|m| {
+                m.weights = PathBuf::new();
+                m.extra_files.values_mut().for_each(|f| *f = PathBuf::new());
+                m.cache_dir = PathBuf::new();
+            });
             p.tool_version.clear();
             p
         };

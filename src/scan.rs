@@ -72,7 +72,7 @@ pub fn scan(plan: &Plan, rt: &Runtime) -> Result<Vec<(ScanStats, bool)>, ScanErr
     let models = plan
         .models
         .iter()
-        .map(|m| Classifier::load(m.architecture, &m.weights, rt))
+        .map(|m| Classifier::load(m.architecture, &m.weights, &m.extras(), rt))
         .collect::<Result<Vec<_>, _>>()?;
     let mut all = Vec::new();
     for source in &plan.sources {

@@ -4,43 +4,123 @@
 //! Adding a model = one file here + one [`Architecture`] variant + one
 //! [`registry`] entry.
 
+pub mod pth;
 mod resnet;
 pub mod synthetic;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, VarBuilder};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::HubFiles;
 use crate::zoom::{Interpolation, IMAGENET_MEAN, IMAGENET_STD};
 
-/// Network architectures the tool can build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Architecture {
-    Resnet18,
-    Resnet50,
+/// A network mapping normalised NCHW crops to 1000 ImageNet-1k logits.
+pub type Net = Box<dyn Module + Send + Sync>;
+
+/// Files beside the weights that some architectures need (e.g. a
+/// tokenizer), keyed by their file name, and a folder for derived caches.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    pub files: BTreeMap<String, PathBuf>,
+    pub cache_dir: Option<PathBuf>,
 }
 
-impl Architecture {
-    pub const ALL: [Architecture; 2] = [Architecture::Resnet18, Architecture::Resnet50];
+/// One buildable architecture: its name, the names Hub configs give it,
+/// and how to build it from a checkpoint with its own tensor names.
+pub struct ArchSpec {
+    /// Name in manifests and on the command line, e.g. `resnet50`.
+    pub name: &'static str,
+    /// Names in a Hub `config.json` (timm `architecture`, transformers
+    /// `architectures[0]`) that mean this architecture.
+    pub config_names: &'static [&'static str],
+    pub build: fn(VarBuilder<'static>, &Extras) -> candle_core::Result<Net>,
+}
 
+/// Every architecture the tool can build. Adding one = a file in this
+/// folder and a line here.
+pub static ARCHITECTURES: &[ArchSpec] = &[
+    ArchSpec {
+        name: "resnet18",
+        config_names: &["resnet18"],
+        build: resnet::resnet18,
+    },
+    ArchSpec {
+        name: "resnet50",
+        config_names: &["resnet50"],
+        build: resnet::resnet50,
+    },
+];
+
+/// A known architecture (serialised as its name).
+#[derive(Clone, Copy)]
+pub struct Architecture(&'static ArchSpec);
+
+impl Architecture {
     pub fn name(self) -> &'static str {
-        match self {
-            Architecture::Resnet18 => "resnet18",
-            Architecture::Resnet50 => "resnet50",
-        }
+        self.0.name
     }
 
-    /// Map a Hub `config.json` architecture name (timm `architecture`,
-    /// transformers `architectures[0]`) to ours.
-    pub fn from_config_name(name: &str) -> Option<Architecture> {
-        match name.to_ascii_lowercase().as_str() {
-            "resnet18" => Some(Architecture::Resnet18),
-            "resnet50" => Some(Architecture::Resnet50),
-            _ => None,
-        }
+    pub fn spec(self) -> &'static ArchSpec {
+        self.0
+    }
+
+    pub fn all() -> impl Iterator<Item = Architecture> {
+        ARCHITECTURES.iter().map(Architecture)
+    }
+
+    /// By our name or by a Hub config name (case-insensitive).
+    pub fn find(name: &str) -> Option<Architecture> {
+        let lower = name.to_ascii_lowercase();
+        ARCHITECTURES
+            .iter()
+            .find(|a| {
+                a.name == lower || a.config_names.iter().any(|c| c.eq_ignore_ascii_case(name))
+            })
+            .map(Architecture)
+    }
+
+    /// Names of all architectures, for error messages.
+    pub fn known() -> String {
+        ARCHITECTURES
+            .iter()
+            .map(|a| a.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl PartialEq for Architecture {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Architecture {}
+
+impl std::fmt::Debug for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name)
+    }
+}
+
+impl Serialize for Architecture {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for Architecture {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Architecture::find(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown architecture `{name}`; known: {}",
+                Architecture::known()
+            ))
+        })
     }
 }
 
@@ -121,10 +201,12 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Load safetensors weights with torchvision/timm tensor names.
+    /// Load weights (safetensors, or a PyTorch `.pth` checkpoint read
+    /// without running pickle code) with the checkpoint's tensor names.
     pub fn load(
         arch: Architecture,
         weights: &Path,
+        extras: &Extras,
         rt: &Runtime,
     ) -> Result<Classifier, ModelError> {
         let err = |e: candle_core::Error| ModelError::Load {
@@ -132,13 +214,15 @@ impl Classifier {
             arch: arch.name(),
             message: e.to_string(),
         };
-        // SAFETY: the file is mmapped read-only; the tool never writes weights it is reading.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &rt.device) }
-            .map_err(err)?;
-        let net: Box<dyn Module + Send + Sync> = match arch {
-            Architecture::Resnet18 => Box::new(resnet::resnet18(vb).map_err(err)?),
-            Architecture::Resnet50 => Box::new(resnet::resnet50(vb).map_err(err)?),
-        };
+        let vb = var_builder(weights, &rt.device).map_err(|e| match e {
+            pth::PthError::Candle(e) => err(e),
+            other => ModelError::Load {
+                file: weights.into(),
+                arch: arch.name(),
+                message: other.to_string(),
+            },
+        })?;
+        let net = (arch.spec().build)(vb, extras).map_err(err)?;
         Ok(Classifier {
             arch,
             net,
@@ -163,6 +247,21 @@ impl Classifier {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(err)
     }
+}
+
+/// A `VarBuilder` over a weights file: safetensors (mmapped), or a PyTorch
+/// zip checkpoint (`.pth`, `.pt`, `.bin`) after checking that its pickle
+/// only rebuilds tensors.
+pub fn var_builder(weights: &Path, device: &Device) -> Result<VarBuilder<'static>, pth::PthError> {
+    let is_pickle = weights
+        .extension()
+        .is_some_and(|e| e == "pth" || e == "pt" || e == "bin");
+    if is_pickle {
+        pth::check_tensor_only(weights)?;
+        return Ok(VarBuilder::from_pth(weights, DType::F32, device)?);
+    }
+    // SAFETY: the file is mmapped read-only; the tool never writes weights it is reading.
+    Ok(unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }?)
 }
 
 /// How a model's own evaluation view is made (torchvision/timm style).
@@ -211,7 +310,7 @@ pub fn registry() -> Vec<RegistryEntry> {
     vec![
         RegistryEntry {
             name: "resnet18",
-            architecture: Architecture::Resnet18,
+            architecture: Architecture::find("resnet18").expect("registered"),
             hub: pinned(
                 "timm/resnet18.tv_in1k",
                 "590dfdd48494d2316a8385e1ca7fbec3b9359b35",
@@ -222,7 +321,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "resnet50",
-            architecture: Architecture::Resnet50,
+            architecture: Architecture::find("resnet50").expect("registered"),
             hub: pinned(
                 "timm/resnet50.tv_in1k",
                 "aa6c2d36d56bc0209040c02b5a7b7d7bf11d57b8",

@@ -13,7 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{resnet, Architecture, ModelError};
+use super::{Architecture, Extras, ModelError, Net};
 use crate::labels::NUM_CLASSES;
 
 /// splitmix64 stream.
@@ -56,16 +56,13 @@ fn value(name: &str, rank: usize, fan_in: usize, u: f32) -> f32 {
     }
 }
 
-/// Names and shapes of every tensor the architecture reads, sorted by name.
-pub fn tensor_shapes(arch: Architecture) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
-    let err =
-        |e: candle_core::Error| ModelError::Device(format!("building {} shapes: {e}", arch.name()));
+/// Names and shapes of every tensor a network reads, sorted by name.
+pub fn tensor_shapes_with(
+    build: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net>,
+) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    match arch {
-        Architecture::Resnet18 => drop(resnet::resnet18(vb).map_err(err)?),
-        Architecture::Resnet50 => drop(resnet::resnet50(vb).map_err(err)?),
-    }
+    drop(build(vb).map_err(|e| ModelError::Device(format!("building tensor shapes: {e}")))?);
     let data = varmap
         .data()
         .lock()
@@ -78,30 +75,37 @@ pub fn tensor_shapes(arch: Architecture) -> Result<Vec<(String, Vec<usize>)>, Mo
     Ok(shapes)
 }
 
-/// Generate weights for `arch` from `seed` and save them as safetensors.
-pub fn write_weights(
-    arch: Architecture,
+/// Names and shapes of every tensor `arch` reads, sorted by name.
+pub fn tensor_shapes(arch: Architecture) -> Result<Vec<(String, Vec<usize>)>, ModelError> {
+    tensor_shapes_with(|vb| (arch.spec().build)(vb, &Extras::default()))
+}
+
+/// Generate weights for the network `build` makes, from `seed`, as safetensors.
+/// With [`Head::Always`], every `[1000, _]` weight is zeroed and every
+/// `[1000]` bias is one-hot: the final classifier answers one class.
+pub fn write_weights_with(
+    build: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net>,
     seed: u64,
     head: Head,
     out: &Path,
 ) -> Result<(), ModelError> {
     let err = |e: candle_core::Error| ModelError::Load {
         file: out.into(),
-        arch: arch.name(),
+        arch: "synthetic",
         message: e.to_string(),
     };
     let mut rng = SplitMix64(seed);
     let mut tensors = HashMap::new();
-    for (name, shape) in tensor_shapes(arch)? {
+    for (name, shape) in tensor_shapes_with(build)? {
         let n: usize = shape.iter().product();
         let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
         let mut values: Vec<f32> = (0..n)
             .map(|_| value(&name, shape.len(), fan_in, rng.next_unit()))
             .collect();
         if let Head::Always(class) = head {
-            if name == "fc.weight" {
+            if name.ends_with("weight") && shape.len() == 2 && shape[0] == NUM_CLASSES {
                 values.iter_mut().for_each(|v| *v = 0.0);
-            } else if name == "fc.bias" {
+            } else if name.ends_with("bias") && shape == [NUM_CLASSES] {
                 values = (0..NUM_CLASSES)
                     .map(|i| if i == class { 10.0 } else { 0.0 })
                     .collect();
@@ -115,11 +119,26 @@ pub fn write_weights(
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| ModelError::Load {
             file: out.into(),
-            arch: arch.name(),
+            arch: "synthetic",
             message: e.to_string(),
         })?;
     }
     candle_core::safetensors::save(&tensors, out).map_err(err)
+}
+
+/// Generate weights for `arch` from `seed` and save them as safetensors.
+pub fn write_weights(
+    arch: Architecture,
+    seed: u64,
+    head: Head,
+    out: &Path,
+) -> Result<(), ModelError> {
+    write_weights_with(
+        |vb| (arch.spec().build)(vb, &Extras::default()),
+        seed,
+        head,
+        out,
+    )
 }
 
 /// A reproducible input batch (values in [-2, 2)), as the parity script makes it.
@@ -142,7 +161,7 @@ mod tests {
 
     #[test]
     fn resnet18_has_the_torchvision_tensor_names() {
-        let shapes = tensor_shapes(Architecture::Resnet18).unwrap();
+        let shapes = tensor_shapes(Architecture::find("resnet18").unwrap()).unwrap();
         let find = |n: &str| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
         assert_eq!(find("conv1.weight"), Some(vec![64, 3, 7, 7]));
         assert_eq!(

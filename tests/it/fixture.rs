@@ -60,7 +60,7 @@ impl Fixture {
             put_synthetic_model(
                 &self.cache(),
                 &repo,
-                Architecture::Resnet18,
+                Architecture::find("resnet18").unwrap(),
                 class as u64,
                 Head::Always(class),
             )

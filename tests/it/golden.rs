@@ -3,7 +3,7 @@
 //! (PyTorch); nothing here derives them from the code under test.
 
 use imagenet_hard::models::synthetic::{input, write_weights, Head};
-use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Runtime};
+use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Extras, Runtime};
 use imagenet_hard::zoom::{decode_rgb, zoom_view, DecodeLimits, RgbImage, Transform};
 use std::path::{Path, PathBuf};
 
@@ -132,8 +132,13 @@ fn resnet_parity(arch: Architecture) {
         &weights,
     )
     .unwrap();
-    let model =
-        Classifier::load(arch, &weights, &Runtime::new(DeviceChoice::Cpu).unwrap()).unwrap();
+    let model = Classifier::load(
+        arch,
+        &weights,
+        &Extras::default(),
+        &Runtime::new(DeviceChoice::Cpu).unwrap(),
+    )
+    .unwrap();
     let x = input(doc["input_seed"].as_u64().unwrap(), batch * 3 * size * size);
     let ours = model.logits(&x, batch, size).unwrap();
     let expected: Vec<f32> = doc["logits"]
@@ -164,10 +169,33 @@ fn resnet_parity(arch: Architecture) {
 
 #[test]
 fn resnet18_logits_match_pytorch() {
-    resnet_parity(Architecture::Resnet18);
+    resnet_parity(Architecture::find("resnet18").unwrap());
 }
 
 #[test]
 fn resnet50_logits_match_pytorch() {
-    resnet_parity(Architecture::Resnet50);
+    resnet_parity(Architecture::find("resnet50").unwrap());
+}
+
+#[test]
+fn pth_checkpoints_load_tensors_and_refuse_code() {
+    use candle_core::{DType, Device};
+    let ok = golden("pth/tensors.pth");
+    let vb = imagenet_hard::models::var_builder(&ok, &Device::Cpu).unwrap();
+    let w = vb
+        .get_with_hints_dtype((2, 3), "layer.weight", Default::default(), DType::F32)
+        .unwrap();
+    assert_eq!(
+        w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    );
+    let bad = golden("pth/code.pth");
+    let err = imagenet_hard::models::var_builder(&bad, &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("__builtin__.print") && err.contains("code.pth") && err.contains("refusing"),
+        "{err}"
+    );
 }
