@@ -2,12 +2,14 @@
 //! written by `scripts/golden_zoom.py` (Pillow) and `scripts/golden_resnet.py`
 //! (PyTorch); nothing here derives them from the code under test.
 
-use imagenet_hard::models::synthetic::{input, write_weights, Head};
-use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Extras, Runtime};
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use imagenet_hard::models::synthetic::{input, write_weights_with, Head};
+use imagenet_hard::models::{var_builder, Architecture, Extras, Net};
 use imagenet_hard::zoom::{decode_rgb, zoom_view, DecodeLimits, RgbImage, Transform};
 use std::path::{Path, PathBuf};
 
-fn golden(rel: &str) -> PathBuf {
+pub fn golden(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(rel)
@@ -114,33 +116,40 @@ fn mode_conversions_match_pillow() {
     }
 }
 
-fn resnet_parity(arch: Architecture) {
-    let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(golden(&format!("resnet/{}.json", arch.name()))).unwrap(),
-    )
-    .unwrap();
+/// Logits parity with a reference written by a `scripts/golden_*.py` script:
+/// the JSON names the weight and input seeds, the batch and input size, and
+/// holds the reference logits. `build` makes the network under test; its
+/// weights come from the shared splitmix64 generator, as on the Python side.
+pub fn logits_parity(
+    doc: &str,
+    build: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy,
+) {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden(doc)).unwrap()).unwrap();
     let (batch, size) = (
         doc["batch"].as_u64().unwrap() as usize,
         doc["size"].as_u64().unwrap() as usize,
     );
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("w.safetensors");
-    write_weights(
-        arch,
+    write_weights_with(
+        build,
         doc["weight_seed"].as_u64().unwrap(),
         Head::Random,
         &weights,
     )
     .unwrap();
-    let model = Classifier::load(
-        arch,
-        &weights,
-        &Extras::default(),
-        &Runtime::new(DeviceChoice::Cpu).unwrap(),
-    )
-    .unwrap();
+    let vb = var_builder(&weights, &Device::Cpu).unwrap();
+    let net = build(vb).unwrap();
     let x = input(doc["input_seed"].as_u64().unwrap(), batch * 3 * size * size);
-    let ours = model.logits(&x, batch, size).unwrap();
+    let x = Tensor::from_vec(x, (batch, 3, size, size), &Device::Cpu).unwrap();
+    let ours: Vec<f32> = net
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let expected: Vec<f32> = doc["logits"]
         .as_array()
         .unwrap()
@@ -152,7 +161,7 @@ fn resnet_parity(arch: Architecture) {
                 .map(|v| v.as_f64().unwrap() as f32)
         })
         .collect();
-    assert_eq!(ours.len(), expected.len());
+    assert_eq!(ours.len(), expected.len(), "{}: logits shape", doc["arch"]);
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     let worst = ours
         .iter()
@@ -160,26 +169,36 @@ fn resnet_parity(arch: Architecture) {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(scale > 0.0);
+    eprintln!(
+        "{}: max |candle - reference| / max |logit| = {:.2e}",
+        doc["arch"],
+        worst / scale
+    );
     assert!(
         worst / scale < 1e-4,
-        "{}: max |candle - torch| = {worst} vs max |logit| {scale}",
-        arch.name()
+        "{}: max |candle - reference| = {worst} vs max |logit| {scale}",
+        doc["arch"]
     );
+}
+
+fn registered(name: &str) -> impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy {
+    let arch = Architecture::find(name).unwrap();
+    move |vb| (arch.spec().build)(vb, &Extras::default())
 }
 
 #[test]
 fn resnet18_logits_match_pytorch() {
-    resnet_parity(Architecture::find("resnet18").unwrap());
+    logits_parity("resnet/resnet18.json", registered("resnet18"));
 }
 
 #[test]
 fn resnet50_logits_match_pytorch() {
-    resnet_parity(Architecture::find("resnet50").unwrap());
+    logits_parity("resnet/resnet50.json", registered("resnet50"));
 }
 
 #[test]
 fn pth_checkpoints_load_tensors_and_refuse_code() {
-    use candle_core::{DType, Device};
+    use candle_core::DType;
     let ok = golden("pth/tensors.pth");
     let vb = imagenet_hard::models::var_builder(&ok, &Device::Cpu).unwrap();
     let w = vb
