@@ -120,6 +120,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the registered models and the architectures the tool can build.
+    ///
+    /// Reads nothing; writes to stdout one line per registered model (name,
+    /// architecture, weight source, evaluation view), then the architectures
+    /// with the Hub config names they answer to; --json for machines.
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
     /// Write one zoom transform of an image as a PNG: what the model sees.
     ///
     /// Reads IMAGE (JPEG or PNG); writes the 224x224 crop (before

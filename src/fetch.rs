@@ -13,6 +13,17 @@ use crate::manifest::{HubFiles, Manifest};
 pub struct Lock {
     #[serde(rename = "repo", default)]
     pub repos: Vec<LockedRepo>,
+    #[serde(rename = "url", default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<LockedUrl>,
+}
+
+/// A file fetched from a plain URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedUrl {
+    pub url: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +73,55 @@ pub enum FetchError {
         expected: String,
         found: String,
     },
+}
+
+/// `found` (a full hex sha256) matches a pinned hash or hash prefix.
+fn hash_matches(pinned: &str, found: &str) -> bool {
+    pinned.len() >= 8
+        && found.len() == 64
+        && found
+            .to_ascii_lowercase()
+            .starts_with(&pinned.to_ascii_lowercase())
+}
+
+/// Download (or find) a URL file, check it against its pin and the lock.
+pub fn fetch_url(
+    hub: &Hub,
+    u: &crate::manifest::UrlFile,
+    existing: Option<&Lock>,
+    lock_file: &Path,
+) -> Result<(PathBuf, LockedUrl), FetchError> {
+    let path = hub.url_file(&u.url, u.file_name())?;
+    let (sha256, size) = sha256_file(&path).map_err(|source| FetchError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if !hash_matches(&u.sha256, &sha256) {
+        return Err(FetchError::PinnedHash {
+            repo: u.url.clone(),
+            file: path.display().to_string(),
+            expected: u.sha256.clone(),
+            found: sha256,
+        });
+    }
+    if let Some(locked) = existing.and_then(|l| l.urls.iter().find(|l| l.url == u.url)) {
+        if locked.sha256 != sha256 || locked.size != size {
+            return Err(FetchError::Mismatch {
+                what: format!("{} ({})", u.url, path.display()),
+                lock: lock_file.into(),
+                locked: format!("sha256 {} ({} bytes)", locked.sha256, locked.size),
+                found: format!("sha256 {sha256} ({size} bytes)"),
+            });
+        }
+    }
+    Ok((
+        path,
+        LockedUrl {
+            url: u.url.clone(),
+            size,
+            sha256,
+        },
+    ))
 }
 
 /// Local paths of every input, in manifest order.
@@ -149,7 +209,7 @@ pub fn fetch(
                 source,
             })?;
             if let Some(expected) = h.sha256.get(f) {
-                if !expected.eq_ignore_ascii_case(&sha256) {
+                if !hash_matches(expected, &sha256) {
                     return Err(FetchError::PinnedHash {
                         repo: h.repo.clone(),
                         file: f.clone(),
@@ -204,11 +264,17 @@ pub fn fetch(
         });
     }
     let mut model_files = Vec::new();
+    let mut urls = Vec::new();
     for m in &manifest.models {
-        model_files.push(match (&m.hub, &m.path) {
-            (Some(h), _) => get(RepoKind::Model, h)?,
-            (None, Some(p)) => vec![manifest_dir.join(p)],
-            (None, None) => {
+        model_files.push(match (&m.hub, &m.url, &m.path) {
+            (Some(h), _, _) => get(RepoKind::Model, h)?,
+            (None, Some(u), _) => {
+                let (path, locked) = fetch_url(hub, u, existing, lock_file)?;
+                urls.push(locked);
+                vec![path]
+            }
+            (None, None, Some(p)) => vec![manifest_dir.join(p)],
+            (None, None, None) => {
                 return Err(FetchError::Io {
                     path: manifest_dir.into(),
                     source: std::io::Error::other(format!(
@@ -219,6 +285,7 @@ pub fn fetch(
             }
         });
     }
+    lock.urls = urls;
     Ok(Fetched {
         source_files,
         model_files,
@@ -264,41 +331,67 @@ pub fn resolve_model(
     revision: &str,
     hub: &Hub,
 ) -> Result<ResolvedModel, ModelRefError> {
-    use crate::models::{lookup, registry, Architecture, EvalPreprocess};
+    use crate::models::{lookup, registry, Architecture, EvalPreprocess, WeightSource};
     let parse_arch = |a: &str| {
         Architecture::find(a).ok_or_else(|| {
             ModelRefError::UnknownArch(a.into(), crate::models::Architecture::known())
         })
     };
     if let Some(entry) = lookup(model) {
-        let h = &entry.hub;
-        let commit = hub.resolve_commit(RepoKind::Model, &h.repo, &h.revision)?;
-        let path = hub.file(RepoKind::Model, &h.repo, &commit, &h.files[0])?;
-        if let Some(expected) = h.sha256.get(&h.files[0]) {
-            let (sha, _) = sha256_file(&path).map_err(|source| FetchError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            if &sha != expected {
-                return Err(FetchError::PinnedHash {
-                    repo: h.repo.clone(),
-                    file: h.files[0].clone(),
-                    expected: expected.clone(),
-                    found: sha,
+        let (weights, files, provenance) = match &entry.source {
+            WeightSource::Hub(h) => {
+                let commit = hub.resolve_commit(RepoKind::Model, &h.repo, &h.revision)?;
+                let mut paths = Vec::new();
+                for f in &h.files {
+                    let path = hub.file(RepoKind::Model, &h.repo, &commit, f)?;
+                    if let Some(expected) = h.sha256.get(f) {
+                        let (sha, _) = sha256_file(&path).map_err(|source| FetchError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        if !hash_matches(expected, &sha) {
+                            let (repo, file) = (h.repo.clone(), f.clone());
+                            return Err(FetchError::PinnedHash {
+                                repo,
+                                file,
+                                expected: expected.clone(),
+                                found: sha,
+                            }
+                            .into());
+                        }
+                    }
+                    paths.push(path);
                 }
-                .into());
+                let weights = paths.remove(0);
+                (weights, paths, format!("{}@{}", h.repo, commit))
             }
-        }
+            WeightSource::Url(u) => (
+                fetch_url(hub, u, None, Path::new("-"))?.0,
+                Vec::new(),
+                u.url.clone(),
+            ),
+        };
+        let files = files
+            .into_iter()
+            .map(|p| {
+                (
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    p,
+                )
+            })
+            .collect();
         return Ok(ResolvedModel {
             name: entry.name.into(),
             architecture: entry.architecture,
-            weights: path,
+            weights,
             extras: crate::models::Extras {
-                files: Default::default(),
+                files,
                 cache_dir: Some(hub.tool_cache_dir()),
             },
             eval: entry.eval,
-            provenance: format!("{}@{}", h.repo, commit),
+            provenance,
         });
     }
     let local = Path::new(model);

@@ -84,6 +84,8 @@ pub enum HubError {
         file: String,
         message: String,
     },
+    #[error("HF_HUB_OFFLINE is set and {url} is not downloaded yet; fetch it on a connected machine, or put the file at {path}")]
+    UrlNotCached { url: String, path: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -172,6 +174,54 @@ impl Hub {
             .parent()
             .unwrap_or(&self.cfg.cache_dir)
             .join("imagenet-hard")
+    }
+
+    /// A file at a plain URL, kept in `<tool cache>/urls/<file_name>`;
+    /// downloaded (resuming a `.part` file) unless already there or offline.
+    pub fn url_file(&self, url: &str, file_name: &str) -> Result<PathBuf, HubError> {
+        let dir = self.tool_cache_dir().join("urls");
+        let path = dir.join(file_name);
+        if path.is_file() {
+            return Ok(path);
+        }
+        if self.cfg.offline {
+            return Err(HubError::UrlNotCached {
+                url: url.into(),
+                path,
+            });
+        }
+        let io = |path: &Path, source: std::io::Error| HubError::Io {
+            path: path.into(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let part = dir.join(format!("{file_name}.part"));
+        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        let request = ureq::get(url);
+        let request = if have > 0 {
+            request.header("Range", &format!("bytes={have}-"))
+        } else {
+            request
+        };
+        let failed = |message: String| HubError::Request {
+            repo: url.into(),
+            file: file_name.into(),
+            message,
+        };
+        let response = request.call().map_err(|e| failed(e.to_string()))?;
+        // A server that ignores the range sends the whole file again.
+        let append = have > 0 && response.status().as_u16() == 206;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&part)
+            .map_err(|e| io(&part, e))?;
+        let mut body = response.into_body().into_reader();
+        std::io::copy(&mut body, &mut out).map_err(|e| failed(e.to_string()))?;
+        std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
+        Ok(path)
     }
 
     fn repo_dir(&self, kind: RepoKind, repo: &str) -> PathBuf {

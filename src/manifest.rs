@@ -154,6 +154,23 @@ pub struct HubFiles {
     pub sha256: BTreeMap<String, String>,
 }
 
+/// A file at a plain URL (e.g. torchvision's `.pth` weights), pinned by sha256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UrlFile {
+    pub url: String,
+    /// The file's sha256, or its first 8 or more hex digits (torchvision's
+    /// file names carry the first 8); the lock then records the full hash.
+    pub sha256: String,
+}
+
+impl UrlFile {
+    /// The last path segment of the URL: the name the file is stored under.
+    pub fn file_name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or(&self.url)
+    }
+}
+
 /// How the label column is written in a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -213,10 +230,14 @@ pub struct ModelSpec {
     /// Name used in records and reports, e.g. `resnet50`.
     pub name: String,
     pub architecture: Architecture,
-    /// Weights on the Hub: `files[0]` is the safetensors file.
+    /// Weights on the Hub: `files[0]` is the weights file, further files
+    /// (e.g. `tokenizer.json`) are handed to the architecture.
     #[serde(default)]
     pub hub: Option<HubFiles>,
-    /// Or a local safetensors file (relative to the manifest).
+    /// Or weights at a URL (a PyTorch `.pth`), pinned by sha256.
+    #[serde(default)]
+    pub url: Option<UrlFile>,
+    /// Or a local weights file (relative to the manifest).
     #[serde(default)]
     pub path: Option<PathBuf>,
     #[serde(default = "imagenet_mean")]
@@ -365,9 +386,14 @@ impl Manifest {
             if m.std.iter().any(|&s| s <= 0.0) {
                 return Err(invalid(key("std"), "every std must be above 0".into()));
             }
-            match (&m.hub, &m.path) {
-                (Some(h), None) => check_hub(h, &key("hub")).map_err(|(k, m)| invalid(k, m))?,
-                (None, Some(p)) => {
+            match (&m.hub, &m.url, &m.path) {
+                (Some(h), None, None) => {
+                    check_hub(h, &key("hub")).map_err(|(k, m)| invalid(k, m))?
+                }
+                (None, Some(u), None) => {
+                    check_url(u, &key("url")).map_err(|(k, m)| invalid(k, m))?
+                }
+                (None, None, Some(p)) => {
                     let full = base.join(p);
                     if !full.is_file() {
                         return Err(invalid(
@@ -379,7 +405,7 @@ impl Manifest {
                 _ => {
                     return Err(invalid(
                         key("hub"),
-                        "give exactly one of `hub` or `path`".into(),
+                        "give exactly one of `hub`, `url` or `path`".into(),
                     ))
                 }
             }
@@ -394,6 +420,24 @@ impl Manifest {
             .clone()
             .unwrap_or_else(|| PathBuf::from("output").join(&self.build.name))
     }
+}
+
+fn check_url(u: &UrlFile, key: &str) -> Result<(), (String, String)> {
+    if !(u.url.starts_with("https://") || u.url.starts_with("http://")) || u.file_name().is_empty()
+    {
+        return Err((
+            format!("{key}.url"),
+            format!("`{}` is not an http(s) URL of a file", u.url),
+        ));
+    }
+    if u.sha256.len() < 8 || u.sha256.len() > 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err((
+            format!("{key}.sha256"),
+            "give the sha256 (64 hex digits) or at least its first 8".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_hub(h: &HubFiles, key: &str) -> Result<(), (String, String)> {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::manifest::HubFiles;
+use crate::manifest::{HubFiles, UrlFile};
 use crate::zoom::{Interpolation, IMAGENET_MEAN, IMAGENET_STD};
 
 /// A network mapping normalised NCHW crops to 1000 ImageNet-1k logits.
@@ -290,8 +290,27 @@ impl EvalPreprocess {
 pub struct RegistryEntry {
     pub name: &'static str,
     pub architecture: Architecture,
-    pub hub: HubFiles,
+    pub source: WeightSource,
     pub eval: EvalPreprocess,
+}
+
+/// Where a registered model's weights come from.
+#[derive(Debug, Clone)]
+pub enum WeightSource {
+    Hub(HubFiles),
+    /// A plain URL (torchvision's `.pth` files have no Hub copy).
+    Url(UrlFile),
+}
+
+impl std::fmt::Display for WeightSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightSource::Hub(h) => {
+                write!(f, "hf://{}@{} {}", h.repo, h.revision, h.files.join(" "))
+            }
+            WeightSource::Url(u) => write!(f, "{} (sha256 {})", u.url, u.sha256),
+        }
+    }
 }
 
 fn pinned(repo: &str, revision: &str, file: &str, sha256: &str) -> HubFiles {
@@ -311,23 +330,23 @@ pub fn registry() -> Vec<RegistryEntry> {
         RegistryEntry {
             name: "resnet18",
             architecture: Architecture::find("resnet18").expect("registered"),
-            hub: pinned(
+            source: WeightSource::Hub(pinned(
                 "timm/resnet18.tv_in1k",
                 "590dfdd48494d2316a8385e1ca7fbec3b9359b35",
                 "model.safetensors",
                 "694f673df6520a3158624e8a89af086f59923ee4cd7436fe5bc3bc71d295ad81",
-            ),
+            )),
             eval: EvalPreprocess::TORCHVISION,
         },
         RegistryEntry {
             name: "resnet50",
             architecture: Architecture::find("resnet50").expect("registered"),
-            hub: pinned(
+            source: WeightSource::Hub(pinned(
                 "timm/resnet50.tv_in1k",
                 "aa6c2d36d56bc0209040c02b5a7b7d7bf11d57b8",
                 "model.safetensors",
                 "5d061a3c593d795bfe682d9b152bafbcf550579873492def3515b46db1189888",
-            ),
+            )),
             eval: EvalPreprocess::TORCHVISION,
         },
     ]

@@ -14,6 +14,8 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 struct State {
     /// "datasets/org/name" or "org/name" -> file -> bytes
     repos: HashMap<String, HashMap<String, Vec<u8>>>,
+    /// Plain files served at `/files/<name>` (URL model sources).
+    files: HashMap<String, Vec<u8>>,
     /// Repos answering 401 to everything.
     gated: Vec<String>,
     /// (method, path, range, authorization) of every request.
@@ -118,6 +120,27 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
             }
             None => respond(&mut stream, "404 Not Found", &[], b"{}"),
         };
+    }
+    let plain = path
+        .strip_prefix("/files/")
+        .and_then(|name| st.files.get(name))
+        .cloned();
+    if let Some(bytes) = plain {
+        drop(st);
+        let start: usize = range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes=")?.split('-').next()?.parse().ok())
+            .unwrap_or(0);
+        let headers = vec![(
+            "Content-Range".to_string(),
+            format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()),
+        )];
+        let status = if start > 0 {
+            "206 Partial Content"
+        } else {
+            "200 OK"
+        };
+        return respond(&mut stream, status, &headers, &bytes[start..]);
     }
     // /[datasets/]<org>/<name>/resolve/<rev>/<file>
     let Some((repo, rest)) = path.trim_start_matches('/').split_once("/resolve/") else {
@@ -275,5 +298,70 @@ fn gated_repos_say_how_to_get_access() {
             && err.contains("HF_TOKEN")
             && err.contains(&format!("datasets/{DATASET}")),
         "{err}"
+    );
+}
+
+#[test]
+fn url_models_download_resume_pin_and_lock() {
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let pth = std::fs::read(crate::golden::golden("pth/tensors.pth")).unwrap();
+    use sha2::Digest;
+    let sha = imagenet_hard::hub::hex(&sha2::Sha256::digest(&pth));
+    let mut state = State::default();
+    state.files.insert("weights-1234.pth".into(), pth.clone());
+    let hub = HubStandIn::start(state);
+    let manifest = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
+    let url = format!("{}/files/weights-1234.pth", hub.endpoint());
+    let with_url = |pin: &str| {
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let start = text
+            .find("hub = { repo = \"test-org/always-7\"")
+            .or_else(|| text.find("url = { url"))
+            .unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        let replaced = format!(
+            "{}url = {{ url = \"{url}\", sha256 = \"{pin}\" }}{}",
+            &text[..start],
+            &text[end..]
+        );
+        std::fs::write(&manifest, replaced).unwrap();
+    };
+    with_url(&sha[..8]);
+    // Half of the file is already there from an interrupted download.
+    let urls = fx.path().join("imagenet-hard/urls");
+    std::fs::create_dir_all(&urls).unwrap();
+    std::fs::write(urls.join("weights-1234.pth.part"), &pth[..pth.len() / 2]).unwrap();
+    let out = fx.run(&["fetch", manifest.to_str().unwrap()], &[]);
+    ok(&out);
+    assert_eq!(std::fs::read(urls.join("weights-1234.pth")).unwrap(), pth);
+    let log = &hub.state.lock().unwrap().log;
+    assert!(
+        log.iter().any(|(_, p, r, _)| p.starts_with("/files/")
+            && r.as_deref() == Some(format!("bytes={}-", pth.len() / 2).as_str())),
+        "{log:?}"
+    );
+    let lock: imagenet_hard::fetch::Lock =
+        toml::from_str(&std::fs::read_to_string(fx.path().join("fixture.lock")).unwrap()).unwrap();
+    assert_eq!(lock.urls.len(), 1);
+    assert_eq!(
+        (lock.urls[0].sha256.as_str(), lock.urls[0].size),
+        (sha.as_str(), pth.len() as u64)
+    );
+    // Offline, the downloaded file serves; a wrong pin is refused.
+    ok(&fx.run(
+        &["fetch", manifest.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1")],
+    ));
+    with_url("deadbeef");
+    let bad = fx.run(
+        &["fetch", manifest.to_str().unwrap()],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("deadbeef") && stderr(&bad).contains(&sha),
+        "{}",
+        stderr(&bad)
     );
 }

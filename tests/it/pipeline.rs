@@ -463,7 +463,7 @@ fn zoom_and_predict_work_on_image_files() {
 fn help_says_what_each_command_reads_and_writes() {
     let fx = Fixture::new();
     for cmd in [
-        "build", "fetch", "scan", "select", "export", "eval", "predict", "zoom",
+        "build", "fetch", "scan", "select", "export", "eval", "predict", "zoom", "models",
     ] {
         let out = fx.run(&[cmd, "--help"], &[]);
         ok(&out);
