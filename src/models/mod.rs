@@ -7,6 +7,7 @@
 pub mod pth;
 mod resnet;
 pub mod synthetic;
+pub mod vgg;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -51,6 +52,21 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         name: "resnet50",
         config_names: &["resnet50"],
         build: resnet::resnet50,
+    },
+    ArchSpec {
+        name: "alexnet",
+        config_names: &["alexnet"],
+        build: vgg::alexnet,
+    },
+    ArchSpec {
+        name: "vgg16",
+        config_names: &["vgg16"],
+        build: vgg::vgg16,
+    },
+    ArchSpec {
+        name: "vgg19",
+        config_names: &["vgg19"],
+        build: vgg::vgg19,
     },
 ];
 
@@ -347,6 +363,28 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "model.safetensors",
                 "5d061a3c593d795bfe682d9b152bafbcf550579873492def3515b46db1189888",
             )),
+            eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
+            name: "vgg16",
+            architecture: Architecture::find("vgg16").expect("registered"),
+            hub: pinned(
+                "timm/vgg16.tv_in1k",
+                "3394518cba29aee1ea82a49d971be90d2dd1dab7",
+                "model.safetensors",
+                "57b026918159a6bf9faf8405c3a551903768e7138989d9c6224a14227203fad8",
+            ),
+            eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
+            name: "vgg19",
+            architecture: Architecture::find("vgg19").expect("registered"),
+            hub: pinned(
+                "timm/vgg19.tv_in1k",
+                "128d4708565b3a414bcbb9bbad440b2fe37b9f18",
+                "model.safetensors",
+                "11aea017b543ff59233749d8f1cf544cda749378f5790d2fedab841fb86b7669",
+            ),
             eval: EvalPreprocess::TORCHVISION,
         },
     ]
