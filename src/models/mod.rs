@@ -368,23 +368,23 @@ pub fn registry() -> Vec<RegistryEntry> {
         RegistryEntry {
             name: "vgg16",
             architecture: Architecture::find("vgg16").expect("registered"),
-            hub: pinned(
+            source: WeightSource::Hub(pinned(
                 "timm/vgg16.tv_in1k",
                 "3394518cba29aee1ea82a49d971be90d2dd1dab7",
                 "model.safetensors",
                 "57b026918159a6bf9faf8405c3a551903768e7138989d9c6224a14227203fad8",
-            ),
+            )),
             eval: EvalPreprocess::TORCHVISION,
         },
         RegistryEntry {
             name: "vgg19",
             architecture: Architecture::find("vgg19").expect("registered"),
-            hub: pinned(
+            source: WeightSource::Hub(pinned(
                 "timm/vgg19.tv_in1k",
                 "128d4708565b3a414bcbb9bbad440b2fe37b9f18",
                 "model.safetensors",
                 "11aea017b543ff59233749d8f1cf544cda749378f5790d2fedab841fb86b7669",
-            ),
+            )),
             eval: EvalPreprocess::TORCHVISION,
         },
     ]

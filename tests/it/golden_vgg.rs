@@ -102,16 +102,3 @@ fn full_size_tensor_names_match_the_reference_state_dicts() {
         assert_eq!(ours, expected, "{name}: tensor names and shapes");
     }
 }
-
-/// Full-size AlexNet and VGG-16 at 224, from `scripts/golden_vgg.py --full DIR`
-/// (too big to keep in the repo): `GOLDEN_VGG_FULL=DIR cargo test full_size -- --ignored`.
-#[test]
-#[ignore = "needs GOLDEN_VGG_FULL from scripts/golden_vgg.py --full"]
-fn full_size_logits_match_pytorch() {
-    let dir = std::env::var("GOLDEN_VGG_FULL").expect("GOLDEN_VGG_FULL=DIR");
-    for name in ["alexnet", "vgg16"] {
-        let arch = Architecture::find(name).unwrap();
-        let doc = format!("{dir}/{name}.json");
-        logits_parity(&doc, move |vb| (arch.spec().build)(vb, &Extras::default()));
-    }
-}
