@@ -37,6 +37,9 @@ pub struct ArchSpec {
     /// Names in a Hub `config.json` (timm `architecture`, transformers
     /// `architectures[0]`) that mean this architecture.
     pub config_names: &'static [&'static str],
+    /// Files of the model repo besides the weights that `build` needs
+    /// (handed over in [`Extras::files`]).
+    pub extra_files: &'static [&'static str],
     pub build: fn(VarBuilder<'static>, &Extras) -> candle_core::Result<Net>,
 }
 
@@ -46,26 +49,31 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
     ArchSpec {
         name: "resnet18",
         config_names: &["resnet18"],
+        extra_files: &[],
         build: resnet::resnet18,
     },
     ArchSpec {
         name: "resnet50",
         config_names: &["resnet50"],
+        extra_files: &[],
         build: resnet::resnet50,
     },
     ArchSpec {
         name: "alexnet",
         config_names: &["alexnet"],
+        extra_files: &[],
         build: vgg::alexnet,
     },
     ArchSpec {
         name: "vgg16",
         config_names: &["vgg16"],
+        extra_files: &[],
         build: vgg::vgg16,
     },
     ArchSpec {
         name: "vgg19",
         config_names: &["vgg19"],
+        extra_files: &[],
         build: vgg::vgg19,
     },
 ];
@@ -363,6 +371,16 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "model.safetensors",
                 "5d061a3c593d795bfe682d9b152bafbcf550579873492def3515b46db1189888",
             )),
+            eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
+            name: "alexnet",
+            architecture: Architecture::find("alexnet").expect("registered"),
+            // torchvision's AlexNet_Weights.IMAGENET1K_V1; no Hub copy from its authors.
+            source: WeightSource::Url(UrlFile {
+                url: "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth".into(),
+                sha256: "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02".into(),
+            }),
             eval: EvalPreprocess::TORCHVISION,
         },
         RegistryEntry {

@@ -474,3 +474,76 @@ fn help_says_what_each_command_reads_and_writes() {
         );
     }
 }
+
+/// Every registered architecture, with generated weights whose head always
+/// answers class 3, runs inside `build` (zoom scan, select, export) and
+/// `predict` (resolved by Hub repo id through its config.json).
+#[test]
+fn every_architecture_runs_in_build_and_predict() {
+    use imagenet_hard::demo::put_synthetic_model;
+    use imagenet_hard::models::synthetic::Head;
+    use imagenet_hard::models::Architecture;
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let mut models = String::new();
+    let archs: Vec<Architecture> = Architecture::all()
+        .filter(|a| a.spec().extra_files.is_empty())
+        .collect();
+    for (i, arch) in archs.iter().enumerate() {
+        let repo = format!("test-org/any-{}", arch.name());
+        put_synthetic_model(&fx.cache(), &repo, *arch, 100 + i as u64, Head::Always(3)).unwrap();
+        models.push_str(&format!(
+            "\n[[model]]\nname = \"{0}\"\narchitecture = \"{0}\"\nhub = {{ repo = \"{repo}\", revision = \"main\", files = [\"model.safetensors\"] }}\n",
+            arch.name()
+        ));
+    }
+    let manifest = fx.path().join("all.toml");
+    let text = format!(
+        "[build]\nname = \"all\"\noutput_dir = \"all\"\n\n[zoom]\nscales = [256]\nanchors = 1\n\n[[source]]\norigin = \"tiny\"\nlimit = 2\nhub = {{ repo = \"{}\", revision = \"main\", files = [\"{}\"] }}\n{models}",
+        crate::fixture::DATASET,
+        crate::fixture::PARQUET
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let out = fx.run(
+        &["build", manifest.to_str().unwrap(), "--device", "cpu"],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&out);
+    let sel: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.path().join("all/select/selection.json")).unwrap(),
+    )
+    .unwrap();
+    let bounds = sel["bounds"].as_array().unwrap();
+    assert_eq!(bounds.len(), archs.len());
+    for b in bounds {
+        // Rows 0 and 1 are labelled 3 and 7: every model solves exactly row 0.
+        assert_eq!(
+            (b["images"].as_u64(), b["upper_bound"].as_f64()),
+            (Some(2), Some(0.5)),
+            "{b}"
+        );
+    }
+    let photo = fx.path().join("photo.png");
+    image::RgbImage::from_fn(96, 80, |x, y| image::Rgb([x as u8, y as u8, 60]))
+        .save(&photo)
+        .unwrap();
+    for arch in &archs {
+        let repo = format!("test-org/any-{}", arch.name());
+        let out = fx.run(
+            &[
+                "predict",
+                photo.to_str().unwrap(),
+                "--model",
+                &repo,
+                "--device",
+                "cpu",
+                "--json",
+            ],
+            &[("HF_HUB_OFFLINE", "1")],
+        );
+        ok(&out);
+        let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(doc["top"][0]["index"], 3, "{}: {doc}", arch.name());
+        assert_eq!(doc["top"].as_array().unwrap().len(), 5);
+    }
+}
