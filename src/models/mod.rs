@@ -7,6 +7,7 @@
 pub mod pth;
 mod resnet;
 pub mod synthetic;
+pub mod vit;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -51,6 +52,16 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         name: "resnet50",
         config_names: &["resnet50"],
         build: resnet::resnet50,
+    },
+    ArchSpec {
+        name: "vit_b_32",
+        config_names: &["vit_b_32"],
+        build: vit::vit_b_32,
+    },
+    ArchSpec {
+        name: "vit_base_patch32_224",
+        config_names: &["vit_base_patch32_224"],
+        build: vit::vit_base_patch32_224,
     },
 ];
 
@@ -329,6 +340,25 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "5d061a3c593d795bfe682d9b152bafbcf550579873492def3515b46db1189888",
             ),
             eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
+            name: "vit_base_patch32_224.augreg_in21k_ft_in1k",
+            architecture: Architecture::find("vit_base_patch32_224").expect("registered"),
+            // Only a short commit (08ccebf) is known: follow `main`, the lock pins it on fetch.
+            hub: HubFiles {
+                repo: "timm/vit_base_patch32_224.augreg_in21k_ft_in1k".into(),
+                revision: "main".into(),
+                files: vec!["model.safetensors".into()],
+                sha256: BTreeMap::new(),
+            },
+            // timm pretrained_cfg: bicubic, crop_pct 0.9 (resize floor(224 / 0.9) = 248), mean = std = 0.5.
+            eval: EvalPreprocess {
+                resize: 248,
+                crop: 224,
+                interpolation: Interpolation::Bicubic,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            },
         },
     ]
 }
