@@ -8,6 +8,7 @@ pub mod pth;
 mod resnet;
 pub mod synthetic;
 pub mod vgg;
+pub mod vit;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -75,6 +76,18 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         config_names: &["vgg19"],
         extra_files: &[],
         build: vgg::vgg19,
+    },
+    ArchSpec {
+        name: "vit_b_32",
+        config_names: &["vit_b_32"],
+        extra_files: &[],
+        build: vit::vit_b_32,
+    },
+    ArchSpec {
+        name: "vit_base_patch32_224",
+        config_names: &["vit_base_patch32_224"],
+        extra_files: &[],
+        build: vit::vit_base_patch32_224,
     },
 ];
 
@@ -384,6 +397,17 @@ pub fn registry() -> Vec<RegistryEntry> {
             eval: EvalPreprocess::TORCHVISION,
         },
         RegistryEntry {
+            name: "vit_b_32",
+            architecture: Architecture::find("vit_b_32").expect("registered"),
+            // torchvision's ViT_B_32_Weights.IMAGENET1K_V1, the zoom study's ViT. Only the
+            // first 8 hex digits of its sha256 are published (in the file name).
+            source: WeightSource::Url(UrlFile {
+                url: "https://download.pytorch.org/models/vit_b_32-d86f8d99.pth".into(),
+                sha256: "d86f8d99".into(),
+            }),
+            eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
             name: "vgg16",
             architecture: Architecture::find("vgg16").expect("registered"),
             source: WeightSource::Hub(pinned(
@@ -404,6 +428,25 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "11aea017b543ff59233749d8f1cf544cda749378f5790d2fedab841fb86b7669",
             )),
             eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
+            name: "vit_base_patch32_224.augreg_in21k_ft_in1k",
+            architecture: Architecture::find("vit_base_patch32_224").expect("registered"),
+            // Only a short commit (08ccebf) is known: follow `main`, the lock pins it on fetch.
+            source: WeightSource::Hub(HubFiles {
+                repo: "timm/vit_base_patch32_224.augreg_in21k_ft_in1k".into(),
+                revision: "main".into(),
+                files: vec!["model.safetensors".into()],
+                sha256: BTreeMap::new(),
+            }),
+            // timm pretrained_cfg: bicubic, crop_pct 0.9 (resize floor(224 / 0.9) = 248), mean = std = 0.5.
+            eval: EvalPreprocess {
+                resize: 248,
+                crop: 224,
+                interpolation: Interpolation::Bicubic,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            },
         },
     ]
 }

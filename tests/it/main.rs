@@ -5,5 +5,6 @@
 mod fixture;
 mod golden;
 mod golden_vgg;
+mod golden_vit;
 mod hub_server;
 mod pipeline;
