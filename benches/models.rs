@@ -1,0 +1,37 @@
+//! CPU (or CUDA) throughput of every architecture: crops/s of a forward pass
+//! on batches of 224x224 crops, with generated weights.
+//!
+//!   cargo bench --bench models [-- NAME ...]       (BATCH, ROUNDS env vars)
+//!
+//! Prints one line per architecture; no assertion (a benchmark, not a test).
+
+use imagenet_hard::models::synthetic::{input, write_weights, Head};
+use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Extras, Runtime};
+use std::time::Instant;
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let batch: usize = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rt = Runtime::new(DeviceChoice::Auto).expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!("device {} batch {batch} rounds {rounds}", rt.describe());
+    println!("architecture\tcrops/s\tms/batch");
+    for arch in Architecture::all() {
+        if !arch.spec().extra_files.is_empty() || (!filter.is_empty() && !filter.iter().any(|f| f == arch.name())) {
+            continue;
+        }
+        let weights = dir.path().join(format!("{}.safetensors", arch.name()));
+        write_weights(arch, 1, Head::Random, &weights).expect("weights");
+        let model = Classifier::load(arch, &weights, &Extras::default(), &rt).expect("load");
+        let x = input(2, batch * 3 * 224 * 224);
+        model.logits(&x, batch, 224).expect("warm-up");
+        let start = Instant::now();
+        for _ in 0..rounds {
+            model.logits(&x, batch, 224).expect("forward");
+        }
+        let secs = start.elapsed().as_secs_f64() / rounds as f64;
+        println!("{}\t{:.1}\t{:.0}", arch.name(), batch as f64 / secs, secs * 1000.0);
+        std::fs::remove_file(&weights).ok();
+    }
+}
