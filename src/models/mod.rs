@@ -4,6 +4,9 @@
 //! Adding a model = one file here + one [`Architecture`] variant + one
 //! [`registry`] entry.
 
+pub mod convnext;
+pub mod efficientnet;
+mod nhwc;
 pub mod pth;
 mod resnet;
 pub mod synthetic;
@@ -51,6 +54,21 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         name: "resnet50",
         config_names: &["resnet50"],
         build: resnet::resnet50,
+    },
+    ArchSpec {
+        name: "tf_efficientnet_lite0",
+        config_names: &["tf_efficientnet_lite0"],
+        build: efficientnet::tf_efficientnet_lite0,
+    },
+    ArchSpec {
+        name: "efficientnet_b0",
+        config_names: &["efficientnet_b0"],
+        build: efficientnet::efficientnet_b0,
+    },
+    ArchSpec {
+        name: "convnext_base",
+        config_names: &["convnext_base"],
+        build: convnext::convnext_base,
     },
 ];
 
@@ -305,6 +323,27 @@ fn pinned(repo: &str, revision: &str, file: &str, sha256: &str) -> HubFiles {
     }
 }
 
+/// Files at a revision whose sha256 no archived Hub page showed: not checked.
+fn unhashed(repo: &str, revision: &str, file: &str) -> HubFiles {
+    HubFiles {
+        repo: repo.into(),
+        revision: revision.into(),
+        files: vec![file.into()],
+        sha256: Default::default(),
+    }
+}
+
+/// timm eval preprocessing at 224 with crop_pct 0.875 (resize 256), bicubic.
+const fn timm_bicubic_224(mean: [f32; 3], std: [f32; 3]) -> EvalPreprocess {
+    EvalPreprocess {
+        resize: 256,
+        crop: 224,
+        interpolation: Interpolation::Bicubic,
+        mean,
+        std,
+    }
+}
+
 /// Models known by name (torchvision ImageNet-1k V1 weights, timm safetensors copies).
 pub fn registry() -> Vec<RegistryEntry> {
     vec![
@@ -329,6 +368,33 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "5d061a3c593d795bfe682d9b152bafbcf550579873492def3515b46db1189888",
             ),
             eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
+            name: "tf_efficientnet_lite0.in1k",
+            architecture: Architecture::find("tf_efficientnet_lite0").expect("registered"),
+            hub: unhashed(
+                "timm/tf_efficientnet_lite0.in1k",
+                "38825935cd55b7f62331fbc6fdbe14a0bca3dcfd",
+                "model.safetensors",
+            ),
+            eval: timm_bicubic_224([0.5; 3], [0.5; 3]),
+        },
+        RegistryEntry {
+            name: "efficientnet_b0.ra_in1k",
+            architecture: Architecture::find("efficientnet_b0").expect("registered"),
+            // Only the short sha `d18a84b` of main is known.
+            hub: unhashed("timm/efficientnet_b0.ra_in1k", "main", "model.safetensors"),
+            eval: timm_bicubic_224(IMAGENET_MEAN, IMAGENET_STD),
+        },
+        RegistryEntry {
+            name: "convnext_base.fb_in1k",
+            architecture: Architecture::find("convnext_base").expect("registered"),
+            hub: unhashed(
+                "timm/convnext_base.fb_in1k",
+                "9868d443015978c683675b2f78030a9c943033f8",
+                "model.safetensors",
+            ),
+            eval: timm_bicubic_224(IMAGENET_MEAN, IMAGENET_STD),
         },
     ]
 }
