@@ -10,15 +10,26 @@ use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Extras, Runt
 use std::time::Instant;
 
 fn main() {
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let batch: usize = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let batch: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let rt = Runtime::new(DeviceChoice::Auto).expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     println!("device {} batch {batch} rounds {rounds}", rt.describe());
     println!("architecture\tcrops/s\tms/batch");
     for arch in Architecture::all() {
-        if !arch.spec().extra_files.is_empty() || (!filter.is_empty() && !filter.iter().any(|f| f == arch.name())) {
+        if !arch.spec().extra_files.is_empty()
+            || (!filter.is_empty() && !filter.iter().any(|f| f == arch.name()))
+        {
             continue;
         }
         let weights = dir.path().join(format!("{}.safetensors", arch.name()));
@@ -31,7 +42,12 @@ fn main() {
             model.logits(&x, batch, 224).expect("forward");
         }
         let secs = start.elapsed().as_secs_f64() / rounds as f64;
-        println!("{}\t{:.1}\t{:.0}", arch.name(), batch as f64 / secs, secs * 1000.0);
+        println!(
+            "{}\t{:.1}\t{:.0}",
+            arch.name(),
+            batch as f64 / secs,
+            secs * 1000.0
+        );
         std::fs::remove_file(&weights).ok();
     }
 }

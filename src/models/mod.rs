@@ -4,6 +4,9 @@
 //! Adding a model = one file here + one [`Architecture`] variant + one
 //! [`registry`] entry.
 
+pub mod convnext;
+pub mod efficientnet;
+mod nhwc;
 pub mod pth;
 mod resnet;
 pub mod synthetic;
@@ -88,6 +91,24 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         config_names: &["vit_base_patch32_224"],
         extra_files: &[],
         build: vit::vit_base_patch32_224,
+    },
+    ArchSpec {
+        name: "tf_efficientnet_lite0",
+        config_names: &["tf_efficientnet_lite0"],
+        extra_files: &[],
+        build: efficientnet::tf_efficientnet_lite0,
+    },
+    ArchSpec {
+        name: "efficientnet_b0",
+        config_names: &["efficientnet_b0"],
+        extra_files: &[],
+        build: efficientnet::efficientnet_b0,
+    },
+    ArchSpec {
+        name: "convnext_base",
+        config_names: &["convnext_base"],
+        extra_files: &[],
+        build: convnext::convnext_base,
     },
 ];
 
@@ -361,6 +382,27 @@ fn pinned(repo: &str, revision: &str, file: &str, sha256: &str) -> HubFiles {
     }
 }
 
+/// Files at a revision whose sha256 no archived Hub page showed: not checked.
+fn unhashed(repo: &str, revision: &str, file: &str) -> HubFiles {
+    HubFiles {
+        repo: repo.into(),
+        revision: revision.into(),
+        files: vec![file.into()],
+        sha256: Default::default(),
+    }
+}
+
+/// timm eval preprocessing at 224 with crop_pct 0.875 (resize 256), bicubic.
+const fn timm_bicubic_224(mean: [f32; 3], std: [f32; 3]) -> EvalPreprocess {
+    EvalPreprocess {
+        resize: 256,
+        crop: 224,
+        interpolation: Interpolation::Bicubic,
+        mean,
+        std,
+    }
+}
+
 /// Models known by name (torchvision ImageNet-1k V1 weights, timm safetensors copies).
 pub fn registry() -> Vec<RegistryEntry> {
     vec![
@@ -447,6 +489,37 @@ pub fn registry() -> Vec<RegistryEntry> {
                 mean: [0.5; 3],
                 std: [0.5; 3],
             },
+        },
+        RegistryEntry {
+            name: "tf_efficientnet_lite0.in1k",
+            architecture: Architecture::find("tf_efficientnet_lite0").expect("registered"),
+            source: WeightSource::Hub(unhashed(
+                "timm/tf_efficientnet_lite0.in1k",
+                "38825935cd55b7f62331fbc6fdbe14a0bca3dcfd",
+                "model.safetensors",
+            )),
+            eval: timm_bicubic_224([0.5; 3], [0.5; 3]),
+        },
+        RegistryEntry {
+            name: "efficientnet_b0.ra_in1k",
+            architecture: Architecture::find("efficientnet_b0").expect("registered"),
+            // Only the short sha `d18a84b` of main is known.
+            source: WeightSource::Hub(unhashed(
+                "timm/efficientnet_b0.ra_in1k",
+                "main",
+                "model.safetensors",
+            )),
+            eval: timm_bicubic_224(IMAGENET_MEAN, IMAGENET_STD),
+        },
+        RegistryEntry {
+            name: "convnext_base.fb_in1k",
+            architecture: Architecture::find("convnext_base").expect("registered"),
+            source: WeightSource::Hub(unhashed(
+                "timm/convnext_base.fb_in1k",
+                "9868d443015978c683675b2f78030a9c943033f8",
+                "model.safetensors",
+            )),
+            eval: timm_bicubic_224(IMAGENET_MEAN, IMAGENET_STD),
         },
     ]
 }
