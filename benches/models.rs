@@ -4,6 +4,8 @@
 //!   cargo bench --bench models [-- NAME ...]       (BATCH, ROUNDS env vars)
 //!
 //! Prints one line per architecture; no assertion (a benchmark, not a test).
+//! On a CUDA device it also prints how far the GPU logits are from the CPU's
+//! for the same weights and input (max |gpu - cpu| / max |cpu|).
 
 use imagenet_hard::models::synthetic::{input, write_weights, Head};
 use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Extras, Runtime};
@@ -25,7 +27,9 @@ fn main() {
     let rt = Runtime::new(DeviceChoice::Auto).expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     println!("device {} batch {batch} rounds {rounds}", rt.describe());
-    println!("architecture\tcrops/s\tms/batch");
+    let cpu = Runtime::new(DeviceChoice::Cpu).expect("cpu runtime");
+    let on_gpu = rt.describe() != "cpu";
+    println!("architecture\tcrops/s\tms/batch{}", if on_gpu { "\tgpu-vs-cpu" } else { "" });
     for arch in Architecture::all() {
         if !arch.spec().extra_files.is_empty()
             || (!filter.is_empty() && !filter.iter().any(|f| f == arch.name()))
