@@ -29,7 +29,10 @@ fn main() {
     println!("device {} batch {batch} rounds {rounds}", rt.describe());
     let cpu = Runtime::new(DeviceChoice::Cpu).expect("cpu runtime");
     let on_gpu = rt.describe() != "cpu";
-    println!("architecture\tcrops/s\tms/batch{}", if on_gpu { "\tgpu-vs-cpu" } else { "" });
+    println!(
+        "architecture\tcrops/s\tms/batch{}",
+        if on_gpu { "\tgpu-vs-cpu" } else { "" }
+    );
     for arch in Architecture::all() {
         if !arch.spec().extra_files.is_empty()
             || (!filter.is_empty() && !filter.iter().any(|f| f == arch.name()))
@@ -46,12 +49,27 @@ fn main() {
             model.logits(&x, batch, 224).expect("forward");
         }
         let secs = start.elapsed().as_secs_f64() / rounds as f64;
-        println!(
+        let mut line = format!(
             "{}\t{:.1}\t{:.0}",
             arch.name(),
             batch as f64 / secs,
             secs * 1000.0
         );
+        if on_gpu {
+            let ours = model
+                .logits(&x[..2 * 3 * 224 * 224], 2, 224)
+                .expect("gpu forward");
+            let reference = Classifier::load(arch, &weights, &Extras::default(), &cpu)
+                .and_then(|m| m.logits(&x[..2 * 3 * 224 * 224], 2, 224))
+                .expect("cpu forward");
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = ours
+                .iter()
+                .zip(&reference)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            line.push_str(&format!("\t{:.1e}", diff / scale));
+        }
+        println!("{line}");
         std::fs::remove_file(&weights).ok();
     }
 }
