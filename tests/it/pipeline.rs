@@ -476,8 +476,8 @@ fn help_says_what_each_command_reads_and_writes() {
 }
 
 /// Every registered architecture, with generated weights whose head always
-/// answers class 3, runs inside `build` (zoom scan, select, export) and
-/// `predict` (resolved by Hub repo id through its config.json).
+/// answers class 3, runs inside `build` (zoom scan, select, export), `predict`
+/// and `eval` (resolved by Hub repo id through its config.json).
 #[test]
 fn every_architecture_runs_in_build_and_predict() {
     use imagenet_hard::demo::put_synthetic_model;
@@ -545,5 +545,25 @@ fn every_architecture_runs_in_build_and_predict() {
         let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
         assert_eq!(doc["top"][0]["index"], 3, "{}: {doc}", arch.name());
         assert_eq!(doc["top"].as_array().unwrap().len(), 5);
+        // And `eval` on the exported hard set (row 1, labelled 7): none right.
+        let dataset = fx.path().join("all/dataset");
+        let out = fx.run(
+            &[
+                "eval",
+                dataset.to_str().unwrap(),
+                "--model",
+                &repo,
+                "--device",
+                "cpu",
+            ],
+            &[("HF_HUB_OFFLINE", "1")],
+        );
+        ok(&out);
+        assert!(
+            stdout(&out).contains("| **all** | 1 | 0.00 |"),
+            "{}: {}",
+            arch.name(),
+            stdout(&out)
+        );
     }
 }
