@@ -4,6 +4,7 @@
 //! Adding a model = one file here + one [`Architecture`] variant + one
 //! [`registry`] entry.
 
+pub mod clip;
 pub mod pth;
 mod resnet;
 pub mod synthetic;
@@ -51,6 +52,11 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         name: "resnet50",
         config_names: &["resnet50"],
         build: resnet::resnet50,
+    },
+    ArchSpec {
+        name: "clip_vit_large_patch14",
+        config_names: &["CLIPModel"],
+        build: clip::clip_vit_large_patch14,
     },
 ];
 
@@ -305,6 +311,13 @@ fn pinned(repo: &str, revision: &str, file: &str, sha256: &str) -> HubFiles {
     }
 }
 
+/// [`pinned`] weights plus further files of the same commit (e.g. a tokenizer).
+fn pinned_with(repo: &str, revision: &str, file: &str, sha256: &str, extra: &[&str]) -> HubFiles {
+    let mut hub = pinned(repo, revision, file, sha256);
+    hub.files.extend(extra.iter().map(|f| f.to_string()));
+    hub
+}
+
 /// Models known by name (torchvision ImageNet-1k V1 weights, timm safetensors copies).
 pub fn registry() -> Vec<RegistryEntry> {
     vec![
@@ -329,6 +342,18 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "5d061a3c593d795bfe682d9b152bafbcf550579873492def3515b46db1189888",
             ),
             eval: EvalPreprocess::TORCHVISION,
+        },
+        RegistryEntry {
+            name: "clip-vit-l-14",
+            architecture: Architecture::find("clip_vit_large_patch14").expect("registered"),
+            hub: pinned_with(
+                "openai/clip-vit-large-patch14",
+                "32bd64288804d66eefd0ccbe215aa642df71cc41",
+                "model.safetensors",
+                "a2bf730a0c7debf160f7a6b50b3aaf3703e7e88ac73de7a314903141db026dcb",
+                &["tokenizer.json"],
+            ),
+            eval: clip::EVAL,
         },
     ]
 }

@@ -4,5 +4,6 @@
 
 mod fixture;
 mod golden;
+mod golden_clip;
 mod hub_server;
 mod pipeline;
