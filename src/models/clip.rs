@@ -34,6 +34,7 @@ const LOGIT_SCALE: f64 = 100.0;
 const PROMPT_BATCH: usize = 256;
 
 /// CLIP's own eval view: bicubic resize to 224, centre crop 224, OpenAI's mean/std.
+#[allow(clippy::excessive_precision)] // OpenAI's published digits, kept as written.
 pub const EVAL: EvalPreprocess = EvalPreprocess {
     resize: 224,
     crop: 224,
