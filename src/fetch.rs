@@ -439,12 +439,16 @@ pub fn resolve_model(
     };
     let architecture = parse_arch(&arch_name)?;
     let weights = hub.file(RepoKind::Model, model, &commit, "model.safetensors")?;
+    let mut files = std::collections::BTreeMap::new();
+    for f in architecture.spec().extra_files {
+        files.insert(f.to_string(), hub.file(RepoKind::Model, model, &commit, f)?);
+    }
     Ok(ResolvedModel {
         name: model.into(),
         architecture,
         weights,
         extras: crate::models::Extras {
-            files: Default::default(),
+            files,
             cache_dir: Some(hub.tool_cache_dir()),
         },
         eval: eval_from_timm_config(&config["pretrained_cfg"]),

@@ -4,6 +4,7 @@
 //! Adding a model = one file here + one [`Architecture`] variant + one
 //! [`registry`] entry.
 
+pub mod clip;
 pub mod convnext;
 pub mod efficientnet;
 mod nhwc;
@@ -109,6 +110,12 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         config_names: &["convnext_base"],
         extra_files: &[],
         build: convnext::convnext_base,
+    },
+    ArchSpec {
+        name: "clip_vit_large_patch14",
+        config_names: &["CLIPModel"],
+        extra_files: &["tokenizer.json"],
+        build: clip::clip_vit_large_patch14,
     },
 ];
 
@@ -403,6 +410,13 @@ const fn timm_bicubic_224(mean: [f32; 3], std: [f32; 3]) -> EvalPreprocess {
     }
 }
 
+/// [`pinned`] weights plus further files of the same commit (e.g. a tokenizer).
+fn pinned_with(repo: &str, revision: &str, file: &str, sha256: &str, extra: &[&str]) -> HubFiles {
+    let mut hub = pinned(repo, revision, file, sha256);
+    hub.files.extend(extra.iter().map(|f| f.to_string()));
+    hub
+}
+
 /// Models known by name (torchvision ImageNet-1k V1 weights, timm safetensors copies).
 pub fn registry() -> Vec<RegistryEntry> {
     vec![
@@ -520,6 +534,18 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "model.safetensors",
             )),
             eval: timm_bicubic_224(IMAGENET_MEAN, IMAGENET_STD),
+        },
+        RegistryEntry {
+            name: "clip-vit-l-14",
+            architecture: Architecture::find("clip_vit_large_patch14").expect("registered"),
+            source: WeightSource::Hub(pinned_with(
+                "openai/clip-vit-large-patch14",
+                "32bd64288804d66eefd0ccbe215aa642df71cc41",
+                "model.safetensors",
+                "a2bf730a0c7debf160f7a6b50b3aaf3703e7e88ac73de7a314903141db026dcb",
+                &["tokenizer.json"],
+            )),
+            eval: clip::EVAL,
         },
     ]
 }

@@ -4,6 +4,7 @@
 
 mod fixture;
 mod golden;
+mod golden_clip;
 mod golden_effnet;
 mod golden_vgg;
 mod golden_vit;
