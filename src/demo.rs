@@ -37,7 +37,7 @@ fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
         let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
         let (dx, dy) = (fx - 0.5 - 0.1 * (seed % 3) as f32, fy - 0.5);
         let disc = if dx * dx + dy * dy < 0.06 { 90.0 } else { 0.0 };
-        let stripe = if ((x + y * (seed % 4 + 1)) / 9) % 2 == 0 {
+        let stripe = if ((x + y * (seed % 4 + 1)) / 9).is_multiple_of(2) {
             25.0
         } else {
             0.0

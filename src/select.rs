@@ -95,6 +95,9 @@ pub enum SelectError {
     },
 }
 
+/// An image's first scan record and its correctness per model, as read.
+type FirstRecord = (crate::records::ScanRecord, Vec<Option<Vec<bool>>>);
+
 /// Compute the hard set and bounds from the run's scan records.
 pub fn select(plan: &Plan) -> Result<Selection, SelectError> {
     let models = plan.model_names();
@@ -105,8 +108,7 @@ pub fn select(plan: &Plan) -> Result<Selection, SelectError> {
     for source in &plan.sources {
         let file = records_path(&plan.run_dir, &source.origin);
         // row -> (first record, correctness per model)
-        let mut images: BTreeMap<u64, (crate::records::ScanRecord, Vec<Option<Vec<bool>>>)> =
-            BTreeMap::new();
+        let mut images: BTreeMap<u64, FirstRecord> = BTreeMap::new();
         for rec in read_records(&file)? {
             let Some(mi) = models.iter().position(|m| *m == rec.model) else {
                 continue;
