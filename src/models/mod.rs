@@ -417,12 +417,19 @@ fn pinned_with(repo: &str, revision: &str, file: &str, sha256: &str, extra: &[&s
     hub
 }
 
+/// A registered architecture by name (registry entries only name existing ones;
+/// `registry_is_consistent` checks it).
+fn arch(name: &str) -> Architecture {
+    Architecture::find(name)
+        .unwrap_or_else(|| panic!("registry names unknown architecture `{name}`"))
+}
+
 /// Models known by name (torchvision ImageNet-1k V1 weights, timm safetensors copies).
 pub fn registry() -> Vec<RegistryEntry> {
     vec![
         RegistryEntry {
             name: "resnet18",
-            architecture: Architecture::find("resnet18").expect("registered"),
+            architecture: arch("resnet18"),
             source: WeightSource::Hub(pinned(
                 "timm/resnet18.tv_in1k",
                 "590dfdd48494d2316a8385e1ca7fbec3b9359b35",
@@ -433,7 +440,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "resnet50",
-            architecture: Architecture::find("resnet50").expect("registered"),
+            architecture: arch("resnet50"),
             source: WeightSource::Hub(pinned(
                 "timm/resnet50.tv_in1k",
                 "aa6c2d36d56bc0209040c02b5a7b7d7bf11d57b8",
@@ -444,7 +451,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "alexnet",
-            architecture: Architecture::find("alexnet").expect("registered"),
+            architecture: arch("alexnet"),
             // torchvision's AlexNet_Weights.IMAGENET1K_V1; no Hub copy from its authors.
             source: WeightSource::Url(UrlFile {
                 url: "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth".into(),
@@ -454,7 +461,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "vit_b_32",
-            architecture: Architecture::find("vit_b_32").expect("registered"),
+            architecture: arch("vit_b_32"),
             // torchvision's ViT_B_32_Weights.IMAGENET1K_V1, the zoom study's ViT. Only the
             // first 8 hex digits of its sha256 are published (in the file name).
             source: WeightSource::Url(UrlFile {
@@ -465,7 +472,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "vgg16",
-            architecture: Architecture::find("vgg16").expect("registered"),
+            architecture: arch("vgg16"),
             source: WeightSource::Hub(pinned(
                 "timm/vgg16.tv_in1k",
                 "3394518cba29aee1ea82a49d971be90d2dd1dab7",
@@ -476,7 +483,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "vgg19",
-            architecture: Architecture::find("vgg19").expect("registered"),
+            architecture: arch("vgg19"),
             source: WeightSource::Hub(pinned(
                 "timm/vgg19.tv_in1k",
                 "128d4708565b3a414bcbb9bbad440b2fe37b9f18",
@@ -487,7 +494,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "vit_base_patch32_224.augreg_in21k_ft_in1k",
-            architecture: Architecture::find("vit_base_patch32_224").expect("registered"),
+            architecture: arch("vit_base_patch32_224"),
             // Only a short commit (08ccebf) is known: follow `main`, the lock pins it on fetch.
             source: WeightSource::Hub(HubFiles {
                 repo: "timm/vit_base_patch32_224.augreg_in21k_ft_in1k".into(),
@@ -506,7 +513,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "tf_efficientnet_lite0.in1k",
-            architecture: Architecture::find("tf_efficientnet_lite0").expect("registered"),
+            architecture: arch("tf_efficientnet_lite0"),
             source: WeightSource::Hub(unhashed(
                 "timm/tf_efficientnet_lite0.in1k",
                 "38825935cd55b7f62331fbc6fdbe14a0bca3dcfd",
@@ -516,7 +523,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "efficientnet_b0.ra_in1k",
-            architecture: Architecture::find("efficientnet_b0").expect("registered"),
+            architecture: arch("efficientnet_b0"),
             // Only the short sha `d18a84b` of main is known.
             source: WeightSource::Hub(unhashed(
                 "timm/efficientnet_b0.ra_in1k",
@@ -527,7 +534,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "convnext_base.fb_in1k",
-            architecture: Architecture::find("convnext_base").expect("registered"),
+            architecture: arch("convnext_base"),
             source: WeightSource::Hub(unhashed(
                 "timm/convnext_base.fb_in1k",
                 "9868d443015978c683675b2f78030a9c943033f8",
@@ -537,7 +544,7 @@ pub fn registry() -> Vec<RegistryEntry> {
         },
         RegistryEntry {
             name: "clip-vit-l-14",
-            architecture: Architecture::find("clip_vit_large_patch14").expect("registered"),
+            architecture: arch("clip_vit_large_patch14"),
             source: WeightSource::Hub(pinned_with(
                 "openai/clip-vit-large-patch14",
                 "32bd64288804d66eefd0ccbe215aa642df71cc41",
@@ -552,4 +559,29 @@ pub fn registry() -> Vec<RegistryEntry> {
 
 pub fn lookup(name: &str) -> Option<RegistryEntry> {
     registry().into_iter().find(|e| e.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_is_consistent() {
+        let entries = registry();
+        let mut names: Vec<&str> = entries.iter().map(|e| e.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), entries.len(), "registry names are unique");
+        let mut archs: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).collect();
+        archs.sort();
+        archs.dedup();
+        assert_eq!(
+            archs.len(),
+            ARCHITECTURES.len(),
+            "architecture names are unique"
+        );
+        for a in ARCHITECTURES {
+            assert_eq!(Architecture::find(a.name).map(|f| f.name()), Some(a.name));
+        }
+    }
 }
