@@ -73,15 +73,85 @@ pub fn vit_large_patch14() -> ClipConfig {
     }
 }
 
-/// The registered architecture: ViT-L/14 over the 1000 ImageNet classes.
+/// A CLIP config from transformers' `config.json` fields: the text and
+/// vision sub-configs (`hidden_size`, `intermediate_size`, layers, heads,
+/// `vocab_size`, `max_position_embeddings`, `image_size`, `patch_size`) and
+/// `projection_dim`. Only QuickGELU (OpenAI's CLIPs) is supported.
+pub fn config_from_json(
+    text: &serde_json::Value,
+    vision: &serde_json::Value,
+    projection_dim: &serde_json::Value,
+) -> Result<ClipConfig, String> {
+    let n = |v: &serde_json::Value, key: &str| -> Result<usize, String> {
+        v[key]
+            .as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| format!("missing or non-integer `{key}`"))
+    };
+    for (side, v) in [("text_config", text), ("vision_config", vision)] {
+        if let Some(act) = v["hidden_act"].as_str().filter(|a| *a != "quick_gelu") {
+            return Err(format!(
+                "{side}.hidden_act `{act}`: only quick_gelu (OpenAI CLIP) is supported"
+            ));
+        }
+    }
+    let projection_dim = projection_dim
+        .as_u64()
+        .ok_or("missing or non-integer `projection_dim`")? as usize;
+    let image_size = n(vision, "image_size")?;
+    Ok(ClipConfig {
+        text_config: ClipTextConfig {
+            vocab_size: n(text, "vocab_size")?,
+            embed_dim: n(text, "hidden_size")?,
+            activation: Activation::QuickGelu,
+            intermediate_size: n(text, "intermediate_size")?,
+            max_position_embeddings: n(text, "max_position_embeddings")?,
+            pad_with: None,
+            num_hidden_layers: n(text, "num_hidden_layers")?,
+            num_attention_heads: n(text, "num_attention_heads")?,
+            projection_dim,
+        },
+        vision_config: ClipVisionConfig {
+            embed_dim: n(vision, "hidden_size")?,
+            activation: Activation::QuickGelu,
+            intermediate_size: n(vision, "intermediate_size")?,
+            num_hidden_layers: n(vision, "num_hidden_layers")?,
+            num_attention_heads: n(vision, "num_attention_heads")?,
+            projection_dim,
+            num_channels: 3,
+            image_size,
+            patch_size: n(vision, "patch_size")?,
+        },
+        logit_scale_init_value: LOGIT_SCALE.ln() as f32,
+        image_size,
+    })
+}
+
+/// The registered architecture over the 1000 ImageNet classes: sized by the
+/// repo's `config.json` when it is handed over, else ViT-L/14.
 pub fn clip_vit_large_patch14(
     vb: VarBuilder<'static>,
     extras: &Extras,
 ) -> candle_core::Result<Net> {
+    let cfg = match extras.files.get("config.json") {
+        Some(path) => {
+            let bad = |m: String| candle_core::Error::msg(format!("{}: {m}", path.display()));
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            config_from_json(
+                &json["text_config"],
+                &json["vision_config"],
+                &json["projection_dim"],
+            )
+            .map_err(bad)?
+        }
+        None => vit_large_patch14(),
+    };
     zero_shot(
         vb,
         extras,
-        &vit_large_patch14(),
+        &cfg,
         &CLASS_NAMES.lines().collect::<Vec<_>>(),
         &TEMPLATES.lines().collect::<Vec<_>>(),
     )

@@ -114,7 +114,7 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
     ArchSpec {
         name: "clip_vit_large_patch14",
         config_names: &["CLIPModel"],
-        extra_files: &["tokenizer.json"],
+        extra_files: &["tokenizer.json", "config.json"],
         build: clip::clip_vit_large_patch14,
     },
 ];
@@ -550,7 +550,7 @@ pub fn registry() -> Vec<RegistryEntry> {
                 "32bd64288804d66eefd0ccbe215aa642df71cc41",
                 "model.safetensors",
                 "a2bf730a0c7debf160f7a6b50b3aaf3703e7e88ac73de7a314903141db026dcb",
-                &["tokenizer.json"],
+                &["tokenizer.json", "config.json"],
             )),
             eval: clip::EVAL,
         },

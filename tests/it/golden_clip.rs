@@ -6,10 +6,7 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::clip::text_model::{
-    Activation, ClipTextConfig, ClipTextTransformer,
-};
-use candle_transformers::models::clip::vision_model::ClipVisionConfig;
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::clip::ClipConfig;
 use imagenet_hard::models::clip::{zero_shot, ImageEncoder};
 use imagenet_hard::models::synthetic::{input, tensor_shapes_with, write_weights_with, Head};
@@ -25,35 +22,9 @@ fn doc(path: &Path) -> Value {
 
 /// The script's config: transformers' names for candle's fields.
 fn config(doc: &Value) -> ClipConfig {
-    let (t, v) = (&doc["config"]["text"], &doc["config"]["vision"]);
-    let n = |x: &Value| x.as_u64().unwrap() as usize;
-    let projection_dim = n(&doc["config"]["projection_dim"]);
-    ClipConfig {
-        text_config: ClipTextConfig {
-            vocab_size: n(&t["vocab_size"]),
-            embed_dim: n(&t["hidden_size"]),
-            activation: Activation::QuickGelu,
-            intermediate_size: n(&t["intermediate_size"]),
-            max_position_embeddings: n(&t["max_position_embeddings"]),
-            pad_with: None,
-            num_hidden_layers: n(&t["num_hidden_layers"]),
-            num_attention_heads: n(&t["num_attention_heads"]),
-            projection_dim,
-        },
-        vision_config: ClipVisionConfig {
-            embed_dim: n(&v["hidden_size"]),
-            activation: Activation::QuickGelu,
-            intermediate_size: n(&v["intermediate_size"]),
-            num_hidden_layers: n(&v["num_hidden_layers"]),
-            num_attention_heads: n(&v["num_attention_heads"]),
-            projection_dim,
-            num_channels: 3,
-            image_size: n(&v["image_size"]),
-            patch_size: n(&v["patch_size"]),
-        },
-        logit_scale_init_value: 100f32.ln(),
-        image_size: n(&v["image_size"]),
-    }
+    let c = &doc["config"];
+    imagenet_hard::models::clip::config_from_json(&c["text"], &c["vision"], &c["projection_dim"])
+        .unwrap()
 }
 
 fn extras(tokenizer: &Path, cache_dir: Option<PathBuf>) -> Extras {

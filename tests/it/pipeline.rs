@@ -560,3 +560,126 @@ fn every_architecture_runs_in_build_and_predict() {
         );
     }
 }
+
+/// CLIP zero-shot through the CLI: a tiny CLIP repo (config.json sizing the
+/// towers, the test tokenizer, generated weights) resolved by repo id in
+/// `predict` and `eval`, and named in a manifest for `build`. The
+/// 1000-class head is made once, then read from the tool cache.
+#[test]
+fn clip_runs_in_build_predict_and_eval() {
+    use candle_transformers::models::clip::text_model::ClipTextTransformer;
+    use imagenet_hard::demo::{put_in_hub_cache, DEMO_COMMIT};
+    use imagenet_hard::hub::RepoKind;
+    use imagenet_hard::models::clip::{config_from_json, ImageEncoder};
+    use imagenet_hard::models::synthetic::{write_weights_with, Head};
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let config = serde_json::json!({
+        "architectures": ["CLIPModel"],
+        "projection_dim": 24,
+        "text_config": {"vocab_size": 1514, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu"},
+        "vision_config": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu"},
+    });
+    let cfg = config_from_json(
+        &config["text_config"],
+        &config["vision_config"],
+        &config["projection_dim"],
+    )
+    .unwrap();
+    let weights = fx.path().join("clip.safetensors");
+    let build =
+        |vb: candle_nn::VarBuilder<'static>| -> candle_core::Result<imagenet_hard::models::Net> {
+            ClipTextTransformer::new(vb.pp("text_model"), &cfg.text_config)?;
+            let t = &cfg.text_config;
+            candle_nn::linear_no_bias(t.embed_dim, t.projection_dim, vb.pp("text_projection"))?;
+            Ok(Box::new(ImageEncoder::new(vb, &cfg.vision_config)?))
+        };
+    write_weights_with(build, 5, Head::Random, &weights).unwrap();
+    let tokenizer = std::fs::read(crate::golden::golden("clip/tokenizer.json")).unwrap();
+    let (model_bytes, config_bytes) = (
+        std::fs::read(&weights).unwrap(),
+        config.to_string().into_bytes(),
+    );
+    let files: [(&str, &[u8]); 3] = [
+        ("model.safetensors", &model_bytes),
+        ("tokenizer.json", &tokenizer),
+        ("config.json", &config_bytes),
+    ];
+    put_in_hub_cache(
+        &fx.cache(),
+        RepoKind::Model,
+        "test-org/tiny-clip",
+        DEMO_COMMIT,
+        &files,
+    )
+    .unwrap();
+
+    let photo = fx.path().join("photo.png");
+    image::RgbImage::from_fn(96, 80, |x, y| image::Rgb([x as u8, y as u8, 60]))
+        .save(&photo)
+        .unwrap();
+    let predict = || {
+        fx.run(
+            &[
+                "predict",
+                photo.to_str().unwrap(),
+                "--model",
+                "test-org/tiny-clip",
+                "--device",
+                "cpu",
+                "--json",
+            ],
+            &[("HF_HUB_OFFLINE", "1")],
+        )
+    };
+    let out = predict();
+    ok(&out);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["top"].as_array().unwrap().len(), 5, "{doc}");
+    let heads = fx.path().join("imagenet-hard/clip-heads");
+    let cached: Vec<_> = std::fs::read_dir(&heads).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one head cached");
+    let again = predict();
+    ok(&again);
+    assert_eq!(
+        stdout(&again),
+        stdout(&out),
+        "the cached head gives the same answer"
+    );
+    assert_eq!(std::fs::read_dir(&heads).unwrap().count(), 1);
+
+    let manifest = fx.path().join("clip.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[build]\nname = \"clip\"\noutput_dir = \"clip\"\n\n[zoom]\nscales = [256]\nanchors = 1\n\n[[source]]\norigin = \"tiny\"\nlimit = 2\nhub = {{ repo = \"{}\", revision = \"main\", files = [\"{}\"] }}\n\n[[model]]\nname = \"tiny-clip\"\narchitecture = \"clip_vit_large_patch14\"\nhub = {{ repo = \"test-org/tiny-clip\", revision = \"main\", files = [\"model.safetensors\", \"tokenizer.json\", \"config.json\"] }}\n",
+            crate::fixture::DATASET,
+            crate::fixture::PARQUET
+        ),
+    )
+    .unwrap();
+    ok(&fx.run(
+        &["build", manifest.to_str().unwrap(), "--device", "cpu"],
+        &[("HF_HUB_OFFLINE", "1")],
+    ));
+    let sel: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.path().join("clip/select/selection.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sel["bounds"][0]["images"], 2);
+    let eval = fx.run(
+        &[
+            "eval",
+            fx.path().join("clip/dataset").to_str().unwrap(),
+            "--model",
+            "test-org/tiny-clip",
+            "--device",
+            "cpu",
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&eval);
+    assert!(stdout(&eval).contains("| **all** |"), "{}", stdout(&eval));
+}
