@@ -17,7 +17,6 @@ import json
 import pathlib
 import sys
 
-import numpy as np
 import timm
 import torch
 from functools import partial
@@ -27,10 +26,9 @@ from timm.models.convnext import ConvNeXt
 from timm.models.efficientnet import EfficientNet, _gen_efficientnet, _gen_efficientnet_lite
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from golden_resnet import INPUT_SEED, WEIGHT_SEED, splitmix_units, synthetic_state  # noqa: E402
+from golden_resnet import golden_doc, reference_logits # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden" / "effnet"
-BATCH = 2
 
 
 def lite(cm, dm):
@@ -66,24 +64,9 @@ FULL = ["tf_efficientnet_lite0", "efficientnet_b0", "convnext_base"]
 
 
 def golden(stem: str, desc: str, model: torch.nn.Module, size: int, out: pathlib.Path) -> None:
-    model = model.eval()
-    missing, unexpected = model.load_state_dict(synthetic_state(model, WEIGHT_SEED), strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
-    x = splitmix_units(INPUT_SEED, 0, BATCH * 3 * size * size) * np.float32(4.0) - np.float32(2.0)
-    x = torch.from_numpy(x.reshape(BATCH, 3, size, size))
-    with torch.inference_mode():
-        logits = model(x).numpy()
-    doc = {
-        "generator": "torch " + torch.__version__ + ", timm " + timm.__version__,
-        "arch": desc,
-        "weight_seed": WEIGHT_SEED,
-        "input_seed": INPUT_SEED,
-        "batch": BATCH,
-        "size": size,
-        "logits": [[float(f"{v:.8g}") for v in row] for row in logits],
-    }
+    generator = "torch " + torch.__version__ + ", timm " + timm.__version__
+    doc = golden_doc(generator, desc, size, reference_logits(model, size))
     (out / f"{stem}.json").write_text(json.dumps(doc) + "\n")
-    print(stem, logits[:, :3], "max |logit|", float(np.abs(logits).max()))
 
 
 def main() -> None:

@@ -56,27 +56,40 @@ def synthetic_state(model: torch.nn.Module, seed: int) -> dict:
     return out
 
 
+def reference_logits(model: torch.nn.Module, size: int) -> np.ndarray:
+    """Load the synthetic weights into `model` (every name must be filled) and
+    run the shared generated batch of BATCH images of size x size."""
+    model.eval()
+    missing, unexpected = model.load_state_dict(synthetic_state(model, WEIGHT_SEED), strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    x = splitmix_units(INPUT_SEED, 0, BATCH * 3 * size * size) * np.float32(4.0) - np.float32(2.0)
+    with torch.inference_mode():
+        return model(torch.from_numpy(x.reshape(BATCH, 3, size, size))).numpy()
+
+
+def golden_doc(generator: str, arch: str, size: int, logits: np.ndarray, **extra) -> dict:
+    """The JSON document `tests/it/golden.rs::logits_parity` reads."""
+    print(arch, size, logits[:, :3], "max |logit|", float(np.abs(logits).max()))
+    return {
+        "generator": generator,
+        "arch": arch,
+        "weight_seed": WEIGHT_SEED,
+        "input_seed": INPUT_SEED,
+        "batch": BATCH,
+        "size": size,
+        **extra,
+        "logits": [[float(f"{v:.8g}") for v in row] for row in logits],
+    }
+
+
 def main() -> None:
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
-    x = splitmix_units(INPUT_SEED, 0, BATCH * 3 * SIZE * SIZE) * np.float32(4.0) - np.float32(2.0)
-    x = torch.from_numpy(x.reshape(BATCH, 3, SIZE, SIZE))
     for arch in ("resnet18", "resnet50"):
-        model = getattr(torchvision.models, arch)(weights=None).eval()
-        model.load_state_dict(synthetic_state(model, WEIGHT_SEED), strict=False)
-        with torch.inference_mode():
-            logits = model(x).numpy()
-        doc = {
-            "generator": "torch " + torch.__version__ + ", torchvision " + torchvision.__version__,
-            "arch": arch,
-            "weight_seed": WEIGHT_SEED,
-            "input_seed": INPUT_SEED,
-            "batch": BATCH,
-            "size": SIZE,
-            "logits": [[float(f"{v:.8g}") for v in row] for row in logits],
-        }
+        model = getattr(torchvision.models, arch)(weights=None)
+        generator = "torch " + torch.__version__ + ", torchvision " + torchvision.__version__
+        doc = golden_doc(generator, arch, SIZE, reference_logits(model, SIZE))
         (OUT / f"{arch}.json").write_text(json.dumps(doc) + "\n")
-        print(arch, logits[:, :3], "max |logit|", float(np.abs(logits).max()))
 
 
 if __name__ == "__main__":

@@ -25,17 +25,15 @@ import argparse
 import json
 import pathlib
 
-import numpy as np
 import timm
 import torch
 import torchvision
 from torch import nn
 
-from golden_resnet import INPUT_SEED, WEIGHT_SEED, splitmix_units, synthetic_state
+from golden_resnet import golden_doc, reference_logits
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden" / "vgg"
 WIDTH_DIVISOR = 8
-BATCH = 2
 NUM_CLASSES = 1000
 # (arch, input size): see the docstring for what each size exercises.
 CASES = [
@@ -80,24 +78,8 @@ def logits_doc(arch: str, divisor: int, size: int) -> dict:
     model = reference(arch)
     if divisor != 1:
         model = narrowed(model, divisor)
-    model = model.eval()
-    model.load_state_dict(synthetic_state(model, WEIGHT_SEED), strict=True)
-    x = splitmix_units(INPUT_SEED, 0, BATCH * 3 * size * size) * np.float32(4.0) - np.float32(2.0)
-    x = torch.from_numpy(x.reshape(BATCH, 3, size, size))
-    with torch.inference_mode():
-        logits = model(x).numpy()
-    print(arch, f"/{divisor}", size, logits[:, :3], "max |logit|", float(np.abs(logits).max()))
-    return {
-        "generator": "torch " + torch.__version__ + ", torchvision " + torchvision.__version__
-        + ", timm " + timm.__version__,
-        "arch": arch,
-        "width_divisor": divisor,
-        "weight_seed": WEIGHT_SEED,
-        "input_seed": INPUT_SEED,
-        "batch": BATCH,
-        "size": size,
-        "logits": [[float(f"{v:.8g}") for v in row] for row in logits],
-    }
+    generator = f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}"
+    return golden_doc(generator, arch, size, reference_logits(model, size), width_divisor=divisor)
 
 
 def main() -> None:

@@ -16,17 +16,15 @@ import json
 import pathlib
 import sys
 
-import numpy as np
 import timm
 import torch
 import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from golden_resnet import WEIGHT_SEED, INPUT_SEED, splitmix_units, synthetic_state  # noqa: E402
+from golden_resnet import golden_doc, reference_logits # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "golden" / "vit"
-BATCH = 2
 
 # Reduced and full-size shapes; the Rust side mirrors them (vit::Config).
 SMALL = dict(dim=64, depth=2, heads=4, mlp_dim=256, patch=32, image_size=224)
@@ -59,25 +57,11 @@ def timm_vit(c: dict) -> torch.nn.Module:
 
 
 def write(name: str, arch: str, model: torch.nn.Module, size: int) -> None:
-    model.eval()
-    # strict: the synthetic names are the state dict's names, every one filled.
-    model.load_state_dict(synthetic_state(model, WEIGHT_SEED), strict=True)
-    x = splitmix_units(INPUT_SEED, 0, BATCH * 3 * size * size) * np.float32(4.0) - np.float32(2.0)
-    x = torch.from_numpy(x.reshape(BATCH, 3, size, size))
-    with torch.inference_mode():
-        logits = model(x).numpy()
-    doc = {
-        "generator": f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}",
-        "arch": arch,
-        "weight_seed": WEIGHT_SEED,
-        "input_seed": INPUT_SEED,
-        "batch": BATCH,
-        "size": size,
-        "tensors": [[k, list(v.shape)] for k, v in sorted(model.state_dict().items())],
-        "logits": [[float(f"{v:.8g}") for v in row] for row in logits],
-    }
+    generator = f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}"
+    logits = reference_logits(model, size)
+    tensors = [[k, list(v.shape)] for k, v in sorted(model.state_dict().items())]
+    doc = golden_doc(generator, arch, size, logits, tensors=tensors)
     (OUT / f"{name}.json").write_text(json.dumps(doc) + "\n")
-    print(name, logits[:, :3], "max |logit|", float(np.abs(logits).max()))
 
 
 def main() -> None:

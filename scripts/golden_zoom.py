@@ -10,7 +10,6 @@ and resizing are checked separately. Index: tests/golden/zoom/cases.json.
 
 Usage: python3 scripts/golden_zoom.py   (needs Pillow, numpy)
 """
-import io
 import json
 import pathlib
 
