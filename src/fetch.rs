@@ -183,6 +183,66 @@ pub fn write_lock(path: &Path, lock: &Lock) -> Result<(), FetchError> {
     })
 }
 
+/// Resolve `h.revision` (or the commit its lock entry pinned), download or
+/// find every file, and check each against the manifest's pins and the lock.
+pub fn fetch_hub(
+    hub: &Hub,
+    kind: RepoKind,
+    h: &HubFiles,
+    existing: Option<&Lock>,
+    lock_file: &Path,
+) -> Result<(LockedRepo, Vec<PathBuf>), FetchError> {
+    let locked = existing.and_then(|l| l.find(kind, &h.repo, &h.revision));
+    // A locked commit pins a moving revision (e.g. `main`) to what was fetched.
+    let revision = locked
+        .map(|r| r.commit.clone())
+        .unwrap_or_else(|| h.revision.clone());
+    let commit = hub.resolve_commit(kind, &h.repo, &revision)?;
+    let mut files = Vec::new();
+    let mut paths = Vec::new();
+    for f in &h.files {
+        let path = hub.file(kind, &h.repo, &commit, f)?;
+        let (sha256, size) = sha256_file(&path).map_err(|source| FetchError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(expected) = h.sha256.get(f) {
+            if !hash_matches(expected, &sha256) {
+                return Err(FetchError::PinnedHash {
+                    repo: h.repo.clone(),
+                    file: f.clone(),
+                    expected: expected.clone(),
+                    found: sha256,
+                });
+            }
+        }
+        if let Some(lf) = locked.and_then(|r| r.files.iter().find(|lf| &lf.path == f)) {
+            if lf.sha256 != sha256 || lf.size != size {
+                return Err(FetchError::Mismatch {
+                    what: format!("{} `{}` ({})", h.repo, f, path.display()),
+                    lock: lock_file.into(),
+                    locked: format!("sha256 {} ({} bytes)", lf.sha256, lf.size),
+                    found: format!("sha256 {sha256} ({size} bytes)"),
+                });
+            }
+        }
+        files.push(LockedFile {
+            path: f.clone(),
+            size,
+            sha256,
+        });
+        paths.push(path);
+    }
+    let entry = LockedRepo {
+        kind,
+        id: h.repo.clone(),
+        revision: h.revision.clone(),
+        commit,
+        files,
+    };
+    Ok((entry, paths))
+}
+
 /// Resolve and hash every input of `manifest`. With `existing`, every file
 /// must match it. Local `path` inputs are used as they are.
 pub fn fetch(
@@ -194,47 +254,8 @@ pub fn fetch(
 ) -> Result<Fetched, FetchError> {
     let mut lock = Lock::default();
     let mut get = |kind: RepoKind, h: &HubFiles| -> Result<Vec<PathBuf>, FetchError> {
-        let locked = existing.and_then(|l| l.find(kind, &h.repo, &h.revision));
-        // A locked commit pins a moving revision (e.g. `main`) to what was fetched.
-        let revision = locked
-            .map(|r| r.commit.clone())
-            .unwrap_or_else(|| h.revision.clone());
-        let commit = hub.resolve_commit(kind, &h.repo, &revision)?;
-        let mut files = Vec::new();
-        let mut paths = Vec::new();
-        for f in &h.files {
-            let path = hub.file(kind, &h.repo, &commit, f)?;
-            let (sha256, size) = sha256_file(&path).map_err(|source| FetchError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            if let Some(expected) = h.sha256.get(f) {
-                if !hash_matches(expected, &sha256) {
-                    return Err(FetchError::PinnedHash {
-                        repo: h.repo.clone(),
-                        file: f.clone(),
-                        expected: expected.clone(),
-                        found: sha256,
-                    });
-                }
-            }
-            if let Some(lf) = locked.and_then(|r| r.files.iter().find(|lf| &lf.path == f)) {
-                if lf.sha256 != sha256 || lf.size != size {
-                    return Err(FetchError::Mismatch {
-                        what: format!("{} `{}` ({})", h.repo, f, path.display()),
-                        lock: lock_file.into(),
-                        locked: format!("sha256 {} ({} bytes)", lf.sha256, lf.size),
-                        found: format!("sha256 {sha256} ({size} bytes)"),
-                    });
-                }
-            }
-            files.push(LockedFile {
-                path: f.clone(),
-                size,
-                sha256,
-            });
-            paths.push(path);
-        }
+        let (LockedRepo { commit, files, .. }, paths) =
+            fetch_hub(hub, kind, h, existing, lock_file)?;
         // One entry per repo and revision, even when several tables use it.
         let same =
             |r: &&mut LockedRepo| r.kind == kind && r.id == h.repo && r.revision == h.revision;
@@ -340,28 +361,8 @@ pub fn resolve_model(
     if let Some(entry) = lookup(model) {
         let (weights, files, provenance) = match &entry.source {
             WeightSource::Hub(h) => {
-                let commit = hub.resolve_commit(RepoKind::Model, &h.repo, &h.revision)?;
-                let mut paths = Vec::new();
-                for f in &h.files {
-                    let path = hub.file(RepoKind::Model, &h.repo, &commit, f)?;
-                    if let Some(expected) = h.sha256.get(f) {
-                        let (sha, _) = sha256_file(&path).map_err(|source| FetchError::Io {
-                            path: path.clone(),
-                            source,
-                        })?;
-                        if !hash_matches(expected, &sha) {
-                            let (repo, file) = (h.repo.clone(), f.clone());
-                            return Err(FetchError::PinnedHash {
-                                repo,
-                                file,
-                                expected: expected.clone(),
-                                found: sha,
-                            }
-                            .into());
-                        }
-                    }
-                    paths.push(path);
-                }
+                let (LockedRepo { commit, .. }, mut paths) =
+                    fetch_hub(hub, RepoKind::Model, h, None, Path::new("-"))?;
                 let weights = paths.remove(0);
                 (weights, paths, format!("{}@{}", h.repo, commit))
             }
