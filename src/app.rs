@@ -104,6 +104,17 @@ fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     Ok(plan)
 }
 
+/// `--dry-run`: the plan as text on stdout, from the manifest and its lock
+/// (if any); no network, no downloads.
+fn print_dry_run(ctx: &Context, limit: Option<u64>) -> Result<()> {
+    let lock = read_lock(&ctx.lock_file)?;
+    print!(
+        "{}",
+        crate::plan::dry_run_text(&ctx.manifest, &ctx.label, lock.as_ref(), limit)
+    );
+    Ok(())
+}
+
 /// The plan a previous `scan` wrote into the manifest's run directory.
 fn read_plan(ctx: &Context) -> Result<Plan> {
     let run_dir = ctx.manifest.run_dir();
@@ -191,6 +202,9 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Build(args) => {
             let ctx = load_context(&args.manifest)?;
+            if args.dry_run {
+                return print_dry_run(&ctx, args.limit);
+            }
             let plan = prepare_plan(&ctx, args.limit)?;
             run_scan(&plan, &args)?;
             let selection = run_select(&plan)?;
@@ -214,6 +228,9 @@ pub fn run(command: Command) -> Result<()> {
         }
         Command::Scan(args) => {
             let ctx = load_context(&args.manifest)?;
+            if args.dry_run {
+                return print_dry_run(&ctx, args.limit);
+            }
             let plan = prepare_plan(&ctx, args.limit)?;
             run_scan(&plan, &args)?;
         }

@@ -27,9 +27,14 @@ pub struct ManifestArg {
 pub struct RunArgs {
     #[command(flatten)]
     pub manifest: ManifestArg,
-    /// Scan at most N rows of each source (deterministic: the first N).
+    /// Scan N rows of each source, spread evenly over it (the same rows on
+    /// every run).
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// Print the plan (every source, model and file to fetch) and stop:
+    /// nothing is downloaded or scanned.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Where models run.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,

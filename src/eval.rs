@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::labels::top_k;
+use crate::labels::LabelConvention;
 use crate::models::{Classifier, EvalPreprocess, ModelError};
-use crate::sources::{ParquetSource, SourceError};
+use crate::sources::{Container, Source, SourceError};
 use crate::zoom::{center_view, decode_rgb, normalise_chw, DecodeLimits};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,11 +147,14 @@ pub fn evaluate(
     limit: Option<u64>,
 ) -> Result<EvalReport, EvalError> {
     let files = find_shards(dir)?;
-    let source = ParquetSource {
-        files: files.clone(),
-        image_column: "image".into(),
-        label_column: "label".into(),
-        origin_column: Some("origin".into()),
+    let source = Source {
+        container: Container::Parquet {
+            files: files.clone(),
+            image_column: "image".into(),
+            label_column: "label".into(),
+            origin_column: Some("origin".into()),
+        },
+        labels: LabelConvention::Imagenet1kIndex,
         limit,
     };
     let mut report = EvalReport {
@@ -168,7 +172,7 @@ pub fn evaluate(
     let plane = 3 * crop * crop;
     let mut input: Vec<f32> = Vec::with_capacity(batch_size * plane);
     let mut meta: Vec<(Vec<i64>, String)> = Vec::new();
-    let bar = crate::util::progress(source.row_count().unwrap_or(0), "eval");
+    let bar = crate::util::progress(source.row_count_hint().unwrap_or(0), "eval");
     let flush = |input: &mut Vec<f32>,
                  meta: &mut Vec<(Vec<i64>, String)>,
                  report: &mut EvalReport|

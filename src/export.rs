@@ -314,7 +314,7 @@ pub fn export(
         }
         let reader = source.reader();
         let mut found = BTreeSet::new();
-        for outcome in reader.rows() {
+        for outcome in reader.rows_in(wanted.clone()) {
             let rec = match outcome? {
                 Ok(rec) if wanted.contains(&rec.row) => rec,
                 Ok(_) => continue,

@@ -66,6 +66,13 @@ pub enum FetchError {
         locked: String,
         found: String,
     },
+    #[error("{repo}@{commit}: `{pattern}` matches no file{hint}; check `files` in the manifest")]
+    NoMatch {
+        repo: String,
+        commit: String,
+        pattern: String,
+        hint: String,
+    },
     #[error("{repo} `{file}`: sha256 {found} differs from the manifest's pinned {expected}; the download is corrupt or the pin is wrong")]
     PinnedHash {
         repo: String,
@@ -82,6 +89,77 @@ fn hash_matches(pinned: &str, found: &str) -> bool {
         && found
             .to_ascii_lowercase()
             .starts_with(&pinned.to_ascii_lowercase())
+}
+
+/// Whether a `files` entry is a glob pattern rather than one path.
+pub fn is_pattern(f: &str) -> bool {
+    f.contains(['*', '?', '['])
+}
+
+/// The file paths `h.files` names at `commit`: plain paths as they are,
+/// patterns matched against the lock's files for this repo when there is a
+/// lock entry (no network), else against the repository's file list; each
+/// pattern's matches in natural order (`2.tar` before `10.tar`).
+fn expand_patterns(
+    hub: &Hub,
+    kind: RepoKind,
+    h: &HubFiles,
+    commit: &str,
+    locked: Option<&LockedRepo>,
+) -> Result<Vec<String>, FetchError> {
+    let from_lock: Vec<String> = locked
+        .map(|r| r.files.iter().map(|f| f.path.clone()).collect())
+        .unwrap_or_default();
+    let mut from_hub: Option<Vec<String>> = None;
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    let mut out: Vec<String> = Vec::new();
+    for f in &h.files {
+        if !is_pattern(f) {
+            out.push(f.clone());
+            continue;
+        }
+        let pattern = glob::Pattern::new(f).map_err(|e| FetchError::NoMatch {
+            repo: h.repo.clone(),
+            commit: commit.into(),
+            pattern: f.clone(),
+            hint: format!(" ({e})"),
+        })?;
+        let select = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .filter(|p| pattern.matches_with(p, options))
+                .cloned()
+                .collect()
+        };
+        let mut matched = select(&from_lock);
+        if matched.is_empty() {
+            if from_hub.is_none() {
+                from_hub = Some(hub.list_files(kind, &h.repo, commit)?);
+            }
+            matched = select(from_hub.as_deref().unwrap_or_default());
+        }
+        if matched.is_empty() {
+            return Err(FetchError::NoMatch {
+                repo: h.repo.clone(),
+                commit: commit.into(),
+                pattern: f.clone(),
+                hint: if hub.config().offline {
+                    " in the offline cache (HF_HUB_OFFLINE is set)".into()
+                } else {
+                    String::new()
+                },
+            });
+        }
+        matched.sort_by(|a, b| crate::sources::natural_cmp(a, b));
+        for m in matched {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Download (or find) a URL file, check it against its pin and the lock.
@@ -198,9 +276,10 @@ pub fn fetch_hub(
         .map(|r| r.commit.clone())
         .unwrap_or_else(|| h.revision.clone());
     let commit = hub.resolve_commit(kind, &h.repo, &revision)?;
+    let names = expand_patterns(hub, kind, h, &commit, locked)?;
     let mut files = Vec::new();
     let mut paths = Vec::new();
-    for f in &h.files {
+    for f in &names {
         let path = hub.file(kind, &h.repo, &commit, f)?;
         let (sha256, size) = sha256_file(&path).map_err(|source| FetchError::Io {
             path: path.clone(),

@@ -321,6 +321,45 @@ impl Hub {
         Ok(info.sha)
     }
 
+    /// Every file path in the repository at `commit`: the Hub's file list
+    /// when online, the cached snapshot's files when offline.
+    pub fn list_files(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        commit: &str,
+    ) -> Result<Vec<String>, HubError> {
+        if self.cfg.offline {
+            let snapshot = self.repo_dir(kind, repo).join("snapshots").join(commit);
+            let mut files = Vec::new();
+            for entry in walkdir::WalkDir::new(&snapshot).follow_links(true) {
+                let entry = entry.map_err(|e| HubError::Io {
+                    path: snapshot.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                if entry.file_type().is_file() {
+                    if let Ok(rel) = entry.path().strip_prefix(&snapshot) {
+                        let parts: Vec<_> = rel
+                            .components()
+                            .map(|c| c.as_os_str().to_string_lossy())
+                            .collect();
+                        files.push(parts.join("/"));
+                    }
+                }
+            }
+            return Ok(files);
+        }
+        let api_repo = self.api()?.repo(Repo::with_revision(
+            repo.into(),
+            kind.repo_type(),
+            commit.into(),
+        ));
+        let info = api_repo
+            .info()
+            .map_err(|e| self.map_error(e, kind, repo, commit, "(file list)"))?;
+        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+    }
+
     /// Path of `file` in the cache, downloading it first unless offline.
     /// Partial downloads (`*.part` blobs) resume where they stopped.
     pub fn file(

@@ -2,8 +2,9 @@
 //! zoom grid, and how to select and export. Parsing rejects unknown keys and
 //! wrong types with the file, line and key; `validate` checks meaning.
 
-use crate::labels::ClassSubset;
+use crate::labels::{ClassSubset, LabelConvention};
 use crate::models::Architecture;
+use crate::sources::Format;
 use crate::zoom::{DecodeLimits, ZoomGrid, IMAGENET_MEAN, IMAGENET_STD};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,6 +153,10 @@ pub struct HubFiles {
     /// Known sha256 per file, checked after download.
     #[serde(default)]
     pub sha256: BTreeMap<String, String>,
+    /// The repository asks you to accept terms on its page and send
+    /// `HF_TOKEN` (e.g. ImageNet-1k).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gated: bool,
 }
 
 /// A file at a plain URL (e.g. torchvision's `.pth` weights), pinned by sha256.
@@ -171,45 +176,42 @@ impl UrlFile {
     }
 }
 
-/// How the label column is written in a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum LabelConvention {
-    /// Integer ImageNet-1k index 0..999 (or a list of them).
-    #[default]
-    Imagenet1kIndex,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceFormat {
-    /// Hugging Face Parquet: image as struct<bytes, path> or binary.
-    #[default]
-    Parquet,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
-    /// Stable name written to the `origin` column, e.g. `imagenet-val`.
+    /// Stable name written to the `origin` column, e.g. `imagenet-sketch` or
+    /// `imagenet-c/fog/{severity}`.
     pub origin: String,
-    /// Files on the Hub (a dataset repository).
+    /// Files on the Hub (a dataset repository); `files` may hold globs
+    /// (`test/*.tar`), resolved against the pinned commit and locked.
     #[serde(default)]
     pub hub: Option<HubFiles>,
-    /// Local Parquet files (relative paths are relative to the manifest).
+    /// Local files, or for `format = "folder"` one folder (relative paths are
+    /// relative to the manifest).
     #[serde(default)]
     pub path: Vec<PathBuf>,
+    /// `parquet` (default), `webdataset`, `archive` (zip/tar/tar.gz of class
+    /// folders) or `folder`.
     #[serde(default)]
-    pub format: SourceFormat,
-    #[serde(default = "default_image_column")]
-    pub image_column: String,
-    #[serde(default = "default_label_column")]
-    pub label_column: String,
+    pub format: Format,
+    /// Parquet only: the image column (default `image`).
+    #[serde(default)]
+    pub image_column: Option<String>,
+    /// Parquet only: the label column (default `label`).
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// How labels are written (column, `.cls` member or class folder name).
     #[serde(default)]
     pub labels: LabelConvention,
+    /// Classes predictions are restricted to; default follows `labels`
+    /// (ImageNet-A/R and ObjectNet indices imply their subset).
     #[serde(default)]
-    pub class_subset: ClassSubset,
-    /// Scan only the first `limit` rows.
+    pub class_subset: Option<ClassSubset>,
+    /// ImageNet-C severity 1..=5 put in for `{severity}` in `origin` and
+    /// `hub.files` (default 3: the release does not say which it used).
+    #[serde(default)]
+    pub severity: Option<u8>,
+    /// Scan `limit` rows spread evenly over the source (deterministic).
     #[serde(default)]
     pub limit: Option<u64>,
     /// Terms of use of the source dataset, copied into the card.
@@ -217,11 +219,37 @@ pub struct SourceSpec {
     pub terms: Option<String>,
 }
 
-fn default_image_column() -> String {
-    "image".into()
-}
-fn default_label_column() -> String {
-    "label".into()
+/// ImageNet-C severity used when a source says `{severity}` but sets none.
+pub const DEFAULT_SEVERITY: u8 = 3;
+
+impl SourceSpec {
+    pub fn image_column(&self) -> &str {
+        self.image_column.as_deref().unwrap_or("image")
+    }
+    pub fn label_column(&self) -> &str {
+        self.label_column.as_deref().unwrap_or("label")
+    }
+    pub fn class_subset(&self) -> ClassSubset {
+        self.class_subset
+            .unwrap_or_else(|| self.labels.default_subset())
+    }
+
+    /// Put the severity in for `{severity}` placeholders.
+    fn expand(&mut self) -> bool {
+        let uses = self.origin.contains("{severity}")
+            || self
+                .hub
+                .as_ref()
+                .is_some_and(|h| h.files.iter().any(|f| f.contains("{severity}")));
+        let sev = self.severity.unwrap_or(DEFAULT_SEVERITY).to_string();
+        self.origin = self.origin.replace("{severity}", &sev);
+        if let Some(h) = &mut self.hub {
+            for f in &mut h.files {
+                *f = f.replace("{severity}", &sev);
+            }
+        }
+        uses
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,10 +295,30 @@ impl Manifest {
 
     /// Parse TOML text; `file` only names the origin in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
-        toml::from_str(text).map_err(|e| ManifestError::Parse {
+        let mut m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
             file: file.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        for (i, s) in m.sources.iter_mut().enumerate() {
+            let given = s.severity;
+            if !s.expand() && given.is_some() {
+                return Err(ManifestError::Invalid {
+                    file: file.to_path_buf(),
+                    key: format!("source[{i}].severity"),
+                    message: "is used only through `{severity}` in `origin` or `hub.files`; \
+                              put the placeholder there or drop the key"
+                        .into(),
+                });
+            }
+            if given.is_some_and(|v| !(1..=5).contains(&v)) {
+                return Err(ManifestError::Invalid {
+                    file: file.to_path_buf(),
+                    key: format!("source[{i}].severity"),
+                    message: "ImageNet-C severities are 1 to 5".into(),
+                });
+            }
+        }
+        Ok(m)
     }
 
     /// Checks that need more than types: every key that is wrong is named.
@@ -347,15 +395,43 @@ impl Manifest {
                     format!("`{}` is used by two sources", s.origin),
                 ));
             }
+            if s.format != Format::Parquet && (s.image_column.is_some() || s.label_column.is_some())
+            {
+                return Err(invalid(
+                    key("image_column"),
+                    "image_column and label_column apply to Parquet sources only; \
+                     other formats take the label from the `.cls` member or the class folder"
+                        .into(),
+                ));
+            }
+            if s.format == Format::Folder && (s.hub.is_some() || s.path.len() != 1) {
+                return Err(invalid(
+                    key("path"),
+                    "a `folder` source names exactly one local folder in `path`".into(),
+                ));
+            }
             match (&s.hub, s.path.is_empty()) {
                 (Some(h), true) => check_hub(h, &key("hub")).map_err(|(k, m)| invalid(k, m))?,
                 (None, false) => {
                     for p in &s.path {
                         let full = base.join(p);
-                        if !full.is_file() {
+                        let ok = if s.format == Format::Folder {
+                            full.is_dir()
+                        } else {
+                            full.is_file()
+                        };
+                        if !ok {
                             return Err(invalid(
                                 key("path"),
-                                format!("{} does not exist", full.display()),
+                                format!(
+                                    "{} does not exist or is not a {}",
+                                    full.display(),
+                                    if s.format == Format::Folder {
+                                        "folder"
+                                    } else {
+                                        "file"
+                                    }
+                                ),
                             ));
                         }
                     }
@@ -456,6 +532,14 @@ fn check_hub(h: &HubFiles, key: &str) -> Result<(), (String, String)> {
     }
     if h.files.is_empty() {
         return Err((format!("{key}.files"), "list at least one file".into()));
+    }
+    for f in &h.files {
+        if let Err(e) = glob::Pattern::new(f) {
+            return Err((
+                format!("{key}.files"),
+                format!("`{f}` is not a valid pattern: {e}"),
+            ));
+        }
     }
     for (f, sha) in &h.sha256 {
         if !h.files.contains(f) {

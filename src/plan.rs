@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::fetch::Fetched;
-use crate::labels::ClassSubset;
+use crate::labels::{ClassSubset, LabelConvention};
 use crate::manifest::{Manifest, SelectionRule};
 use crate::models::Architecture;
+use crate::sources::{Container, Format, Source};
 use crate::zoom::{DecodeLimits, ZoomGrid};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -34,8 +35,10 @@ pub struct PlannedSource {
     /// `owner/name@commit` for Hub sources, else the local paths.
     pub provenance: String,
     pub files: Vec<PathBuf>,
+    pub format: Format,
     pub image_column: String,
     pub label_column: String,
+    pub labels: LabelConvention,
     pub class_subset: ClassSubset,
     pub limit: Option<u64>,
     pub terms: Option<String>,
@@ -65,12 +68,24 @@ impl PlannedModel {
 
 impl PlannedSource {
     /// A streaming reader over this source's rows.
-    pub fn reader(&self) -> crate::sources::ParquetSource {
-        crate::sources::ParquetSource {
-            files: self.files.clone(),
-            image_column: self.image_column.clone(),
-            label_column: self.label_column.clone(),
-            origin_column: None,
+    pub fn reader(&self) -> Source {
+        let files = self.files.clone();
+        let container = match self.format {
+            Format::Parquet => Container::Parquet {
+                files,
+                image_column: self.image_column.clone(),
+                label_column: self.label_column.clone(),
+                origin_column: None,
+            },
+            Format::Webdataset => Container::Webdataset { files },
+            Format::Archive => Container::Archive { files },
+            Format::Folder => Container::Folder {
+                root: files.into_iter().next().unwrap_or_default(),
+            },
+        };
+        Source {
+            container,
+            labels: self.labels,
             limit: self.limit,
         }
     }
@@ -103,9 +118,11 @@ impl Plan {
                         .join(", "),
                 },
                 files: files.clone(),
-                image_column: s.image_column.clone(),
-                label_column: s.label_column.clone(),
-                class_subset: s.class_subset,
+                format: s.format,
+                image_column: s.image_column().to_string(),
+                label_column: s.label_column().to_string(),
+                labels: s.labels,
+                class_subset: s.class_subset(),
                 limit: match (s.limit, limit) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -190,4 +207,174 @@ impl Plan {
     pub fn model_names(&self) -> Vec<String> {
         self.models.iter().map(|m| m.name.clone()).collect()
     }
+}
+
+/// The plan before anything is fetched (`build --dry-run`): each source and
+/// model with every file to fetch, pins, gates and limits. Files matched by
+/// a pattern are listed from the lock when it has them.
+pub fn dry_run_text(
+    manifest: &Manifest,
+    label: &Path,
+    lock: Option<&crate::fetch::Lock>,
+    limit: Option<u64>,
+) -> String {
+    use crate::manifest::HubFiles;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let grid = manifest.zoom.grid();
+    let _ = writeln!(out, "manifest  {}", label.display());
+    let _ = writeln!(
+        out,
+        "build     {} -> {}",
+        manifest.build.name,
+        manifest.run_dir().display()
+    );
+    let _ = writeln!(
+        out,
+        "zoom      {} scales x {}x{} anchors = {} transforms per image, crop {} px",
+        grid.scales.len(),
+        grid.anchors,
+        grid.anchors,
+        grid.len(),
+        grid.crop_size
+    );
+    let mut n_files = 0usize;
+    let mut n_patterns = 0usize;
+    let hub_lines = |out: &mut String, h: &HubFiles, kind: &str| -> (usize, usize) {
+        let (mut n_files, mut n_patterns) = (0, 0);
+        let prefix = if kind == "dataset" { "datasets/" } else { "" };
+        let pinned = crate::hub::is_commit_sha(&h.revision);
+        let _ = writeln!(
+            out,
+            "    hub {kind} {}@{}{}",
+            h.repo,
+            h.revision,
+            if pinned {
+                ""
+            } else {
+                "  (not a commit: the lock pins what the first fetch resolves)"
+            }
+        );
+        if h.gated {
+            let _ = writeln!(
+                out,
+                "    gated: accept the terms at https://huggingface.co/{prefix}{} and set HF_TOKEN",
+                h.repo
+            );
+        }
+        let locked = lock.and_then(|l| {
+            l.repos
+                .iter()
+                .find(|r| r.id == h.repo && r.revision == h.revision)
+        });
+        for f in &h.files {
+            if crate::fetch::is_pattern(f) {
+                n_patterns += 1;
+                let opts = glob::MatchOptions {
+                    require_literal_separator: true,
+                    ..Default::default()
+                };
+                let matched: Vec<_> = match (locked, glob::Pattern::new(f)) {
+                    (Some(r), Ok(p)) => r
+                        .files
+                        .iter()
+                        .filter(|lf| p.matches_with(&lf.path, opts))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if matched.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "      {f}  (pattern: matched against the repo's files at fetch)"
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "      {f}  (pattern: {} files in the lock)",
+                        matched.len()
+                    );
+                    for lf in matched {
+                        n_files += 1;
+                        let _ = writeln!(
+                            out,
+                            "      {}  {} bytes  sha256 {}",
+                            lf.path, lf.size, lf.sha256
+                        );
+                    }
+                }
+            } else {
+                n_files += 1;
+                let sha = h
+                    .sha256
+                    .get(f)
+                    .map(|s| format!("  sha256 {s}"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "      {f}{sha}");
+            }
+        }
+        (n_files, n_patterns)
+    };
+    let _ = writeln!(out, "sources   {}", manifest.sources.len());
+    for s in &manifest.sources {
+        let subset = s.class_subset();
+        let take = match (s.limit, limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let _ = writeln!(
+            out,
+            "  {}  format {}, labels {}, classes {} ({}){}",
+            s.origin,
+            s.format.name(),
+            s.labels.name(),
+            subset.name(),
+            subset.len(),
+            take.map(|n| format!(", limit {n} rows spread over the source"))
+                .unwrap_or_default()
+        );
+        match &s.hub {
+            Some(h) => {
+                let (f, p) = hub_lines(&mut out, h, "dataset");
+                n_files += f;
+                n_patterns += p;
+            }
+            None => {
+                for p in &s.path {
+                    let _ = writeln!(out, "    local {}", p.display());
+                }
+            }
+        }
+        if let Some(t) = &s.terms {
+            let _ = writeln!(out, "    terms: {t}");
+        }
+    }
+    let _ = writeln!(out, "models    {}", manifest.models.len());
+    for m in &manifest.models {
+        let _ = writeln!(out, "  {}  architecture {}", m.name, m.architecture.name());
+        match (&m.hub, &m.url, &m.path) {
+            (Some(h), _, _) => {
+                let (f, p) = hub_lines(&mut out, h, "model");
+                n_files += f;
+                n_patterns += p;
+            }
+            (None, Some(u), _) => {
+                n_files += 1;
+                let _ = writeln!(out, "    url {}  sha256 {}", u.url, u.sha256);
+            }
+            (None, None, Some(p)) => {
+                let _ = writeln!(out, "    local {}", p.display());
+            }
+            _ => {}
+        }
+    }
+    let _ = writeln!(
+        out,
+        "to fetch  {n_files} files{}; nothing was downloaded (dry run)",
+        if n_patterns > 0 {
+            format!(" and {n_patterns} patterns")
+        } else {
+            String::new()
+        }
+    );
+    out
 }

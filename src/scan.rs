@@ -125,7 +125,7 @@ fn scan_source(
     let mut first_slot: u64 = 0; // slot number of pending[0]
     let mut queue: Vec<(u64, usize, RgbImage)> = Vec::new();
     let batch = plan.batch_size;
-    let bar = crate::util::progress(reader.row_count().unwrap_or(0), &source.origin);
+    let bar = crate::util::progress(reader.row_count_hint().unwrap_or(0), &source.origin);
     let crop = grid.crop_size as usize;
 
     let run_batch = |queue: &mut Vec<(u64, usize, RgbImage)>,

@@ -386,6 +386,7 @@ fn pinned(repo: &str, revision: &str, file: &str, sha256: &str) -> HubFiles {
         sha256: [(file.to_string(), sha256.to_string())]
             .into_iter()
             .collect(),
+        gated: false,
     }
 }
 
@@ -396,6 +397,7 @@ fn unhashed(repo: &str, revision: &str, file: &str) -> HubFiles {
         revision: revision.into(),
         files: vec![file.into()],
         sha256: Default::default(),
+        gated: false,
     }
 }
 
@@ -501,6 +503,7 @@ pub fn registry() -> Vec<RegistryEntry> {
                 revision: "main".into(),
                 files: vec!["model.safetensors".into()],
                 sha256: BTreeMap::new(),
+                gated: false,
             }),
             // timm pretrained_cfg: bicubic, crop_pct 0.9 (resize floor(224 / 0.9) = 248), mean = std = 0.5.
             eval: EvalPreprocess {
