@@ -400,8 +400,13 @@ pub fn render_card(
         .iter()
         .map(|s| {
             format!(
-                "| {} | {} |",
+                "| `{}` | {} | {} {} | {} ({}) | {} |",
                 s.origin,
+                s.provenance,
+                s.format.name(),
+                s.labels.name(),
+                s.class_subset.name(),
+                s.class_subset.class_count(),
                 summary.per_origin.get(&s.origin).copied().unwrap_or(0)
             )
         })

@@ -104,7 +104,7 @@ impl ClassSubset {
     }
 
     /// Number of classes in the subset.
-    pub fn len(self) -> usize {
+    pub fn class_count(self) -> usize {
         self.table().map_or(NUM_CLASSES, <[usize]>::len)
     }
 
@@ -355,7 +355,7 @@ fn indices(c: LabelConvention, raw: Option<&RawLabel>) -> Result<Vec<i64>, Label
         .map(|&v| {
             subset.to_imagenet(v).ok_or(LabelIssue::OutOfRange {
                 value: v.to_string(),
-                max: subset.len() - 1,
+                max: subset.class_count() - 1,
                 convention: c.name(),
             })
         })
@@ -435,7 +435,7 @@ mod tests {
                 assert_eq!(subset.to_imagenet(k as i64), Some(index as i64));
                 n += 1;
             }
-            assert_eq!(n, subset.len());
+            assert_eq!(n, subset.class_count());
             assert_eq!(subset.to_imagenet(n as i64), None);
         }
         // ObjectNet's own order is its folder names, not the ImageNet order.

@@ -328,7 +328,7 @@ pub fn dry_run_text(
             s.format.name(),
             s.labels.name(),
             subset.name(),
-            subset.len(),
+            subset.class_count(),
             take.map(|n| format!(", limit {n} rows spread over the source"))
                 .unwrap_or_default()
         );

@@ -10,3 +10,4 @@ mod golden_vgg;
 mod golden_vit;
 mod hub_server;
 mod pipeline;
+mod sources;

@@ -122,7 +122,12 @@ fn build_offline_writes_the_hard_set_shards_and_card() {
         );
     }
     assert!(!card.contains("{{"), "unfilled placeholder:\n{card}");
-    assert!(card.contains("| tiny-source | 3 |"));
+    assert!(
+        card.contains(&format!(
+            "| `tiny-source` | test-org/tiny-source@{} | parquet imagenet1k-index | imagenet1k (1000) | 3 |", imagenet_hard::demo::DEMO_COMMIT
+        )),
+        "{card}"
+    );
     assert!(
         card.contains("| tiny-source | corrupt-image | 1 |"),
         "{card}"
