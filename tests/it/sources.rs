@@ -52,6 +52,10 @@ enum Labels<'a> {
 
 /// A Hugging Face Parquet file: `image` struct<bytes, path> + `label`.
 fn parquet_bytes(paths: &[String], labels: Labels) -> Vec<u8> {
+    parquet_bytes_with(paths, labels, None)
+}
+
+fn parquet_bytes_with(paths: &[String], labels: Labels, group_rows: Option<usize>) -> Vec<u8> {
     let image_fields = Fields::from(vec![
         Field::new("bytes", DataType::Binary, true),
         Field::new("path", DataType::Utf8, true),
@@ -88,7 +92,12 @@ fn parquet_bytes(paths: &[String], labels: Labels) -> Vec<u8> {
     };
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(img.finish()), label]).unwrap();
     let mut out = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
+    let props = group_rows.map(|n| {
+        parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(n))
+            .build()
+    });
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, props).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
     out
@@ -263,6 +272,22 @@ fn mixed_sources(fx: &Fixture) -> (PathBuf, Vec<Expect>) {
     o.image("s0000002.png", &[909]);
     truth.push(o);
 
+    // ImageNet-R's 0..199 in WebDataset (0 → 1 goldfish, 199 → 988).
+    let shard = tar_bytes(
+        &[
+            ("r/s0.jpeg".into(), image(16, "jpg")),
+            ("r/s0.cls".into(), cls("199")),
+            ("r/s1.jpeg".into(), image(17, "jpg")),
+            ("r/s1.cls".into(), cls("0")),
+        ],
+        false,
+    );
+    put("wds-r", &[("test/0.tar", &shard)]);
+    let mut rw = Expect::new("imagenet-r-wds", ClassSubset::ImagenetR);
+    rw.image("r/s0.jpeg", &[988]);
+    rw.image("r/s1.jpeg", &[1]);
+    truth.push(rw);
+
     // A zip of wnid folders (as ImageNet-Sketch), with a `../` member and a
     // text file. n01440764 → 0, n15075141 → 999.
     let zip = zip_bytes(&[
@@ -390,6 +415,12 @@ format = "webdataset"
 labels = "objectnet-index"
 
 [[source]]
+origin = "imagenet-r-wds"
+format = "webdataset"
+{}
+labels = "imagenet-r-index"
+
+[[source]]
 origin = "imagenet-sketch"
 format = "archive"
 path = ["sketch.zip"]
@@ -420,6 +451,7 @@ hub = {{ repo = "test-org/random", revision = "{DEMO_COMMIT}", files = ["model.s
         hub("wnid-parquet", r#"["test/*.parquet"]"#),
         hub("wds-a", r#"["test/*.tar"]"#),
         hub("wds-objectnet", r#"["test/0.tar"]"#),
+        hub("wds-r", r#"["test/0.tar"]"#),
         hub("v2", r#"["matched-frequency.tar.gz", "plain.tar.gz"]"#),
         hub(
             "imagenet-c",
@@ -599,6 +631,54 @@ fn limits_sample_rows_evenly_in_every_container() {
         .map(|rec| (rec.row, rec.labels))
         .collect();
     assert_eq!(picked, vec![(1, vec![1]), (5, vec![5]), (8, vec![8])]);
+
+    // Parquet: two files of row groups of 3; only the groups holding wanted rows are read.
+    let write = |name: &str, labels: &[i64]| {
+        let paths: Vec<String> = labels.iter().map(|l| format!("p{l}.jpg")).collect();
+        let file =
+            std::fs::File::open(write_parquet_grouped(dir.path(), name, &paths, labels)).unwrap();
+        let meta = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader;
+        assert!(meta.metadata().num_row_groups() >= 3);
+        dir.path().join(name)
+    };
+    let files = vec![
+        write("a.parquet", &[0, 1, 2, 3, 4, 5, 6]),
+        write("b.parquet", &[7, 8, 9, 10, 11, 12, 13]),
+    ];
+    let mut s = source(
+        Container::Parquet {
+            files,
+            image_column: "image".into(),
+            label_column: "label".into(),
+            origin_column: None,
+        },
+        LabelConvention::Imagenet1kIndex,
+        Some(4),
+    );
+    assert_eq!(
+        collect(&s).unwrap(),
+        vec![
+            (0, Ok(vec![0])),
+            (3, Ok(vec![3])),
+            (7, Ok(vec![7])),
+            (10, Ok(vec![10]))
+        ]
+    );
+    s.limit = None;
+    let picked: Vec<u64> = s
+        .rows_in([2, 6, 7, 13].into())
+        .map(|r| r.unwrap().unwrap().row)
+        .collect();
+    assert_eq!(picked, vec![2, 6, 7, 13]);
+}
+
+/// A Parquet source file with row groups of 3 rows.
+fn write_parquet_grouped(dir: &Path, name: &str, paths: &[String], labels: &[i64]) -> PathBuf {
+    let bytes = parquet_bytes_with(paths, Labels::Ints(labels), Some(3));
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 #[test]
