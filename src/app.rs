@@ -151,11 +151,25 @@ fn run_scan(plan: &Plan, args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_select(plan: &Plan) -> Result<crate::select::Selection> {
-    let selection = crate::select::select(plan)?;
+fn run_select(
+    plan: &Plan,
+    rule: &crate::manifest::SelectionRule,
+    relabel: Option<&crate::select::Relabel>,
+) -> Result<crate::select::Selection> {
+    let selection = crate::select::select(plan, rule, relabel)?;
     selection.write(&plan.run_dir)?;
     print!("{}", selection.bounds_table());
     Ok(selection)
+}
+
+fn run_report(plan: &Plan, selection: &crate::select::Selection) -> Result<()> {
+    let written = crate::report::report(plan, selection)?;
+    eprintln!(
+        "Report: {} ({} files)",
+        written.dir.join("report.md").display(),
+        written.files.len()
+    );
+    Ok(())
 }
 
 fn run_export(plan: &Plan, selection: &crate::select::Selection) -> Result<()> {
@@ -207,8 +221,9 @@ pub fn run(command: Command) -> Result<()> {
             }
             let plan = prepare_plan(&ctx, args.limit)?;
             run_scan(&plan, &args)?;
-            let selection = run_select(&plan)?;
+            let selection = run_select(&plan, &plan.selection, None)?;
             run_export(&plan, &selection)?;
+            run_report(&plan, &selection)?;
             eprintln!(
                 "Run directory: {} (plan.json, scan/, select/, dataset/)",
                 plan.run_dir.display()
@@ -234,10 +249,29 @@ pub fn run(command: Command) -> Result<()> {
             let plan = prepare_plan(&ctx, args.limit)?;
             run_scan(&plan, &args)?;
         }
-        Command::Select(arg) => {
+        Command::Select(args) => {
+            let ctx = load_context(&args.manifest)?;
+            let plan = read_plan(&ctx)?;
+            let relabel = match &args.labels {
+                Some(file) => Some(crate::select::Relabel::read(file)?),
+                None => None,
+            };
+            let rule = args.rule.as_ref().unwrap_or(&plan.selection);
+            let selection = run_select(&plan, rule, relabel.as_ref())?;
+            if let Some(r) = &selection.relabel {
+                eprintln!(
+                    "Labels from {}: {} images relabelled, {} dropped",
+                    r.file, r.relabelled, r.dropped
+                );
+            }
+            run_report(&plan, &selection)?;
+            eprintln!("Run `imagenet-hard export` to write the new hard set.");
+        }
+        Command::Report(arg) => {
             let ctx = load_context(&arg)?;
             let plan = read_plan(&ctx)?;
-            run_select(&plan)?;
+            let selection = crate::select::Selection::read(&plan.run_dir)?;
+            run_report(&plan, &selection)?;
         }
         Command::Export(arg) => {
             let ctx = load_context(&arg)?;

@@ -41,6 +41,22 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub struct SelectArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Selection rule: all-fail (every model fails every transform),
+    /// at-least:K (K models fail every transform), or models:A,B (these
+    /// models fail every transform). Default: the manifest's.
+    #[arg(long, value_name = "RULE")]
+    pub rule: Option<crate::manifest::SelectionRule>,
+    /// Revised labels (e.g. after a manual review): a CSV with the header
+    /// `origin,row,labels`, labels as space-separated ImageNet-1k indices,
+    /// empty to drop the image.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct ModelArgs {
     /// A registry name (resnet18, resnet50), a Hub repo id whose config.json
     /// names a known architecture (e.g. timm/resnet50.tv_in1k), or a local
@@ -80,9 +96,18 @@ pub enum Command {
     Scan(RunArgs),
     /// Compute the hard set and the 1-crop / all-transform upper bounds.
     ///
-    /// Reads plan.json and scan/; writes select/selection.json and
-    /// select/bounds.md, and prints the bounds table on stdout.
-    Select(ManifestArg),
+    /// Reads plan.json and scan/ (and --labels); writes select/selection.json,
+    /// select/bounds.md and report/, and prints the bounds table on stdout.
+    /// With --rule or --labels the hard set is recomputed from the stored
+    /// predictions in seconds; no model runs.
+    Select(SelectArgs),
+    /// The paper's analyses of a finished run, from the stored records.
+    ///
+    /// Reads plan.json, scan/, select/ and the sources (for the contact sheet);
+    /// writes report/report.md, report/report.json and report/*.png: Table 1
+    /// (1-, 36- and all-transform bounds, greedy cover), scale groups,
+    /// positional-bias heatmaps, and a hard-set summary.
+    Report(ManifestArg),
     /// Write the hard set as a Hugging Face dataset folder.
     ///
     /// Reads plan.json, select/ and the sources; writes

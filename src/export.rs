@@ -469,11 +469,13 @@ pub fn render_card(
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let rule = match selection.rule {
-        crate::manifest::SelectionRule::AllFail => {
-            "an image is hard iff every model fails it under every transform (top-1)"
-        }
-    };
+    let mut rule = selection.rule.describe();
+    if let Some(r) = &selection.relabel {
+        rule.push_str(&format!(
+            "; labels revised from `{}` (sha256 {}): {} images relabelled, {} dropped",
+            r.file, r.sha256, r.relabelled, r.dropped
+        ));
+    }
     let values: [(&str, String); 15] = [
         ("pretty_name", plan.name.clone()),
         ("size_category", size_category.into()),
@@ -489,7 +491,7 @@ pub fn render_card(
         ("tool_version", plan.tool_version.clone()),
         ("num_shards", summary.shards.len().to_string()),
         ("origin_table", origin_table),
-        ("rule", rule.into()),
+        ("rule", rule),
         ("models", models),
         ("grid", grid),
         ("lock_hash", plan.lock_hash.clone()),

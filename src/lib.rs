@@ -4,6 +4,7 @@
 //! manifest -> plan -> fetch (hub) -> sources -> zoom -> models -> scan
 //! (records) -> select -> export / eval.
 
+pub mod analysis;
 pub mod app;
 pub mod cli;
 pub mod demo;
@@ -15,7 +16,9 @@ pub mod labels;
 pub mod manifest;
 pub mod models;
 pub mod plan;
+pub mod plot;
 pub mod records;
+pub mod report;
 pub mod scan;
 pub mod select;
 pub mod sources;

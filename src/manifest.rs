@@ -124,13 +124,110 @@ impl ZoomSection {
     }
 }
 
-/// Which images are hard (SPEC §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+/// Which images are hard (SPEC §3). Written as a string: `all-fail`,
+/// `at-least:K` or `models:a,b`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SelectionRule {
     /// Hard iff every model fails every transform (our rule, the default).
     #[default]
     AllFail,
+    /// Hard iff at least K models fail every transform.
+    AtLeast(usize),
+    /// Hard iff every named model fails every transform (others ignored).
+    Models(Vec<String>),
+}
+
+impl std::fmt::Display for SelectionRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SelectionRule::AllFail => write!(f, "all-fail"),
+            SelectionRule::AtLeast(k) => write!(f, "at-least:{k}"),
+            SelectionRule::Models(m) => write!(f, "models:{}", m.join(",")),
+        }
+    }
+}
+
+impl std::str::FromStr for SelectionRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a selection rule; use `all-fail`, `at-least:K` (K models fail every \
+                 transform) or `models:NAME,NAME` (these models fail every transform)"
+            )
+        };
+        match s.split_once(':') {
+            None if s == "all-fail" => Ok(SelectionRule::AllFail),
+            Some(("at-least", k)) => match k.parse() {
+                Ok(k) if k >= 1 => Ok(SelectionRule::AtLeast(k)),
+                _ => Err(bad()),
+            },
+            Some(("models", names)) => {
+                let names: Vec<String> = names
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+                    .collect();
+                if names.is_empty() {
+                    Err(bad())
+                } else {
+                    Ok(SelectionRule::Models(names))
+                }
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl SelectionRule {
+    /// A plain-words statement of the rule, for the card and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            SelectionRule::AllFail => {
+                "an image is hard iff every model fails it under every transform (top-1)".into()
+            }
+            SelectionRule::AtLeast(k) => format!(
+                "an image is hard iff at least {k} of the models fail it under every transform (top-1)"
+            ),
+            SelectionRule::Models(m) => format!(
+                "an image is hard iff each of {} fails it under every transform (top-1); other models are not consulted",
+                m.join(", ")
+            ),
+        }
+    }
+
+    /// Check the rule against the build's models.
+    pub fn check(&self, models: &[String]) -> Result<(), String> {
+        match self {
+            SelectionRule::AllFail => Ok(()),
+            SelectionRule::AtLeast(k) if *k > models.len() => Err(format!(
+                "rule `{self}` asks for {k} models but the build has {}",
+                models.len()
+            )),
+            SelectionRule::AtLeast(_) => Ok(()),
+            SelectionRule::Models(names) => match names.iter().find(|n| !models.contains(n)) {
+                Some(n) => Err(format!(
+                    "rule `{self}` names model `{n}`, which is not in the build ({})",
+                    models.join(", ")
+                )),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl Serialize for SelectionRule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SelectionRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -444,6 +541,11 @@ impl Manifest {
                 }
             }
         }
+        let model_names: Vec<String> = self.models.iter().map(|m| m.name.clone()).collect();
+        self.selection
+            .rule
+            .check(&model_names)
+            .map_err(|m| invalid("selection.rule".into(), m))?;
         let mut names = BTreeSet::new();
         for (i, m) in self.models.iter().enumerate() {
             let key = |k: &str| format!("model[{i}].{k}");

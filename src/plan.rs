@@ -166,7 +166,7 @@ impl Plan {
             lock_hash: fetched.lock.hash(),
             grid: manifest.zoom.grid(),
             decode: manifest.decode,
-            selection: manifest.selection.rule,
+            selection: manifest.selection.rule.clone(),
             shard_size_bytes: manifest.build.shard_size_mb * 1_000_000,
             row_group_rows: manifest.build.row_group_rows,
             batch_size: manifest.build.batch_size,

@@ -1,13 +1,15 @@
 //! Select stage: from scan records, the hard set (SPEC §3) and the 1-crop
 //! and all-transform upper bounds per (model, source). The rule and bounds
 //! are pure functions over correctness matrices; `select` does the I/O.
+//! Re-selection (another rule, or labels revised by a manual review) reads
+//! the stored predictions again and never re-runs a model.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::manifest::SelectionRule;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedSource};
 use crate::records::{read_records, RecordsError};
 use crate::scan::records_path;
 use crate::zoom::Transform;
@@ -15,10 +17,17 @@ use crate::zoom::Transform;
 /// `correct[model][transform]` for one image.
 pub type Correctness = Vec<Vec<bool>>;
 
-/// Whether an image is hard under `rule`.
-pub fn is_hard(rule: SelectionRule, correct: &Correctness) -> bool {
+/// Whether an image is hard under `rule`; `models` names the rows of `correct`.
+pub fn is_hard(rule: &SelectionRule, models: &[String], correct: &Correctness) -> bool {
+    let fails = |per_t: &Vec<bool>| per_t.iter().all(|&c| !c);
     match rule {
-        SelectionRule::AllFail => correct.iter().all(|per_t| per_t.iter().all(|&c| !c)),
+        SelectionRule::AllFail => correct.iter().all(fails),
+        SelectionRule::AtLeast(k) => correct.iter().filter(|c| fails(c)).count() >= *k,
+        SelectionRule::Models(names) => models
+            .iter()
+            .zip(correct)
+            .filter(|(m, _)| names.contains(m))
+            .all(|(_, c)| fails(c)),
     }
 }
 
@@ -69,12 +78,32 @@ pub struct HardImage {
     pub transforms: usize,
 }
 
+/// Labels revised after a scan (e.g. by a manual review), by (origin, row).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Relabel {
+    pub file: PathBuf,
+    pub sha256: String,
+    /// An empty list drops the image.
+    pub labels: BTreeMap<(String, u64), Vec<i64>>,
+}
+
+/// What a relabelling did, kept with the selection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelabelSummary {
+    pub file: String,
+    pub sha256: String,
+    pub relabelled: usize,
+    pub dropped: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Selection {
     pub rule: SelectionRule,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relabel: Option<RelabelSummary>,
     pub bounds: Vec<BoundRow>,
     pub hard: Vec<HardImage>,
-    /// Images scanned per origin.
+    /// Images scanned per origin (after any review drops).
     pub scanned: BTreeMap<String, usize>,
 }
 
@@ -93,64 +122,210 @@ pub enum SelectError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{file} line {line}: {message}")]
+    LabelsFile {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("selection rule: {0}")]
+    Rule(String),
 }
 
-/// An image's first scan record and its correctness per model, as read.
-type FirstRecord = (crate::records::ScanRecord, Vec<Option<Vec<bool>>>);
+impl Relabel {
+    /// Read a CSV with the header `origin,row,labels`; `labels` holds
+    /// ImageNet-1k indices separated by spaces, empty to drop the image.
+    pub fn read(file: &Path) -> Result<Relabel, SelectError> {
+        let bytes = std::fs::read(file).map_err(|source| SelectError::Io {
+            path: file.into(),
+            source,
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
+        Self::parse(&text, file).map(|mut r| {
+            use sha2::Digest;
+            r.sha256 = crate::hub::hex(&sha2::Sha256::digest(&bytes));
+            r
+        })
+    }
 
-/// Compute the hard set and bounds from the run's scan records.
-pub fn select(plan: &Plan) -> Result<Selection, SelectError> {
+    pub fn parse(text: &str, file: &Path) -> Result<Relabel, SelectError> {
+        let err = |line: usize, message: String| SelectError::LabelsFile {
+            file: file.into(),
+            line,
+            message,
+        };
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
+        match lines.next() {
+            Some((_, h)) if h.replace(' ', "") == "origin,row,labels" => {}
+            _ => {
+                return Err(err(
+                    1,
+                    "the first line must be the header `origin,row,labels`".into(),
+                ))
+            }
+        }
+        let mut labels = BTreeMap::new();
+        for (n, line) in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cols: Vec<&str> = line.splitn(3, ',').collect();
+            let [origin, row, list] = cols[..] else {
+                return Err(err(
+                    n,
+                    format!("expected `origin,row,labels`, found `{line}`"),
+                ));
+            };
+            let row: u64 = row
+                .trim()
+                .parse()
+                .map_err(|_| err(n, format!("row `{row}` is not a row number")))?;
+            let list = list.trim().trim_matches('"');
+            let mut ids = Vec::new();
+            for v in list.split_whitespace() {
+                match v.parse::<i64>() {
+                    Ok(l) if (0..crate::labels::NUM_CLASSES as i64).contains(&l) => ids.push(l),
+                    _ => {
+                        return Err(err(
+                            n,
+                            format!("label `{v}` is not an ImageNet-1k index 0..999"),
+                        ))
+                    }
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            if labels
+                .insert((origin.trim().to_string(), row), ids)
+                .is_some()
+            {
+                return Err(err(n, format!("`{origin}` row {row} is listed twice")));
+            }
+        }
+        Ok(Relabel {
+            file: file.into(),
+            sha256: String::new(),
+            labels,
+        })
+    }
+}
+
+/// An image's first scan record and its predictions per model, as read.
+type FirstRecord = (crate::records::ScanRecord, Vec<Option<Vec<u16>>>);
+
+/// One scanned image of a source with every model's predictions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScannedImage {
+    pub row: u64,
+    pub id: String,
+    pub labels: Vec<i64>,
+    pub image_bytes: u64,
+    /// `pred[model][transform]`.
+    pub pred: Vec<Vec<u16>>,
+    /// `correct[model][transform]` against `labels`.
+    pub correct: Correctness,
+}
+
+/// Read a source's scan records into one entry per image, in row order,
+/// with labels revised by `relabel` (correctness recomputed from the stored
+/// predictions; images whose revised labels are empty left out). Returns the
+/// images and how many were relabelled and dropped.
+pub fn load_source(
+    plan: &Plan,
+    source: &PlannedSource,
+    relabel: Option<&Relabel>,
+) -> Result<(Vec<ScannedImage>, usize, usize), SelectError> {
     let models = plan.model_names();
+    let file = records_path(&plan.run_dir, &source.origin);
+    let mut images: BTreeMap<u64, FirstRecord> = BTreeMap::new();
+    for rec in read_records(&file)? {
+        let Some(mi) = models.iter().position(|m| *m == rec.model) else {
+            continue;
+        };
+        let entry = images
+            .entry(rec.row)
+            .or_insert_with(|| (rec.clone(), vec![None; models.len()]));
+        entry.1[mi] = Some(rec.pred);
+    }
+    let (mut relabelled, mut dropped) = (0, 0);
+    let mut out = Vec::with_capacity(images.len());
+    for (row, (rec, per_model)) in images {
+        let mut labels = rec.labels.clone();
+        if let Some(new) = relabel.and_then(|r| r.labels.get(&(source.origin.clone(), row))) {
+            if new.is_empty() {
+                dropped += 1;
+                continue;
+            }
+            if *new != labels {
+                relabelled += 1;
+                labels = new.clone();
+            }
+        }
+        let mut pred = Vec::with_capacity(models.len());
+        for (m, p) in models.iter().zip(per_model) {
+            pred.push(p.ok_or_else(|| SelectError::MissingModel {
+                file: file.clone(),
+                row,
+                model: m.clone(),
+            })?);
+        }
+        let correct = pred
+            .iter()
+            .map(|p| p.iter().map(|&c| labels.contains(&(c as i64))).collect())
+            .collect();
+        out.push(ScannedImage {
+            row,
+            id: rec.id,
+            labels,
+            image_bytes: rec.image_bytes,
+            pred,
+            correct,
+        });
+    }
+    Ok((out, relabelled, dropped))
+}
+
+/// Compute the hard set and bounds from the run's scan records under
+/// `rule`, with labels revised by `relabel` when given.
+pub fn select(
+    plan: &Plan,
+    rule: &SelectionRule,
+    relabel: Option<&Relabel>,
+) -> Result<Selection, SelectError> {
+    let models = plan.model_names();
+    rule.check(&models).map_err(SelectError::Rule)?;
     let one_crop = plan.grid.index_of(Transform::ONE_CROP);
     let mut bounds = Vec::new();
     let mut hard = Vec::new();
     let mut scanned = BTreeMap::new();
+    let (mut relabelled, mut dropped) = (0, 0);
     for source in &plan.sources {
-        let file = records_path(&plan.run_dir, &source.origin);
-        // row -> (first record, correctness per model)
-        let mut images: BTreeMap<u64, FirstRecord> = BTreeMap::new();
-        for rec in read_records(&file)? {
-            let Some(mi) = models.iter().position(|m| *m == rec.model) else {
-                continue;
-            };
-            let entry = images
-                .entry(rec.row)
-                .or_insert_with(|| (rec.clone(), vec![None; models.len()]));
-            entry.1[mi] = Some(rec.correct);
-        }
-        let mut matrix: Vec<(crate::records::ScanRecord, Correctness)> =
-            Vec::with_capacity(images.len());
-        for (row, (rec, per_model)) in images {
-            let mut correct = Vec::with_capacity(models.len());
-            for (m, c) in models.iter().zip(per_model) {
-                correct.push(c.ok_or_else(|| SelectError::MissingModel {
-                    file: file.clone(),
-                    row,
-                    model: m.clone(),
-                })?);
-            }
-            matrix.push((rec, correct));
-        }
-        scanned.insert(source.origin.clone(), matrix.len());
+        let (images, r, d) = load_source(plan, source, relabel)?;
+        relabelled += r;
+        dropped += d;
+        scanned.insert(source.origin.clone(), images.len());
         for (mi, m) in models.iter().enumerate() {
-            let per_image = || matrix.iter().map(|(_, c)| c[mi].as_slice());
+            let per_image = || images.iter().map(|im| im.correct[mi].as_slice());
             bounds.push(BoundRow {
                 model: m.clone(),
                 origin: source.origin.clone(),
-                images: matrix.len(),
+                images: images.len(),
                 one_crop: one_crop.map(|t| upper_bound(per_image(), Some(&[t]))),
                 upper_bound: upper_bound(per_image(), None),
                 transforms: plan.grid.len(),
             });
         }
-        for (rec, correct) in &matrix {
-            if is_hard(plan.selection, correct) {
+        for im in &images {
+            if is_hard(rule, &models, &im.correct) {
                 hard.push(HardImage {
                     origin: source.origin.clone(),
-                    row: rec.row,
-                    id: rec.id.clone(),
-                    labels: rec.labels.clone(),
-                    image_bytes: rec.image_bytes,
+                    row: im.row,
+                    id: im.id.clone(),
+                    labels: im.labels.clone(),
+                    image_bytes: im.image_bytes,
                     models: models.clone(),
                     transforms: plan.grid.len(),
                 });
@@ -158,7 +333,13 @@ pub fn select(plan: &Plan) -> Result<Selection, SelectError> {
         }
     }
     Ok(Selection {
-        rule: plan.selection,
+        rule: rule.clone(),
+        relabel: relabel.map(|r| RelabelSummary {
+            file: r.file.display().to_string(),
+            sha256: r.sha256.clone(),
+            relabelled,
+            dropped,
+        }),
         bounds,
         hard,
         scanned,
@@ -232,10 +413,60 @@ mod tests {
 
     #[test]
     fn an_image_is_hard_only_if_every_model_fails_every_transform() {
-        let all_fail = vec![vec![false, false], vec![false, false]];
-        let one_hit = vec![vec![false, false], vec![false, true]];
-        assert!(is_hard(SelectionRule::AllFail, &all_fail));
-        assert!(!is_hard(SelectionRule::AllFail, &one_hit));
+        let models = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let all_fail = vec![vec![false, false]; 3];
+        let one_hit = vec![vec![false, false], vec![false, true], vec![false, false]];
+        assert!(is_hard(&SelectionRule::AllFail, &models, &all_fail));
+        assert!(!is_hard(&SelectionRule::AllFail, &models, &one_hit));
+        // Two of three models fail everything.
+        assert!(is_hard(&SelectionRule::AtLeast(2), &models, &one_hit));
+        assert!(!is_hard(&SelectionRule::AtLeast(3), &models, &one_hit));
+        let ac = SelectionRule::Models(vec!["a".into(), "c".into()]);
+        assert!(is_hard(&ac, &models, &one_hit));
+        let ab = SelectionRule::Models(vec!["a".into(), "b".into()]);
+        assert!(!is_hard(&ab, &models, &one_hit));
+    }
+
+    #[test]
+    fn rules_parse_and_print() {
+        for text in ["all-fail", "at-least:2", "models:resnet18,alexnet"] {
+            let rule: SelectionRule = text.parse().unwrap();
+            assert_eq!(rule.to_string(), text);
+        }
+        assert!("at-least:0".parse::<SelectionRule>().is_err());
+        assert!("most-fail".parse::<SelectionRule>().is_err());
+        assert!("models:".parse::<SelectionRule>().is_err());
+        let models = vec!["a".to_string()];
+        assert!(SelectionRule::AtLeast(2).check(&models).is_err());
+        let err = SelectionRule::Models(vec!["zz".into()])
+            .check(&models)
+            .unwrap_err();
+        assert!(err.contains("zz"), "{err}");
+    }
+
+    #[test]
+    fn relabel_files_parse_and_name_bad_lines() {
+        let f = Path::new("review.csv");
+        let r = Relabel::parse("origin,row,labels\nimagenet-a,4,7 3\nobjectnet,2,\n", f).unwrap();
+        assert_eq!(r.labels[&("imagenet-a".to_string(), 4)], vec![3, 7]);
+        assert_eq!(r.labels[&("objectnet".to_string(), 2)], Vec::<i64>::new());
+        let e = Relabel::parse("origin,row,labels\na,1,1000\n", f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("review.csv line 2") && e.contains("1000"), "{e}");
+        let e = Relabel::parse("o,r\n", f).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && e.contains("origin,row,labels"),
+            "{e}"
+        );
+        let e = Relabel::parse("origin,row,labels\na,x,1\n", f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Relabel::parse("origin,row,labels\na,1,1\na,1,2\n", f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("twice"), "{e}");
     }
 
     #[test]

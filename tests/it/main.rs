@@ -10,4 +10,5 @@ mod golden_vgg;
 mod golden_vit;
 mod hub_server;
 mod pipeline;
+mod report;
 mod sources;

@@ -1,0 +1,566 @@
+//! Report stage: the paper's analyses of a finished run, from the stored
+//! scan records and the selection (no model runs): Table 1 (1-crop, 36-crop
+//! and all-transform bounds with the greedy cover), scale groups, positional
+//! bias (3x3 heatmaps), and a hard-set summary with a contact sheet.
+//! Writes `report/report.md`, `report/report.json` and `report/*.png`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::analysis::{
+    anchor_bounds, anchor_counts, greedy_cover, random_baseline, scale_groups, GroupBound, Hits,
+};
+use crate::plan::Plan;
+use crate::select::{load_source, Relabel, SelectError, Selection};
+use crate::zoom::Transform;
+
+/// Greedy picks behind the "36-crop" bound (SPEC §3).
+pub const COVER_PICKS: usize = 36;
+/// A model "nearly" solved an image when it did so with at most this many transforms.
+pub const NEAR_MISS_TRANSFORMS: usize = 3;
+/// Hard images shown on the contact sheet.
+pub const SHEET_IMAGES: usize = 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the selection was made with labels from {file} (sha256 {expected}), which now reads differently ({found}); rerun `imagenet-hard select --labels <file>`")]
+    LabelsChanged {
+        file: String,
+        expected: String,
+        found: String,
+    },
+}
+
+/// One (source, model) row of Table 1.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Table1Row {
+    pub origin: String,
+    pub model: String,
+    pub images: usize,
+    pub one_crop: Option<f64>,
+    /// Upper bound with the first `COVER_PICKS` greedy picks.
+    pub cover_bound: f64,
+    pub upper_bound: f64,
+    /// Greedy picks needed to reach `upper_bound`.
+    pub cover_size: usize,
+    /// The first `COVER_PICKS` picks, as transform names.
+    pub cover_picks: Vec<String>,
+}
+
+/// The random-guess row of a source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RandomRow {
+    pub origin: String,
+    pub classes: usize,
+    pub one_crop: f64,
+    pub cover_bound: f64,
+    pub upper_bound: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScaleRow {
+    pub origin: String,
+    pub model: String,
+    pub groups: Vec<GroupBound>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BiasRow {
+    pub origin: String,
+    pub model: String,
+    /// Per-anchor upper bound, `[row][col]`, row 0 = top.
+    pub anchor_bounds: Vec<Vec<f64>>,
+    /// `anchor_bounds` minus the centre cell.
+    pub minus_centre: Vec<Vec<f64>>,
+    /// How often each anchor is among the first `COVER_PICKS` greedy picks.
+    pub pick_counts: Vec<Vec<usize>>,
+    pub png: String,
+}
+
+/// Per model, how close it came to the hard set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Closest {
+    pub model: String,
+    /// Hard images this model solves under some transform (0 under `all-fail`).
+    pub solves_hard: usize,
+    /// Images outside the hard set that only this model solves, with at most
+    /// `NEAR_MISS_TRANSFORMS` transforms: it alone, and barely, kept them out.
+    pub near_misses: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HardSummary {
+    pub total: usize,
+    pub scanned: usize,
+    pub per_origin: BTreeMap<String, usize>,
+    /// (ImageNet-1k index, name, hard images with that label), most first.
+    pub top_labels: Vec<(i64, String, usize)>,
+    pub closest: Vec<Closest>,
+    pub contact_sheet: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub name: String,
+    pub tool_version: String,
+    pub rule: String,
+    pub transforms: usize,
+    pub cover_picks: usize,
+    pub table1: Vec<Table1Row>,
+    pub random: Vec<RandomRow>,
+    pub scale_groups: Vec<ScaleRow>,
+    pub bias: Vec<BiasRow>,
+    /// Mean share of the centre anchor among the greedy picks (uniform = 1/9).
+    pub centre_pick_share: f64,
+    pub hard: HardSummary,
+}
+
+pub struct Written {
+    pub dir: PathBuf,
+    pub files: Vec<PathBuf>,
+}
+
+pub fn report_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("report")
+}
+
+/// The labels the selection used, read again and checked by hash.
+fn selection_labels(selection: &Selection) -> Result<Option<Relabel>, ReportError> {
+    let Some(summary) = &selection.relabel else {
+        return Ok(None);
+    };
+    let relabel = Relabel::read(Path::new(&summary.file))?;
+    if relabel.sha256 != summary.sha256 {
+        return Err(ReportError::LabelsChanged {
+            file: summary.file.clone(),
+            expected: summary.sha256.clone(),
+            found: relabel.sha256,
+        });
+    }
+    Ok(Some(relabel))
+}
+
+/// Compute every analysis and write the report folder.
+pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError> {
+    let dir = report_dir(&plan.run_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| ReportError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let relabel = selection_labels(selection)?;
+    let models = plan.model_names();
+    let grid = &plan.grid;
+    let names: Vec<String> = grid.transforms().iter().map(Transform::to_string).collect();
+    let one_crop = grid.index_of(Transform::ONE_CROP);
+    let hard_rows: BTreeSet<(&str, u64)> = selection
+        .hard
+        .iter()
+        .map(|h| (h.origin.as_str(), h.row))
+        .collect();
+    let mut files = Vec::new();
+    let mut table1 = Vec::new();
+    let mut random = Vec::new();
+    let mut scale_rows = Vec::new();
+    let mut bias = Vec::new();
+    let mut closest: Vec<Closest> = models
+        .iter()
+        .map(|m| Closest {
+            model: m.clone(),
+            solves_hard: 0,
+            near_misses: 0,
+        })
+        .collect();
+    let mut centre_shares = Vec::new();
+    for source in &plan.sources {
+        let (images, _, _) = load_source(plan, source, relabel.as_ref())?;
+        let classes = source.class_subset.class_count();
+        random.push(RandomRow {
+            origin: source.origin.clone(),
+            classes,
+            one_crop: random_baseline(1, classes),
+            cover_bound: random_baseline(COVER_PICKS.min(grid.len()), classes),
+            upper_bound: random_baseline(grid.len(), classes),
+        });
+        for (mi, model) in models.iter().enumerate() {
+            let hits = Hits::from_rows(
+                images.iter().map(|im| im.correct[mi].as_slice()),
+                grid.len(),
+            );
+            let cover = greedy_cover(&hits);
+            table1.push(Table1Row {
+                origin: source.origin.clone(),
+                model: model.clone(),
+                images: images.len(),
+                one_crop: one_crop.map(|t| hits.bound([t])),
+                cover_bound: cover.bound_at(COVER_PICKS),
+                upper_bound: hits.upper_bound(),
+                cover_size: cover.picks.len(),
+                cover_picks: cover
+                    .picks
+                    .iter()
+                    .take(COVER_PICKS)
+                    .map(|&t| names[t].clone())
+                    .collect(),
+            });
+            scale_rows.push(ScaleRow {
+                origin: source.origin.clone(),
+                model: model.clone(),
+                groups: scale_groups(&hits, grid),
+            });
+            let bounds = anchor_bounds(&hits, grid);
+            let first: Vec<usize> = cover.picks.iter().take(COVER_PICKS).copied().collect();
+            let counts = anchor_counts(&first, grid);
+            let n = bounds.len();
+            let centre = bounds[n / 2][n / 2];
+            if !first.is_empty() {
+                centre_shares.push(counts[n / 2][n / 2] as f64 / first.len() as f64);
+            }
+            let png = format!(
+                "bias-{}-{}.png",
+                crate::util::file_stem(&source.origin),
+                crate::util::file_stem(model)
+            );
+            crate::plot::bias_heatmap(
+                &dir.join(&png),
+                &format!("{model} on {}", source.origin),
+                &format!(
+                    "per-anchor upper bound (rows top to bottom) over {} scales, {} images; first {} greedy picks",
+                    grid.scales.len(),
+                    images.len(),
+                    first.len()
+                ),
+                &bounds,
+                &counts,
+                first.len(),
+            )?;
+            files.push(dir.join(&png));
+            bias.push(BiasRow {
+                origin: source.origin.clone(),
+                model: model.clone(),
+                minus_centre: bounds
+                    .iter()
+                    .map(|r| r.iter().map(|v| v - centre).collect())
+                    .collect(),
+                anchor_bounds: bounds,
+                pick_counts: counts,
+                png,
+            });
+        }
+        for im in &images {
+            let solved: Vec<usize> = im
+                .correct
+                .iter()
+                .map(|c| c.iter().filter(|&&x| x).count())
+                .collect();
+            if hard_rows.contains(&(source.origin.as_str(), im.row)) {
+                for (c, &s) in closest.iter_mut().zip(&solved) {
+                    c.solves_hard += (s > 0) as usize;
+                }
+            } else {
+                let solvers: Vec<usize> = (0..solved.len()).filter(|&m| solved[m] > 0).collect();
+                if let [m] = solvers[..] {
+                    if solved[m] <= NEAR_MISS_TRANSFORMS {
+                        closest[m].near_misses += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut label_counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for h in &selection.hard {
+        for &l in &h.labels {
+            *label_counts.entry(l).or_default() += 1;
+        }
+    }
+    let mut top_labels: Vec<(i64, String, usize)> = label_counts
+        .into_iter()
+        .map(|(l, n)| {
+            (
+                l,
+                crate::labels::class_name(l).unwrap_or("?").to_string(),
+                n,
+            )
+        })
+        .collect();
+    top_labels.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    top_labels.truncate(20);
+    let contact_sheet = if selection.hard.is_empty() {
+        None
+    } else {
+        let name = "hard-contact-sheet.png".to_string();
+        write_contact_sheet(plan, selection, &dir.join(&name))?;
+        files.push(dir.join(&name));
+        Some(name)
+    };
+    let report = Report {
+        name: plan.name.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        rule: selection.rule.describe(),
+        transforms: grid.len(),
+        cover_picks: COVER_PICKS,
+        table1,
+        random,
+        scale_groups: scale_rows,
+        bias,
+        centre_pick_share: if centre_shares.is_empty() {
+            0.0
+        } else {
+            centre_shares.iter().sum::<f64>() / centre_shares.len() as f64
+        },
+        hard: HardSummary {
+            total: selection.hard.len(),
+            scanned: selection.scanned.values().sum(),
+            per_origin: selection.hard_per_origin(),
+            top_labels,
+            closest,
+            contact_sheet,
+        },
+    };
+    let json = dir.join("report.json");
+    crate::util::write_json(&json, &report).map_err(|source| ReportError::Io {
+        path: json.clone(),
+        source,
+    })?;
+    let md = dir.join("report.md");
+    crate::util::write_atomic(&md, report.markdown(plan).as_bytes()).map_err(|source| {
+        ReportError::Io {
+            path: md.clone(),
+            source,
+        }
+    })?;
+    files.push(json);
+    files.push(md);
+    Ok(Written { dir, files })
+}
+
+/// Thumbnails of up to `SHEET_IMAGES` hard images spread over the hard set,
+/// read again from the sources.
+fn write_contact_sheet(plan: &Plan, selection: &Selection, path: &Path) -> Result<(), ReportError> {
+    let n = selection.hard.len();
+    let take = n.min(SHEET_IMAGES);
+    let picked: Vec<&crate::select::HardImage> =
+        (0..take).map(|i| &selection.hard[i * n / take]).collect();
+    let mut tiles = Vec::new();
+    for source in &plan.sources {
+        let rows: BTreeSet<u64> = picked
+            .iter()
+            .filter(|h| h.origin == source.origin)
+            .map(|h| h.row)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        for outcome in source.reader().rows_in(rows) {
+            let Ok(rec) = outcome? else { continue };
+            let Some(h) = picked
+                .iter()
+                .find(|h| h.origin == source.origin && h.row == rec.row)
+            else {
+                continue;
+            };
+            let Some(img) = crate::zoom::decode_rgb(&rec.image, plan.decode)
+                .ok()
+                .and_then(|d| image::RgbImage::from_raw(d.width, d.height, d.data))
+            else {
+                continue;
+            };
+            let thumb = fit(&img);
+            let names: Vec<&str> = h
+                .labels
+                .iter()
+                .filter_map(|&l| crate::labels::class_name(l))
+                .collect();
+            let mut caption = format!("{} #{}", source.origin, h.row);
+            caption.push('\n');
+            caption.push_str(&truncate(&names.join(", "), 26));
+            tiles.push((thumb, caption));
+        }
+    }
+    crate::plot::contact_sheet(
+        path,
+        &format!(
+            "{} of {} hard images (labels: english_label)",
+            tiles.len(),
+            n
+        ),
+        &tiles,
+    )?;
+    Ok(())
+}
+
+/// `img` scaled to fit in 160 x 160, keeping its aspect; small images stay as they are.
+fn fit(img: &image::RgbImage) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let s = 160.0 / w.max(h).max(1) as f64;
+    if s >= 1.0 {
+        return img.clone();
+    }
+    let (tw, th) = (
+        ((w as f64 * s).round() as u32).max(1),
+        ((h as f64 * s).round() as u32).max(1),
+    );
+    image::imageops::thumbnail(img, tw, th)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}", 100.0 * v)
+}
+
+impl Report {
+    /// The report as Markdown.
+    pub fn markdown(&self, plan: &Plan) -> String {
+        let k = COVER_PICKS.min(self.transforms);
+        let mut out = format!(
+            "# Report: {}\n\nWritten by imagenet-hard {} from the stored scan records. \
+             Rule: {}. Grid: {} transforms ({} scales x {}x{} anchors, {} px crops).\n\n",
+            self.name,
+            self.tool_version,
+            self.rule,
+            self.transforms,
+            plan.grid.scales.len(),
+            plan.grid.anchors,
+            plan.grid.anchors,
+            plan.grid.crop_size
+        );
+        out.push_str(&format!(
+            "## Table 1: accuracy with 1, {k} (greedy) and {} (all) crops (%)\n\n\
+             1-crop is `r1c1s256`. The {k}-crop bound takes the first {k} transforms of a greedy \
+             set cover: each step adds the transform that solves the most images not yet solved, \
+             ties going to the earliest transform in canonical order (anchor row, then column, \
+             then scale, ascending). \"cover\" is how many greedy picks reach the all-transform \
+             bound. The random row is k guesses over the source's classes, capped at 100.\n\n",
+            self.transforms
+        ));
+        for source in &plan.sources {
+            out.push_str(&format!(
+                "### {}\n\n| model | images | 1-crop | {k}-crop (greedy) | {}-crop (all) | cover |\n|---|---:|---:|---:|---:|---:|\n",
+                source.origin, self.transforms
+            ));
+            for r in self.table1.iter().filter(|r| r.origin == source.origin) {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    r.model,
+                    r.images,
+                    r.one_crop.map(pct).unwrap_or_else(|| "n/a".into()),
+                    pct(r.cover_bound),
+                    pct(r.upper_bound),
+                    r.cover_size
+                ));
+            }
+            if let Some(r) = self.random.iter().find(|r| r.origin == source.origin) {
+                out.push_str(&format!(
+                    "| random ({} classes) | | {} | {} | {} | |\n",
+                    r.classes,
+                    pct(r.one_crop),
+                    pct(r.cover_bound),
+                    pct(r.upper_bound)
+                ));
+            }
+            out.push('\n');
+        }
+        out.push_str(
+            "## Scale groups (%)\n\nUpper bound using only zoom-out (S < crop), only S = crop, \
+             only zoom-in (S > crop), and the share of all images solved by that group alone.\n\n\
+             | source | model | zoom-out | S = crop | zoom-in | only zoom-out | only S = crop | only zoom-in |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &self.scale_groups {
+            let g = |i: usize| r.groups.get(i);
+            let ub = |i: usize| g(i).map(|x| pct(x.upper_bound)).unwrap_or_default();
+            let only = |i: usize| g(i).map(|x| pct(x.only)).unwrap_or_default();
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.origin,
+                r.model,
+                ub(0),
+                ub(1),
+                ub(2),
+                only(0),
+                only(1),
+                only(2)
+            ));
+        }
+        out.push_str(&format!(
+            "\n## Positional bias\n\nPer-anchor upper bound (%, row 0 = top): the share of images \
+             some scale at that anchor solves; in brackets the difference to the centre. Below \
+             each, how often each anchor is among the first {k} greedy picks. Mean share of the \
+             centre among the picks: {:.2}% (uniform: {:.2}%).\n\n",
+            100.0 * self.centre_pick_share,
+            100.0 / (plan.grid.anchors as f64).powi(2)
+        ));
+        for b in &self.bias {
+            out.push_str(&format!(
+                "### {} on {}\n\n![]({})\n\n",
+                b.model, b.origin, b.png
+            ));
+            let n = b.anchor_bounds.len();
+            out.push_str(&format!("|{}\n|{}\n", " |".repeat(n), "---|".repeat(n)));
+            for (r, row) in b.anchor_bounds.iter().enumerate() {
+                let cells: Vec<String> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &v)| {
+                        format!(
+                            "{} ({:+.2}); {} picks",
+                            pct(v),
+                            100.0 * b.minus_centre[r][c],
+                            b.pick_counts[r][c]
+                        )
+                    })
+                    .collect();
+                out.push_str(&format!("| {} |\n", cells.join(" | ")));
+            }
+            out.push('\n');
+        }
+        let h = &self.hard;
+        out.push_str(&format!(
+            "## Hard set\n\n{} of {} scanned images are hard.\n\n| origin | hard |\n|---|---:|\n",
+            h.total, h.scanned
+        ));
+        for (o, n) in &h.per_origin {
+            out.push_str(&format!("| {o} | {n} |\n"));
+        }
+        out.push_str("\nMost frequent labels among the hard images:\n\n| label | name | images |\n|---:|---|---:|\n");
+        for (l, name, n) in &h.top_labels {
+            out.push_str(&format!("| {l} | {name} | {n} |\n"));
+        }
+        out.push_str(&format!(
+            "\nWhich models came closest: `solves hard` counts hard images a model solves under \
+             some transform (0 for every model under `all-fail`); `near misses` counts images \
+             outside the hard set that only this model solves, with at most {NEAR_MISS_TRANSFORMS} \
+             transforms.\n\n| model | solves hard | near misses |\n|---|---:|---:|\n"
+        ));
+        for c in &h.closest {
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                c.model, c.solves_hard, c.near_misses
+            ));
+        }
+        if let Some(sheet) = &h.contact_sheet {
+            out.push_str(&format!("\n![hard images]({sheet})\n"));
+        }
+        out
+    }
+}
