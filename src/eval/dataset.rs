@@ -394,6 +394,9 @@ mod tests {
         let err = resolve("no-such-folder", &hub, "main")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no-such-folder") && err.contains("owner/name"), "{err}");
+        assert!(
+            err.contains("no-such-folder") && err.contains("owner/name"),
+            "{err}"
+        );
     }
 }

@@ -33,7 +33,9 @@ pub enum EvalError {
     NoDataset(String),
     // The inner errors are shown in the message, not chained, so that
     // `{:#}` does not print them twice.
-    #[error("Hub dataset `{repo}` (DATASET is not a local folder, so it was read as a Hub id): {error}")]
+    #[error(
+        "Hub dataset `{repo}` (DATASET is not a local folder, so it was read as a Hub id): {error}"
+    )]
     Hub { repo: String, error: HubError },
     #[error("{file}: {error}")]
     Io {
@@ -42,7 +44,9 @@ pub enum EvalError {
     },
     #[error("{file}: not an eval result JSON (written by `eval --json`): {message}")]
     Json { file: PathBuf, message: String },
-    #[error("{file}: its header `{found}` is not this tool's leaderboard header; give --csv a new file")]
+    #[error(
+        "{file}: its header `{found}` is not this tool's leaderboard header; give --csv a new file"
+    )]
     CsvHeader { file: PathBuf, found: String },
     #[error("{first} and {second} hold results of the same model, dataset, revision, tta and aggregate; merge only one of them")]
     DuplicateResult { first: PathBuf, second: PathBuf },
@@ -209,7 +213,9 @@ pub fn evaluate(
                 aggregate(&views, opts.aggregate)
             };
             let top5 = top_k(&scores, 5);
-            let hit1 = top5.first().is_some_and(|&c| p.labels.contains(&(c as i64)));
+            let hit1 = top5
+                .first()
+                .is_some_and(|&c| p.labels.contains(&(c as i64)));
             let hit5 = top5.iter().any(|&c| p.labels.contains(&(c as i64)));
             report.overall.add(hit1, hit5);
             report

@@ -24,10 +24,7 @@ pub fn csv_field(s: &str) -> String {
 }
 
 fn join_numbers<T: ToString>(xs: &[T]) -> String {
-    xs.iter()
-        .map(T::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+    xs.iter().map(T::to_string).collect::<Vec<_>>().join(" ")
 }
 
 /// The leaderboard row of one report (no trailing newline).

@@ -15,7 +15,17 @@ const ZOOM_CROP: u32 = 224;
 
 /// Which views an image is classified under.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
     clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
@@ -145,7 +155,17 @@ pub fn flip_horizontal(img: &RgbImage) -> RgbImage {
 
 /// How per-view predictions become one score per class.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
     clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
@@ -320,7 +340,15 @@ mod tests {
         assert_eq!(counts, vec![1, 234, 81, 9, 5, 10]);
         let pre = EvalPreprocess::TORCHVISION;
         let img = numbered(40, 30);
-        for t in [Tta::None, Tta::Zoom224, Tta::FiveCrop, Tta::TenCrop] {
+        let zoom_in = Tta::ZoomIn.zoom_scales().unwrap_or_default();
+        assert_eq!((zoom_in.first(), zoom_in.len()), (Some(&235), 26));
+        for t in [
+            Tta::None,
+            Tta::ZoomOut,
+            Tta::Zoom224,
+            Tta::FiveCrop,
+            Tta::TenCrop,
+        ] {
             let v = t.views(&img, &pre);
             assert_eq!(v.len(), t.views_per_image(), "{t:?}");
             let side = t.crop_size(&pre);
