@@ -140,9 +140,9 @@ pub enum Command {
     /// and README.md, or a Hub dataset id (e.g. taesiri/imagenet-hard) read at
     /// --dataset-revision. Of several complete shard families, the one whose
     /// row count equals the card's num_examples is used. Prints top-1/top-5
-    /// (any-label) overall and per origin on stdout; --json, --csv and
-    /// --per-sample write files. With --merge, reads eval JSON files instead
-    /// and prints a leaderboard CSV (top1/top5 in percent, best first).
+    /// (any-label) overall and per origin on stdout, and writes the --json,
+    /// --csv and --per-sample files. With --merge, reads eval JSON files
+    /// instead and prints a leaderboard CSV (top1/top5 in percent, best first).
     Eval(EvalArgs),
     /// Top-5 classes of one model on one image file.
     ///

@@ -200,7 +200,7 @@ pub fn local_shards(dir: &Path) -> Result<Shards, EvalError> {
 pub fn hub_shards(hub: &Hub, repo: &str, revision: &str) -> Result<Shards, EvalError> {
     let hub_err = |error| EvalError::Hub {
         repo: repo.into(),
-        error,
+        error: Box::new(error),
     };
     let commit = hub
         .resolve_commit(RepoKind::Dataset, repo, revision)

@@ -36,7 +36,7 @@ pub enum EvalError {
     #[error(
         "Hub dataset `{repo}` (DATASET is not a local folder, so it was read as a Hub id): {error}"
     )]
-    Hub { repo: String, error: HubError },
+    Hub { repo: String, error: Box<HubError> },
     #[error("{file}: {error}")]
     Io {
         file: PathBuf,

@@ -42,7 +42,7 @@ fn current_rows() -> Vec<Vec<HardRow>> {
     ]
 }
 
-const CURRENT_TABLE: [&str; 4] = [
+pub const CURRENT_TABLE: [&str; 4] = [
     "| a | 2 | 50.00 | 50.00 |",
     "| b | 2 | 50.00 | 100.00 |",
     "| c | 1 | 100.00 | 100.00 |",
@@ -59,7 +59,7 @@ fn card(num_examples: u64) -> Vec<u8> {
 /// The released layout: a stale `-of-00002` family (3 rows of origin
 /// `old`, all labelled 3) beside the current `-of-00003-<hash>` family
 /// (5 rows), and a card saying 5 rows. Paths relative to the dataset root.
-fn released_files(fx: &Fixture) -> Vec<(String, Vec<u8>)> {
+pub fn released_files(fx: &Fixture) -> Vec<(String, Vec<u8>)> {
     let shard = |rows: Vec<HardRow>| {
         let tmp = tempfile::tempdir_in(fx.path()).unwrap();
         let written = write_single_shard(tmp.path(), rows, 2).unwrap();
@@ -103,7 +103,13 @@ fn weights(fx: &Fixture, class: usize) -> PathBuf {
 }
 
 /// `eval DATASET --model always-<class> <extra>` on the CPU.
-fn eval(fx: &Fixture, dataset: &str, class: usize, extra: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn eval(
+    fx: &Fixture,
+    dataset: &str,
+    class: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let w = weights(fx, class);
     let mut args = vec![
         "eval",
@@ -119,7 +125,7 @@ fn eval(fx: &Fixture, dataset: &str, class: usize, extra: &[&str], env: &[(&str,
     fx.run(&args, env)
 }
 
-fn assert_table(out: &Output, lines: &[&str]) {
+pub fn assert_table(out: &Output, lines: &[&str]) {
     ok(out);
     let table = stdout(out);
     for line in lines {
