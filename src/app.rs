@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Command, ManifestArg, ModelArgs, RunArgs};
+use crate::cli::{Command, EvalArgs, ManifestArg, ModelArgs, RunArgs};
 use crate::demo::{prepare_demo, DEMO_MANIFEST};
 use crate::fetch::{
     fetch, lock_path, read_lock, resolve_model, write_lock, Fetched, ResolvedModel,
@@ -212,6 +212,69 @@ fn parse_transform(name: &str) -> Result<Transform> {
     Ok(t)
 }
 
+/// `eval`: score a model (or, with --merge, print a leaderboard).
+fn run_eval(args: EvalArgs) -> Result<()> {
+    use crate::eval::{dataset, results, EvalOptions};
+    if !args.merge.is_empty() {
+        print!("{}", results::merge(&args.merge)?);
+        return Ok(());
+    }
+    let (Some(data), Some(model)) = (args.dataset, args.model) else {
+        bail!("eval needs DATASET and --model (or --merge FILE...)");
+    };
+    let hub = Hub::new(HubConfig::from_env());
+    let shards = dataset::resolve(&data, &hub, &args.dataset_revision)?;
+    if !shards.stale.is_empty() {
+        let stale: Vec<String> = shards.stale.iter().map(|c| format!("-of-{c:05}")).collect();
+        eprintln!(
+            "{}: using the -of-{:05} shard family ({} rows, as the card's num_examples); {} left unread as stale",
+            shards.dataset,
+            shards.family,
+            shards.rows.unwrap_or(0),
+            stale.join(", ")
+        );
+    }
+    if let Some(commit) = &shards.revision {
+        eprintln!("Dataset {}@{commit}", shards.dataset);
+    }
+    let (resolved, classifier) = open_model(&model)?;
+    let opts = EvalOptions {
+        tta: args.tta,
+        aggregate: args.aggregate.unwrap_or_default(),
+        batch_size: args.batch_size.max(1),
+        limit: args.limit,
+    };
+    let mut per_sample = args
+        .per_sample
+        .as_deref()
+        .map(results::PerSampleWriter::create)
+        .transpose()?;
+    let report = crate::eval::evaluate(
+        &classifier,
+        &resolved.name,
+        &resolved.provenance,
+        resolved.eval,
+        &shards,
+        &opts,
+        per_sample.as_mut(),
+    )?;
+    print!("{}", report.table());
+    if let (Some(w), Some(path)) = (per_sample, &args.per_sample) {
+        w.finish()?;
+        eprintln!("Wrote {}", path.display());
+    }
+    if let Some(path) = args.json {
+        crate::util::write_json(&path, &report)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("Wrote {}", path.display());
+    }
+    if let Some(path) = args.csv {
+        results::append_csv(&path, &report)?;
+        eprintln!("Appended a row to {}", path.display());
+    }
+    Ok(())
+}
+
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Build(args) => {
@@ -279,30 +342,7 @@ pub fn run(command: Command) -> Result<()> {
             let selection = crate::select::Selection::read(&plan.run_dir)?;
             run_export(&plan, &selection)?;
         }
-        Command::Eval {
-            dataset,
-            model,
-            limit,
-            batch_size,
-            json,
-        } => {
-            let (resolved, classifier) = open_model(&model)?;
-            let report = crate::eval::evaluate(
-                &classifier,
-                &resolved.name,
-                &resolved.provenance,
-                resolved.eval,
-                &dataset,
-                batch_size.max(1),
-                limit,
-            )?;
-            print!("{}", report.table());
-            if let Some(path) = json {
-                crate::util::write_json(&path, &report)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                eprintln!("Wrote {}", path.display());
-            }
-        }
+        Command::Eval(args) => run_eval(args)?,
         Command::Predict {
             image,
             model,

@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+use crate::eval::tta::{Aggregate, Tta};
 use crate::models::DeviceChoice;
 
 #[derive(Debug, Parser)]
@@ -73,6 +74,51 @@ pub struct ModelArgs {
     pub device: DeviceChoice,
 }
 
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Dataset folder (e.g. output/demo/dataset) or Hub dataset id owner/name.
+    #[arg(required_unless_present = "merge", requires = "model")]
+    pub dataset: Option<String>,
+    #[command(flatten)]
+    pub model: Option<ModelArgs>,
+    /// Hub revision (branch, tag or commit) of a Hub DATASET.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub dataset_revision: String,
+    /// Test-time augmentation (SPEC §7): the paper-grid views with scale
+    /// above, below or at 224 (9 anchors each, 224 px crops), or
+    /// torchvision's five / ten crops after the model's resize.
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    pub tta: Tta,
+    /// How the views' softmax outputs are pooled: max (class of the single
+    /// most confident view) or mean (argmax of the averaged softmax).
+    #[arg(long, value_enum, requires = "tta", value_name = "HOW")]
+    pub aggregate: Option<Aggregate>,
+    /// Evaluate N rows spread evenly over the dataset.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Crops per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Write the results (config, model, dataset revision, metrics) as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Append the leaderboard row to this CSV (header written when new).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Write one CSV row per image: id,origin,labels,prediction,correct,top5.
+    #[arg(long, value_name = "FILE")]
+    pub per_sample: Option<PathBuf>,
+    /// Merge these eval JSON files into a leaderboard CSV on stdout, best
+    /// top-1 first; nothing is evaluated.
+    #[arg(
+        long,
+        value_name = "JSON",
+        num_args = 1..,
+        conflicts_with_all = ["dataset", "ModelArgs", "json", "csv", "per_sample", "tta", "aggregate", "limit"]
+    )]
+    pub merge: Vec<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The main job: fetch, scan, select and export in one go.
@@ -113,25 +159,16 @@ pub enum Command {
     /// Reads plan.json, select/ and the sources; writes
     /// dataset/data/validation-XXXXX-of-YYYYY.parquet and dataset/README.md.
     Export(ManifestArg),
-    /// Score a model on a dataset folder in the ImageNet-Hard schema.
+    /// Score a model on a dataset in the ImageNet-Hard schema, or merge results.
     ///
-    /// Reads DATASET/data/validation-*.parquet (one complete shard family);
-    /// prints top-1/top-5 (any-label) overall and per origin; --json writes
-    /// the results.
-    Eval {
-        /// Folder holding data/validation-XXXXX-of-YYYYY.parquet (e.g. output/demo/dataset).
-        dataset: PathBuf,
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Evaluate only the first N rows.
-        #[arg(long, value_name = "N")]
-        limit: Option<u64>,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        /// Write the results as JSON to this file.
-        #[arg(long, value_name = "FILE")]
-        json: Option<PathBuf>,
-    },
+    /// Reads DATASET: a folder holding data/validation-XXXXX-of-YYYYY.parquet
+    /// and README.md, or a Hub dataset id (e.g. taesiri/imagenet-hard) read at
+    /// --dataset-revision. Of several complete shard families, the one whose
+    /// row count equals the card's num_examples is used. Prints top-1/top-5
+    /// (any-label) overall and per origin on stdout, and writes the --json,
+    /// --csv and --per-sample files. With --merge, reads eval JSON files
+    /// instead and prints a leaderboard CSV (top1/top5 in percent, best first).
+    Eval(EvalArgs),
     /// Top-5 classes of one model on one image file.
     ///
     /// Reads IMAGE (JPEG or PNG) and the model's weights; writes the top

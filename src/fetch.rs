@@ -491,8 +491,7 @@ pub fn resolve_model(
             provenance: local.display().to_string(),
         });
     }
-    let is_repo_id = model.split('/').count() == 2 && model.split('/').all(|p| !p.is_empty());
-    if !is_repo_id {
+    if !crate::hub::is_repo_id(model) {
         let names = registry()
             .iter()
             .map(|e| e.name)

@@ -150,6 +150,11 @@ pub struct Hub {
     api: std::sync::OnceLock<Api>,
 }
 
+/// `owner/name`: two non-empty parts.
+pub fn is_repo_id(s: &str) -> bool {
+    s.split('/').count() == 2 && s.split('/').all(|p| !p.is_empty())
+}
+
 pub fn is_commit_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

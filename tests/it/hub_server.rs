@@ -281,6 +281,36 @@ fn fetch_downloads_resumes_and_locks_through_a_loopback_hub() {
 }
 
 #[test]
+fn eval_downloads_only_the_shard_family_the_card_counts() {
+    let fx = Fixture::new();
+    let mut state = fixture_hub(&fx);
+    state.repos.insert(
+        "datasets/test-org/hard-copy".into(),
+        crate::eval::released_files(&fx).into_iter().collect(),
+    );
+    let hub = HubStandIn::start(state);
+    fx.fill_cache();
+    let out = crate::eval::eval(
+        &fx,
+        "test-org/hard-copy",
+        3,
+        &[],
+        &[("HF_ENDPOINT", &hub.endpoint())],
+    );
+    crate::eval::assert_table(&out, &crate::eval::CURRENT_TABLE);
+    assert!(stderr(&out).contains(&format!("test-org/hard-copy@{COMMIT}")));
+    let log = hub.state.lock().unwrap().log.clone();
+    let got = |part: &str| log.iter().any(|(_, path, _, _)| path.contains(part));
+    // The card, then the family with most shards, which matches: the stale
+    // family is never downloaded.
+    assert!(
+        got("/resolve/") && got("README.md") && got("-of-00003-"),
+        "{log:?}"
+    );
+    assert!(!got("-of-00002"), "{log:?}");
+}
+
+#[test]
 fn gated_repos_say_how_to_get_access() {
     let fx = Fixture::new();
     let mut state = fixture_hub(&fx);
