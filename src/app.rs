@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Command, EvalArgs, ManifestArg, ModelArgs, RunArgs};
+use crate::cli::{Command, EvalArgs, ManifestArg, ModelArgs};
 use crate::demo::{prepare_demo, DEMO_MANIFEST};
 use crate::fetch::{
     fetch, lock_path, read_lock, resolve_model, write_lock, Fetched, ResolvedModel,
@@ -80,8 +80,22 @@ fn do_fetch(ctx: &Context) -> Result<Fetched> {
 /// Fetch (or verify) inputs and write the plan; refuse to mix runs.
 fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     let fetched = do_fetch(ctx)?;
-    let plan = Plan::new(&ctx.manifest, &fetched, limit);
-    if let Ok(old) = Plan::read(&plan.run_dir) {
+    let mut plan = Plan::new(&ctx.manifest, &fetched, limit);
+    let old = Plan::read(&plan.run_dir).ok();
+    if let Some(old) = &old {
+        if old.same_run_as(&plan) && !old.units.is_empty() {
+            // Same inputs and settings: keep the counted rows and the units,
+            // so finished units stay valid.
+            plan.units = old.units.clone();
+            for (s, o) in plan.sources.iter_mut().zip(&old.sources) {
+                s.total_rows = o.total_rows;
+            }
+        }
+    }
+    if plan.units.is_empty() {
+        plan = plan.with_units()?;
+    }
+    if let Some(old) = &old {
         if !old.same_run_as(&plan) {
             bail!(
                 "{} holds a run of a different plan (inputs, grid, models or limits changed since); \
@@ -95,10 +109,11 @@ fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     plan.write()
         .with_context(|| format!("writing {}", Plan::path(&plan.run_dir).display()))?;
     tracing::info!(
-        "plan: {} sources, {} models, {} transforms per image, run dir {}",
+        "plan: {} sources, {} models, {} transforms per image, {} units, run dir {}",
         plan.sources.len(),
         plan.models.len(),
         plan.grid.len(),
+        plan.units.len(),
         plan.run_dir.display()
     );
     Ok(plan)
@@ -115,40 +130,103 @@ fn print_dry_run(ctx: &Context, limit: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// The plan a previous `scan` wrote into the manifest's run directory.
+/// The plan a previous `plan`, `scan` or `build` wrote.
 fn read_plan(ctx: &Context) -> Result<Plan> {
     let run_dir = ctx.manifest.run_dir();
-    Plan::read(&run_dir).with_context(|| {
+    let plan = Plan::read(&run_dir).with_context(|| {
         format!(
-            "no plan in {}: run `imagenet-hard scan` first",
+            "no plan in {}: run `imagenet-hard plan` (or `scan`) first",
             run_dir.display()
         )
-    })
+    })?;
+    if plan.units.is_empty() {
+        bail!(
+            "{} has no work units (written by an older version?): run `imagenet-hard plan` again",
+            Plan::path(&run_dir).display()
+        );
+    }
+    Ok(plan)
 }
 
-fn run_scan(plan: &Plan, args: &RunArgs) -> Result<()> {
-    let rt = Runtime::new(args.device)?;
+fn run_scan(plan: &Plan, device: crate::models::DeviceChoice, ids: &[usize]) -> Result<()> {
+    let rt = Runtime::new(device)?;
     eprintln!(
-        "Scanning on {}: {} model(s) x {} transforms per image",
+        "Scanning on {}: {} of {} unit(s), {} model(s) x {} transforms per image",
         rt.describe(),
+        ids.len(),
+        plan.units.len(),
         plan.models.len(),
         plan.grid.len()
     );
-    for (s, fresh) in crate::scan::scan(plan, &rt)? {
-        let skipped: u64 = s.skipped.values().sum();
+    for (s, fresh) in crate::scan::scan(plan, &rt, ids)? {
+        let unit = s
+            .units
+            .first()
+            .map(|u| format!("u{u:05}"))
+            .unwrap_or_default();
         if !fresh {
-            eprintln!(
-                "  {}: already scanned ({} images), records kept",
-                s.origin, s.images_scanned
-            );
+            eprintln!("  {unit} {}: already done, records kept", s.origin);
             continue;
         }
+        let skipped: u64 = s.skipped.values().sum();
         eprintln!(
-            "  {}: {} images scanned, {} skipped {:?}, {} crops in {:.1}s",
+            "  {unit} {}: {} images scanned, {} skipped {:?}, {} crops in {:.1}s",
             s.origin, s.images_scanned, skipped, s.skipped, s.forward_passes, s.seconds
         );
     }
     Ok(())
+}
+
+/// Select, export and report; refuses while units are missing.
+fn run_merge(plan: &Plan) -> Result<()> {
+    let selection = run_select(plan, &plan.selection, None)?;
+    run_export(plan, &selection)?;
+    run_report(plan, &selection)?;
+    Ok(())
+}
+
+fn print_status(plan: &Plan) {
+    use crate::scan::{unit_state, UnitState};
+    let (mut done, mut pending, mut failed) = (0, 0, 0);
+    println!("unit\torigin\trows\tmodels\tstate");
+    for u in &plan.units {
+        let state = match unit_state(&plan.run_dir, u) {
+            UnitState::Done => {
+                done += 1;
+                "done".to_string()
+            }
+            UnitState::Pending { partial } => {
+                pending += 1;
+                if partial {
+                    "pending (partial output of a killed or running worker)".into()
+                } else {
+                    "pending".into()
+                }
+            }
+            UnitState::Failed { error } => {
+                failed += 1;
+                format!("failed: {}", error.trim())
+            }
+        };
+        let models: Vec<&str> = u
+            .models
+            .iter()
+            .map(|&m| plan.models[m].name.as_str())
+            .collect();
+        println!(
+            "{}\t{}\t{}..{}\t{}\t{}",
+            u.name(),
+            u.origin,
+            u.first,
+            u.end,
+            models.join(","),
+            state
+        );
+    }
+    println!(
+        "{} units: {done} done, {pending} pending, {failed} failed",
+        plan.units.len()
+    );
 }
 
 fn run_select(
@@ -283,10 +361,9 @@ pub fn run(command: Command) -> Result<()> {
                 return print_dry_run(&ctx, args.limit);
             }
             let plan = prepare_plan(&ctx, args.limit)?;
-            run_scan(&plan, &args)?;
-            let selection = run_select(&plan, &plan.selection, None)?;
-            run_export(&plan, &selection)?;
-            run_report(&plan, &selection)?;
+            let all: Vec<usize> = (0..plan.units.len()).collect();
+            run_scan(&plan, args.device, &all)?;
+            run_merge(&plan)?;
             eprintln!(
                 "Run directory: {} (plan.json, scan/, select/, dataset/)",
                 plan.run_dir.display()
@@ -305,12 +382,68 @@ pub fn run(command: Command) -> Result<()> {
             }
         }
         Command::Scan(args) => {
-            let ctx = load_context(&args.manifest)?;
-            if args.dry_run {
-                return print_dry_run(&ctx, args.limit);
+            let ctx = load_context(&args.run.manifest)?;
+            if args.run.dry_run {
+                return print_dry_run(&ctx, args.run.limit);
             }
+            let assignment = crate::units::Assignment::resolve(
+                args.unit,
+                args.shard_index,
+                args.num_shards,
+                |k| std::env::var(k).ok(),
+            )?;
+            if assignment == crate::units::Assignment::All {
+                let plan = prepare_plan(&ctx, args.run.limit)?;
+                let all: Vec<usize> = (0..plan.units.len()).collect();
+                run_scan(&plan, args.run.device, &all)?;
+            } else {
+                // A worker of a fanned-out scan: the plan is made once, up front.
+                let plan = read_plan(&ctx)?;
+                if plan.units.is_empty() {
+                    bail!(
+                        "{} has no units: run `imagenet-hard plan` first",
+                        Plan::path(&plan.run_dir).display()
+                    );
+                }
+                let ids = assignment.pick(plan.units.len())?;
+                run_scan(&plan, args.run.device, &ids)?;
+            }
+        }
+        Command::Plan(args) => {
+            let ctx = load_context(&args.manifest)?;
             let plan = prepare_plan(&ctx, args.limit)?;
-            run_scan(&plan, &args)?;
+            println!("unit\torigin\trows\timages\tmodels");
+            for u in &plan.units {
+                let models: Vec<&str> = u
+                    .models
+                    .iter()
+                    .map(|&m| plan.models[m].name.as_str())
+                    .collect();
+                println!(
+                    "{}\t{}\t{}..{}\t{}\t{}",
+                    u.name(),
+                    u.origin,
+                    u.first,
+                    u.end,
+                    u.images(),
+                    models.join(",")
+                );
+            }
+            eprintln!(
+                "{} units written to {}; run them with `imagenet-hard scan --unit K` or a job array (scripts/slurm/)",
+                plan.units.len(),
+                Plan::path(&plan.run_dir).display()
+            );
+        }
+        Command::Status(arg) => {
+            let ctx = load_context(&arg)?;
+            let plan = read_plan(&ctx)?;
+            print_status(&plan);
+        }
+        Command::Merge(arg) => {
+            let ctx = load_context(&arg)?;
+            let plan = read_plan(&ctx)?;
+            run_merge(&plan)?;
         }
         Command::Select(args) => {
             let ctx = load_context(&args.manifest)?;

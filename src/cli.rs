@@ -42,6 +42,22 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Run only this unit of the existing plan.
+    #[arg(long, value_name = "K")]
+    pub unit: Option<usize>,
+    /// With --num-shards: run units I, I+N, I+2N, ... of the existing plan
+    /// (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN).
+    #[arg(long, value_name = "I")]
+    pub shard_index: Option<usize>,
+    /// The number of workers sharing the units (default: SLURM_ARRAY_TASK_COUNT).
+    #[arg(long, value_name = "N")]
+    pub num_shards: Option<usize>,
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct SelectArgs {
     #[command(flatten)]
     pub manifest: ManifestArg,
@@ -134,12 +150,30 @@ pub enum Command {
     /// `<manifest>.lock` beside the manifest (commit, size and sha256 of each
     /// file). An existing lock is verified instead; a mismatch is an error.
     Fetch(ManifestArg),
-    /// Run every model over every transform of every image.
+    /// Run every model over every transform of every image, unit by unit.
     ///
-    /// Reads the manifest, lock and inputs; writes scan/<origin>.parquet
-    /// (one record per image and model) and scan/<origin>.stats.json. A
-    /// source with stats is done and is skipped on rerun.
-    Scan(RunArgs),
+    /// Reads the manifest, lock and inputs; writes scan/units/uNNNNN.parquet
+    /// (one record per image and model) and then uNNNNN.stats.json. A unit
+    /// with stats is done and is skipped on rerun. With --unit, --shard-index
+    /// or a scheduler's index (SLURM_ARRAY_TASK_ID/COUNT, JOB_COMPLETION_INDEX)
+    /// it runs only those units of the existing plan (`imagenet-hard plan`).
+    Scan(ScanArgs),
+    /// Fetch the inputs, count the rows and cut the scan into work units.
+    ///
+    /// Reads the manifest and its inputs; writes plan.json (with the units)
+    /// into the run directory and the lock; prints one line per unit
+    /// (id, origin, rows, models) on stdout.
+    Plan(RunArgs),
+    /// Which units are done, pending or failed.
+    ///
+    /// Reads plan.json and scan/units/; prints one line per unit and a
+    /// summary on stdout. Exits 0 whatever the state.
+    Status(ManifestArg),
+    /// Select, export and report once every unit is done.
+    ///
+    /// Reads plan.json, scan/ and the sources; writes select/, dataset/ and
+    /// report/. Refuses, naming them, while units are missing.
+    Merge(ManifestArg),
     /// Compute the hard set and the 1-crop / all-transform upper bounds.
     ///
     /// Reads plan.json and scan/ (and --labels); writes select/selection.json,

@@ -22,5 +22,6 @@ pub mod report;
 pub mod scan;
 pub mod select;
 pub mod sources;
+pub mod units;
 pub mod util;
 pub mod zoom;

@@ -65,6 +65,12 @@ pub struct BuildSection {
     /// Text placed in the card's description; says what the build is.
     #[serde(default)]
     pub description: Option<String>,
+    /// Images per work unit (default: about a million forward passes).
+    #[serde(default)]
+    pub unit_images: Option<u64>,
+    /// Models per work unit (default: all of them).
+    #[serde(default)]
+    pub models_per_unit: Option<usize>,
 }
 
 fn default_shard_size_mb() -> u64 {
@@ -439,10 +445,12 @@ impl Manifest {
         if self.build.shard_size_mb == 0
             || self.build.row_group_rows == 0
             || self.build.batch_size == 0
+            || self.build.unit_images == Some(0)
+            || self.build.models_per_unit == Some(0)
         {
             return Err(invalid(
                 "build".into(),
-                "shard_size_mb, row_group_rows and batch_size must be at least 1".into(),
+                "shard_size_mb, row_group_rows, batch_size, unit_images and models_per_unit must be at least 1".into(),
             ));
         }
         let z = &self.zoom;

@@ -8,8 +8,13 @@ use crate::fetch::Fetched;
 use crate::labels::{ClassSubset, LabelConvention};
 use crate::manifest::{Manifest, SelectionRule};
 use crate::models::Architecture;
-use crate::sources::{Container, Format, Source};
+use crate::sources::{sample_rows, Container, Format, Selection, Source, SourceError};
+use crate::units::{images_per_unit, split, Unit};
 use crate::zoom::{DecodeLimits, ZoomGrid};
+
+/// Forward passes a unit is sized to when the manifest does not say: about
+/// a quarter of an hour on one GPU for the study's six models.
+pub const UNIT_CROPS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
@@ -25,8 +30,16 @@ pub struct Plan {
     pub shard_size_bytes: u64,
     pub row_group_rows: usize,
     pub batch_size: usize,
+    /// `build.unit_images` / `build.models_per_unit` as the manifest set them.
+    #[serde(default)]
+    pub unit_images: Option<u64>,
+    #[serde(default)]
+    pub models_per_unit: Option<usize>,
     pub sources: Vec<PlannedSource>,
     pub models: Vec<PlannedModel>,
+    /// The scan cut into work units (filled by [`Plan::with_units`]).
+    #[serde(default)]
+    pub units: Vec<Unit>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,6 +55,9 @@ pub struct PlannedSource {
     pub class_subset: ClassSubset,
     pub limit: Option<u64>,
     pub terms: Option<String>,
+    /// Rows in the source before `limit` (counted when units are planned).
+    #[serde(default)]
+    pub total_rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +83,34 @@ impl PlannedModel {
 }
 
 impl PlannedSource {
+    /// The rows `limit` selects, from the counted total.
+    pub fn selection(&self) -> Selection {
+        match self.limit {
+            None => Selection::All,
+            Some(n) => sample_rows(self.total_rows, n),
+        }
+    }
+
+    /// How many rows the scan takes from this source.
+    pub fn selected_count(&self) -> u64 {
+        match self.selection() {
+            Selection::All => self.total_rows,
+            Selection::Rows(r) => r.len() as u64,
+        }
+    }
+
+    /// The row numbers of positions `[first, end)` of the selected rows.
+    pub fn unit_rows(&self, first: u64, end: u64) -> std::collections::BTreeSet<u64> {
+        match self.selection() {
+            Selection::All => (first..end.min(self.total_rows)).collect(),
+            Selection::Rows(r) => r
+                .into_iter()
+                .skip(first as usize)
+                .take(end.saturating_sub(first) as usize)
+                .collect(),
+        }
+    }
+
     /// A streaming reader over this source's rows.
     pub fn reader(&self) -> Source {
         let files = self.files.clone();
@@ -128,6 +172,7 @@ impl Plan {
                     (a, b) => a.or(b),
                 },
                 terms: s.terms.clone(),
+                total_rows: 0,
             })
             .collect();
         let models = manifest
@@ -172,7 +217,29 @@ impl Plan {
             batch_size: manifest.build.batch_size,
             sources,
             models,
+            units: Vec::new(),
+            unit_images: manifest.build.unit_images,
+            models_per_unit: manifest.build.models_per_unit,
         }
+    }
+
+    /// Count every source's rows and cut the scan into units of about
+    /// `UNIT_CROPS` forward passes (or `build.unit_images` images).
+    pub fn with_units(mut self) -> Result<Plan, SourceError> {
+        for s in &mut self.sources {
+            s.total_rows = s.reader().total_rows()?;
+        }
+        let rows: Vec<(String, u64)> = self
+            .sources
+            .iter()
+            .map(|s| (s.origin.clone(), s.selected_count()))
+            .collect();
+        let per_unit = self
+            .unit_images
+            .unwrap_or_else(|| images_per_unit(UNIT_CROPS, self.grid.len(), self.models.len()));
+        let per_group = self.models_per_unit.unwrap_or(self.models.len());
+        self.units = split(&rows, self.models.len(), per_unit, per_group);
+        Ok(self)
     }
 
     pub fn path(run_dir: &Path) -> PathBuf {
@@ -189,6 +256,7 @@ impl Plan {
 
     /// Whether `other` describes the same run: same inputs (by lock hash),
     /// grid, models, limits and settings; where the files sit may differ.
+    /// Units and row counts are derived from these and not compared.
     pub fn same_run_as(&self, other: &Plan) -> bool {
         let strip = |p: &Plan| {
             let mut p = p.clone();
@@ -199,6 +267,8 @@ impl Plan {
                 m.cache_dir = PathBuf::new();
             });
             p.tool_version.clear();
+            p.units.clear();
+            p.sources.iter_mut().for_each(|s| s.total_rows = 0);
             p
         };
         strip(self) == strip(other)

@@ -1,6 +1,9 @@
 //! Scan stage: every image of every source through every model under every
-//! zoom transform. Crops are batched across images; each (image, model)
-//! becomes one [`ScanRecord`]; undecodable rows become counted skips.
+//! zoom transform, one work unit at a time. Crops are batched across images;
+//! each (image, model) becomes one [`ScanRecord`]; undecodable rows become
+//! counted skips. A unit writes its records under a temporary name, renames
+//! them when complete, then writes its stats: a unit with stats is done and
+//! is never run again, so a killed worker loses at most its current unit.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -9,9 +12,10 @@ use std::time::Instant;
 
 use crate::labels::masked_argmax;
 use crate::models::{Classifier, ModelError, Runtime};
-use crate::plan::{Plan, PlannedSource};
+use crate::plan::Plan;
 use crate::records::{RecordWriter, RecordsError, ScanRecord};
 use crate::sources::{Skip, SourceError};
+use crate::units::Unit;
 use crate::zoom::{decode_rgb, normalise_chw, zoom_views, RgbImage};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +31,18 @@ pub enum ScanError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the scan is incomplete: {missing} unit(s) not done, the first {first}; run `imagenet-hard scan` (or the job array) again, and `imagenet-hard status` to see them all")]
+    Incomplete { missing: usize, first: String },
 }
 
-/// Per-source counts, written last: a source with stats is done.
+/// Per-unit counts, written last: a unit with stats is done. Summed over a
+/// source's units they are the source's stats.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ScanStats {
     pub origin: String,
+    /// The units counted here (one for a unit's own stats).
+    #[serde(default)]
+    pub units: Vec<usize>,
     pub rows_read: u64,
     pub images_scanned: u64,
     pub skipped: BTreeMap<String, u64>,
@@ -43,16 +53,57 @@ pub struct ScanStats {
     pub transforms: usize,
 }
 
-pub fn records_path(run_dir: &Path, origin: &str) -> PathBuf {
-    run_dir
-        .join("scan")
-        .join(format!("{}.parquet", crate::util::file_stem(origin)))
+fn unit_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("scan").join("units")
 }
 
-pub fn stats_path(run_dir: &Path, origin: &str) -> PathBuf {
-    run_dir
-        .join("scan")
-        .join(format!("{}.stats.json", crate::util::file_stem(origin)))
+/// A unit's scan records.
+pub fn unit_records_path(run_dir: &Path, unit: &Unit) -> PathBuf {
+    unit_dir(run_dir).join(format!("{}.parquet", unit.name()))
+}
+
+/// A unit's stats: present iff the unit is done.
+pub fn unit_stats_path(run_dir: &Path, unit: &Unit) -> PathBuf {
+    unit_dir(run_dir).join(format!("{}.stats.json", unit.name()))
+}
+
+/// The error of a unit's last failed attempt.
+pub fn unit_error_path(run_dir: &Path, unit: &Unit) -> PathBuf {
+    unit_dir(run_dir).join(format!("{}.error.txt", unit.name()))
+}
+
+/// Where a unit stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitState {
+    Done,
+    /// Not started, or started by a worker that is still running or was killed.
+    Pending {
+        partial: bool,
+    },
+    /// The last attempt stopped with this error.
+    Failed {
+        error: String,
+    },
+}
+
+pub fn unit_state(run_dir: &Path, unit: &Unit) -> UnitState {
+    if unit_stats_path(run_dir, unit).is_file() {
+        return UnitState::Done;
+    }
+    if let Ok(error) = std::fs::read_to_string(unit_error_path(run_dir, unit)) {
+        return UnitState::Failed { error };
+    }
+    let partial = crate::util::temp_sibling(&unit_records_path(run_dir, unit)).exists();
+    UnitState::Pending { partial }
+}
+
+/// Units that are not done yet.
+pub fn missing_units(plan: &Plan) -> Vec<&Unit> {
+    plan.units
+        .iter()
+        .filter(|u| unit_state(&plan.run_dir, u) != UnitState::Done)
+        .collect()
 }
 
 /// An image whose crops are in flight.
@@ -66,66 +117,104 @@ struct Pending {
     remaining: usize,
 }
 
-/// Scan every source of `plan` that has no stats yet. Returns each
-/// source's stats and whether it was scanned now (false: done earlier).
-pub fn scan(plan: &Plan, rt: &Runtime) -> Result<Vec<(ScanStats, bool)>, ScanError> {
-    let models = plan
-        .models
-        .iter()
-        .map(|m| Classifier::load(m.architecture, &m.weights, &m.extras(), rt))
-        .collect::<Result<Vec<_>, _>>()?;
+/// Run the given units of `plan` that are not done yet. A unit that fails
+/// records its error and the others still run; the first error is returned
+/// at the end. Returns each unit's stats and whether it ran now.
+pub fn scan(plan: &Plan, rt: &Runtime, ids: &[usize]) -> Result<Vec<(ScanStats, bool)>, ScanError> {
+    let units: Vec<&Unit> = ids.iter().filter_map(|&i| plan.units.get(i)).collect();
     let mut all = Vec::new();
-    for source in &plan.sources {
-        let stats = stats_path(&plan.run_dir, &source.origin);
-        if let Ok(done) = crate::util::read_json::<ScanStats>(&stats) {
-            tracing::info!(
-                "{}: already scanned ({} images), skipping",
-                source.origin,
-                done.images_scanned
-            );
-            all.push((done, false));
-            continue;
+    let mut todo = Vec::new();
+    for unit in units {
+        let stats = unit_stats_path(&plan.run_dir, unit);
+        match crate::util::read_json::<ScanStats>(&stats) {
+            Ok(done) => all.push((done, false)),
+            Err(_) => todo.push(unit),
         }
-        let s = scan_source(plan, source, &models)?;
-        crate::util::write_json(&stats, &s).map_err(|e| ScanError::Io {
-            path: stats.clone(),
-            source: e,
-        })?;
-        tracing::info!(
-            "{}: {} images scanned, {} skipped, {} forward passes in {:.1}s",
-            s.origin,
-            s.images_scanned,
-            s.skips.len(),
-            s.forward_passes,
-            s.seconds
-        );
-        all.push((s, true));
     }
-    Ok(all)
+    // Load each model once, only if a pending unit needs it.
+    let mut models: Vec<Option<Classifier>> = plan.models.iter().map(|_| None).collect();
+    for &mi in todo.iter().flat_map(|u| &u.models) {
+        if models[mi].is_none() {
+            let m = &plan.models[mi];
+            models[mi] = Some(Classifier::load(
+                m.architecture,
+                &m.weights,
+                &m.extras(),
+                rt,
+            )?);
+        }
+    }
+    let mut first_error = None;
+    for unit in todo {
+        let error_file = unit_error_path(&plan.run_dir, unit);
+        match scan_unit(plan, unit, &models) {
+            Ok(s) => {
+                let stats = unit_stats_path(&plan.run_dir, unit);
+                crate::util::write_json(&stats, &s).map_err(|e| ScanError::Io {
+                    path: stats.clone(),
+                    source: e,
+                })?;
+                let _ = std::fs::remove_file(&error_file);
+                tracing::info!(
+                    "{} ({}, rows {}..{}): {} images scanned, {} skipped, {} forward passes in {:.1}s",
+                    unit.name(),
+                    s.origin,
+                    unit.first,
+                    unit.end,
+                    s.images_scanned,
+                    s.skips.len(),
+                    s.forward_passes,
+                    s.seconds
+                );
+                all.push((s, true));
+            }
+            Err(e) => {
+                tracing::error!("{} ({}) failed: {e}", unit.name(), unit.origin);
+                if let Some(dir) = error_file.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let _ = crate::util::write_atomic(&error_file, format!("{e}\n").as_bytes());
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(all),
+    }
 }
 
-fn scan_source(
+fn scan_unit(
     plan: &Plan,
-    source: &PlannedSource,
-    models: &[Classifier],
+    unit: &Unit,
+    loaded: &[Option<Classifier>],
 ) -> Result<ScanStats, ScanError> {
     let start = Instant::now();
+    let source = &plan.sources[unit.source];
     let grid = &plan.grid;
     let n_t = grid.len();
     let mask = source.class_subset.mask();
     let reader = source.reader();
+    let planned: Vec<&crate::plan::PlannedModel> =
+        unit.models.iter().map(|&i| &plan.models[i]).collect();
+    let models: Vec<&Classifier> = unit
+        .models
+        .iter()
+        .filter_map(|&i| loaded.get(i).and_then(Option::as_ref))
+        .collect();
     let mut stats = ScanStats {
         origin: source.origin.clone(),
-        models: plan.model_names(),
+        units: vec![unit.id],
+        models: planned.iter().map(|m| m.name.clone()).collect(),
         transforms: n_t,
         ..Default::default()
     };
-    let mut writer = RecordWriter::create(&records_path(&plan.run_dir, &source.origin))?;
+    let mut writer = RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?;
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut first_slot: u64 = 0; // slot number of pending[0]
     let mut queue: Vec<(u64, usize, RgbImage)> = Vec::new();
     let batch = plan.batch_size;
-    let bar = crate::util::progress(reader.row_count_hint().unwrap_or(0), &source.origin);
+    let bar = crate::util::progress(unit.images(), &format!("{} {}", unit.name(), source.origin));
     let crop = grid.crop_size as usize;
 
     let run_batch = |queue: &mut Vec<(u64, usize, RgbImage)>,
@@ -138,7 +227,7 @@ fn scan_source(
         }
         let n = queue.len();
         let mut input = vec![0f32; n * 3 * crop * crop];
-        for (mi, (m, pm)) in models.iter().zip(&plan.models).enumerate() {
+        for (mi, (m, pm)) in models.iter().zip(&planned).enumerate() {
             for (k, (_, _, img)) in queue.iter().enumerate() {
                 let plane = 3 * crop * crop;
                 normalise_chw(img, pm.mean, pm.std, &mut input[k * plane..(k + 1) * plane]);
@@ -169,7 +258,7 @@ fn scan_source(
             }
             let p = pending.pop_front().expect("front exists");
             *first_slot += 1;
-            for (m, pred) in plan.models.iter().zip(p.pred) {
+            for (m, pred) in planned.iter().zip(p.pred) {
                 let correct = pred
                     .iter()
                     .map(|c| p.labels.contains(&(*c as i64)))
@@ -188,7 +277,7 @@ fn scan_source(
         Ok(())
     };
 
-    for outcome in reader.rows() {
+    for outcome in reader.rows_in(source.unit_rows(unit.first, unit.end)) {
         stats.rows_read += 1;
         bar.set_position(stats.rows_read);
         let rec = match outcome? {
@@ -253,22 +342,60 @@ fn record_skip(stats: &mut ScanStats, skip: Skip) {
     stats.skips.push(skip);
 }
 
-/// Read the stats of every source; a missing one means the scan is incomplete.
+/// Every source's stats, summed over its units; a missing unit means the
+/// scan is incomplete.
 pub fn read_stats(plan: &Plan) -> Result<Vec<ScanStats>, ScanError> {
-    plan.sources
+    let missing = missing_units(plan);
+    if let Some(u) = missing.first() {
+        return Err(ScanError::Incomplete {
+            missing: missing.len(),
+            first: format!("{} ({}, rows {}..{})", u.name(), u.origin, u.first, u.end),
+        });
+    }
+    let mut out: Vec<ScanStats> = plan
+        .sources
         .iter()
-        .map(|s| {
-            let path = stats_path(&plan.run_dir, &s.origin);
-            crate::util::read_json(&path).map_err(|e| ScanError::Io {
-                path: path.clone(),
-                source: std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{e}; source `{}` is not scanned yet: run `imagenet-hard scan`",
-                        s.origin
-                    ),
-                ),
-            })
+        .map(|s| ScanStats {
+            origin: s.origin.clone(),
+            models: plan.model_names(),
+            transforms: plan.grid.len(),
+            ..Default::default()
         })
-        .collect()
+        .collect();
+    for unit in &plan.units {
+        let path = unit_stats_path(&plan.run_dir, unit);
+        let u: ScanStats = crate::util::read_json(&path).map_err(|source| ScanError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let s = &mut out[unit.source];
+        s.units.push(unit.id);
+        // Rows are counted once per row run (the first model group's unit).
+        if unit.models.first() == Some(&0) {
+            s.rows_read += u.rows_read;
+            s.images_scanned += u.images_scanned;
+            for (k, v) in u.skipped {
+                *s.skipped.entry(k).or_default() += v;
+            }
+            s.skips.extend(u.skips);
+        }
+        s.forward_passes += u.forward_passes;
+        s.seconds += u.seconds;
+    }
+    for s in &mut out {
+        s.skips.sort_by_key(|k| k.row);
+    }
+    Ok(out)
+}
+
+/// Every scan record of one source, from all its units.
+pub fn read_source_records(plan: &Plan, origin: &str) -> Result<Vec<ScanRecord>, ScanError> {
+    let mut out = Vec::new();
+    for unit in plan.units.iter().filter(|u| u.origin == origin) {
+        let path = unit_records_path(&plan.run_dir, unit);
+        if path.is_file() {
+            out.extend(crate::records::read_records(&path)?);
+        }
+    }
+    Ok(out)
 }

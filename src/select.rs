@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::manifest::SelectionRule;
 use crate::plan::{Plan, PlannedSource};
 use crate::records::{read_records, RecordsError};
-use crate::scan::records_path;
+use crate::scan::{missing_units, unit_records_path};
 use crate::zoom::Transform;
 
 /// `correct[model][transform]` for one image.
@@ -130,6 +130,8 @@ pub enum SelectError {
     },
     #[error("selection rule: {0}")]
     Rule(String),
+    #[error("{missing} scan unit(s) are not done, the first {first}; finish the scan (`imagenet-hard scan`, or rerun the job array) before selecting; `imagenet-hard status` lists them")]
+    Incomplete { missing: usize, first: String },
 }
 
 impl Relabel {
@@ -239,9 +241,21 @@ pub fn load_source(
     relabel: Option<&Relabel>,
 ) -> Result<(Vec<ScannedImage>, usize, usize), SelectError> {
     let models = plan.model_names();
-    let file = records_path(&plan.run_dir, &source.origin);
+    let units: Vec<&crate::units::Unit> = plan
+        .units
+        .iter()
+        .filter(|u| u.origin == source.origin)
+        .collect();
+    let file = units
+        .first()
+        .map(|u| unit_records_path(&plan.run_dir, u))
+        .unwrap_or_default();
+    let mut records = Vec::new();
+    for unit in &units {
+        records.extend(read_records(&unit_records_path(&plan.run_dir, unit))?);
+    }
     let mut images: BTreeMap<u64, FirstRecord> = BTreeMap::new();
-    for rec in read_records(&file)? {
+    for rec in records {
         let Some(mi) = models.iter().position(|m| *m == rec.model) else {
             continue;
         };
@@ -297,6 +311,13 @@ pub fn select(
 ) -> Result<Selection, SelectError> {
     let models = plan.model_names();
     rule.check(&models).map_err(SelectError::Rule)?;
+    let missing = missing_units(plan);
+    if let Some(u) = missing.first() {
+        return Err(SelectError::Incomplete {
+            missing: missing.len(),
+            first: format!("{} ({}, rows {}..{})", u.name(), u.origin, u.first, u.end),
+        });
+    }
     let one_crop = plan.grid.index_of(Transform::ONE_CROP);
     let mut bounds = Vec::new();
     let mut hard = Vec::new();

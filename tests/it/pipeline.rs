@@ -140,7 +140,7 @@ fn build_offline_writes_the_hard_set_shards_and_card() {
 
     // Stats record the skip with its reason.
     let stats: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run.join("scan/tiny-source.stats.json")).unwrap(),
+        &std::fs::read_to_string(run.join("scan/units/u00000.stats.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(stats["rows_read"], 8);
@@ -149,7 +149,7 @@ fn build_offline_writes_the_hard_set_shards_and_card() {
 
     // A rerun resumes: nothing is scanned again, and the shard is byte-identical.
     let before = std::fs::read(&shard).unwrap();
-    let records = run.join("scan/tiny-source.parquet");
+    let records = run.join("scan/units/u00000.parquet");
     let records_time = std::fs::metadata(&records).unwrap().modified().unwrap();
     let again = fx.run(
         &["build", manifest.to_str().unwrap(), "--device", "cpu"],
@@ -157,7 +157,7 @@ fn build_offline_writes_the_hard_set_shards_and_card() {
     );
     ok(&again);
     assert!(
-        stderr(&again).contains("tiny-source: already scanned"),
+        stderr(&again).contains("u00000 tiny-source: already done"),
         "{}",
         stderr(&again)
     );

@@ -5,7 +5,7 @@
 
 use crate::fixture::{ok, stderr, stdout, Fixture};
 use imagenet_hard::records::{read_records, RecordWriter, ScanRecord};
-use imagenet_hard::scan::records_path;
+use imagenet_hard::scan::unit_records_path;
 use std::path::Path;
 
 /// Grid of the fixture: scales [64, 256] x 3x3 anchors, crop 64; transform
@@ -32,7 +32,9 @@ fn hits(model: &str, row: u64) -> Vec<usize> {
 }
 
 fn rewrite_records(run: &Path) {
-    let path = records_path(run, "tiny-source");
+    let plan = imagenet_hard::plan::Plan::read(run).unwrap();
+    assert_eq!(plan.units.len(), 1, "the fixture is one unit");
+    let path = unit_records_path(run, &plan.units[0]);
     let old = read_records(&path).unwrap();
     assert_eq!(old.len(), 14, "7 images x 2 models");
     let mut w = RecordWriter::create(&path).unwrap();
