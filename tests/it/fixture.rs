@@ -114,6 +114,11 @@ hub = {{ repo = "test-org/always-7", revision = "{revision}", files = ["model.sa
 
     /// Run the binary in the fixture dir with a clean Hub environment.
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env).output().unwrap()
+    }
+
+    /// The command `run` runs, to spawn (and kill) it yourself.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagenet-hard"));
         cmd.args(args).current_dir(self.path());
         for k in [
@@ -124,6 +129,10 @@ hub = {{ repo = "test-org/always-7", revision = "{revision}", files = ["model.sa
             "HF_HUB_OFFLINE",
             "HF_ENDPOINT",
             "RUST_LOG",
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_ARRAY_TASK_COUNT",
+            "SLURM_ARRAY_TASK_MIN",
+            "JOB_COMPLETION_INDEX",
         ] {
             cmd.env_remove(k);
         }
@@ -132,7 +141,9 @@ hub = {{ repo = "test-org/always-7", revision = "{revision}", files = ["model.sa
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
     }
 }
 

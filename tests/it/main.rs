@@ -13,3 +13,4 @@ mod hub_server;
 mod pipeline;
 mod report;
 mod sources;
+mod units;

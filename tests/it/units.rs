@@ -1,0 +1,179 @@
+//! Work units: a scan fanned out unit by unit (flags, Slurm and Kubernetes
+//! indices from the environment), killed with SIGKILL at any moment and
+//! rerun, must end in the same bytes as one uninterrupted process.
+
+use crate::fixture::{ok, stderr, stdout, Fixture};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The fixture manifest cut into one-image, one-model units (8 rows x 2
+/// models = 16 units).
+pub fn unit_manifest(fx: &Fixture) -> PathBuf {
+    fx.fill_cache();
+    let path = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "batch_size = 8",
+            "batch_size = 8\nunit_images = 1\nmodels_per_unit = 1",
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Every file under `dir/dataset`, by relative path.
+pub fn dataset_files(run: &Path) -> BTreeMap<String, Vec<u8>> {
+    let root = run.join("dataset");
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(&root).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The dataset of one uninterrupted single-process build of the fixture.
+pub fn reference_dataset() -> BTreeMap<String, Vec<u8>> {
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let m = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
+    ok(&fx.run(&["build", m.to_str().unwrap(), "--device", "cpu"], &[]));
+    let files = dataset_files(&fx.path().join("run"));
+    assert!(files.keys().any(|k| k.ends_with(".parquet")) && files.contains_key("README.md"));
+    files
+}
+
+#[test]
+fn units_fan_out_over_workers_and_merge_to_the_same_bytes() {
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    let manifest = unit_manifest(&fx);
+    let m = manifest.to_str().unwrap();
+    let out = fx.run(&["plan", m], &[]);
+    ok(&out);
+    let units: Vec<String> = stdout(&out).lines().skip(1).map(String::from).collect();
+    assert_eq!(units.len(), 16, "{}", stdout(&out));
+    assert!(
+        units[0].starts_with("u00000\ttiny-source\t0..1\t1\talways-3"),
+        "{}",
+        units[0]
+    );
+    assert!(
+        units[15].starts_with("u00015\ttiny-source\t7..8\t1\talways-7"),
+        "{}",
+        units[15]
+    );
+
+    // Nothing is merged while units are missing; the refusal names them.
+    let out = fx.run(&["merge", m], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("16 scan unit(s) are not done") && stderr(&out).contains("u00000"),
+        "{}",
+        stderr(&out)
+    );
+
+    let cpu = ["--device", "cpu"];
+    let scan = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["scan", m];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&cpu);
+        let out = fx.run(&args, env);
+        ok(&out);
+        out
+    };
+    scan(&["--unit", "0"], &[]);
+    // Four Slurm array tasks of a 4-task array starting at 10: units i, i+4, ...
+    let out = scan(
+        &[],
+        &[
+            ("SLURM_ARRAY_TASK_ID", "11"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "10"),
+        ],
+    );
+    assert!(stderr(&out).contains("4 of 16 unit(s)"), "{}", stderr(&out));
+    scan(&["--shard-index", "2", "--num-shards", "4"], &[]);
+    let status = fx.run(&["status", m], &[]);
+    ok(&status);
+    let text = stdout(&status);
+    // Done: 0, then 1 5 9 13 (shard 1), then 2 6 10 14 (shard 2).
+    assert!(
+        text.contains("16 units: 9 done, 7 pending, 0 failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("u00005\ttiny-source\t2..3\talways-7\tdone"),
+        "{text}"
+    );
+    assert!(
+        text.contains("u00003\ttiny-source\t1..2\talways-7\tpending"),
+        "{text}"
+    );
+    // A Kubernetes Indexed Job pod runs the unit of its index.
+    scan(&[], &[("JOB_COMPLETION_INDEX", "3")]);
+    scan(&["--shard-index", "0", "--num-shards", "2"], &[]);
+    scan(&["--shard-index", "1", "--num-shards", "2"], &[]);
+    let out = fx.run(&["scan", m, "--unit", "16"], &[]);
+    assert!(!out.status.success() && stderr(&out).contains("unit 16 does not exist"));
+    ok(&fx.run(&["merge", m], &[]));
+    assert_eq!(
+        dataset_files(&fx.path().join("run")),
+        reference,
+        "a fanned-out scan must export the same bytes"
+    );
+}
+
+#[test]
+fn kill_9_at_any_moment_then_rerun_gives_identical_shards() {
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    let manifest = unit_manifest(&fx);
+    let m = manifest.to_str().unwrap();
+    let run = fx.path().join("run");
+    // Kill the build again and again, each time a little later, on the same
+    // run directory: scans, unit renames and the export are all cut somewhere.
+    for ms in [150u64, 400, 700, 1000, 1400, 1900, 2500, 3200] {
+        let mut child = fx
+            .command(&["build", m, "--device", "cpu"], &[])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    let out = fx.run(&["build", m, "--device", "cpu"], &[]);
+    ok(&out);
+    assert_eq!(dataset_files(&run), reference);
+    // Nothing doubled, nothing lost: one record per (image, model).
+    let mut plan = imagenet_hard::plan::Plan::read(&run).unwrap();
+    plan.run_dir = run.clone();
+    let recs = imagenet_hard::scan::read_source_records(&plan, "tiny-source").unwrap();
+    let mut seen: Vec<(u64, String)> = recs.iter().map(|r| (r.row, r.model.clone())).collect();
+    seen.sort();
+    let n = seen.len();
+    seen.dedup();
+    assert_eq!(
+        (n, seen.len()),
+        (14, 14),
+        "7 images x 2 models, no duplicates"
+    );
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(run.join("scan/units"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
