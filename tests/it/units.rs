@@ -177,3 +177,71 @@ fn kill_9_at_any_moment_then_rerun_gives_identical_shards() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The shipped Slurm scripts on a real (single-node) Slurm: the fixture
+/// build as a 4-task job array plus the dependent merge job must export the
+/// single-process bytes. Needs a running Slurm (`scripts/slurm/local-cluster.sh
+/// start`, as `.ci/run` does); run with `cargo test -- --ignored slurm`.
+#[test]
+#[ignore = "needs a running Slurm: scripts/slurm/local-cluster.sh start"]
+fn slurm_job_array_and_merge_match_the_single_process_run() {
+    let sinfo = std::process::Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .expect("sinfo not found: start Slurm with scripts/slurm/local-cluster.sh start");
+    assert!(
+        sinfo.status.success() && !sinfo.stdout.is_empty(),
+        "Slurm is not answering: {}",
+        String::from_utf8_lossy(&sinfo.stderr)
+    );
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    let manifest = unit_manifest(&fx);
+    let submit = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm/submit.sh");
+    // The same clean Hub environment as the other tests, plus the binary.
+    let env_cmd = fx.command(&[], &[("DEVICE", "cpu")]);
+    let bin = env_cmd.get_program().to_owned();
+    let mut cmd = std::process::Command::new(&submit);
+    for (k, v) in env_cmd.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd
+        .env("IMAGENET_HARD", &bin)
+        .env("SBATCH_ARGS", "--cpus-per-task=1")
+        .args([manifest.to_str().unwrap(), "4", "--wait"])
+        .current_dir(fx.path())
+        .output()
+        .unwrap();
+    let logs: String = std::fs::read_dir(fx.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| {
+            format!(
+                "== {}\n{}",
+                e.file_name().to_string_lossy(),
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        out.status.success(),
+        "submit.sh failed: {}\n{}\n{logs}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        logs.matches("imagenet-hard-scan-").count() >= 4,
+        "expected 4 array task logs:\n{logs}"
+    );
+    let status = fx.run(&["status", manifest.to_str().unwrap()], &[]);
+    assert!(
+        stdout(&status).contains("16 units: 16 done"),
+        "{}",
+        stdout(&status)
+    );
+    assert_eq!(dataset_files(&fx.path().join("run")), reference);
+}
