@@ -163,6 +163,13 @@ pub struct DecodeLimits {
     pub max_side: u32,
     /// Largest accepted `width * height`.
     pub max_pixels: u64,
+    /// Largest accepted encoded size, in bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    100_000_000
 }
 
 impl Default for DecodeLimits {
@@ -170,6 +177,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_side: 32_768,
             max_pixels: 178_956_970,
+            max_bytes: default_max_bytes(),
         }
     }
 }
@@ -186,6 +194,8 @@ pub enum DecodeError {
         height: u32,
         limit: String,
     },
+    #[error("image file is {bytes} bytes, over the decode limit of {limit}; raise `decode.max_bytes` if it is genuine")]
+    TooManyBytes { bytes: u64, limit: u64 },
     #[error("cannot decode image: {0}")]
     Decode(String),
 }
@@ -196,7 +206,7 @@ impl DecodeError {
         match self {
             DecodeError::Empty => "empty-image",
             DecodeError::UnknownFormat => "unknown-format",
-            DecodeError::TooLarge { .. } => "too-large",
+            DecodeError::TooLarge { .. } | DecodeError::TooManyBytes { .. } => "too-large",
             DecodeError::Decode(_) => "corrupt-image",
         }
     }
@@ -211,6 +221,12 @@ pub fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Decode
     use image::ImageReader;
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(DecodeError::TooManyBytes {
+            bytes: bytes.len() as u64,
+            limit: limits.max_bytes,
+        });
     }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         if let Some(result) = decode_jpeg(bytes, limits) {
