@@ -395,3 +395,72 @@ fn url_models_download_resume_pin_and_lock() {
         stderr(&bad)
     );
 }
+
+/// HF_TOKEN is sent to the Hub and nowhere else: not in logs (even at
+/// trace level), errors, the lock, the plan, stats, records, report or card.
+#[test]
+fn the_token_never_appears_in_logs_errors_or_outputs() {
+    const CANARY: &str = "hf_CANARY_never_print_me_1234567890";
+    let fx = Fixture::new();
+    let mut state = fixture_hub(&fx);
+    state.gated.push("test-org/always-7".to_string());
+    let hub = HubStandIn::start(state);
+    let manifest = fx.write_manifest("main");
+    let env = [
+        ("HF_ENDPOINT", hub.endpoint()),
+        ("HF_TOKEN", CANARY.to_string()),
+        ("RUST_LOG", "trace".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // A refused (gated) download: the error must not echo the token.
+    let refused = fx.run(
+        &["build", manifest.to_str().unwrap(), "--device", "cpu"],
+        &env,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("HTTP 401"),
+        "{}",
+        stderr(&refused)
+    );
+    // A full build once access is granted.
+    hub.state.lock().unwrap().gated.clear();
+    let built = fx.run(
+        &["build", manifest.to_str().unwrap(), "--device", "cpu"],
+        &env,
+    );
+    ok(&built);
+    assert!(
+        hub.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .any(|(_, _, _, a)| a.as_deref() == Some(format!("Bearer {CANARY}").as_str())),
+        "the token is sent to the Hub"
+    );
+    for out in [&refused, &built] {
+        for text in [crate::fixture::stdout(out), stderr(out)] {
+            assert!(!text.contains(CANARY), "token printed:\n{text}");
+        }
+    }
+    // Every file the run wrote (run dir, lock, cache) is free of it.
+    let mut stack = vec![fx.path().to_path_buf()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                files += 1;
+                assert!(
+                    !bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()),
+                    "token written to {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 10, "checked {files} files");
+}
