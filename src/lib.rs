@@ -11,6 +11,7 @@ pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod fetch;
+pub mod fuzzing;
 pub mod hub;
 pub mod labels;
 pub mod manifest;

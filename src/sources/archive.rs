@@ -9,7 +9,10 @@ use std::io::{BufReader, Read};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use super::{class_folder_row, safe_member_path, Selection, Sink, Skip, SourceError};
+use super::{
+    class_folder_row, oversize_skip, read_member, safe_member_path, Selection, Sink, Skip,
+    SourceError,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -126,15 +129,19 @@ fn visit_zip(
                 Some(member) => match class_folder_row(row, &member) {
                     Err(skip) => Err(skip),
                     Ok(mut raw) => {
-                        let mut entry = zip.by_index(i).map_err(|e| {
+                        let entry = zip.by_index(i).map_err(|e| {
                             SourceError::archive(file, format!("member `{name}`: {e}"))
                         })?;
-                        let mut buf = Vec::with_capacity(entry.size() as usize);
-                        entry.read_to_end(&mut buf).map_err(|e| {
+                        let declared = entry.size();
+                        match read_member(entry, declared).map_err(|e| {
                             SourceError::archive(file, format!("cannot read member `{name}`: {e}"))
-                        })?;
-                        raw.image = Some(buf);
-                        Ok(raw)
+                        })? {
+                            Some(buf) => {
+                                raw.image = Some(buf);
+                                Ok(raw)
+                            }
+                            None => Err(oversize_skip(row, &name)),
+                        }
                     }
                 },
             };
@@ -223,15 +230,19 @@ fn tar_rows<R: Read>(
                     Some(member) => match class_folder_row(row, &member) {
                         Err(skip) => Err(skip),
                         Ok(mut raw) => {
-                            let mut buf = Vec::with_capacity(entry.size() as usize);
-                            entry.read_to_end(&mut buf).map_err(|e| {
+                            let declared = entry.size();
+                            match read_member(&mut entry, declared).map_err(|e| {
                                 SourceError::archive(
                                     file,
                                     format!("cannot read member `{shown}`: {e}"),
                                 )
-                            })?;
-                            raw.image = Some(buf);
-                            Ok(raw)
+                            })? {
+                                Some(buf) => {
+                                    raw.image = Some(buf);
+                                    Ok(raw)
+                                }
+                                None => Err(oversize_skip(row, &shown)),
+                            }
                         }
                     },
                 }

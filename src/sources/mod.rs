@@ -352,6 +352,32 @@ fn resolve(labels: LabelConvention, row: u64, raw: RawRow) -> RowOutcome {
     })
 }
 
+/// Members larger than this are not read whole (a zip or tar bomb, or not
+/// an image): the row is skipped as `too-large`.
+pub const MAX_MEMBER_BYTES: u64 = 256 << 20;
+
+/// Read a member up to [`MAX_MEMBER_BYTES`]; `None` when it is larger.
+pub(crate) fn read_member(
+    r: impl std::io::Read,
+    declared: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut buf = Vec::with_capacity(declared.min(1 << 24) as usize);
+    r.take(MAX_MEMBER_BYTES + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= MAX_MEMBER_BYTES).then_some(buf))
+}
+
+fn oversize_skip(row: u64, member: &str) -> Skip {
+    Skip::new(
+        row,
+        "too-large",
+        format!(
+            "member `{member}` is over {} MiB; it is not read",
+            MAX_MEMBER_BYTES >> 20
+        ),
+    )
+}
+
 /// File extensions read as images (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 

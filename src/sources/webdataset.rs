@@ -5,11 +5,12 @@
 //! text of the `.cls` member. Members are read straight from the tar; only
 //! the selected samples' data is read.
 
-use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use super::{is_image_extension, safe_member_path, RawRow, Selection, Sink, Skip, SourceError};
+use super::{
+    is_image_extension, read_member, safe_member_path, RawRow, Selection, Sink, Skip, SourceError,
+};
 use crate::labels::RawLabel;
 
 /// `key` and `extension` of a member path (`a/s01.seg.png` → `a/s01`, `seg.png`).
@@ -28,6 +29,8 @@ struct Sample {
     image: Option<(String, Vec<u8>)>,
     cls: Option<String>,
     unsafe_path: Option<String>,
+    /// A member over the size limit.
+    oversize: Option<String>,
 }
 
 impl Sample {
@@ -38,6 +41,9 @@ impl Sample {
                 "unsafe-path",
                 format!("member `{p}` points outside the archive"),
             ));
+        }
+        if let Some(p) = self.oversize {
+            return Err(super::oversize_skip(self.row, &p));
         }
         let Some((path, image)) = self.image else {
             return Err(Skip::new(
@@ -110,6 +116,7 @@ fn walk(
                 image: None,
                 cls: None,
                 unsafe_path: None,
+                oversize: None,
             });
             if safe.is_none() {
                 sample.unsafe_path.get_or_insert(shown.clone());
@@ -118,19 +125,22 @@ fn walk(
             if !(read_data && selection.wants(row)) {
                 continue;
             }
-            let mut read = |what: &str| -> Result<Vec<u8>, SourceError> {
-                let mut buf = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut buf).map_err(|e| {
+            let declared = entry.size();
+            let mut read = |what: &str| -> Result<Option<Vec<u8>>, SourceError> {
+                read_member(&mut entry, declared).map_err(|e| {
                     SourceError::archive(file, format!("cannot read {what} member `{shown}`: {e}"))
-                })?;
-                Ok(buf)
+                })
             };
             if ext == "cls" {
-                let bytes = read("label")?;
-                sample.cls = Some(String::from_utf8_lossy(&bytes).into_owned());
+                match read("label")? {
+                    Some(bytes) => sample.cls = Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    None => sample.oversize = Some(shown.clone()),
+                }
             } else if sample.image.is_none() && is_image_extension(&ext) {
-                let bytes = read("image")?;
-                sample.image = Some((shown.clone(), bytes));
+                match read("image")? {
+                    Some(bytes) => sample.image = Some((shown.clone(), bytes)),
+                    None => sample.oversize = Some(shown.clone()),
+                }
             }
         }
         if let Some(done) = current.take() {

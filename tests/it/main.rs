@@ -5,6 +5,7 @@
 mod bad_input;
 mod eval;
 mod fixture;
+mod fuzz_smoke;
 mod golden;
 mod golden_clip;
 mod golden_effnet;

@@ -1,0 +1,5 @@
+#![no_main]
+// Arbitrary bytes through imagenet_hard::fuzzing::decode_and_zoom: must never panic.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    imagenet_hard::fuzzing::decode_and_zoom(data);
+});
