@@ -93,6 +93,26 @@ fn units_fan_out_over_workers_and_merge_to_the_same_bytes() {
         ok(&out);
         out
     };
+    // A unit whose input broke fails visibly; the failure is recorded, and a
+    // rerun after the fix completes it.
+    let snapshot = fx
+        .cache()
+        .join("datasets--test-org--tiny-source/snapshots")
+        .join(imagenet_hard::demo::DEMO_COMMIT)
+        .join(crate::fixture::PARQUET);
+    let blob = std::fs::canonicalize(&snapshot).unwrap();
+    let good = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, b"not parquet any more").unwrap();
+    let out = fx.run(&["scan", m, "--unit", "0", "--device", "cpu"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let status = stdout(&fx.run(&["status", m], &[]));
+    assert!(
+        status.contains("u00000\ttiny-source\t0..1\talways-3\tfailed: ")
+            && status.contains("not a readable Parquet file")
+            && status.contains("16 units: 0 done, 15 pending, 1 failed"),
+        "{status}"
+    );
+    std::fs::write(&blob, good).unwrap();
     scan(&["--unit", "0"], &[]);
     // Four Slurm array tasks of a 4-task array starting at 10: units i, i+4, ...
     let out = scan(
