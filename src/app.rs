@@ -539,6 +539,42 @@ pub fn run(command: Command) -> Result<()> {
                 }
             }
         }
+        Command::Bench {
+            images,
+            model,
+            batch_size,
+            batches,
+            rounds,
+        } => {
+            let (resolved, classifier) = open_model(&model)?;
+            let grid = crate::zoom::ZoomGrid::paper();
+            let files = crate::bench::read_images(&images)?;
+            eprintln!(
+                "bench: {} images x {} transforms; model {} ({})",
+                files.len(),
+                grid.len(),
+                resolved.name,
+                resolved.architecture.name()
+            );
+            let pre = crate::bench::preprocessing(&files, &grid, rounds)?;
+            let fwd = crate::bench::model_only(
+                &classifier,
+                batch_size,
+                grid.crop_size as usize,
+                batches,
+                rounds,
+            )?;
+            let out = serde_json::json!({
+                "tool_version": env!("CARGO_PKG_VERSION"),
+                "model": resolved.name,
+                "architecture": resolved.architecture.name(),
+                "batch_size": batch_size,
+                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "preprocessing": pre,
+                "model_only": fwd,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
         Command::Models { json } => {
             let entries = crate::models::registry();
             if json {

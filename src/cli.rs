@@ -221,6 +221,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Throughput of preprocessing and of the model alone (for scripts/bench.py).
+    ///
+    /// Reads the images of IMAGES (a folder of .jpg/.png) and the model's
+    /// weights; writes JSON on stdout: preprocessing-only (decode, every zoom
+    /// view, normalise) and model-only (forward passes) throughput, medians
+    /// over --rounds.
+    Bench {
+        /// Folder of images.
+        images: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Crops per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Forward passes per round in the model-only measurement.
+        #[arg(long, default_value_t = 4)]
+        batches: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// List the registered models and the architectures the tool can build.
     ///
     /// Reads nothing; writes to stdout one line per registered model (name,

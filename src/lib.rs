@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod eval;

@@ -1,0 +1,142 @@
+//! `imagenet-hard bench`: throughput of the scan's two halves on a folder of
+//! images, for `scripts/bench.py` to set beside the Python reference:
+//! preprocessing only (decode once, resize once per scale, cut every crop,
+//! normalise) and model only (forward passes on batches of crops). Each is
+//! run `rounds` times and the median reported.
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::models::{Classifier, ModelError};
+use crate::zoom::{
+    decode_rgb, normalise_chw, zoom_views, DecodeLimits, ZoomGrid, IMAGENET_MEAN, IMAGENET_STD,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Decode(PathBuf, crate::zoom::DecodeError),
+    #[error("{0}: no .jpg/.jpeg/.png images")]
+    Empty(PathBuf),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub images: usize,
+    pub crops: usize,
+    /// Median over rounds.
+    pub seconds: f64,
+    pub images_per_s: f64,
+    pub crops_per_s: f64,
+    pub rounds: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn throughput(images: usize, crops: usize, rounds: Vec<f64>) -> Throughput {
+    let seconds = median(rounds.clone());
+    Throughput {
+        images,
+        crops,
+        seconds,
+        images_per_s: images as f64 / seconds.max(1e-12),
+        crops_per_s: crops as f64 / seconds.max(1e-12),
+        rounds,
+    }
+}
+
+/// The encoded images of a folder, sorted by name.
+pub fn read_images(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, BenchError> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| BenchError::Io(dir.into(), e))?;
+    for e in entries {
+        let p = e.map_err(|e| BenchError::Io(dir.into(), e))?.path();
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ["jpg", "jpeg", "png"].contains(&ext.as_str()) {
+            let bytes = std::fs::read(&p).map_err(|e| BenchError::Io(p.clone(), e))?;
+            out.push((p, bytes));
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(BenchError::Empty(dir.into()));
+    }
+    Ok(out)
+}
+
+/// Decode every image once and cut all its zoom views, normalised.
+pub fn preprocessing(
+    images: &[(PathBuf, Vec<u8>)],
+    grid: &ZoomGrid,
+    rounds: usize,
+) -> Result<Throughput, BenchError> {
+    let crop = grid.crop_size as usize;
+    let mut times = Vec::new();
+    let mut buf = vec![0f32; 3 * crop * crop];
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        for (path, bytes) in images {
+            let img = decode_rgb(bytes, DecodeLimits::default())
+                .map_err(|e| BenchError::Decode(path.clone(), e))?;
+            for view in zoom_views(&img, grid) {
+                normalise_chw(&view, IMAGENET_MEAN, IMAGENET_STD, &mut buf);
+            }
+        }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(throughput(images.len(), images.len() * grid.len(), times))
+}
+
+/// Forward passes on `batch` crops of `crop` px, `batches` per round.
+pub fn model_only(
+    model: &Classifier,
+    batch: usize,
+    crop: usize,
+    batches: usize,
+    rounds: usize,
+) -> Result<Throughput, BenchError> {
+    let input = crate::models::synthetic::input(3, batch * 3 * crop * crop);
+    model.logits(&input, batch, crop)?; // warm-up
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        for _ in 0..batches.max(1) {
+            model.logits(&input, batch, crop)?;
+        }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let crops = batch * batches.max(1);
+    Ok(throughput(crops, crops, times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let t = throughput(2, 648, vec![2.0, 4.0, 3.0]);
+        assert_eq!(
+            (t.seconds, t.images_per_s, t.crops_per_s),
+            (3.0, 2.0 / 3.0, 216.0)
+        );
+    }
+}
