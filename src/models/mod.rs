@@ -5,6 +5,7 @@
 //! [`registry`] entry.
 
 pub mod clip;
+mod conv;
 pub mod convnext;
 pub mod efficientnet;
 mod nhwc;

@@ -1,0 +1,423 @@
+//! A faster CPU convolution for inference: im2col into a per-thread buffer
+//! and one `gemm` per image (the weights are already the `[c_out, c_in*k*k]`
+//! matrix in NCHW order, so nothing is repacked per call), output written
+//! straight in NCHW, with the bias and an optional ReLU applied in the same
+//! pass. Images of a batch run in parallel. candle's stock CPU conv2d
+//! re-lays the weights and transposes the input on every call; this path is
+//! what lets the scan keep up with PyTorch on CPU. Other devices use
+//! candle's conv2d.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, Device, Layout, Module, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// A 2-D convolution with a bias, optionally followed by ReLU.
+#[derive(Clone)]
+pub struct Conv {
+    /// `[c_out, c_in, k, k]`, on the model's device.
+    weight: Tensor,
+    /// `[1, c_out, 1, 1]`, on the model's device.
+    bias: Tensor,
+    cpu: Option<CpuConv>,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+}
+
+#[derive(Clone)]
+struct CpuConv {
+    weight: Arc<Vec<f32>>,
+    bias: Arc<Vec<f32>>,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+}
+
+impl Conv {
+    /// `weight` `[c_out, c_in, k, k]` and `bias` `[c_out]`.
+    pub fn new(
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+    ) -> Result<Conv> {
+        let (c_out, c_in, k, k2) = weight.dims4()?;
+        if k != k2 {
+            candle_core::bail!("square kernels only, got {k}x{k2}");
+        }
+        let cpu = match (weight.device(), weight.dtype()) {
+            (Device::Cpu, candle_core::DType::F32) => Some(CpuConv {
+                weight: Arc::new(weight.flatten_all()?.to_vec1::<f32>()?),
+                bias: Arc::new(bias.flatten_all()?.to_vec1::<f32>()?),
+                c_in,
+                c_out,
+                k,
+                stride,
+                padding,
+                relu,
+            }),
+            _ => None,
+        };
+        Ok(Conv {
+            bias: bias.reshape((1, c_out, 1, 1))?,
+            weight,
+            cpu,
+            stride,
+            padding,
+            relu,
+        })
+    }
+}
+
+impl Conv {
+    /// `relu(conv(x) + bias + residual)`: a residual block's last
+    /// convolution with the shortcut added and the ReLU applied in the same
+    /// pass (the ReLU whatever `relu` says).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let (Some(op), Device::Cpu, candle_core::DType::F32) = (&self.cpu, x.device(), x.dtype())
+        {
+            let op = Residual(CpuConv {
+                relu: true,
+                ..op.clone()
+            });
+            return x
+                .contiguous()?
+                .apply_op2_no_bwd(&residual.contiguous()?, &op);
+        }
+        let y = x
+            .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+            .broadcast_add(&self.bias)?;
+        (y + residual)?.relu()
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(op), Device::Cpu, candle_core::DType::F32) = (&self.cpu, x.device(), x.dtype())
+        {
+            return x.contiguous()?.apply_op1_no_bwd(op);
+        }
+        let y = x
+            .conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+            .broadcast_add(&self.bias)?;
+        if self.relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+thread_local! {
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl CpuConv {
+    fn out_size(&self, i: usize) -> usize {
+        (i + 2 * self.padding).saturating_sub(self.k) / self.stride + 1
+    }
+
+    /// One image: `inp` `[c_in, h, w]` into `out` `[c_out, oh*ow]`, which
+    /// starts as the bias (plus `residual`, `[c_out, oh*ow]`, when given).
+    fn image(
+        &self,
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        parallel: bool,
+    ) {
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let n = oh * ow;
+        let kk = self.c_in * self.k * self.k;
+        for (c, row) in out.chunks_exact_mut(n).enumerate() {
+            let b = self.bias[c];
+            match residual {
+                Some(r) => {
+                    for (o, &v) in row.iter_mut().zip(&r[c * n..(c + 1) * n]) {
+                        *o = v + b;
+                    }
+                }
+                None => row.fill(b),
+            }
+        }
+        let direct = self.k == 1 && self.stride == 1 && self.padding == 0;
+        let dst = out.as_mut_ptr();
+        // SAFETY: `dst` is `out` ([c_out, n], row-major, alive for the whole
+        // call, used by nothing else meanwhile); `weight` is [c_out, kk] and
+        // `cols` [kk, n], both row-major and long enough.
+        let run = |cols: &[f32]| unsafe {
+            // out[c_out, n] += W[c_out, kk] * cols[kk, n], all row-major.
+            gemm::gemm(
+                self.c_out,
+                n,
+                kk,
+                dst,
+                1,
+                n as isize,
+                true,
+                self.weight.as_ptr(),
+                1,
+                kk as isize,
+                cols.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                if parallel {
+                    gemm::Parallelism::Rayon(rayon::current_num_threads())
+                } else {
+                    gemm::Parallelism::None
+                },
+            )
+        };
+        if direct {
+            run(inp);
+        } else {
+            COLUMNS.with(|buf| {
+                let mut cols = buf.borrow_mut();
+                cols.clear();
+                cols.resize(kk * n, 0.0);
+                self.im2col(inp, h, w, oh, ow, &mut cols);
+                run(&cols);
+            });
+        }
+        if self.relu {
+            for v in out.iter_mut() {
+                *v = v.max(0.0);
+            }
+        }
+    }
+
+    /// `cols[(ci, ky, kx), (oy, ox)] = inp[ci, oy*s + ky - p, ox*s + kx - p]`, 0 outside.
+    fn im2col(&self, inp: &[f32], h: usize, w: usize, oh: usize, ow: usize, cols: &mut [f32]) {
+        let (k, s, p) = (self.k, self.stride, self.padding as isize);
+        let n = oh * ow;
+        for ci in 0..self.c_in {
+            let plane = &inp[ci * h * w..(ci + 1) * h * w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((ci * k + ky) * k + kx) * n..][..n];
+                    for oy in 0..oh {
+                        let y = (oy * s + ky) as isize - p;
+                        let dst = &mut row[oy * ow..(oy + 1) * ow];
+                        if y < 0 || y >= h as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[y as usize * w..(y as usize + 1) * w];
+                        if s == 1 {
+                            // A shifted copy of the input row, zeros at the edges:
+                            // output column ox reads input column ox + x0.
+                            let x0 = kx as isize - p;
+                            let lo = (-x0).clamp(0, ow as isize) as usize;
+                            let hi = (w as isize - x0).clamp(lo as isize, ow as isize) as usize;
+                            dst[..lo].fill(0.0);
+                            dst[hi..].fill(0.0);
+                            let start = (lo as isize + x0) as usize;
+                            dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                        } else {
+                            // Output column ox reads input column ox*s + kx - p;
+                            // the columns that land inside are lo..hi.
+                            let off = kx as isize - p;
+                            let lo = ((-off).max(0) as usize).div_ceil(s).min(ow);
+                            let hi = if (w as isize) > off {
+                                (((w as isize - off) as usize).div_ceil(s)).clamp(lo, ow)
+                            } else {
+                                lo
+                            };
+                            dst[..lo].fill(0.0);
+                            dst[hi..].fill(0.0);
+                            for (ox, d) in dst[lo..hi].iter_mut().enumerate() {
+                                *d = src[((ox + lo) * s) + kx - p as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl CpuConv {
+    fn run(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        if c != self.c_in {
+            candle_core::bail!("conv expects {} input channels, got {c}", self.c_in);
+        }
+        let inp = contiguous_f32(storage, layout)?;
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let per_out = self.c_out * oh * ow;
+        let per_in = c * h * w;
+        if residual.is_some_and(|r| r.len() != b * per_out) {
+            candle_core::bail!("conv: the residual must have the output's shape");
+        }
+        let mut out = vec![0f32; b * per_out];
+        let res = |i: usize| residual.map(|r| &r[i * per_out..(i + 1) * per_out]);
+        if b >= rayon::current_num_threads() {
+            out.par_chunks_exact_mut(per_out)
+                .zip(inp.par_chunks_exact(per_in))
+                .enumerate()
+                .for_each(|(k, (o, i))| self.image(i, h, w, o, res(k), false));
+        } else {
+            for (k, (o, i)) in out
+                .chunks_exact_mut(per_out)
+                .zip(inp.chunks_exact(per_in))
+                .enumerate()
+            {
+                self.image(i, h, w, o, res(k), true);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, self.c_out, oh, ow))))
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("conv: f32 input expected");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("conv: the input must be contiguous (forward makes it so)");
+    };
+    Ok(&data[start..end])
+}
+
+impl CustomOp1 for CpuConv {
+    fn name(&self) -> &'static str {
+        "imagenet-hard-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(storage, layout, None)
+    }
+}
+
+/// The convolution with a residual added before the ReLU.
+struct Residual(CpuConv);
+
+impl CustomOp2 for Residual {
+    fn name(&self) -> &'static str {
+        "imagenet-hard-conv2d-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let residual = contiguous_f32(s2, l2)?;
+        self.0.run(s1, l1, Some(residual))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &Tensor, w: &Tensor, bias: &Tensor, s: usize, p: usize, relu: bool) -> Tensor {
+        let c_out = w.dim(0).unwrap();
+        let y = x
+            .conv2d(w, p, s, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+            .unwrap();
+        if relu {
+            y.relu().unwrap()
+        } else {
+            y
+        }
+    }
+
+    #[test]
+    fn matches_candle_conv2d_on_every_shape_the_models_use() {
+        let dev = Device::Cpu;
+        // (batch, c_in, c_out, size, kernel, stride, padding, relu)
+        for &(b, ci, co, hw, k, s, p, relu) in &[
+            (2, 3, 8, 17, 7, 2, 3, true),
+            (3, 8, 16, 9, 3, 1, 1, false),
+            (1, 8, 16, 10, 3, 2, 1, true),
+            (2, 16, 8, 7, 1, 1, 0, false),
+            (1, 16, 32, 8, 1, 2, 0, true),
+            (2, 3, 6, 20, 11, 4, 2, true),
+            (2, 4, 4, 5, 5, 1, 2, false),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (b, ci, hw, hw + 1), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.3, (co, ci, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, co, &dev).unwrap();
+            let conv = Conv::new(w.clone(), bias.clone(), s, p, relu).unwrap();
+            let ours = conv.forward(&x).unwrap();
+            let want = reference(&x, &w, &bias, s, p, relu);
+            assert_eq!(ours.dims(), want.dims());
+            let diff = (ours - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "{b} {ci} {co} {hw} k{k} s{s} p{p}: {diff}");
+        }
+        // With a residual: relu(conv + bias + residual).
+        let x = Tensor::randn(0f32, 1.0, (3, 8, 9, 9), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.3, (16, 8, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 16, 5, 5), &dev).unwrap();
+        let conv = Conv::new(w.clone(), bias.clone(), 2, 1, false).unwrap();
+        let ours = conv.forward_residual(&x, &r).unwrap();
+        let want = (reference(&x, &w, &bias, 2, 1, false) + &r)
+            .unwrap()
+            .relu()
+            .unwrap();
+        let diff = (ours - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+        // A non-contiguous input is handled too.
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 3, 5), &dev)
+            .unwrap()
+            .transpose(1, 3)
+            .unwrap();
+        let w = Tensor::randn(0f32, 0.3, (4, 5, 3, 3), &dev).unwrap();
+        let bias = Tensor::zeros(4, candle_core::DType::F32, &dev).unwrap();
+        let ours = Conv::new(w.clone(), bias.clone(), 1, 1, false)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let want = reference(&x, &w, &bias, 1, 1, false);
+        let diff = (ours - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+}
