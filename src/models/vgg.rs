@@ -7,7 +7,9 @@
 //! tests can run narrow copies of the same graph.
 
 use candle_core::{Result, Tensor, D};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, Module, VarBuilder};
+use candle_nn::{linear, Linear, Module, VarBuilder};
+
+use super::conv::Conv;
 
 use super::{Extras, Net};
 use crate::labels::NUM_CLASSES;
@@ -43,13 +45,27 @@ fn conv(
     kernel: usize,
     stride: usize,
     padding: usize,
-) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
+) -> Result<Conv> {
+    conv_relu(
+        &vb.pp(format!("features.{index}")),
+        (c_in, c_out),
+        kernel,
         stride,
         padding,
-        ..Default::default()
-    };
-    conv2d(c_in, c_out, kernel, cfg, vb.pp(format!("features.{index}")))
+    )
+}
+
+/// A convolution with a bias, followed by ReLU (every one in these nets is).
+fn conv_relu(
+    vb: &VarBuilder,
+    (c_in, c_out): (usize, usize),
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv> {
+    let w = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+    let b = vb.get(c_out, "bias")?;
+    Conv::new(w, b, stride, padding, true)
 }
 
 /// AlexNet's widths: its five convolutions and the two hidden layers.
@@ -77,7 +93,7 @@ impl AlexNetConfig {
 
 /// AlexNet as torchvision builds it (the "one weird trick" variant).
 pub struct AlexNet {
-    convs: [Conv2d; 5],
+    convs: [Conv; 5],
     fc: [Linear; 3],
 }
 
@@ -108,11 +124,11 @@ impl Module for AlexNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let pool = |x: Tensor| x.max_pool2d_with_stride(3, 2);
         let [c0, c3, c6, c8, c10] = &self.convs;
-        let x = pool(c0.forward(x)?.relu()?)?;
-        let x = pool(c3.forward(&x)?.relu()?)?;
-        let x = c6.forward(&x)?.relu()?;
-        let x = c8.forward(&x)?.relu()?;
-        let x = pool(c10.forward(&x)?.relu()?)?;
+        let x = pool(c0.forward(x)?)?;
+        let x = pool(c3.forward(&x)?)?;
+        let x = c6.forward(&x)?;
+        let x = c8.forward(&x)?;
+        let x = pool(c10.forward(&x)?)?;
         let x = adaptive_avg_pool2d(&x, (Self::POOL, Self::POOL))?.flatten_from(1)?;
         let [fc1, fc4, fc6] = &self.fc;
         let x = fc1.forward(&x)?.relu()?;
@@ -156,9 +172,9 @@ impl VggConfig {
 /// VGG as timm builds it: the classifier is a 7x7 then a 1x1 convolution,
 /// global average pooling, and a linear head.
 pub struct Vgg {
-    stages: Vec<Vec<Conv2d>>,
-    fc1: Conv2d,
-    fc2: Conv2d,
+    stages: Vec<Vec<Conv>>,
+    fc1: Conv,
+    fc2: Conv,
     head: Linear,
 }
 
@@ -181,14 +197,8 @@ impl Vgg {
             index += 1;
         }
         let pre = vb.pp("pre_logits");
-        let fc1 = conv2d(
-            c_in,
-            cfg.hidden,
-            Self::FC1_KERNEL,
-            Default::default(),
-            pre.pp("fc1"),
-        )?;
-        let fc2 = conv2d(cfg.hidden, cfg.hidden, 1, Default::default(), pre.pp("fc2"))?;
+        let fc1 = conv_relu(&pre.pp("fc1"), (c_in, cfg.hidden), Self::FC1_KERNEL, 1, 0)?;
+        let fc2 = conv_relu(&pre.pp("fc2"), (cfg.hidden, cfg.hidden), 1, 1, 0)?;
         let head = linear(cfg.hidden, NUM_CLASSES, vb.pp("head").pp("fc"))?;
         Ok(Vgg {
             stages,
@@ -204,7 +214,7 @@ impl Module for Vgg {
         let mut x = x.clone();
         for stage in &self.stages {
             for conv in stage {
-                x = conv.forward(&x)?.relu()?;
+                x = conv.forward(&x)?;
             }
             x = x.max_pool2d_with_stride(2, 2)?;
         }
@@ -213,8 +223,7 @@ impl Module for Vgg {
         if h < k || w < k {
             x = adaptive_avg_pool2d(&x, (h.max(k), w.max(k)))?;
         }
-        let x = self.fc1.forward(&x)?.relu()?;
-        let x = self.fc2.forward(&x)?.relu()?;
+        let x = self.fc2.forward(&self.fc1.forward(&x)?)?;
         // No ReLU on the logits.
         self.head.forward(&x.mean(D::Minus1)?.mean(D::Minus1)?)
     }
