@@ -258,6 +258,29 @@ pub fn anchor_counts(picks: &[usize], grid: &ZoomGrid) -> Vec<Vec<usize>> {
     counts
 }
 
+/// The order first-hit scanning tries transforms in: `r1c1s256` (the
+/// standard view) first, then anchors from the centre outwards (centre,
+/// edge middles, corners) and, within an anchor ring, scales by their
+/// distance from 256 on a log scale (256, 240, 235, 288, 224, ...). Deterministic,
+/// so a resumed run tries the same transforms.
+pub fn first_hit_order(grid: &ZoomGrid) -> Vec<usize> {
+    let ts = grid.transforms();
+    let mid = (grid.anchors as i32 - 1) as f64 / 2.0;
+    let mut order: Vec<usize> = (0..ts.len()).collect();
+    let key = |t: usize| {
+        let tr = ts[t];
+        let ring = (tr.row as f64 - mid).abs() + (tr.col as f64 - mid).abs();
+        let scale = (tr.scale as f64 / 256.0).ln().abs();
+        (ring, scale)
+    };
+    order.sort_by(|&a, &b| {
+        let (ra, sa) = key(a);
+        let (rb, sb) = key(b);
+        ra.total_cmp(&rb).then(sa.total_cmp(&sb)).then(a.cmp(&b))
+    });
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +372,26 @@ mod tests {
             anchor_counts(&cover.picks, &grid),
             vec![vec![1, 1], vec![0, 1]]
         );
+    }
+
+    #[test]
+    fn first_hit_starts_at_the_standard_view_and_moves_outwards() {
+        let grid = ZoomGrid::paper();
+        let order = first_hit_order(&grid);
+        let names: Vec<String> = order[..4]
+            .iter()
+            .map(|&t| grid.transforms()[t].to_string())
+            .collect();
+        assert_eq!(names, ["r1c1s256", "r1c1s240", "r1c1s235", "r1c1s288"]);
+        // Every transform exactly once; the centre's 36 scales come first, corners last.
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..324).collect::<Vec<_>>());
+        let t = grid.transforms();
+        assert!(order[..36].iter().all(|&i| (t[i].row, t[i].col) == (1, 1)));
+        assert!(order[324 - 36..]
+            .iter()
+            .all(|&i| t[i].row != 1 && t[i].col != 1));
     }
 
     #[test]

@@ -470,6 +470,11 @@ pub fn render_card(
         .collect::<Vec<_>>()
         .join("\n");
     let mut rule = selection.rule.describe();
+    if plan.scan_mode == crate::manifest::ScanMode::FirstHit {
+        rule.push_str(
+            " (first-hit scan: each model stopped at its first correct transform, in a fixed order)",
+        );
+    }
     if let Some(r) = &selection.relabel {
         rule.push_str(&format!(
             "; labels revised from `{}` (sha256 {}): {} images relabelled, {} dropped",

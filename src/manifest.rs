@@ -36,6 +36,8 @@ pub struct Manifest {
     #[serde(default)]
     pub selection: SelectionSection,
     #[serde(default)]
+    pub scan: ScanSection,
+    #[serde(default)]
     pub decode: DecodeLimits,
     /// `[[source]]` tables.
     #[serde(rename = "source", default)]
@@ -128,6 +130,27 @@ impl ZoomSection {
             fill: self.fill,
         }
     }
+}
+
+/// How transforms are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScanMode {
+    /// Every model under every transform: what the analyses need (default).
+    #[default]
+    Exhaustive,
+    /// For curation: per image and model, stop at the first correct
+    /// transform (tried in `analysis::first_hit_order`). Same hard set and
+    /// upper bounds, far fewer forward passes; no greedy cover, scale-group
+    /// or anchor analyses.
+    FirstHit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScanSection {
+    #[serde(default)]
+    pub mode: ScanMode,
 }
 
 /// Which images are hard (SPEC §3). Written as a string: `all-fail`,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fetch::Fetched;
 use crate::labels::{ClassSubset, LabelConvention};
-use crate::manifest::{Manifest, SelectionRule};
+use crate::manifest::{Manifest, ScanMode, SelectionRule};
 use crate::models::Architecture;
 use crate::sources::{sample_rows, Container, Format, Selection, Source, SourceError};
 use crate::units::{images_per_unit, split, Unit};
@@ -27,6 +27,8 @@ pub struct Plan {
     pub grid: ZoomGrid,
     pub decode: DecodeLimits,
     pub selection: SelectionRule,
+    #[serde(default)]
+    pub scan_mode: ScanMode,
     pub shard_size_bytes: u64,
     pub row_group_rows: usize,
     pub batch_size: usize,
@@ -212,6 +214,7 @@ impl Plan {
             grid: manifest.zoom.grid(),
             decode: manifest.decode,
             selection: manifest.selection.rule.clone(),
+            scan_mode: manifest.scan.mode,
             shard_size_bytes: manifest.build.shard_size_mb * 1_000_000,
             row_group_rows: manifest.build.row_group_rows,
             batch_size: manifest.build.batch_size,

@@ -50,11 +50,12 @@ pub struct Table1Row {
     pub model: String,
     pub images: usize,
     pub one_crop: Option<f64>,
-    /// Upper bound with the first `COVER_PICKS` greedy picks.
-    pub cover_bound: f64,
+    /// Upper bound with the first `COVER_PICKS` greedy picks (not for a
+    /// first-hit scan, which did not try every transform).
+    pub cover_bound: Option<f64>,
     pub upper_bound: f64,
     /// Greedy picks needed to reach `upper_bound`.
-    pub cover_size: usize,
+    pub cover_size: Option<usize>,
     /// The first `COVER_PICKS` picks, as transform names.
     pub cover_picks: Vec<String>,
 }
@@ -116,6 +117,7 @@ pub struct Report {
     pub name: String,
     pub tool_version: String,
     pub rule: String,
+    pub scan_mode: crate::manifest::ScanMode,
     pub transforms: usize,
     pub cover_picks: usize,
     pub table1: Vec<Table1Row>,
@@ -162,6 +164,9 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
     let relabel = selection_labels(selection)?;
     let models = plan.model_names();
     let grid = &plan.grid;
+    // A first-hit scan stopped at each image's first correct transform: the
+    // bounds hold, the transform-by-transform analyses do not.
+    let exhaustive = plan.scan_mode == crate::manifest::ScanMode::Exhaustive;
     let names: Vec<String> = grid.transforms().iter().map(Transform::to_string).collect();
     let one_crop = grid.index_of(Transform::ONE_CROP);
     let hard_rows: BTreeSet<(&str, u64)> = selection
@@ -198,22 +203,22 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
                 images.iter().map(|im| im.correct[mi].as_slice()),
                 grid.len(),
             );
-            let cover = greedy_cover(&hits);
+            let cover = exhaustive.then(|| greedy_cover(&hits));
             table1.push(Table1Row {
                 origin: source.origin.clone(),
                 model: model.clone(),
                 images: images.len(),
                 one_crop: one_crop.map(|t| hits.bound([t])),
-                cover_bound: cover.bound_at(COVER_PICKS),
+                cover_bound: cover.as_ref().map(|c| c.bound_at(COVER_PICKS)),
                 upper_bound: hits.upper_bound(),
-                cover_size: cover.picks.len(),
+                cover_size: cover.as_ref().map(|c| c.picks.len()),
                 cover_picks: cover
-                    .picks
                     .iter()
-                    .take(COVER_PICKS)
+                    .flat_map(|c| c.picks.iter().take(COVER_PICKS))
                     .map(|&t| names[t].clone())
                     .collect(),
             });
+            let Some(cover) = cover else { continue };
             scale_rows.push(ScaleRow {
                 origin: source.origin.clone(),
                 model: model.clone(),
@@ -268,7 +273,7 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
                 for (c, &s) in closest.iter_mut().zip(&solved) {
                     c.solves_hard += (s > 0) as usize;
                 }
-            } else {
+            } else if exhaustive {
                 let solvers: Vec<usize> = (0..solved.len()).filter(|&m| solved[m] > 0).collect();
                 if let [m] = solvers[..] {
                     if solved[m] <= NEAR_MISS_TRANSFORMS {
@@ -308,6 +313,7 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
         name: plan.name.clone(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         rule: selection.rule.describe(),
+        scan_mode: plan.scan_mode,
         transforms: grid.len(),
         cover_picks: COVER_PICKS,
         table1,
@@ -444,6 +450,14 @@ impl Report {
             plan.grid.anchors,
             plan.grid.crop_size
         );
+        if self.scan_mode == crate::manifest::ScanMode::FirstHit {
+            out.push_str(
+                "**First-hit scan**: each model stopped at its first correct transform, so the \
+                 1-crop and all-transform bounds and the hard set are exact, but the greedy \
+                 cover, scale groups and positional bias need an exhaustive scan and are left \
+                 out.\n\n",
+            );
+        }
         out.push_str(&format!(
             "## Table 1: accuracy with 1, {k} (greedy) and {} (all) crops (%)\n\n\
              1-crop is `r1c1s256`. The {k}-crop bound takes the first {k} transforms of a greedy \
@@ -464,9 +478,11 @@ impl Report {
                     r.model,
                     r.images,
                     r.one_crop.map(pct).unwrap_or_else(|| "n/a".into()),
-                    pct(r.cover_bound),
+                    r.cover_bound.map(pct).unwrap_or_else(|| "n/a".into()),
                     pct(r.upper_bound),
                     r.cover_size
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "n/a".into())
                 ));
             }
             if let Some(r) = self.random.iter().find(|r| r.origin == source.origin) {

@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::labels::masked_argmax;
+use crate::manifest::ScanMode;
 use crate::models::{Classifier, ModelError, Runtime};
 use crate::plan::Plan;
 use crate::records::{RecordWriter, RecordsError, ScanRecord};
 use crate::sources::{Skip, SourceError};
 use crate::units::Unit;
-use crate::zoom::{decode_rgb, normalise_chw, zoom_views, RgbImage};
+use crate::zoom::{decode_rgb, normalise_chw, zoom_view, zoom_views, RgbImage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -147,7 +148,11 @@ pub fn scan(plan: &Plan, rt: &Runtime, ids: &[usize]) -> Result<Vec<(ScanStats, 
     let mut first_error = None;
     for unit in todo {
         let error_file = unit_error_path(&plan.run_dir, unit);
-        match scan_unit(plan, unit, &models) {
+        let result = match plan.scan_mode {
+            ScanMode::Exhaustive => scan_unit(plan, unit, &models),
+            ScanMode::FirstHit => scan_unit_first_hit(plan, unit, &models),
+        };
+        match result {
             Ok(s) => {
                 let stats = unit_stats_path(&plan.run_dir, unit);
                 crate::util::write_json(&stats, &s).map_err(|e| ScanError::Io {
@@ -324,6 +329,194 @@ fn scan_unit(
     }
     run_batch(&mut queue, &mut pending, first_slot, &mut stats)?;
     emit(&mut pending, &mut first_slot, &mut writer, true)?;
+    writer.finish()?;
+    bar.finish_and_clear();
+    stats.seconds = start.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// In a first-hit scan, the prediction of a transform that was not tried.
+pub const NOT_TRIED: u16 = u16::MAX;
+
+/// An image of a first-hit scan, hunted by each model until it hits.
+struct Hunt {
+    row: u64,
+    id: String,
+    labels: Vec<i64>,
+    image_bytes: u64,
+    /// Dropped once every model is done.
+    img: Option<RgbImage>,
+    /// `pred[model][transform]`, `NOT_TRIED` where not tried.
+    pred: Vec<Vec<u16>>,
+    /// Per model: how far along the order it is.
+    next: Vec<usize>,
+    done: Vec<bool>,
+}
+
+impl Hunt {
+    fn finished(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+}
+
+/// A unit in first-hit mode: per image and model, transforms are tried in
+/// `first_hit_order` until one is correct (or all fail). What is recorded
+/// does not depend on how crops were batched: predictions after an image's
+/// first hit are dropped, not recorded.
+fn scan_unit_first_hit(
+    plan: &Plan,
+    unit: &Unit,
+    loaded: &[Option<Classifier>],
+) -> Result<ScanStats, ScanError> {
+    let start = Instant::now();
+    let source = &plan.sources[unit.source];
+    let grid = &plan.grid;
+    let n_t = grid.len();
+    let mask = source.class_subset.mask();
+    let planned: Vec<&crate::plan::PlannedModel> =
+        unit.models.iter().map(|&i| &plan.models[i]).collect();
+    let models: Vec<&Classifier> = unit
+        .models
+        .iter()
+        .filter_map(|&i| loaded.get(i).and_then(Option::as_ref))
+        .collect();
+    let mut stats = ScanStats {
+        origin: source.origin.clone(),
+        units: vec![unit.id],
+        models: planned.iter().map(|m| m.name.clone()).collect(),
+        transforms: n_t,
+        ..Default::default()
+    };
+    let order = crate::analysis::first_hit_order(grid);
+    let transforms = grid.transforms();
+    let mut writer = RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?;
+    let bar = crate::util::progress(unit.images(), &format!("{} {}", unit.name(), source.origin));
+    let batch = plan.batch_size.max(1);
+    let crop = grid.crop_size as usize;
+    let plane = 3 * crop * crop;
+    let mut rows = source
+        .reader()
+        .rows_in(source.unit_rows(unit.first, unit.end));
+    let mut live: VecDeque<Hunt> = VecDeque::new();
+    let mut exhausted = false;
+    let mut input: Vec<f32> = Vec::new();
+    loop {
+        // Keep `batch` unfinished images in flight.
+        while !exhausted && live.iter().filter(|h| !h.finished()).count() < batch {
+            let Some(outcome) = rows.next() else {
+                exhausted = true;
+                break;
+            };
+            stats.rows_read += 1;
+            bar.set_position(stats.rows_read);
+            let rec = match outcome? {
+                Ok(rec) => rec,
+                Err(skip) => {
+                    record_skip(&mut stats, skip);
+                    continue;
+                }
+            };
+            let img = match decode_rgb(&rec.image, plan.decode) {
+                Ok(img) => img,
+                Err(e) => {
+                    record_skip(
+                        &mut stats,
+                        Skip {
+                            row: rec.row,
+                            reason: e.reason().into(),
+                            detail: e.to_string(),
+                        },
+                    );
+                    continue;
+                }
+            };
+            stats.images_scanned += 1;
+            live.push_back(Hunt {
+                row: rec.row,
+                id: rec
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/{}", source.origin, rec.row)),
+                labels: rec.labels,
+                image_bytes: rec.image.len() as u64,
+                img: Some(img),
+                pred: vec![vec![NOT_TRIED; n_t]; models.len()],
+                next: vec![0; models.len()],
+                done: vec![false; models.len()],
+            });
+        }
+        if live.is_empty() {
+            break;
+        }
+        for (mi, (model, pm)) in models.iter().zip(&planned).enumerate() {
+            let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done[mi]).collect();
+            if active.is_empty() {
+                continue;
+            }
+            // Each active image gets the next few transforms of its order.
+            let per = batch.div_ceil(active.len());
+            let mut jobs: Vec<(usize, usize)> = Vec::with_capacity(batch);
+            for &li in &active {
+                for k in 0..per {
+                    let pos = live[li].next[mi] + k;
+                    if pos < order.len() && jobs.len() < batch {
+                        jobs.push((li, order[pos]));
+                    }
+                }
+            }
+            input.clear();
+            input.resize(jobs.len() * plane, 0.0);
+            for (k, &(li, t)) in jobs.iter().enumerate() {
+                let img = live[li]
+                    .img
+                    .as_ref()
+                    .expect("unfinished images keep their pixels");
+                let view = zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill);
+                normalise_chw(
+                    &view,
+                    pm.mean,
+                    pm.std,
+                    &mut input[k * plane..(k + 1) * plane],
+                );
+            }
+            let logits = model.logits(&input, jobs.len(), crop)?;
+            stats.forward_passes += jobs.len() as u64;
+            for (k, &(li, t)) in jobs.iter().enumerate() {
+                let h = &mut live[li];
+                if h.done[mi] {
+                    continue; // hit earlier in this batch: later tries are not recorded
+                }
+                let top = masked_argmax(&logits[k * 1000..(k + 1) * 1000], &mask).unwrap_or(0);
+                h.pred[mi][t] = top as u16;
+                h.next[mi] += 1;
+                if h.labels.contains(&(top as i64)) || h.next[mi] >= order.len() {
+                    h.done[mi] = true;
+                }
+            }
+        }
+        for h in live.iter_mut().filter(|h| h.finished()) {
+            h.img = None;
+        }
+        // Records leave in row order.
+        while live.front().is_some_and(Hunt::finished) {
+            let h = live.pop_front().expect("front exists");
+            for (m, pred) in planned.iter().zip(h.pred) {
+                let correct = pred
+                    .iter()
+                    .map(|&c| c != NOT_TRIED && h.labels.contains(&(c as i64)))
+                    .collect();
+                writer.push(ScanRecord {
+                    row: h.row,
+                    id: h.id.clone(),
+                    labels: h.labels.clone(),
+                    image_bytes: h.image_bytes,
+                    model: m.name.clone(),
+                    pred,
+                    correct,
+                })?;
+            }
+        }
+    }
     writer.finish()?;
     bar.finish_and_clear();
     stats.seconds = start.elapsed().as_secs_f64();

@@ -311,6 +311,14 @@ pub fn select(
 ) -> Result<Selection, SelectError> {
     let models = plan.model_names();
     rule.check(&models).map_err(SelectError::Rule)?;
+    if relabel.is_some() && plan.scan_mode == crate::manifest::ScanMode::FirstHit {
+        return Err(SelectError::Rule(
+            "revised labels need an exhaustive scan: this run's first-hit scan stopped at the first \
+             transform correct for the old labels, so what the other transforms predict is unknown; \
+             rescan with `[scan] mode = \"exhaustive\"`"
+                .into(),
+        ));
+    }
     let missing = missing_units(plan);
     if let Some(u) = missing.first() {
         return Err(SelectError::Incomplete {

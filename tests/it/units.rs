@@ -265,3 +265,77 @@ fn slurm_job_array_and_merge_match_the_single_process_run() {
     );
     assert_eq!(dataset_files(&fx.path().join("run")), reference);
 }
+
+/// First-hit mode: each model stops at its first correct transform. The
+/// hard set and the shards equal the exhaustive scan's; the fixture's
+/// "always 3" and "always 7" models each solve two of the seven images at
+/// the first try, so 2 x (2 x 1 + 5 x 18) = 184 forward passes instead of
+/// 2 x 7 x 18 = 252.
+#[test]
+fn first_hit_finds_the_same_hard_set_with_fewer_forward_passes() {
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let manifest = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n[scan]\nmode = \"first-hit\"\n")).unwrap();
+    let m = manifest.to_str().unwrap();
+    ok(&fx.run(&["build", m, "--device", "cpu"], &[]));
+    let run = fx.path().join("run");
+    let data = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, Vec<u8>> {
+        files
+            .iter()
+            .filter(|(k, _)| k.ends_with(".parquet"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(
+        data(&dataset_files(&run)),
+        data(&reference),
+        "same hard images, same shards"
+    );
+    let mut plan = imagenet_hard::plan::Plan::read(&run).unwrap();
+    plan.run_dir = run.clone();
+    // Recorded tries: exactly the hand count, whatever the batching. The
+    // forward passes can be a few more (a batch may hold tries past a hit,
+    // which are dropped), never near exhaustive.
+    let recs = imagenet_hard::scan::read_source_records(&plan, "tiny-source").unwrap();
+    let tried: usize = recs
+        .iter()
+        .map(|r| {
+            r.pred
+                .iter()
+                .filter(|&&p| p != imagenet_hard::scan::NOT_TRIED)
+                .count()
+        })
+        .sum();
+    assert_eq!(tried, 184);
+    let stats = imagenet_hard::scan::read_stats(&plan).unwrap();
+    assert!(
+        (184..200).contains(&stats[0].forward_passes),
+        "{} forward passes",
+        stats[0].forward_passes
+    );
+    // Untried transforms are marked, and never counted correct.
+    let r0 = recs
+        .iter()
+        .find(|r| r.row == 0 && r.model == "always-3")
+        .unwrap();
+    assert_eq!(
+        r0.pred
+            .iter()
+            .filter(|&&p| p != imagenet_hard::scan::NOT_TRIED)
+            .count(),
+        1
+    );
+    let report = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(report.contains("First-hit scan"), "{report}");
+    let card = std::fs::read_to_string(run.join("dataset/README.md")).unwrap();
+    assert!(card.contains("first-hit scan"), "{card}");
+    // Revised labels would need the transforms it did not try.
+    let review = fx.path().join("review.csv");
+    std::fs::write(&review, "origin,row,labels\ntiny-source,4,0\n").unwrap();
+    let out = fx.run(&["select", m, "--labels", review.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("exhaustive scan"), "{}", stderr(&out));
+}
