@@ -116,7 +116,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--bin", default=str(ROOT / "target/release/imagenet-hard"))
     ap.add_argument("--out", default=str(ROOT / "output/bench"))
+    ap.add_argument("--memory", type=int, metavar="N",
+                    help="instead: peak RSS of our scan on N and 10N images (3-scale grid, resnet18)")
     args = ap.parse_args()
+    if args.memory:
+        return memory(args)
     torch.set_num_threads(args.threads)
     work = pathlib.Path(args.out)
     (work / "images").mkdir(parents=True, exist_ok=True)
@@ -183,6 +187,37 @@ def main() -> None:
     }
     (work / f"bench-{args.arch}.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {work / f'bench-{args.arch}.json'}", file=sys.stderr)
+
+
+def memory(args) -> None:
+    """Peak RSS of `imagenet-hard scan` on N and then 10N images: it must stay
+    flat (records stream to disk, rows stream from the source)."""
+    work = pathlib.Path(args.out) / "memory"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = work / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    result = {}
+    for n in (args.memory, 10 * args.memory):
+        blobs = [picture(i) for i in range(n)]
+        pq.write_table(pa.table({
+            "image": pa.array([{"bytes": b, "path": f"{i}.jpg"} for i, b in enumerate(blobs)],
+                              pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "label": pa.array([1] * n, pa.int64()),
+        }), work / f"source-{n}.parquet")
+        manifest = work / f"memory-{n}.toml"
+        manifest.write_text(
+            f'[build]\nname = "memory"\noutput_dir = "{work / f"run-{n}"}"\nbatch_size = {args.batch}\n'
+            f'unit_images = 100000\n\n[zoom]\nscales = [128, 256, 448]\n\n'
+            f'[[source]]\norigin = "m"\npath = ["source-{n}.parquet"]\n\n'
+            f'[[model]]\nname = "resnet18"\narchitecture = "resnet18"\npath = "{weights.name}"\n')
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", args.bin, "scan", str(manifest), "--device", "cpu"],
+                             check=True, capture_output=True, text=True)
+        rss_kb = int(out.stderr.strip().splitlines()[-1])
+        result[n] = rss_kb / 1024
+        print(f"{n:6d} images: peak RSS {rss_kb / 1024:.0f} MiB")
+    (work / "memory.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
