@@ -185,6 +185,15 @@ fn run_merge(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// A unit's model names, comma-separated.
+fn unit_models(plan: &Plan, u: &crate::units::Unit) -> String {
+    u.models
+        .iter()
+        .map(|&m| plan.models[m].name.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn print_status(plan: &Plan) {
     use crate::scan::{unit_state, UnitState};
     let (mut done, mut pending, mut failed) = (0, 0, 0);
@@ -208,18 +217,13 @@ fn print_status(plan: &Plan) {
                 format!("failed: {}", error.trim())
             }
         };
-        let models: Vec<&str> = u
-            .models
-            .iter()
-            .map(|&m| plan.models[m].name.as_str())
-            .collect();
         println!(
             "{}\t{}\t{}..{}\t{}\t{}",
             u.name(),
             u.origin,
             u.first,
             u.end,
-            models.join(","),
+            unit_models(plan, u),
             state
         );
     }
@@ -414,11 +418,6 @@ pub fn run(command: Command) -> Result<()> {
             let plan = prepare_plan(&ctx, args.limit)?;
             println!("unit\torigin\trows\timages\tmodels");
             for u in &plan.units {
-                let models: Vec<&str> = u
-                    .models
-                    .iter()
-                    .map(|&m| plan.models[m].name.as_str())
-                    .collect();
                 println!(
                     "{}\t{}\t{}..{}\t{}\t{}",
                     u.name(),
@@ -426,7 +425,7 @@ pub fn run(command: Command) -> Result<()> {
                     u.first,
                     u.end,
                     u.images(),
-                    models.join(",")
+                    unit_models(&plan, u)
                 );
             }
             eprintln!(

@@ -189,6 +189,66 @@ pub fn scan(plan: &Plan, rt: &Runtime, ids: &[usize]) -> Result<Vec<(ScanStats, 
     }
 }
 
+/// A unit's models (as planned, and loaded) and its empty stats.
+fn unit_models<'a>(
+    plan: &'a Plan,
+    unit: &Unit,
+    loaded: &'a [Option<Classifier>],
+) -> (
+    Vec<&'a crate::plan::PlannedModel>,
+    Vec<&'a Classifier>,
+    ScanStats,
+) {
+    let planned: Vec<&crate::plan::PlannedModel> =
+        unit.models.iter().map(|&i| &plan.models[i]).collect();
+    let models = unit
+        .models
+        .iter()
+        .filter_map(|&i| loaded.get(i).and_then(Option::as_ref))
+        .collect();
+    let stats = ScanStats {
+        origin: plan.sources[unit.source].origin.clone(),
+        units: vec![unit.id],
+        models: planned.iter().map(|m| m.name.clone()).collect(),
+        transforms: plan.grid.len(),
+        ..Default::default()
+    };
+    (planned, models, stats)
+}
+
+/// Count a row read; a skipped or undecodable row is recorded in `stats`
+/// and gives `None`.
+fn take_row(
+    outcome: Result<crate::sources::RowOutcome, SourceError>,
+    plan: &Plan,
+    stats: &mut ScanStats,
+    bar: &indicatif::ProgressBar,
+) -> Result<Option<(crate::sources::SourceRecord, RgbImage)>, ScanError> {
+    stats.rows_read += 1;
+    bar.set_position(stats.rows_read);
+    let rec = match outcome? {
+        Ok(rec) => rec,
+        Err(skip) => {
+            record_skip(stats, skip);
+            return Ok(None);
+        }
+    };
+    match decode_rgb(&rec.image, plan.decode) {
+        Ok(img) => Ok(Some((rec, img))),
+        Err(e) => {
+            record_skip(
+                stats,
+                Skip {
+                    row: rec.row,
+                    reason: e.reason().into(),
+                    detail: e.to_string(),
+                },
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn scan_unit(
     plan: &Plan,
     unit: &Unit,
@@ -200,20 +260,7 @@ fn scan_unit(
     let n_t = grid.len();
     let mask = source.class_subset.mask();
     let reader = source.reader();
-    let planned: Vec<&crate::plan::PlannedModel> =
-        unit.models.iter().map(|&i| &plan.models[i]).collect();
-    let models: Vec<&Classifier> = unit
-        .models
-        .iter()
-        .filter_map(|&i| loaded.get(i).and_then(Option::as_ref))
-        .collect();
-    let mut stats = ScanStats {
-        origin: source.origin.clone(),
-        units: vec![unit.id],
-        models: planned.iter().map(|m| m.name.clone()).collect(),
-        transforms: n_t,
-        ..Default::default()
-    };
+    let (planned, models, mut stats) = unit_models(plan, unit, loaded);
     let mut writer = RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?;
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut first_slot: u64 = 0; // slot number of pending[0]
@@ -283,28 +330,8 @@ fn scan_unit(
     };
 
     for outcome in reader.rows_in(source.unit_rows(unit.first, unit.end)) {
-        stats.rows_read += 1;
-        bar.set_position(stats.rows_read);
-        let rec = match outcome? {
-            Ok(rec) => rec,
-            Err(skip) => {
-                record_skip(&mut stats, skip);
-                continue;
-            }
-        };
-        let img = match decode_rgb(&rec.image, plan.decode) {
-            Ok(img) => img,
-            Err(e) => {
-                record_skip(
-                    &mut stats,
-                    Skip {
-                        row: rec.row,
-                        reason: e.reason().into(),
-                        detail: e.to_string(),
-                    },
-                );
-                continue;
-            }
+        let Some((rec, img)) = take_row(outcome, plan, &mut stats, &bar)? else {
+            continue;
         };
         let slot = first_slot + pending.len() as u64;
         pending.push_back(Pending {
@@ -373,20 +400,7 @@ fn scan_unit_first_hit(
     let grid = &plan.grid;
     let n_t = grid.len();
     let mask = source.class_subset.mask();
-    let planned: Vec<&crate::plan::PlannedModel> =
-        unit.models.iter().map(|&i| &plan.models[i]).collect();
-    let models: Vec<&Classifier> = unit
-        .models
-        .iter()
-        .filter_map(|&i| loaded.get(i).and_then(Option::as_ref))
-        .collect();
-    let mut stats = ScanStats {
-        origin: source.origin.clone(),
-        units: vec![unit.id],
-        models: planned.iter().map(|m| m.name.clone()).collect(),
-        transforms: n_t,
-        ..Default::default()
-    };
+    let (planned, models, mut stats) = unit_models(plan, unit, loaded);
     let order = crate::analysis::first_hit_order(grid);
     let transforms = grid.transforms();
     let mut writer = RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?;
@@ -407,28 +421,8 @@ fn scan_unit_first_hit(
                 exhausted = true;
                 break;
             };
-            stats.rows_read += 1;
-            bar.set_position(stats.rows_read);
-            let rec = match outcome? {
-                Ok(rec) => rec,
-                Err(skip) => {
-                    record_skip(&mut stats, skip);
-                    continue;
-                }
-            };
-            let img = match decode_rgb(&rec.image, plan.decode) {
-                Ok(img) => img,
-                Err(e) => {
-                    record_skip(
-                        &mut stats,
-                        Skip {
-                            row: rec.row,
-                            reason: e.reason().into(),
-                            detail: e.to_string(),
-                        },
-                    );
-                    continue;
-                }
+            let Some((rec, img)) = take_row(outcome, plan, &mut stats, &bar)? else {
+                continue;
             };
             stats.images_scanned += 1;
             live.push_back(Hunt {
