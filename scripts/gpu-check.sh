@@ -7,7 +7,11 @@
 # 1. the binary finds the GPU and its libraries;
 # 2. the demo build runs on the CPU and on the GPU; their scan records must
 #    agree (top-1 per crop) and the logits of one crop must match closely;
-# 3. prints crops/s for both. Logs and summary.txt land in $OUT (or ./gpu-check-out).
+# 3. prints crops/s for both;
+# 4. ResNet-50 throughput on the GPU (generated weights, batch $BATCH, default
+#    128) and the fraction of the GPU's dense bf16 matrix peak (PEAK_TFLOPS,
+#    default 989 for an H200 SXM) that its FLOPs imply (4.09 GMAC per crop).
+# Logs and summary.txt land in $OUT (or ./gpu-check-out).
 set -euo pipefail
 BIN=$(realpath "${1:-.gpu/imagenet-hard}")
 REPO=$PWD
@@ -20,14 +24,17 @@ WORK=$(mktemp -d); cd "$WORK"
 for dev in cpu cuda; do
   rm -rf output
   "$BIN" build --device "$dev" > "$OUT/bounds-$dev.md" 2> "$OUT/build-$dev.log" || { cat "$OUT/build-$dev.log"; exit 1; }
-  cp output/demo/scan/synthetic-demo.stats.json "$WORK/stats-$dev.json"
-  cp output/demo/scan/synthetic-demo.parquet "$WORK/records-$dev.parquet"
+  cp output/demo/scan/units/u00000.stats.json "$WORK/stats-$dev.json"
+  cp output/demo/scan/units/u00000.parquet "$WORK/records-$dev.parquet"
   cp output/demo/select/selection.json "$WORK/selection-$dev.json"
 done
 W=$(ls output/demo/hub/models--imagenet-hard--synthetic-resnet18/snapshots/*/model.safetensors)
 for dev in cpu cuda; do
   "$BIN" predict "$REPO/tests/golden/zoom/inputs/rgb_301x207.png" --model "$W" --arch resnet18 --device "$dev" --json > "$OUT/predict-$dev.json"
 done
+"$BIN" bench "$REPO/tests/golden/zoom/inputs" --model synthetic --arch resnet50 --device cuda \
+  --batch-size "${BATCH:-128}" --batches 8 --rounds 3 > "$OUT/bench-resnet50-cuda.json" 2> "$OUT/bench.log" \
+  || { cat "$OUT/bench.log"; exit 1; }
 python3 - "$WORK" "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import json, sys
 work, out = sys.argv[1], sys.argv[2]
@@ -47,6 +54,12 @@ print(f"top-1 agreement cpu vs cuda: {same}/{crops} crops")
 print(f"top-5 logits max |cpu - cuda| = {diff:.3g} (max |logit| {scale:.3g}, relative {diff/scale:.2e}); same classes: {[x['index'] for x in pa] == [x['index'] for x in pb]}")
 for d, s in (("cpu", sa), ("cuda", sb)):
     print(f"{d}: {s['forward_passes']} crops in {s['seconds']:.2f}s = {s['forward_passes']/s['seconds']:.1f} crops/s")
+import os
+bench = json.load(open(f"{out}/bench-resnet50-cuda.json"))
+rate = bench["model_only"]["crops_per_s"]
+peak = float(os.environ.get("PEAK_TFLOPS", "989")) * 1e12
+print(f"resnet50 on cuda, batch {bench['batch_size']}: {rate:.0f} crops/s = {rate * 2 * 4.09e9 / 1e12:.1f} TFLOP/s, "
+      f"{100 * rate * 2 * 4.09e9 / peak:.2f}% of the {peak / 1e12:.0f} TFLOP/s bf16 peak (the model runs in f32)")
 ok = same >= crops - 2 and diff / scale < 1e-3
 print("GPU CHECK", "PASSED" if ok else "FAILED")
 sys.exit(0 if ok else 1)

@@ -545,6 +545,34 @@ pub fn run(command: Command) -> Result<()> {
             batches,
             rounds,
         } => {
+            // `--model synthetic --arch A`: generated weights, for devices
+            // with no weights at hand (scripts/gpu-check.sh).
+            let mut model = model;
+            let _weights_dir;
+            if model.model == "synthetic" {
+                let arch = model
+                    .arch
+                    .as_deref()
+                    .and_then(crate::models::Architecture::find)
+                    .with_context(|| {
+                        format!(
+                            "--model synthetic needs --arch (one of: {})",
+                            crate::models::Architecture::known()
+                        )
+                    })?;
+                let dir = std::env::temp_dir()
+                    .join(format!("imagenet-hard-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join(format!("{}.safetensors", arch.name()));
+                crate::models::synthetic::write_weights(
+                    arch,
+                    1,
+                    crate::models::synthetic::Head::Random,
+                    &path,
+                )?;
+                model.model = path.display().to_string();
+                _weights_dir = dir;
+            }
             let (resolved, classifier) = open_model(&model)?;
             let grid = crate::zoom::ZoomGrid::paper();
             let files = crate::bench::read_images(&images)?;
