@@ -78,6 +78,8 @@ pub enum SourceError {
     },
     #[error("{file}: {message}")]
     Archive { file: PathBuf, message: String },
+    #[error("the source reader stopped unexpectedly (a bug: please report it with the source that caused it); the rows after it were not read")]
+    ReaderDied,
     #[error("{file}: {source}")]
     Io {
         file: PathBuf,
@@ -310,7 +312,7 @@ impl Source {
         });
         Rows {
             rx,
-            _handle: handle,
+            handle: Some(handle),
         }
     }
 }
@@ -319,13 +321,21 @@ impl Source {
 /// `Err(SourceError)` once for a file that cannot be read, then stops.
 pub struct Rows {
     rx: mpsc::Receiver<Result<RowOutcome, SourceError>>,
-    _handle: std::thread::JoinHandle<()>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Iterator for Rows {
     type Item = Result<RowOutcome, SourceError>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        match self.rx.recv() {
+            Ok(item) => Some(item),
+            // The reader is done; if it died instead, say so rather than
+            // ending the rows early.
+            Err(_) => match self.handle.take().map(|h| h.join()) {
+                Some(Err(_)) => Some(Err(SourceError::ReaderDied)),
+                _ => None,
+            },
+        }
     }
 }
 
