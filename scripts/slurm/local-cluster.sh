@@ -9,6 +9,10 @@ state=/run/imagenet-hard-slurm
 host="$(hostname -s)"
 
 start() {
+  if command -v sinfo >/dev/null && sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+    echo "a Slurm is already answering here; using it" >&2
+    return 0
+  fi
   if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
