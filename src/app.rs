@@ -369,7 +369,7 @@ pub fn run(command: Command) -> Result<()> {
             run_scan(&plan, args.device, &all)?;
             run_merge(&plan)?;
             eprintln!(
-                "Run directory: {} (plan.json, scan/, select/, dataset/)",
+                "Run directory: {} (plan.json, scan/, select/, dataset/, report/)",
                 plan.run_dir.display()
             );
         }
