@@ -185,6 +185,11 @@ fn run_merge(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// A unit's id, origin and row run, tab-separated.
+fn unit_cells(u: &crate::units::Unit) -> String {
+    format!("{}\t{}\t{}..{}", u.name(), u.origin, u.first, u.end)
+}
+
 /// A unit's model names, comma-separated.
 fn unit_models(plan: &Plan, u: &crate::units::Unit) -> String {
     u.models
@@ -217,15 +222,7 @@ fn print_status(plan: &Plan) {
                 format!("failed: {}", error.trim())
             }
         };
-        println!(
-            "{}\t{}\t{}..{}\t{}\t{}",
-            u.name(),
-            u.origin,
-            u.first,
-            u.end,
-            unit_models(plan, u),
-            state
-        );
+        println!("{}\t{}\t{state}", unit_cells(u), unit_models(plan, u));
     }
     println!(
         "{} units: {done} done, {pending} pending, {failed} failed",
@@ -419,11 +416,8 @@ pub fn run(command: Command) -> Result<()> {
             println!("unit\torigin\trows\timages\tmodels");
             for u in &plan.units {
                 println!(
-                    "{}\t{}\t{}..{}\t{}\t{}",
-                    u.name(),
-                    u.origin,
-                    u.first,
-                    u.end,
+                    "{}\t{}\t{}",
+                    unit_cells(u),
                     u.images(),
                     unit_models(&plan, u)
                 );

@@ -111,10 +111,6 @@ fn expand_patterns(
         .map(|r| r.files.iter().map(|f| f.path.clone()).collect())
         .unwrap_or_default();
     let mut from_hub: Option<Vec<String>> = None;
-    let options = glob::MatchOptions {
-        require_literal_separator: true,
-        ..Default::default()
-    };
     let mut out: Vec<String> = Vec::new();
     for f in &h.files {
         if !is_pattern(f) {
@@ -127,18 +123,12 @@ fn expand_patterns(
             pattern: f.clone(),
             hint: format!(" ({e})"),
         })?;
-        let select = |list: &[String]| -> Vec<String> {
-            list.iter()
-                .filter(|p| pattern.matches_with(p, options))
-                .cloned()
-                .collect()
-        };
-        let mut matched = select(&from_lock);
+        let mut matched = matching(&pattern, &from_lock);
         if matched.is_empty() {
             if from_hub.is_none() {
                 from_hub = Some(hub.list_files(kind, &h.repo, commit)?);
             }
-            matched = select(from_hub.as_deref().unwrap_or_default());
+            matched = matching(&pattern, from_hub.as_deref().unwrap_or_default());
         }
         if matched.is_empty() {
             return Err(FetchError::NoMatch {
@@ -152,14 +142,29 @@ fn expand_patterns(
                 },
             });
         }
-        matched.sort_by(|a, b| crate::sources::natural_cmp(a, b));
         for m in matched {
-            if !out.contains(&m) {
-                out.push(m);
+            if !out.iter().any(|o| o == m) {
+                out.push(m.to_string());
             }
         }
     }
     Ok(out)
+}
+
+/// The paths `pattern` matches (`*` does not cross `/`), in shard order
+/// (`2.tar` before `10.tar`).
+pub fn matching<'a, S: AsRef<str>>(pattern: &glob::Pattern, paths: &'a [S]) -> Vec<&'a str> {
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    let mut out: Vec<&str> = paths
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| pattern.matches_with(p, options))
+        .collect();
+    out.sort_by(|a, b| crate::sources::natural_cmp(a, b));
+    out
 }
 
 /// Download (or find) a URL file, check it against its pin and the lock.

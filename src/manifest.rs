@@ -650,8 +650,7 @@ fn check_url(u: &UrlFile, key: &str) -> Result<(), (String, String)> {
 }
 
 fn check_hub(h: &HubFiles, key: &str) -> Result<(), (String, String)> {
-    let repo_ok = h.repo.split('/').count() == 2 && h.repo.split('/').all(|p| !p.is_empty());
-    if !repo_ok {
+    if !crate::hub::is_repo_id(&h.repo) {
         return Err((
             format!("{key}.repo"),
             format!("`{}` is not an `owner/name` repository id", h.repo),

@@ -343,17 +343,15 @@ pub fn dry_run_text(
         for f in &h.files {
             if crate::fetch::is_pattern(f) {
                 n_patterns += 1;
-                let opts = glob::MatchOptions {
-                    require_literal_separator: true,
-                    ..Default::default()
-                };
-                let matched: Vec<_> = match (locked, glob::Pattern::new(f)) {
-                    (Some(r), Ok(p)) => r
-                        .files
-                        .iter()
-                        .filter(|lf| p.matches_with(&lf.path, opts))
+                let files: Vec<&str> = locked
+                    .map(|r| r.files.iter().map(|lf| lf.path.as_str()).collect())
+                    .unwrap_or_default();
+                let matched: Vec<&crate::fetch::LockedFile> = match glob::Pattern::new(f) {
+                    Ok(p) => crate::fetch::matching(&p, &files)
+                        .into_iter()
+                        .filter_map(|m| locked?.files.iter().find(|lf| lf.path == m))
                         .collect(),
-                    _ => Vec::new(),
+                    Err(_) => Vec::new(),
                 };
                 if matched.is_empty() {
                     let _ = writeln!(

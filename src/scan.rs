@@ -575,8 +575,8 @@ pub fn read_stats(plan: &Plan) -> Result<Vec<ScanStats>, ScanError> {
     Ok(out)
 }
 
-/// Every scan record of one source, from all its units.
-pub fn read_source_records(plan: &Plan, origin: &str) -> Result<Vec<ScanRecord>, ScanError> {
+/// Every scan record of one source, from all its finished units.
+pub fn read_source_records(plan: &Plan, origin: &str) -> Result<Vec<ScanRecord>, RecordsError> {
     let mut out = Vec::new();
     for unit in plan.units.iter().filter(|u| u.origin == origin) {
         let path = unit_records_path(&plan.run_dir, unit);

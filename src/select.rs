@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::analysis::Hits;
 use crate::manifest::SelectionRule;
 use crate::plan::{Plan, PlannedSource};
-use crate::records::{read_records, RecordsError};
+use crate::records::RecordsError;
 use crate::scan::{missing_units, unit_records_path};
 use crate::zoom::Transform;
 
@@ -28,28 +29,6 @@ pub fn is_hard(rule: &SelectionRule, models: &[String], correct: &Correctness) -
             .zip(correct)
             .filter(|(m, _)| names.contains(m))
             .all(|(_, c)| fails(c)),
-    }
-}
-
-/// Fraction of images with at least one correct transform in `transforms`
-/// (all transforms when `None`). Empty input gives 0.
-pub fn upper_bound<'a>(
-    images: impl IntoIterator<Item = &'a [bool]>,
-    transforms: Option<&[usize]>,
-) -> f64 {
-    let (mut solved, mut n) = (0usize, 0usize);
-    for per_t in images {
-        n += 1;
-        let any = match transforms {
-            Some(ts) => ts.iter().any(|&t| per_t.get(t).copied().unwrap_or(false)),
-            None => per_t.iter().any(|&c| c),
-        };
-        solved += any as usize;
-    }
-    if n == 0 {
-        0.0
-    } else {
-        solved as f64 / n as f64
     }
 }
 
@@ -241,19 +220,13 @@ pub fn load_source(
     relabel: Option<&Relabel>,
 ) -> Result<(Vec<ScannedImage>, usize, usize), SelectError> {
     let models = plan.model_names();
-    let units: Vec<&crate::units::Unit> = plan
+    let file = plan
         .units
         .iter()
-        .filter(|u| u.origin == source.origin)
-        .collect();
-    let file = units
-        .first()
+        .find(|u| u.origin == source.origin)
         .map(|u| unit_records_path(&plan.run_dir, u))
         .unwrap_or_default();
-    let mut records = Vec::new();
-    for unit in &units {
-        records.extend(read_records(&unit_records_path(&plan.run_dir, unit))?);
-    }
+    let records = crate::scan::read_source_records(plan, &source.origin)?;
     let mut images: BTreeMap<u64, FirstRecord> = BTreeMap::new();
     for rec in records {
         let Some(mi) = models.iter().position(|m| *m == rec.model) else {
@@ -337,13 +310,16 @@ pub fn select(
         dropped += d;
         scanned.insert(source.origin.clone(), images.len());
         for (mi, m) in models.iter().enumerate() {
-            let per_image = || images.iter().map(|im| im.correct[mi].as_slice());
+            let hits = Hits::from_rows(
+                images.iter().map(|im| im.correct[mi].as_slice()),
+                plan.grid.len(),
+            );
             bounds.push(BoundRow {
                 model: m.clone(),
                 origin: source.origin.clone(),
                 images: images.len(),
-                one_crop: one_crop.map(|t| upper_bound(per_image(), Some(&[t]))),
-                upper_bound: upper_bound(per_image(), None),
+                one_crop: one_crop.map(|t| hits.bound([t])),
+                upper_bound: hits.upper_bound(),
                 transforms: plan.grid.len(),
             });
         }
@@ -506,10 +482,10 @@ mod tests {
             vec![false, false, false],
             vec![false, true, false],
         ];
-        let it = || imgs.iter().map(|v| v.as_slice());
-        assert_eq!(upper_bound(it(), None), 0.75);
-        assert_eq!(upper_bound(it(), Some(&[0])), 0.25);
-        assert_eq!(upper_bound(it(), Some(&[0, 2])), 0.5);
-        assert_eq!(upper_bound(std::iter::empty(), None), 0.0);
+        let hits = Hits::from_rows(imgs.iter().map(|v| v.as_slice()), 3);
+        assert_eq!(hits.upper_bound(), 0.75);
+        assert_eq!(hits.bound([0]), 0.25);
+        assert_eq!(hits.bound([0, 2]), 0.5);
+        assert_eq!(Hits::from_rows(std::iter::empty(), 3).upper_bound(), 0.0);
     }
 }

@@ -346,6 +346,19 @@ mod tests {
         }
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn matches_candle_conv2d_on_every_shape_the_models_use() {
         let dev = Device::Cpu;
@@ -366,16 +379,7 @@ mod tests {
             let ours = conv.forward(&x).unwrap();
             let want = reference(&x, &w, &bias, s, p, relu);
             assert_eq!(ours.dims(), want.dims());
-            let diff = (ours - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_diff(&ours, &want);
             assert!(diff < 1e-4, "{b} {ci} {co} {hw} k{k} s{s} p{p}: {diff}");
         }
         // With a residual: relu(conv + bias + residual).
@@ -389,15 +393,7 @@ mod tests {
             .unwrap()
             .relu()
             .unwrap();
-        let diff = (ours - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(max_diff(&ours, &want) < 1e-4);
         // A non-contiguous input is handled too.
         let x = Tensor::randn(0f32, 1.0, (2, 6, 3, 5), &dev)
             .unwrap()
@@ -410,14 +406,6 @@ mod tests {
             .forward(&x)
             .unwrap();
         let want = reference(&x, &w, &bias, 1, 1, false);
-        let diff = (ours - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(max_diff(&ours, &want) < 1e-4);
     }
 }

@@ -100,8 +100,7 @@ fn walk(
                 .unwrap_or_else(|| raw_path.to_string_lossy().into_owned());
             let (key, ext) = split_key(&shown);
             let (key, ext) = (key.to_string(), ext.to_ascii_lowercase());
-            if current.as_ref().is_some_and(|s| s.key != key) {
-                let done = current.take().expect("checked");
+            if let Some(done) = current.take_if(|s| s.key != key) {
                 if emit(done, selection, read_data, sink).is_break() {
                     return Ok(row);
                 }
