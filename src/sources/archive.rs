@@ -10,8 +10,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use super::{
-    class_folder_row, oversize_skip, read_member, safe_member_path, Selection, Sink, Skip,
-    SourceError,
+    class_folder_row, oversize_skip, read_member, safe_member_path, RawOutcome, Selection, Sink,
+    Skip, SourceError,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,27 +124,13 @@ fn visit_zip(
             return Ok((row - offset, ControlFlow::Break(())));
         }
         if selection.wants(row) {
-            let outcome = match safe_member_path(Path::new(&name)) {
-                None => Err(unsafe_skip(row, &name)),
-                Some(member) => match class_folder_row(row, &member) {
-                    Err(skip) => Err(skip),
-                    Ok(mut raw) => {
-                        let entry = zip.by_index(i).map_err(|e| {
-                            SourceError::archive(file, format!("member `{name}`: {e}"))
-                        })?;
-                        let declared = entry.size();
-                        match read_member(entry, declared).map_err(|e| {
-                            SourceError::archive(file, format!("cannot read member `{name}`: {e}"))
-                        })? {
-                            Some(buf) => {
-                                raw.image = Some(buf);
-                                Ok(raw)
-                            }
-                            None => Err(oversize_skip(row, &name)),
-                        }
-                    }
-                },
-            };
+            let outcome = member_row(file, row, Path::new(&name), &name, || {
+                let entry = zip
+                    .by_index(i)
+                    .map_err(|e| SourceError::archive(file, format!("member `{name}`: {e}")))?;
+                let declared = entry.size();
+                Ok((entry, declared))
+            })?;
             if sink(row, outcome).is_break() {
                 return Ok((row + 1 - offset, ControlFlow::Break(())));
             }
@@ -152,6 +138,35 @@ fn visit_zip(
         row += 1;
     }
     Ok((row - offset, ControlFlow::Continue(())))
+}
+
+/// A class-folder member as a row: refused unread when its path could
+/// escape or it is not an image, else opened with `open` and read (up to
+/// the member size limit).
+fn member_row<R: Read>(
+    file: &Path,
+    row: u64,
+    path: &Path,
+    shown: &str,
+    open: impl FnOnce() -> Result<(R, u64), SourceError>,
+) -> Result<RawOutcome, SourceError> {
+    let Some(member) = safe_member_path(path) else {
+        return Ok(Err(unsafe_skip(row, shown)));
+    };
+    let mut raw = match class_folder_row(row, &member) {
+        Ok(raw) => raw,
+        Err(skip) => return Ok(Err(skip)),
+    };
+    let (reader, declared) = open()?;
+    match read_member(reader, declared)
+        .map_err(|e| SourceError::archive(file, format!("cannot read member `{shown}`: {e}")))?
+    {
+        Some(buf) => {
+            raw.image = Some(buf);
+            Ok(Ok(raw))
+        }
+        None => Ok(Err(oversize_skip(row, shown))),
+    }
 }
 
 fn unsafe_skip(row: u64, name: &str) -> Skip {
@@ -225,27 +240,8 @@ fn tar_rows<R: Read>(
                     format!("member `{shown}` is a link or device, not an image file"),
                 ))
             } else {
-                match safe_member_path(&raw_path) {
-                    None => Err(unsafe_skip(row, &shown)),
-                    Some(member) => match class_folder_row(row, &member) {
-                        Err(skip) => Err(skip),
-                        Ok(mut raw) => {
-                            let declared = entry.size();
-                            match read_member(&mut entry, declared).map_err(|e| {
-                                SourceError::archive(
-                                    file,
-                                    format!("cannot read member `{shown}`: {e}"),
-                                )
-                            })? {
-                                Some(buf) => {
-                                    raw.image = Some(buf);
-                                    Ok(raw)
-                                }
-                                None => Err(oversize_skip(row, &shown)),
-                            }
-                        }
-                    },
-                }
+                let declared = entry.size();
+                member_row(file, row, &raw_path, &shown, || Ok((&mut entry, declared)))?
             };
             if sink(row, outcome).is_break() {
                 return Ok((row + 1 - offset, ControlFlow::Break(())));
