@@ -4,6 +4,7 @@
 //! labels (SPEC §2), overall and per origin; optionally under a fixed
 //! test-time augmentation (SPEC §7).
 
+pub mod augment;
 pub mod dataset;
 pub mod results;
 pub mod tta;

@@ -4,6 +4,7 @@
 //! Adding a model = one file here + one [`Architecture`] variant + one
 //! [`registry`] entry.
 
+pub mod adapt;
 pub mod clip;
 mod conv;
 pub mod convnext;
@@ -248,6 +249,11 @@ impl Runtime {
             }
         };
         Ok(Runtime { device })
+    }
+
+    /// The candle device models are loaded on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn describe(&self) -> &'static str {

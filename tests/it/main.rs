@@ -9,6 +9,7 @@ mod fuzz_smoke;
 mod golden;
 mod golden_clip;
 mod golden_effnet;
+mod golden_memo;
 mod golden_vgg;
 mod golden_vit;
 mod hub_server;
