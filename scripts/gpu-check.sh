@@ -10,7 +10,9 @@
 # 3. prints crops/s for both;
 # 4. ResNet-50 throughput on the GPU (generated weights, batch $BATCH, default
 #    128) and the fraction of the GPU's dense bf16 matrix peak (PEAK_TFLOPS,
-#    default 989 for an H200 SXM) that its FLOPs imply (4.09 GMAC per crop).
+#    default 989 for an H200 SXM) that its FLOPs imply (4.09 GMAC per crop);
+# 5. MEMO (--tta memo-augmix / memo-zoom) on 3 demo images on both devices,
+#    side by side with the plain model.
 # Logs and summary.txt land in $OUT (or ./gpu-check-out).
 set -euo pipefail
 BIN=$(realpath "${1:-.gpu/imagenet-hard}")
@@ -35,6 +37,19 @@ done
 "$BIN" bench "$REPO/tests/golden/zoom/inputs" --model synthetic --arch resnet50 --device cuda \
   --batch-size "${BATCH:-128}" --batches 8 --rounds 3 > "$OUT/bench-resnet50-cuda.json" 2> "$OUT/bench.log" \
   || { cat "$OUT/bench.log"; exit 1; }
+# 5. MEMO (test-time adaptation) on 3 demo images, CPU and GPU, both view kinds,
+#    beside the plain model; per-image predictions must agree across devices.
+for dev in cpu cuda; do
+  "$BIN" eval output/demo/dataset --model "$W" --arch resnet18 --device "$dev" --limit 3 \
+    --json "$OUT/eval-none-$dev.json" > /dev/null 2>> "$OUT/memo.log" || { cat "$OUT/memo.log"; exit 1; }
+  for tta in memo-augmix memo-zoom; do
+    "$BIN" eval output/demo/dataset --model "$W" --arch resnet18 --device "$dev" --limit 3 --tta "$tta" \
+      --json "$OUT/eval-$tta-$dev.json" --per-sample "$OUT/eval-$tta-$dev.csv" > /dev/null 2>> "$OUT/memo.log" \
+      || { cat "$OUT/memo.log"; exit 1; }
+  done
+  "$BIN" eval --compare "$OUT/eval-none-$dev.json" "$OUT/eval-memo-augmix-$dev.json" "$OUT/eval-memo-zoom-$dev.json" \
+    > "$OUT/memo-$dev.md"
+done
 python3 - "$WORK" "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import json, sys
 work, out = sys.argv[1], sys.argv[2]
@@ -60,7 +75,16 @@ rate = bench["model_only"]["crops_per_s"]
 peak = float(os.environ.get("PEAK_TFLOPS", "989")) * 1e12
 print(f"resnet50 on cuda, batch {bench['batch_size']}: {rate:.0f} crops/s = {rate * 2 * 4.09e9 / 1e12:.1f} TFLOP/s, "
       f"{100 * rate * 2 * 4.09e9 / peak:.2f}% of the {peak / 1e12:.0f} TFLOP/s bf16 peak (the model runs in f32)")
-ok = same >= crops - 2 and diff / scale < 1e-3
+import csv
+memo_same = memo_rows = 0
+for tta in ("memo-augmix", "memo-zoom"):
+    a, b = ([r["top5"] for r in csv.DictReader(open(f"{out}/eval-{tta}-{d}.csv"))] for d in ("cpu", "cuda"))
+    memo_rows += len(a)
+    memo_same += sum(x == y for x, y in zip(a, b))
+print(f"MEMO top-5 agreement cpu vs cuda: {memo_same}/{memo_rows} images")
+for d in ("cpu", "cuda"):
+    print(f"MEMO side by side on {d}:\n" + open(f"{out}/memo-{d}.md").read())
+ok = same >= crops - 2 and diff / scale < 1e-3 and memo_rows == 6 and memo_same >= 5
 print("GPU CHECK", "PASSED" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 PY

@@ -298,8 +298,12 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         print!("{}", results::merge(&args.merge)?);
         return Ok(());
     }
+    if !args.compare.is_empty() {
+        print!("{}", results::compare(&args.compare)?);
+        return Ok(());
+    }
     let (Some(data), Some(model)) = (args.dataset, args.model) else {
-        bail!("eval needs DATASET and --model (or --merge FILE...)");
+        bail!("eval needs DATASET and --model (or --merge / --compare FILE...)");
     };
     let hub = Hub::new(HubConfig::from_env());
     let shards = dataset::resolve(&data, &hub, &args.dataset_revision)?;
@@ -316,12 +320,46 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     if let Some(commit) = &shards.revision {
         eprintln!("Dataset {}@{commit}", shards.dataset);
     }
-    let (resolved, classifier) = open_model(&model)?;
     let opts = EvalOptions {
         tta: args.tta,
         aggregate: args.aggregate.unwrap_or_default(),
         batch_size: args.batch_size.max(1),
         limit: args.limit,
+        memo_views: args.views,
+        seed: args.seed,
+        subset_by_origin: args.subset_by_origin,
+    };
+    if args.views == 0 {
+        bail!("--views must be at least 1");
+    }
+    // MEMO adapts a ResNet per image; everything else runs the inference model.
+    let (resolved, classifier, adaptable) = if args.tta.is_memo() {
+        let hub = Hub::new(HubConfig::from_env());
+        let resolved = resolve_model(&model.model, model.arch.as_deref(), &model.revision, &hub)?;
+        let arch = resolved.architecture.name();
+        if crate::models::adapt::layout(arch).is_none() {
+            bail!(
+                "--tta {}: MEMO adapts BatchNorm ResNets (resnet18, resnet50); {} is {arch}",
+                args.tta.name(),
+                resolved.name
+            );
+        }
+        let rt = Runtime::new(model.device)?;
+        let net = crate::models::adapt::AdaptResNet::load(
+            arch,
+            &resolved.weights,
+            rt.device(),
+            candle_core::DType::F32,
+        )?;
+        (resolved, None, Some(net))
+    } else {
+        let (resolved, classifier) = open_model(&model)?;
+        (resolved, Some(classifier), None)
+    };
+    let predictor = match (&classifier, &adaptable) {
+        (Some(c), _) => crate::eval::Predictor::Fixed(c),
+        (None, Some(n)) => crate::eval::Predictor::Memo(n),
+        (None, None) => unreachable!("one of the two is loaded"),
     };
     let mut per_sample = args
         .per_sample
@@ -329,7 +367,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         .map(results::PerSampleWriter::create)
         .transpose()?;
     let report = crate::eval::evaluate(
-        &classifier,
+        predictor,
         &resolved.name,
         &resolved.provenance,
         resolved.eval,

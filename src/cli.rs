@@ -93,7 +93,7 @@ pub struct ModelArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Dataset folder (e.g. output/demo/dataset) or Hub dataset id owner/name.
-    #[arg(required_unless_present = "merge", requires = "model")]
+    #[arg(required_unless_present_any = ["merge", "compare"], requires = "model")]
     pub dataset: Option<String>,
     #[command(flatten)]
     pub model: Option<ModelArgs>,
@@ -112,6 +112,18 @@ pub struct EvalArgs {
     /// Evaluate N rows spread evenly over the dataset.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// MEMO (--tta memo-zoom | memo-augmix): random views per image.
+    #[arg(long, value_name = "B", default_value_t = 16)]
+    pub views: usize,
+    /// MEMO: seed of the random views (image i always gets the same views).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Score ImageNet-A, ImageNet-R and ObjectNet rows (by their origin)
+    /// over their own class subset, as the zoom study does (SPEC §2); MEMO's
+    /// loss then uses the subset too. Default: all 1000 classes, the
+    /// ImageNet-Hard rule.
+    #[arg(long)]
+    pub subset_by_origin: bool,
     /// Crops per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -130,9 +142,19 @@ pub struct EvalArgs {
         long,
         value_name = "JSON",
         num_args = 1..,
-        conflicts_with_all = ["dataset", "ModelArgs", "json", "csv", "per_sample", "tta", "aggregate", "limit"]
+        conflicts_with_all = ["dataset", "ModelArgs", "json", "csv", "per_sample", "tta", "aggregate", "limit", "compare"]
     )]
     pub merge: Vec<PathBuf>,
+    /// Print eval JSON files side by side (top-1 % and seconds per image,
+    /// overall and per origin), e.g. a baseline and two MEMO runs; nothing
+    /// is evaluated.
+    #[arg(
+        long,
+        value_name = "JSON",
+        num_args = 1..,
+        conflicts_with_all = ["dataset", "ModelArgs", "json", "csv", "per_sample", "tta", "aggregate", "limit"]
+    )]
+    pub compare: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@
 //! convention (output pixel centres mapped into the input, bilinear with
 //! truncation, black outside); the tests check them against Pillow's output.
 
+use super::tta::flip_horizontal;
 use crate::models::synthetic::SplitMix64;
 use crate::zoom::{resize, Interpolation, RgbImage};
 
@@ -109,17 +110,6 @@ pub fn random_resized_crop(img: &RgbImage, rng: &mut Rng, filter: Interpolation)
 /// ratio 3/4-4/3, bicubic), no flip.
 pub fn random_zoom_view(img: &RgbImage, rng: &mut Rng) -> RgbImage {
     random_resized_crop(img, rng, Interpolation::Bicubic)
-}
-
-pub fn flip_horizontal(img: &RgbImage) -> RgbImage {
-    let w = img.width as usize;
-    let mut data = Vec::with_capacity(img.data.len());
-    for row in img.data.chunks_exact(w * 3) {
-        for px in row.chunks_exact(3).rev() {
-            data.extend_from_slice(px);
-        }
-    }
-    RgbImage { data, ..*img }
 }
 
 /// One AugMix operation.
@@ -373,6 +363,37 @@ pub fn augmix_view(img: &RgbImage, rng: &mut Rng, mean: [f32; 3], std: [f32; 3],
             out[c * plane + i] = (v as f32 - mean[c]) / std[c];
         }
     }
+}
+
+/// Which random views MEMO adapts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoViews {
+    /// [`random_zoom_view`]
+    Zoom,
+    /// [`augmix_view`]
+    AugMix,
+}
+
+/// `count` random views of `img`, normalised CHW planes back to back.
+pub fn memo_views(
+    kind: MemoViews,
+    img: &RgbImage,
+    count: usize,
+    rng: &mut Rng,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Vec<f32> {
+    let plane = 3 * VIEW_SIZE as usize * VIEW_SIZE as usize;
+    let mut out = vec![0f32; count * plane];
+    for view in out.chunks_exact_mut(plane) {
+        match kind {
+            MemoViews::Zoom => {
+                crate::zoom::normalise_chw(&random_zoom_view(img, rng), mean, std, view)
+            }
+            MemoViews::AugMix => augmix_view(img, rng, mean, std, view),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -14,12 +14,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::hub::HubError;
-use crate::labels::{top_k, LabelConvention};
+use crate::labels::{top_k, ClassSubset, LabelConvention};
+use crate::models::adapt::{AdaptResNet, MemoStep};
 use crate::models::{Classifier, EvalPreprocess, ModelError};
 use crate::sources::{Container, Source, SourceError};
 use crate::zoom::{decode_rgb, normalise_chw, DecodeLimits};
+use augment::MemoViews;
 use dataset::Shards;
 use results::{PerSampleWriter, Sample};
+use std::time::Instant;
 use tta::{aggregate, Aggregate, Tta};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,26 +52,35 @@ pub enum EvalError {
         "{file}: its header `{found}` is not this tool's leaderboard header; give --csv a new file"
     )]
     CsvHeader { file: PathBuf, found: String },
+    #[error("{0}")]
+    Setup(String),
     #[error("{first} and {second} hold results of the same model, dataset, revision, tta and aggregate; merge only one of them")]
     DuplicateResult { first: PathBuf, second: PathBuf },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Score {
     pub images: u64,
     pub top1_correct: u64,
     pub top5_correct: u64,
     pub top1: f64,
     pub top5: f64,
+    /// Wall-clock seconds spent on these images (decode, views, model; a
+    /// batch's model time is shared out by views).
+    pub seconds: f64,
+    pub seconds_per_image: f64,
 }
 
 impl Score {
-    fn add(&mut self, top1: bool, top5: bool) {
+    fn add(&mut self, top1: bool, top5: bool, seconds: f64) {
         self.images += 1;
         self.top1_correct += top1 as u64;
         self.top5_correct += top5 as u64;
+        self.seconds += seconds;
         self.top1 = self.top1_correct as f64 / self.images as f64;
         self.top5 = self.top5_correct as f64 / self.images as f64;
+        self.seconds_per_image = self.seconds / self.images as f64;
     }
 }
 
@@ -85,6 +97,21 @@ pub struct EvalConfig {
     pub views_per_image: usize,
     /// Side of the views fed to the model.
     pub crop_size: u32,
+    /// MEMO's settings; `None` for the other modes.
+    pub memo: Option<MemoConfig>,
+    /// Whether predictions (and MEMO's loss) were restricted to the class
+    /// subset of the row's origin (SPEC §2's zoom-study rule).
+    pub subset_by_origin: bool,
+}
+
+/// How a MEMO run adapted (SPEC §7).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct MemoConfig {
+    /// Random views per image.
+    pub views: usize,
+    pub seed: u64,
+    pub prior_strength: f64,
+    pub lr: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -116,6 +143,19 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Take N rows spread evenly over the dataset.
     pub limit: Option<u64>,
+    /// MEMO: random views per image and the seed they are drawn from.
+    pub memo_views: usize,
+    pub seed: u64,
+    /// Restrict predictions to the class subset of the row's origin.
+    pub subset_by_origin: bool,
+}
+
+/// What scores the images: a fixed classifier, or (MEMO) a ResNet adapted
+/// per image.
+#[derive(Clone, Copy)]
+pub enum Predictor<'a> {
+    Fixed(&'a Classifier),
+    Memo(&'a AdaptResNet),
 }
 
 /// An image whose views wait in the batch.
@@ -124,6 +164,35 @@ struct Pending {
     origin: String,
     labels: Vec<i64>,
     views: usize,
+    /// Seconds spent before the model (decode, views).
+    seconds: f64,
+}
+
+/// The class subset an origin's images are scored over with
+/// `--subset-by-origin`: ImageNet-A, ImageNet-R and ObjectNet by name
+/// (`imagenet-a`, `imagenet_a`, any case), all 1000 classes otherwise.
+pub fn origin_subset(origin: &str) -> ClassSubset {
+    let name = origin.to_ascii_lowercase().replace('_', "-");
+    [
+        ClassSubset::ImagenetA,
+        ClassSubset::ImagenetR,
+        ClassSubset::Objectnet,
+    ]
+    .into_iter()
+    .find(|s| s.name() == name)
+    .unwrap_or(ClassSubset::Imagenet1k)
+}
+
+/// Scores outside `subset` pushed below every class inside it.
+fn restrict(mut scores: Vec<f32>, subset: ClassSubset) -> Vec<f32> {
+    if subset != ClassSubset::Imagenet1k {
+        for (s, keep) in scores.iter_mut().zip(subset.mask()) {
+            if !keep {
+                *s = f32::NEG_INFINITY;
+            }
+        }
+    }
+    scores
 }
 
 /// Logits of `n` crops, run `batch` crops at a time.
@@ -144,11 +213,11 @@ fn logits_in_batches(
     Ok(out)
 }
 
-/// Run `model` (named `model_name`, from `model_provenance`, with its
+/// Run `predictor` (named `model_name`, from `model_provenance`, with its
 /// evaluation view `pre`) over `shards`; each scored image also goes to
 /// `per_sample`, in dataset order.
 pub fn evaluate(
-    model: &Classifier,
+    predictor: Predictor,
     model_name: &str,
     model_provenance: &str,
     pre: EvalPreprocess,
@@ -168,6 +237,36 @@ pub fn evaluate(
     };
     let batch = opts.batch_size.max(1);
     let crop = opts.tta.crop_size(&pre) as usize;
+    let memo = match predictor {
+        Predictor::Memo(_) => {
+            if !opts.tta.is_memo() {
+                return Err(EvalError::Setup(format!(
+                    "an adaptable model needs --tta memo-zoom or memo-augmix, not {}",
+                    opts.tta.name()
+                )));
+            }
+            if crop != augment::VIEW_SIZE as usize {
+                return Err(EvalError::Setup(format!(
+                    "MEMO predicts a {0}x{0} crop, but the model's view is {crop}x{crop}",
+                    augment::VIEW_SIZE
+                )));
+            }
+            Some(MemoConfig {
+                views: opts.memo_views.max(1),
+                seed: opts.seed,
+                prior_strength: MemoStep::PAPER.prior_strength,
+                lr: MemoStep::PAPER.lr,
+            })
+        }
+        Predictor::Fixed(_) if opts.tta.is_memo() => {
+            return Err(EvalError::Setup(format!(
+                "--tta {} adapts the model per image; it needs a ResNet loaded for adaptation",
+                opts.tta.name()
+            )))
+        }
+        Predictor::Fixed(_) => None,
+    };
+    let pools = opts.tta != Tta::None && !opts.tta.is_memo();
     let mut report = EvalReport {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         model: model_name.into(),
@@ -177,69 +276,91 @@ pub fn evaluate(
         files: shards.names.clone(),
         config: EvalConfig {
             tta: opts.tta,
-            aggregate: (opts.tta != Tta::None).then_some(opts.aggregate),
+            aggregate: pools.then_some(opts.aggregate),
             limit: opts.limit,
             batch_size: batch,
-            views_per_image: opts.tta.views_per_image(),
+            views_per_image: memo.map_or(opts.tta.views_per_image(), |m| m.views),
             crop_size: crop as u32,
+            memo,
+            subset_by_origin: opts.subset_by_origin,
         },
         preprocess: pre,
         overall: Score::default(),
         per_origin: BTreeMap::new(),
         skipped: BTreeMap::new(),
     };
+    let subset_of = |origin: &str| {
+        if opts.subset_by_origin {
+            origin_subset(origin)
+        } else {
+            ClassSubset::Imagenet1k
+        }
+    };
+    // Score one image from its class scores.
+    let mut record = |report: &mut EvalReport, p: Pending, scores: Vec<f32>, seconds: f64| {
+        let top5 = top_k(&restrict(scores, subset_of(&p.origin)), 5);
+        let hit1 = top5
+            .first()
+            .is_some_and(|&c| p.labels.contains(&(c as i64)));
+        let hit5 = top5.iter().any(|&c| p.labels.contains(&(c as i64)));
+        report.overall.add(hit1, hit5, seconds);
+        report
+            .per_origin
+            .entry(p.origin.clone())
+            .or_default()
+            .add(hit1, hit5, seconds);
+        match per_sample.as_deref_mut() {
+            Some(w) => w.write(&Sample {
+                id: p.id,
+                origin: p.origin,
+                labels: p.labels,
+                prediction: top5.first().copied().unwrap_or(0),
+                correct: hit1,
+                top5,
+            }),
+            None => Ok(()),
+        }
+    };
     let plane = 3 * crop * crop;
     let mut input: Vec<f32> = Vec::with_capacity(batch * plane);
     let mut pending: Vec<Pending> = Vec::new();
     let bar = crate::util::progress(source.row_count_hint().unwrap_or(0), "eval");
-    let mut flush = |input: &mut Vec<f32>,
-                     pending: &mut Vec<Pending>,
-                     report: &mut EvalReport|
+    type Record<'r> =
+        dyn FnMut(&mut EvalReport, Pending, Vec<f32>, f64) -> Result<(), EvalError> + 'r;
+    let flush = |model: &Classifier,
+                 input: &mut Vec<f32>,
+                 pending: &mut Vec<Pending>,
+                 report: &mut EvalReport,
+                 record: &mut Record|
      -> Result<(), EvalError> {
         let n: usize = pending.iter().map(|p| p.views).sum();
         if n == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         let logits = logits_in_batches(model, input, n, crop, batch)?;
+        let per_view = started.elapsed().as_secs_f64() / n as f64;
         let classes = logits.len() / n;
         let mut offset = 0;
         for p in pending.drain(..) {
             let own = &logits[offset * classes..(offset + p.views) * classes];
             offset += p.views;
             // Without TTA the logits rank the classes themselves.
-            let scores = if opts.tta == Tta::None {
-                own.to_vec()
-            } else {
+            let scores = if pools {
                 let views: Vec<&[f32]> = own.chunks_exact(classes).collect();
                 aggregate(&views, opts.aggregate)
+            } else {
+                own.to_vec()
             };
-            let top5 = top_k(&scores, 5);
-            let hit1 = top5
-                .first()
-                .is_some_and(|&c| p.labels.contains(&(c as i64)));
-            let hit5 = top5.iter().any(|&c| p.labels.contains(&(c as i64)));
-            report.overall.add(hit1, hit5);
-            report
-                .per_origin
-                .entry(p.origin.clone())
-                .or_default()
-                .add(hit1, hit5);
-            if let Some(w) = per_sample.as_deref_mut() {
-                w.write(&Sample {
-                    id: p.id,
-                    origin: p.origin,
-                    labels: p.labels,
-                    prediction: top5.first().copied().unwrap_or(0),
-                    correct: hit1,
-                    top5,
-                })?;
-            }
+            let seconds = p.seconds + per_view * p.views as f64;
+            record(report, p, scores, seconds)?;
             bar.inc(1);
         }
         input.clear();
         Ok(())
     };
-    for outcome in source.rows() {
+    for (index, outcome) in source.rows().enumerate() {
+        let started = Instant::now();
         let rec = match outcome? {
             Ok(r) => r,
             Err(skip) => {
@@ -254,27 +375,61 @@ pub fn evaluate(
                 continue;
             }
         };
-        let views = opts.tta.views(&img, &pre);
-        for view in &views {
-            let start = input.len();
-            input.resize(start + plane, 0.0);
-            normalise_chw(view, pre.mean, pre.std, &mut input[start..]);
-        }
         let origin = rec.origin.unwrap_or_else(|| "unknown".into());
-        pending.push(Pending {
+        let mut p = Pending {
             id: rec
                 .path
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| format!("{origin}/{}", rec.row)),
             origin,
             labels: rec.labels,
-            views: views.len(),
-        });
-        if input.len() >= batch * plane {
-            flush(&mut input, &mut pending, &mut report)?;
+            views: 0,
+            seconds: 0.0,
+        };
+        let test_view = opts.tta.views(&img, &pre);
+        match (predictor, memo) {
+            (Predictor::Memo(net), Some(cfg)) => {
+                let kind = match opts.tta {
+                    Tta::MemoAugmix => MemoViews::AugMix,
+                    _ => MemoViews::Zoom,
+                };
+                let mut rng = augment::Rng::for_image(cfg.seed, index as u64);
+                let views = augment::memo_views(kind, &img, cfg.views, &mut rng, pre.mean, pre.std);
+                let mut test = vec![0f32; plane];
+                normalise_chw(&test_view[0], pre.mean, pre.std, &mut test);
+                let classes: Option<Vec<u32>> = match subset_of(&p.origin) {
+                    ClassSubset::Imagenet1k => None,
+                    s => Some(s.indices().into_iter().map(|i| i as u32).collect()),
+                };
+                let step = MemoStep {
+                    prior_strength: cfg.prior_strength,
+                    lr: cfg.lr,
+                };
+                let episode = net.memo_episode(&views, &test, crop, classes.as_deref(), step)?;
+                p.views = 1;
+                let seconds = started.elapsed().as_secs_f64();
+                record(&mut report, p, episode.logits, seconds)?;
+                bar.inc(1);
+            }
+            (Predictor::Fixed(model), _) => {
+                for view in &test_view {
+                    let start = input.len();
+                    input.resize(start + plane, 0.0);
+                    normalise_chw(view, pre.mean, pre.std, &mut input[start..]);
+                }
+                p.views = test_view.len();
+                p.seconds = started.elapsed().as_secs_f64();
+                pending.push(p);
+                if input.len() >= batch * plane {
+                    flush(model, &mut input, &mut pending, &mut report, &mut record)?;
+                }
+            }
+            (Predictor::Memo(_), None) => unreachable!("checked above"),
         }
     }
-    flush(&mut input, &mut pending, &mut report)?;
+    if let Predictor::Fixed(model) = predictor {
+        flush(model, &mut input, &mut pending, &mut report, &mut record)?;
+    }
     bar.finish_and_clear();
     Ok(report)
 }
@@ -282,14 +437,21 @@ pub fn evaluate(
 impl EvalReport {
     /// Human table: overall and per origin, percent.
     pub fn table(&self) -> String {
-        let view = match self.config.aggregate {
-            Some(how) => format!(
+        let view = match (self.config.memo, self.config.aggregate) {
+            (Some(m), _) => format!(
+                "{}: one SGD step (lr {}) per image on {} views, BatchNorm prior {}, then the model's view",
+                self.config.tta.name(),
+                m.lr,
+                m.views,
+                m.prior_strength
+            ),
+            (None, Some(how)) => format!(
                 "tta {}, {} views, aggregate {}",
                 self.config.tta.name(),
                 self.config.views_per_image,
                 how.name()
             ),
-            None => "the model's view".into(),
+            (None, None) => "the model's view".into(),
         };
         let revision = self
             .dataset_revision
@@ -297,27 +459,54 @@ impl EvalReport {
             .map(|r| format!("@{r}"))
             .unwrap_or_default();
         let mut out = format!(
-            "model {} on {}{revision} ({view})\n\n| origin | images | top-1 % | top-5 % |\n|---|---:|---:|---:|\n",
+            "model {} on {}{revision} ({view})\n\n| origin | images | top-1 % | top-5 % | s/image |\n|---|---:|---:|---:|---:|\n",
             self.model, self.dataset
         );
-        for (origin, s) in &self.per_origin {
-            out.push_str(&format!(
-                "| {origin} | {} | {:.2} | {:.2} |\n",
+        let line = |name: &str, s: &Score| {
+            format!(
+                "| {name} | {} | {:.2} | {:.2} | {:.3} |\n",
                 s.images,
                 100.0 * s.top1,
-                100.0 * s.top5
-            ));
+                100.0 * s.top5,
+                s.seconds_per_image
+            )
+        };
+        for (origin, s) in &self.per_origin {
+            out.push_str(&line(origin, s));
         }
-        let o = &self.overall;
-        out.push_str(&format!(
-            "| **all** | {} | {:.2} | {:.2} |\n",
-            o.images,
-            100.0 * o.top1,
-            100.0 * o.top5
-        ));
+        out.push_str(&line("**all**", &self.overall));
         if !self.skipped.is_empty() {
             out.push_str(&format!("\nskipped: {:?}\n", self.skipped));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_name_their_class_subset() {
+        assert_eq!(origin_subset("imagenet-a"), ClassSubset::ImagenetA);
+        assert_eq!(origin_subset("ImageNet_R"), ClassSubset::ImagenetR);
+        assert_eq!(origin_subset("objectnet"), ClassSubset::Objectnet);
+        assert_eq!(origin_subset("imagenet-sketch"), ClassSubset::Imagenet1k);
+        assert_eq!(origin_subset("imagenet-a-ish"), ClassSubset::Imagenet1k);
+    }
+
+    #[test]
+    fn restricting_keeps_the_best_class_inside_the_subset() {
+        // Class 0 is not an ImageNet-A class; class 6 (the first one) is.
+        let mut scores = vec![0.0f32; 1000];
+        scores[0] = 9.0;
+        scores[6] = 1.0;
+        assert_eq!(
+            top_k(&restrict(scores.clone(), ClassSubset::Imagenet1k), 1),
+            [0]
+        );
+        let only_a = restrict(scores, ClassSubset::ImagenetA);
+        assert_eq!(top_k(&only_a, 1), [6]);
+        assert_eq!(only_a[0], f32::NEG_INFINITY);
     }
 }

@@ -137,6 +137,62 @@ pub fn merge(files: &[PathBuf]) -> Result<String, EvalError> {
     Ok(out)
 }
 
+/// Eval JSON reports side by side: one row per origin (and `all`), for
+/// each report its top-1 % and seconds per image. Columns are named by the
+/// report's TTA (and aggregate), in the order given.
+pub fn compare(files: &[PathBuf]) -> Result<String, EvalError> {
+    let mut reports = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(io_err(file))?;
+        let report: EvalReport = serde_json::from_str(&text).map_err(|e| EvalError::Json {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        reports.push(report);
+    }
+    let name = |r: &EvalReport| match r.config.aggregate {
+        Some(a) => format!("{} {}", r.config.tta.name(), a.name()),
+        None => r.config.tta.name().to_string(),
+    };
+    let mut out = String::from("| origin | images |");
+    let mut rule = String::from("|---|---:|");
+    for r in &reports {
+        out.push_str(&format!(" {} top-1 % | {} s/image |", name(r), name(r)));
+        rule.push_str("---:|---:|");
+    }
+    out.push('\n');
+    out.push_str(&rule);
+    out.push('\n');
+    let mut origins: Vec<&String> = reports.iter().flat_map(|r| r.per_origin.keys()).collect();
+    origins.sort();
+    origins.dedup();
+    let row = |label: &str, pick: &dyn Fn(&EvalReport) -> Option<super::Score>| {
+        // One count when every report scored the same images, else each.
+        let mut counts: Vec<String> = reports
+            .iter()
+            .map(|r| pick(r).map_or("-".into(), |s| s.images.to_string()))
+            .collect();
+        counts.dedup();
+        let mut line = format!("| {label} | {} |", counts.join(" / "));
+        for r in &reports {
+            match pick(r) {
+                Some(s) => line.push_str(&format!(
+                    " {:.2} | {:.3} |",
+                    100.0 * s.top1,
+                    s.seconds_per_image
+                )),
+                None => line.push_str(" - | - |"),
+            }
+        }
+        line + "\n"
+    };
+    for origin in origins {
+        out.push_str(&row(origin, &|r| r.per_origin.get(origin).cloned()));
+    }
+    out.push_str(&row("**all**", &|r| Some(r.overall.clone())));
+    Ok(out)
+}
+
 /// One image's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

@@ -49,6 +49,12 @@ pub enum Tta {
     #[value(name = "10crop")]
     #[serde(rename = "10crop")]
     TenCrop,
+    /// MEMO with random zoom-in views (RandomResizedCrop, bicubic, no flip):
+    /// per image, one SGD step on the views' marginal entropy, then the
+    /// model's own view (BatchNorm ResNets).
+    MemoZoom,
+    /// MEMO with AugMix views (on a RandomResizedCrop and a flip).
+    MemoAugmix,
 }
 
 impl Tta {
@@ -61,7 +67,14 @@ impl Tta {
             Tta::Zoom224 => "zoom-224",
             Tta::FiveCrop => "5crop",
             Tta::TenCrop => "10crop",
+            Tta::MemoZoom => "memo-zoom",
+            Tta::MemoAugmix => "memo-augmix",
         }
+    }
+
+    /// Whether this adapts the model per image (MEMO) instead of pooling views.
+    pub fn is_memo(self) -> bool {
+        matches!(self, Tta::MemoZoom | Tta::MemoAugmix)
     }
 
     /// The paper-grid scales of a zoom group; `None` for the other kinds.
@@ -73,7 +86,7 @@ impl Tta {
             Tta::ZoomIn => Some(keep(|s| s > ZOOM_CROP)),
             Tta::ZoomOut => Some(keep(|s| s < ZOOM_CROP)),
             Tta::Zoom224 => Some(keep(|s| s == ZOOM_CROP)),
-            Tta::None | Tta::FiveCrop | Tta::TenCrop => None,
+            Tta::None | Tta::FiveCrop | Tta::TenCrop | Tta::MemoZoom | Tta::MemoAugmix => None,
         }
     }
 
@@ -85,10 +98,10 @@ impl Tta {
         }
     }
 
-    /// Views per image.
+    /// Views per image (for MEMO: the one view predicted after adapting).
     pub fn views_per_image(self) -> usize {
         match self {
-            Tta::None => 1,
+            Tta::None | Tta::MemoZoom | Tta::MemoAugmix => 1,
             Tta::FiveCrop => 5,
             Tta::TenCrop => 10,
             zoom => zoom.zoom_scales().map_or(0, |s| s.len() * 9),
