@@ -77,7 +77,8 @@ pub fn mixed_statistics(
         candle_core::bail!("batch statistics need at least 2 values per channel, got {count}");
     }
     let per_channel = |t: &Tensor| -> Result<Tensor> {
-        t.sum_keepdim(0)?.sum_keepdim(2)?.sum_keepdim(3)?.reshape(c)
+        // Innermost dimension first: each reduction reads contiguous rows.
+        t.sum_keepdim(3)?.sum_keepdim(2)?.sum_keepdim(0)?.reshape(c)
     };
     let mean = (per_channel(&x)? / count as f64)?;
     let centred = x.broadcast_sub(&mean.reshape((1, c, 1, 1))?)?;
@@ -122,10 +123,12 @@ impl BatchNorm {
                 s.clone()
             }
         };
-        let scale = (self.weight.as_tensor() / (var + BN_EPS)?.sqrt()?)?.reshape((1, c, 1, 1))?;
-        x.broadcast_sub(&mean.reshape((1, c, 1, 1))?)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        // gamma (x - mean) / sqrt(var + eps) + beta as one scale and one
+        // shift per channel: two passes over the activations, not three.
+        let scale = (self.weight.as_tensor() / (var + BN_EPS)?.sqrt()?)?;
+        let shift = (self.bias.as_tensor() - (mean * &scale)?)?;
+        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
     }
 }
 
@@ -156,7 +159,7 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor, norm: &mut Norm) -> Result<Tensor> {
-        let y = x.conv2d(self.weight.as_tensor(), self.padding, self.stride, 1, 1)?;
+        let y = super::conv_grad::conv2d(x, self.weight.as_tensor(), self.stride, self.padding)?;
         self.bn.forward(&y, norm)
     }
 }

@@ -28,7 +28,7 @@ pub struct Conv {
 }
 
 #[derive(Clone)]
-struct CpuConv {
+pub(super) struct CpuConv {
     weight: Arc<Vec<f32>>,
     bias: Arc<Vec<f32>>,
     c_in: usize,
@@ -120,7 +120,35 @@ thread_local! {
 }
 
 impl CpuConv {
-    fn out_size(&self, i: usize) -> usize {
+    /// The shape of a convolution without weights: for im2col alone.
+    pub(super) fn geometry(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> CpuConv {
+        CpuConv {
+            weight: Arc::new(Vec::new()),
+            bias: Arc::new(Vec::new()),
+            c_in,
+            c_out,
+            k,
+            stride,
+            padding,
+            relu: false,
+        }
+    }
+
+    pub(super) fn stride(&self) -> usize {
+        self.stride
+    }
+
+    pub(super) fn padding(&self) -> usize {
+        self.padding
+    }
+
+    pub(super) fn out_size(&self, i: usize) -> usize {
         (i + 2 * self.padding).saturating_sub(self.k) / self.stride + 1
     }
 
@@ -201,7 +229,15 @@ impl CpuConv {
     }
 
     /// `cols[(ci, ky, kx), (oy, ox)] = inp[ci, oy*s + ky - p, ox*s + kx - p]`, 0 outside.
-    fn im2col(&self, inp: &[f32], h: usize, w: usize, oh: usize, ow: usize, cols: &mut [f32]) {
+    pub(super) fn im2col(
+        &self,
+        inp: &[f32],
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        cols: &mut [f32],
+    ) {
         let (k, s, p) = (self.k, self.stride, self.padding as isize);
         let n = oh * ow;
         for ci in 0..self.c_in {

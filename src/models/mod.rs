@@ -7,6 +7,7 @@
 pub mod adapt;
 pub mod clip;
 mod conv;
+mod conv_grad;
 pub mod convnext;
 pub mod efficientnet;
 mod nhwc;
