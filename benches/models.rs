@@ -7,6 +7,10 @@
 //! On a CUDA device it also prints how far the GPU logits are from the CPU's
 //! for the same weights and input (max |gpu - cpu| / max |cpu|).
 
+// As the binary (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use imagenet_hard::models::synthetic::{input, write_weights, Head};
 use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Extras, Runtime};
 use std::time::Instant;

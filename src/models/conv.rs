@@ -215,10 +215,13 @@ impl CpuConv {
         } else {
             COLUMNS.with(|buf| {
                 let mut cols = buf.borrow_mut();
-                cols.clear();
-                cols.resize(kk * n, 0.0);
-                self.im2col(inp, h, w, oh, ow, &mut cols);
-                run(&cols);
+                // im2col writes every value (zeros included): only grow.
+                if cols.len() < kk * n {
+                    cols.resize(kk * n, 0.0);
+                }
+                let cols = &mut cols[..kk * n];
+                self.im2col(inp, h, w, oh, ow, cols);
+                run(cols);
             });
         }
         if self.relu {
