@@ -94,17 +94,22 @@ pub fn append_csv(file: &Path, report: &EvalReport) -> Result<(), EvalError> {
     f.write_all(out.as_bytes()).map_err(io_err(file))
 }
 
+/// An eval JSON report written by `eval --json`.
+fn read_report(file: &Path) -> Result<EvalReport, EvalError> {
+    let text = std::fs::read_to_string(file).map_err(io_err(file))?;
+    serde_json::from_str(&text).map_err(|e| EvalError::Json {
+        file: file.into(),
+        message: e.to_string(),
+    })
+}
+
 /// Read eval JSON reports into a leaderboard: one row per (model, dataset,
 /// dataset revision, tta, aggregate), best top-1 first. The same key in two
 /// files is an error naming both.
 pub fn merge(files: &[PathBuf]) -> Result<String, EvalError> {
     let mut reports: Vec<(PathBuf, EvalReport)> = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file).map_err(io_err(file))?;
-        let report: EvalReport = serde_json::from_str(&text).map_err(|e| EvalError::Json {
-            file: file.clone(),
-            message: e.to_string(),
-        })?;
+        let report = read_report(file)?;
         let key = |r: &EvalReport| {
             (
                 r.model.clone(),
@@ -143,11 +148,7 @@ pub fn merge(files: &[PathBuf]) -> Result<String, EvalError> {
 pub fn compare(files: &[PathBuf]) -> Result<String, EvalError> {
     let mut reports = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file).map_err(io_err(file))?;
-        let report: EvalReport = serde_json::from_str(&text).map_err(|e| EvalError::Json {
-            file: file.clone(),
-            message: e.to_string(),
-        })?;
+        let report = read_report(file)?;
         reports.push(report);
     }
     let name = |r: &EvalReport| match r.config.aggregate {

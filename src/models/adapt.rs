@@ -14,6 +14,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
+use super::resnet::ConvPlan;
 use crate::labels::NUM_CLASSES;
 
 /// torchvision's BatchNorm epsilon.
@@ -226,13 +227,9 @@ pub struct AdaptResNet {
     params: Params,
 }
 
-/// The stage depths and block kind of an architecture this module builds.
+/// The stage depths and block kind of `arch`, if this module builds it.
 pub fn layout(arch: &str) -> Option<([usize; 4], bool)> {
-    match arch {
-        "resnet18" => Some(([2, 2, 2, 2], false)),
-        "resnet50" => Some(([3, 4, 6, 3], true)),
-        _ => None,
-    }
+    super::resnet::layout(arch)
 }
 
 impl AdaptResNet {
@@ -251,56 +248,32 @@ impl AdaptResNet {
         };
         let p = &mut params;
         let stem = ConvBn::load(vb.pp("conv1"), vb.pp("bn1"), (3, 64, 7), 2, 3, p)?;
-        let expansion = if bottleneck { 4 } else { 1 };
+        let (plans, features) = super::resnet::plan(layers, bottleneck);
         let mut blocks = Vec::new();
-        let mut c_in = 64;
-        for (li, &n) in layers.iter().enumerate() {
-            let width = 64 << li;
-            let c_out = width * expansion;
-            for bi in 0..n {
-                let stride = if li > 0 && bi == 0 { 2 } else { 1 };
-                let vb = vb.pp(format!("layer{}", li + 1)).pp(bi);
-                let down = if stride != 1 || c_in != c_out {
-                    let d = vb.pp("downsample");
-                    Some(ConvBn::load(
-                        d.pp(0),
-                        d.pp(1),
-                        (c_in, c_out, 1),
-                        stride,
-                        0,
-                        p,
-                    )?)
-                } else {
-                    None
-                };
-                let mut cb = |i: usize, shape, s, pad| {
-                    ConvBn::load(
-                        vb.pp(format!("conv{i}")),
-                        vb.pp(format!("bn{i}")),
-                        shape,
-                        s,
-                        pad,
-                        p,
-                    )
-                };
-                let convs = if bottleneck {
-                    vec![
-                        cb(1, (c_in, width, 1), 1, 0)?,
-                        cb(2, (width, width, 3), stride, 1)?,
-                        cb(3, (width, c_out, 1), 1, 0)?,
-                    ]
-                } else {
-                    vec![
-                        cb(1, (c_in, width, 3), stride, 1)?,
-                        cb(2, (width, width, 3), 1, 1)?,
-                    ]
-                };
-                blocks.push(Block { convs, down });
-                c_in = c_out;
+        for bp in &plans {
+            let vb = vb.pp(&bp.prefix);
+            let mut load = |conv: VarBuilder, bn: VarBuilder, c: &ConvPlan| {
+                ConvBn::load(conv, bn, (c.c_in, c.c_out, c.k), c.stride, c.padding, p)
+            };
+            let mut convs = Vec::new();
+            for (i, c) in bp.convs.iter().enumerate() {
+                convs.push(load(
+                    vb.pp(format!("conv{}", i + 1)),
+                    vb.pp(format!("bn{}", i + 1)),
+                    c,
+                )?);
             }
+            let down = match &bp.down {
+                Some(c) => {
+                    let d = vb.pp("downsample");
+                    Some(load(d.pp(0), d.pp(1), c)?)
+                }
+                None => None,
+            };
+            blocks.push(Block { convs, down });
         }
         let fc = vb.pp("fc");
-        let fc_w = params.var(&fc, (NUM_CLASSES, c_in), "weight")?;
+        let fc_w = params.var(&fc, (NUM_CLASSES, features), "weight")?;
         let fc_b = params.var(&fc, NUM_CLASSES, "bias")?;
         Ok(AdaptResNet {
             stem,
@@ -649,14 +622,7 @@ mod tests {
                 .max_pool2d_with_stride(3, 2)
                 .unwrap();
             assert_eq!(ours.dims(), want.dims(), "{h}x{w}");
-            let d = (ours - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = crate::models::conv::tests::max_diff(&ours, &want);
             assert_eq!(d, 0.0, "{h}x{w}");
         }
     }

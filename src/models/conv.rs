@@ -184,30 +184,16 @@ impl CpuConv {
         // `cols` [kk, n], both row-major and long enough.
         let run = |cols: &[f32]| unsafe {
             // out[c_out, n] += W[c_out, kk] * cols[kk, n], all row-major.
-            gemm::gemm(
-                self.c_out,
-                n,
-                kk,
+            matmul(
+                (self.c_out, n, kk),
                 dst,
-                1,
-                n as isize,
-                true,
+                (n as isize, 1),
                 self.weight.as_ptr(),
-                1,
-                kk as isize,
+                (kk as isize, 1),
                 cols.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                if parallel {
-                    gemm::Parallelism::Rayon(rayon::current_num_threads())
-                } else {
-                    gemm::Parallelism::None
-                },
+                (n as isize, 1),
+                true,
+                parallel,
             )
         };
         if direct {
@@ -327,7 +313,51 @@ impl CpuConv {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, every operand given by its row and
+/// column strides; `accumulate` keeps what `dst` holds.
+///
+/// # Safety
+/// Each pointer must cover its matrix under its strides, `dst` unaliased.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (isize, isize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (isize, isize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        if parallel {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        },
+    )
+}
+
+pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("conv: f32 input expected");
     };
@@ -368,7 +398,7 @@ impl CustomOp2 for Residual {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn reference(x: &Tensor, w: &Tensor, bias: &Tensor, s: usize, p: usize, relu: bool) -> Tensor {
@@ -385,7 +415,8 @@ mod tests {
         }
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest |a - b| (shared with the other convolution tests).
+    pub(in crate::models) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::CpuConv;
+use super::conv::{contiguous_f32, matmul, CpuConv};
 
 /// `conv2d(x, w)` (no bias, no dilation, one group) that candle can
 /// differentiate, fast on the CPU for f32.
@@ -28,57 +28,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 struct Conv {
     geometry: CpuConv,
     dims: (usize, usize, usize),
-}
-
-/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, every operand given by its row and
-/// column strides; `accumulate` keeps what `dst` holds.
-///
-/// # Safety
-/// Each pointer must cover its matrix under its strides, `dst` unaliased.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (isize, isize),
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (isize, isize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (isize, isize),
-    accumulate: bool,
-    parallel: bool,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs,
-        dst_rs,
-        accumulate,
-        lhs,
-        lhs_cs,
-        lhs_rs,
-        rhs,
-        rhs_cs,
-        rhs_rs,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        if parallel {
-            gemm::Parallelism::Rayon(rayon::current_num_threads())
-        } else {
-            gemm::Parallelism::None
-        },
-    )
-}
-
-fn f32s<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("conv: contiguous f32 operands expected"),
-    }
 }
 
 impl Conv {
@@ -232,7 +181,7 @@ impl CustomOp2 for Conv {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let sizes = self.sizes(l1)?;
-        let out = self.forward(f32s(s1, l1)?, f32s(s2, l2)?, sizes);
+        let out = self.forward(contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?, sizes);
         let (b, _, _, oh, ow) = sizes;
         Ok((CpuStorage::F32(out), Shape::from((b, self.dims.1, oh, ow))))
     }
@@ -252,8 +201,12 @@ impl CustomOp2 for Conv {
             x_shape: x.dims().to_vec(),
         };
         let g = grad.contiguous()?;
-        let dw = x.contiguous()?.apply_op2_no_bwd(&g, &WeightGrad(&grads))?;
-        let dx = w.contiguous()?.apply_op2_no_bwd(&g, &InputGrad(&grads))?;
+        let dw = x
+            .contiguous()?
+            .apply_op2_no_bwd(&g, &Gradient(&grads, Wrt::Weight))?;
+        let dx = w
+            .contiguous()?
+            .apply_op2_no_bwd(&g, &Gradient(&grads, Wrt::Input))?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -276,34 +229,23 @@ impl GradOp {
     }
 }
 
-struct WeightGrad<'a>(&'a GradOp);
-
-impl CustomOp2 for WeightGrad<'_> {
-    fn name(&self) -> &'static str {
-        "imagenet-hard-conv2d-grad-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (c_in, c_out, k) = self.0.conv.dims;
-        let dw = self
-            .0
-            .conv
-            .grad_weight(f32s(s1, l1)?, f32s(s2, l2)?, self.0.sizes());
-        Ok((CpuStorage::F32(dw), Shape::from((c_out, c_in, k, k))))
-    }
+/// Which gradient a [`Gradient`] op computes.
+#[derive(Clone, Copy)]
+enum Wrt {
+    /// From `(x, grad)`: `[c_out, c_in, k, k]`.
+    Weight,
+    /// From `(w, grad)`: the input's shape.
+    Input,
 }
 
-struct InputGrad<'a>(&'a GradOp);
+struct Gradient<'a>(&'a GradOp, Wrt);
 
-impl CustomOp2 for InputGrad<'_> {
+impl CustomOp2 for Gradient<'_> {
     fn name(&self) -> &'static str {
-        "imagenet-hard-conv2d-grad-input"
+        match self.1 {
+            Wrt::Weight => "imagenet-hard-conv2d-grad-weight",
+            Wrt::Input => "imagenet-hard-conv2d-grad-input",
+        }
     }
 
     fn cpu_fwd(
@@ -313,37 +255,31 @@ impl CustomOp2 for InputGrad<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dx = self
-            .0
-            .conv
-            .grad_input(f32s(s1, l1)?, f32s(s2, l2)?, self.0.sizes());
-        Ok((CpuStorage::F32(dx), Shape::from(self.0.x_shape.clone())))
+        let (op, sizes) = (&self.0.conv, self.0.sizes());
+        let (a, g) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        Ok(match self.1 {
+            Wrt::Weight => {
+                let (c_in, c_out, k) = op.dims;
+                let dw = op.grad_weight(a, g, sizes);
+                (CpuStorage::F32(dw), Shape::from((c_out, c_in, k, k)))
+            }
+            Wrt::Input => {
+                let dx = op.grad_input(a, g, sizes);
+                (CpuStorage::F32(dx), Shape::from(self.0.x_shape.clone()))
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::conv::tests::max_diff;
     use crate::models::synthetic::input;
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1e-6);
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            / scale
+        let zero = b.zeros_like().unwrap();
+        max_diff(a, b) / max_diff(b, &zero).max(1e-6)
     }
 
     /// Output and both gradients equal candle's conv2d and its backward on

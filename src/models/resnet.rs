@@ -42,27 +42,21 @@ impl ConvBn {
     }
 }
 
-enum Block {
-    Basic {
-        a: Conv,
-        b: Conv,
-        down: Option<Conv>,
-    },
-    Bottleneck {
-        a: Conv,
-        b: Conv,
-        c: Conv,
-        down: Option<Conv>,
-    },
+/// A residual block: two (basic) or three (bottleneck) convolutions, the
+/// last without its ReLU, and the optional projection shortcut.
+struct Block {
+    convs: Vec<Conv>,
+    down: Option<Conv>,
 }
 
 impl Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (y, last, down) = match self {
-            Block::Basic { a, b, down } => (a.forward(x)?, b, down),
-            Block::Bottleneck { a, b, c, down } => (b.forward(&a.forward(x)?)?, c, down),
-        };
-        let shortcut = match down {
+        let (last, first) = self.convs.split_last().expect("a block has convolutions");
+        let mut y = x.clone();
+        for conv in first {
+            y = conv.forward(&y)?;
+        }
+        let shortcut = match &self.down {
             Some(d) => d.forward(x)?,
             None => x.clone(),
         };
@@ -95,8 +89,43 @@ impl Module for ResNet {
     }
 }
 
-fn build(vb: VarBuilder, layers: [usize; 4], bottleneck: bool) -> Result<ResNet> {
-    let stem = ConvBn::load(vb.pp("conv1"), vb.pp("bn1"), 3, 64, 7, 2, 3, true)?;
+/// Stage depths and block kind of ResNet-18 and ResNet-50.
+pub(super) fn layout(arch: &str) -> Option<([usize; 4], bool)> {
+    match arch {
+        "resnet18" => Some(([2, 2, 2, 2], false)),
+        "resnet50" => Some(([3, 4, 6, 3], true)),
+        _ => None,
+    }
+}
+
+/// One convolution (and its BatchNorm) of a block.
+pub(super) struct ConvPlan {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// One residual block of torchvision's layout: tensors under `prefix`
+/// (`layer2.0`), convolution `i` named `conv{i+1}` / `bn{i+1}`, the
+/// projection `downsample.0` / `downsample.1`.
+pub(super) struct BlockPlan {
+    pub prefix: String,
+    pub convs: Vec<ConvPlan>,
+    pub down: Option<ConvPlan>,
+}
+
+/// The blocks of a ResNet after the 7x7 stem (64 channels), and the
+/// channels entering the classifier.
+pub(super) fn plan(layers: [usize; 4], bottleneck: bool) -> (Vec<BlockPlan>, usize) {
+    let conv = |c_in, c_out, k, stride| ConvPlan {
+        c_in,
+        c_out,
+        k,
+        stride,
+        padding: k / 2,
+    };
     let expansion = if bottleneck { 4 } else { 1 };
     let mut blocks = Vec::new();
     let mut c_in = 64;
@@ -105,62 +134,75 @@ fn build(vb: VarBuilder, layers: [usize; 4], bottleneck: bool) -> Result<ResNet>
         let c_out = width * expansion;
         for bi in 0..n {
             let stride = if li > 0 && bi == 0 { 2 } else { 1 };
-            let vb = vb.pp(format!("layer{}", li + 1)).pp(bi);
-            let down = if stride != 1 || c_in != c_out {
-                Some(ConvBn::load(
-                    vb.pp("downsample").pp(0),
-                    vb.pp("downsample").pp(1),
-                    c_in,
-                    c_out,
-                    1,
-                    stride,
-                    0,
-                    false,
-                )?)
+            let convs = if bottleneck {
+                vec![
+                    conv(c_in, width, 1, 1),
+                    conv(width, width, 3, stride),
+                    conv(width, c_out, 1, 1),
+                ]
             } else {
-                None
+                vec![conv(c_in, width, 3, stride), conv(width, width, 3, 1)]
             };
-            let cb = |i: usize, ci, co, k, s, p, relu| {
-                ConvBn::load(
-                    vb.pp(format!("conv{i}")),
-                    vb.pp(format!("bn{i}")),
-                    ci,
-                    co,
-                    k,
-                    s,
-                    p,
-                    relu,
-                )
-            };
-            blocks.push(if bottleneck {
-                Block::Bottleneck {
-                    a: cb(1, c_in, width, 1, 1, 0, true)?,
-                    b: cb(2, width, width, 3, stride, 1, true)?,
-                    c: cb(3, width, c_out, 1, 1, 0, false)?,
-                    down,
-                }
-            } else {
-                Block::Basic {
-                    a: cb(1, c_in, width, 3, stride, 1, true)?,
-                    b: cb(2, width, width, 3, 1, 1, false)?,
-                    down,
-                }
+            blocks.push(BlockPlan {
+                prefix: format!("layer{}.{bi}", li + 1),
+                convs,
+                down: (stride != 1 || c_in != c_out).then(|| conv(c_in, c_out, 1, stride)),
             });
             c_in = c_out;
         }
     }
+    (blocks, c_in)
+}
+
+fn build(vb: VarBuilder, layers: [usize; 4], bottleneck: bool) -> Result<ResNet> {
+    let stem = ConvBn::load(vb.pp("conv1"), vb.pp("bn1"), 3, 64, 7, 2, 3, true)?;
+    let (plans, features) = plan(layers, bottleneck);
+    let load = |conv: VarBuilder, bn: VarBuilder, c: &ConvPlan, relu| {
+        ConvBn::load(conv, bn, c.c_in, c.c_out, c.k, c.stride, c.padding, relu)
+    };
+    let mut blocks = Vec::new();
+    for bp in &plans {
+        let vb = vb.pp(&bp.prefix);
+        let last = bp.convs.len() - 1;
+        let convs = bp
+            .convs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                load(
+                    vb.pp(format!("conv{}", i + 1)),
+                    vb.pp(format!("bn{}", i + 1)),
+                    c,
+                    i < last,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let down = match &bp.down {
+            Some(c) => {
+                let d = vb.pp("downsample");
+                Some(load(d.pp(0), d.pp(1), c, false)?)
+            }
+            None => None,
+        };
+        blocks.push(Block { convs, down });
+    }
     Ok(ResNet {
         stem,
         blocks,
-        fc_w: vb.pp("fc").get((NUM_CLASSES, c_in), "weight")?,
+        fc_w: vb.pp("fc").get((NUM_CLASSES, features), "weight")?,
         fc_b: vb.pp("fc").get(NUM_CLASSES, "bias")?,
     })
 }
 
+fn build_named(vb: VarBuilder, arch: &str) -> Result<ResNet> {
+    let (layers, bottleneck) = layout(arch).expect("a ResNet layout");
+    build(vb, layers, bottleneck)
+}
+
 pub fn resnet18(vb: VarBuilder<'static>, _: &Extras) -> Result<Net> {
-    Ok(Box::new(build(vb, [2, 2, 2, 2], false)?))
+    Ok(Box::new(build_named(vb, "resnet18")?))
 }
 
 pub fn resnet50(vb: VarBuilder<'static>, _: &Extras) -> Result<Net> {
-    Ok(Box::new(build(vb, [3, 4, 6, 3], true)?))
+    Ok(Box::new(build_named(vb, "resnet50")?))
 }
