@@ -152,8 +152,8 @@ impl CpuConv {
         (i + 2 * self.padding).saturating_sub(self.k) / self.stride + 1
     }
 
-    /// One image: `inp` `[c_in, h, w]` into `out` `[c_out, oh*ow]`, which
-    /// starts as the bias (plus `residual`, `[c_out, oh*ow]`, when given).
+    /// One image: `inp` `[c_in, h, w]` into `out` `[c_out, oh*ow]` (plus
+    /// `residual`, `[c_out, oh*ow]`, when given).
     fn image(
         &self,
         inp: &[f32],
@@ -166,24 +166,13 @@ impl CpuConv {
         let (oh, ow) = (self.out_size(h), self.out_size(w));
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
-        for (c, row) in out.chunks_exact_mut(n).enumerate() {
-            let b = self.bias[c];
-            match residual {
-                Some(r) => {
-                    for (o, &v) in row.iter_mut().zip(&r[c * n..(c + 1) * n]) {
-                        *o = v + b;
-                    }
-                }
-                None => row.fill(b),
-            }
-        }
         let direct = self.k == 1 && self.stride == 1 && self.padding == 0;
         let dst = out.as_mut_ptr();
         // SAFETY: `dst` is `out` ([c_out, n], row-major, alive for the whole
         // call, used by nothing else meanwhile); `weight` is [c_out, kk] and
         // `cols` [kk, n], both row-major and long enough.
         let run = |cols: &[f32]| unsafe {
-            // out[c_out, n] += W[c_out, kk] * cols[kk, n], all row-major.
+            // out[c_out, n] = W[c_out, kk] * cols[kk, n], all row-major.
             matmul(
                 (self.c_out, n, kk),
                 dst,
@@ -192,7 +181,7 @@ impl CpuConv {
                 (kk as isize, 1),
                 cols.as_ptr(),
                 (n as isize, 1),
-                true,
+                false,
                 parallel,
             )
         };
@@ -210,9 +199,21 @@ impl CpuConv {
                 run(cols);
             });
         }
-        if self.relu {
-            for v in out.iter_mut() {
-                *v = v.max(0.0);
+        // Bias, shortcut and ReLU in one pass over the product.
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        for (c, row) in out.chunks_exact_mut(n).enumerate() {
+            let b = self.bias[c];
+            match residual {
+                Some(r) => {
+                    for (o, &v) in row.iter_mut().zip(&r[c * n..(c + 1) * n]) {
+                        *o = (*o + b + v).max(floor);
+                    }
+                }
+                None => {
+                    for o in row.iter_mut() {
+                        *o = (*o + b).max(floor);
+                    }
+                }
             }
         }
     }
