@@ -117,7 +117,13 @@ impl Module for Conv {
 
 thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Output maps of at most this many pixels (14x14: ResNet's last two
+/// stages) go through [`CpuConv::group`] when the batch has at least two
+/// images per thread.
+const GROUPED_MAX_PIXELS: usize = 196;
 
 impl CpuConv {
     /// The shape of a convolution without weights: for im2col alone.
@@ -218,6 +224,75 @@ impl CpuConv {
         }
     }
 
+    /// Several images (`inp` `[m, c_in, h, w]`) as one product: their
+    /// columns side by side (`[kk, m*n]`), so the weights are packed once for
+    /// the group and the product is wide; the result goes to `out`
+    /// (`[m, c_out, n]`) with bias, shortcut and ReLU in the same pass.
+    fn group(
+        &self,
+        inp: &[f32],
+        (h, w): (usize, usize),
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+    ) {
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let n = oh * ow;
+        let kk = self.c_in * self.k * self.k;
+        let per_in = self.c_in * h * w;
+        let m = inp.len() / per_in;
+        let ld = m * n;
+        COLUMNS.with(|cbuf| {
+            PRODUCT.with(|pbuf| {
+                let (mut cols, mut prod) = (cbuf.borrow_mut(), pbuf.borrow_mut());
+                if cols.len() < kk * ld {
+                    cols.resize(kk * ld, 0.0);
+                }
+                if prod.len() < self.c_out * ld {
+                    prod.resize(self.c_out * ld, 0.0);
+                }
+                for (j, image) in inp.chunks_exact(per_in).enumerate() {
+                    self.im2col_strided(image, (h, w, oh, ow), &mut cols[j * n..], ld);
+                }
+                // SAFETY: prod [c_out, ld], weight [c_out, kk], cols [kk, ld],
+                // all row-major and long enough; prod is overwritten.
+                unsafe {
+                    matmul(
+                        (self.c_out, ld, kk),
+                        prod.as_mut_ptr(),
+                        (ld as isize, 1),
+                        self.weight.as_ptr(),
+                        (kk as isize, 1),
+                        cols.as_ptr(),
+                        (ld as isize, 1),
+                        false,
+                        false,
+                    )
+                };
+                let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+                let per_out = self.c_out * n;
+                for (j, image) in out.chunks_exact_mut(per_out).enumerate() {
+                    for (c, row) in image.chunks_exact_mut(n).enumerate() {
+                        let b = self.bias[c];
+                        let src = &prod[c * ld + j * n..][..n];
+                        match residual {
+                            Some(r) => {
+                                let r = &r[j * per_out + c * n..][..n];
+                                for ((o, &v), &x) in row.iter_mut().zip(src).zip(r) {
+                                    *o = (v + b + x).max(floor);
+                                }
+                            }
+                            None => {
+                                for (o, &v) in row.iter_mut().zip(src) {
+                                    *o = (v + b).max(floor);
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        });
+    }
+
     /// `cols[(ci, ky, kx), (oy, ox)] = inp[ci, oy*s + ky - p, ox*s + kx - p]`, 0 outside.
     pub(super) fn im2col(
         &self,
@@ -228,13 +303,25 @@ impl CpuConv {
         ow: usize,
         cols: &mut [f32],
     ) {
+        self.im2col_strided(inp, (h, w, oh, ow), cols, oh * ow);
+    }
+
+    /// [`im2col`](Self::im2col) with row `r` of the columns written at
+    /// `cols[r * ld..]`: several images' columns side by side.
+    fn im2col_strided(
+        &self,
+        inp: &[f32],
+        (h, w, oh, ow): (usize, usize, usize, usize),
+        cols: &mut [f32],
+        ld: usize,
+    ) {
         let (k, s, p) = (self.k, self.stride, self.padding as isize);
         let n = oh * ow;
         for ci in 0..self.c_in {
             let plane = &inp[ci * h * w..(ci + 1) * h * w];
             for ky in 0..k {
                 for kx in 0..k {
-                    let row = &mut cols[((ci * k + ky) * k + kx) * n..][..n];
+                    let row = &mut cols[((ci * k + ky) * k + kx) * ld..][..n];
                     for oy in 0..oh {
                         let y = (oy * s + ky) as isize - p;
                         let dst = &mut row[oy * ow..(oy + 1) * ow];
@@ -296,7 +383,18 @@ impl CpuConv {
         }
         let mut out = vec![0f32; b * per_out];
         let res = |i: usize| residual.map(|r| &r[i * per_out..(i + 1) * per_out]);
-        if b >= rayon::current_num_threads() {
+        let threads = rayon::current_num_threads();
+        if oh * ow <= GROUPED_MAX_PIXELS && b >= 2 * threads {
+            // Small maps: one product per thread over a group of images.
+            let group = b.div_ceil(threads);
+            out.par_chunks_mut(group * per_out)
+                .zip(inp.par_chunks(group * per_in))
+                .enumerate()
+                .for_each(|(g, (o, i))| {
+                    let r = residual.map(|r| &r[g * group * per_out..][..o.len()]);
+                    self.group(i, (h, w), o, r)
+                });
+        } else if b >= threads {
             out.par_chunks_exact_mut(per_out)
                 .zip(inp.par_chunks_exact(per_in))
                 .enumerate()
@@ -432,6 +530,15 @@ pub(super) mod tests {
 
     #[test]
     fn matches_candle_conv2d_on_every_shape_the_models_use() {
+        // Two threads whatever the machine, so which path runs is fixed.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(matches_candle_conv2d);
+    }
+
+    fn matches_candle_conv2d() {
         let dev = Device::Cpu;
         // (batch, c_in, c_out, size, kernel, stride, padding, relu)
         for &(b, ci, co, hw, k, s, p, relu) in &[
@@ -442,6 +549,10 @@ pub(super) mod tests {
             (1, 16, 32, 8, 1, 2, 0, true),
             (2, 3, 6, 20, 11, 4, 2, true),
             (2, 4, 4, 5, 5, 1, 2, false),
+            // Batches of small maps take the grouped path (2 threads below).
+            (5, 8, 16, 9, 3, 1, 1, true),
+            (5, 16, 8, 7, 1, 1, 0, false),
+            (6, 8, 16, 10, 3, 2, 1, true),
         ] {
             let x = Tensor::randn(0f32, 1.0, (b, ci, hw, hw + 1), &dev).unwrap();
             let w = Tensor::randn(0f32, 0.3, (co, ci, k, k), &dev).unwrap();
@@ -453,18 +564,21 @@ pub(super) mod tests {
             let diff = max_diff(&ours, &want);
             assert!(diff < 1e-4, "{b} {ci} {co} {hw} k{k} s{s} p{p}: {diff}");
         }
-        // With a residual: relu(conv + bias + residual).
-        let x = Tensor::randn(0f32, 1.0, (3, 8, 9, 9), &dev).unwrap();
-        let w = Tensor::randn(0f32, 0.3, (16, 8, 3, 3), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
-        let r = Tensor::randn(0f32, 1.0, (3, 16, 5, 5), &dev).unwrap();
-        let conv = Conv::new(w.clone(), bias.clone(), 2, 1, false).unwrap();
-        let ours = conv.forward_residual(&x, &r).unwrap();
-        let want = (reference(&x, &w, &bias, 2, 1, false) + &r)
-            .unwrap()
-            .relu()
-            .unwrap();
-        assert!(max_diff(&ours, &want) < 1e-4);
+        // With a residual: relu(conv + bias + residual), one image at a time
+        // (3) and grouped (5).
+        for b in [3, 5] {
+            let x = Tensor::randn(0f32, 1.0, (b, 8, 9, 9), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.3, (16, 8, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (b, 16, 5, 5), &dev).unwrap();
+            let conv = Conv::new(w.clone(), bias.clone(), 2, 1, false).unwrap();
+            let ours = conv.forward_residual(&x, &r).unwrap();
+            let want = (reference(&x, &w, &bias, 2, 1, false) + &r)
+                .unwrap()
+                .relu()
+                .unwrap();
+            assert!(max_diff(&ours, &want) < 1e-4, "residual, batch {b}");
+        }
         // A non-contiguous input is handled too.
         let x = Tensor::randn(0f32, 1.0, (2, 6, 3, 5), &dev)
             .unwrap()
