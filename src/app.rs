@@ -11,6 +11,7 @@ use crate::fetch::{
 };
 use crate::hub::{Hub, HubConfig};
 use crate::manifest::Manifest;
+use crate::models::adapt::MemoStep;
 use crate::models::{Classifier, Runtime};
 use crate::plan::Plan;
 use crate::zoom::{center_view, decode_rgb, normalise_chw, zoom_view, DecodeLimits, Transform};
@@ -264,10 +265,15 @@ fn run_export(plan: &Plan, selection: &crate::select::Selection) -> Result<()> {
     Ok(())
 }
 
-fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
+/// The model `--model` names (fetched or from the cache) and the device to run it on.
+fn resolve_model_args(args: &ModelArgs) -> Result<(ResolvedModel, Runtime)> {
     let hub = Hub::new(HubConfig::from_env());
     let resolved = resolve_model(&args.model, args.arch.as_deref(), &args.revision, &hub)?;
-    let rt = Runtime::new(args.device)?;
+    Ok((resolved, Runtime::new(args.device)?))
+}
+
+fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
+    let (resolved, rt) = resolve_model_args(args)?;
     let model = Classifier::load(
         resolved.architecture,
         &resolved.weights,
@@ -325,17 +331,18 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         aggregate: args.aggregate.unwrap_or_default(),
         batch_size: args.batch_size.max(1),
         limit: args.limit,
-        memo_views: args.views,
-        seed: args.seed,
         subset_by_origin: args.subset_by_origin,
     };
     if args.views == 0 {
         bail!("--views must be at least 1");
     }
     // MEMO adapts a ResNet per image; everything else runs the inference model.
-    let (resolved, classifier, adaptable) = if args.tta.is_memo() {
-        let hub = Hub::new(HubConfig::from_env());
-        let resolved = resolve_model(&model.model, model.arch.as_deref(), &model.revision, &hub)?;
+    enum Loaded {
+        Fixed(Classifier),
+        Memo(crate::models::adapt::AdaptResNet),
+    }
+    let (resolved, loaded) = if args.tta.is_memo() {
+        let (resolved, rt) = resolve_model_args(&model)?;
         let arch = resolved.architecture.name();
         if crate::models::adapt::layout(arch).is_none() {
             bail!(
@@ -344,22 +351,28 @@ fn run_eval(args: EvalArgs) -> Result<()> {
                 resolved.name
             );
         }
-        let rt = Runtime::new(model.device)?;
         let net = crate::models::adapt::AdaptResNet::load(
             arch,
             &resolved.weights,
             rt.device(),
             candle_core::DType::F32,
         )?;
-        (resolved, None, Some(net))
+        (resolved, Loaded::Memo(net))
     } else {
         let (resolved, classifier) = open_model(&model)?;
-        (resolved, Some(classifier), None)
+        (resolved, Loaded::Fixed(classifier))
     };
-    let predictor = match (&classifier, &adaptable) {
-        (Some(c), _) => crate::eval::Predictor::Fixed(c),
-        (None, Some(n)) => crate::eval::Predictor::Memo(n),
-        (None, None) => unreachable!("one of the two is loaded"),
+    let predictor = match &loaded {
+        Loaded::Fixed(c) => crate::eval::Predictor::Fixed(c),
+        Loaded::Memo(net) => crate::eval::Predictor::Memo {
+            net,
+            config: crate::eval::MemoConfig {
+                views: args.views,
+                seed: args.seed,
+                prior_strength: MemoStep::PAPER.prior_strength,
+                lr: MemoStep::PAPER.lr,
+            },
+        },
     };
     let mut per_sample = args
         .per_sample

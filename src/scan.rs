@@ -450,28 +450,24 @@ fn scan_unit_first_hit(
             // Each active image gets the next few transforms of its order.
             let per = batch.div_ceil(active.len());
             let mut jobs: Vec<(usize, usize)> = Vec::with_capacity(batch);
+            input.clear();
             for &li in &active {
+                // Unfinished images keep their pixels.
+                let Some(img) = live[li].img.as_ref() else {
+                    continue;
+                };
                 for k in 0..per {
                     let pos = live[li].next[mi] + k;
                     if pos < order.len() && jobs.len() < batch {
-                        jobs.push((li, order[pos]));
+                        let t = order[pos];
+                        jobs.push((li, t));
+                        let view =
+                            zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill);
+                        let start = input.len();
+                        input.resize(start + plane, 0.0);
+                        normalise_chw(&view, pm.mean, pm.std, &mut input[start..]);
                     }
                 }
-            }
-            input.clear();
-            input.resize(jobs.len() * plane, 0.0);
-            for (k, &(li, t)) in jobs.iter().enumerate() {
-                let img = live[li]
-                    .img
-                    .as_ref()
-                    .expect("unfinished images keep their pixels");
-                let view = zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill);
-                normalise_chw(
-                    &view,
-                    pm.mean,
-                    pm.std,
-                    &mut input[k * plane..(k + 1) * plane],
-                );
             }
             let logits = model.logits(&input, jobs.len(), crop)?;
             stats.forward_passes += jobs.len() as u64;
@@ -493,7 +489,7 @@ fn scan_unit_first_hit(
         }
         // Records leave in row order.
         while live.front().is_some_and(Hunt::finished) {
-            let h = live.pop_front().expect("front exists");
+            let Some(h) = live.pop_front() else { break };
             for (m, pred) in planned.iter().zip(h.pred) {
                 let correct = pred
                     .iter()

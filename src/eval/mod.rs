@@ -104,7 +104,7 @@ pub struct EvalConfig {
     pub subset_by_origin: bool,
 }
 
-/// How a MEMO run adapted (SPEC §7).
+/// How a MEMO run adapts (SPEC §7).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct MemoConfig {
     /// Random views per image.
@@ -143,9 +143,6 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Take N rows spread evenly over the dataset.
     pub limit: Option<u64>,
-    /// MEMO: random views per image and the seed they are drawn from.
-    pub memo_views: usize,
-    pub seed: u64,
     /// Restrict predictions to the class subset of the row's origin.
     pub subset_by_origin: bool,
 }
@@ -155,7 +152,10 @@ pub struct EvalOptions {
 #[derive(Clone, Copy)]
 pub enum Predictor<'a> {
     Fixed(&'a Classifier),
-    Memo(&'a AdaptResNet),
+    Memo {
+        net: &'a AdaptResNet,
+        config: MemoConfig,
+    },
 }
 
 /// An image whose views wait in the batch.
@@ -238,7 +238,7 @@ pub fn evaluate(
     let batch = opts.batch_size.max(1);
     let crop = opts.tta.crop_size(&pre) as usize;
     let memo = match predictor {
-        Predictor::Memo(_) => {
+        Predictor::Memo { config, .. } => {
             if !opts.tta.is_memo() {
                 return Err(EvalError::Setup(format!(
                     "an adaptable model needs --tta memo-zoom or memo-augmix, not {}",
@@ -251,12 +251,7 @@ pub fn evaluate(
                     augment::VIEW_SIZE
                 )));
             }
-            Some(MemoConfig {
-                views: opts.memo_views.max(1),
-                seed: opts.seed,
-                prior_strength: MemoStep::PAPER.prior_strength,
-                lr: MemoStep::PAPER.lr,
-            })
+            Some(config)
         }
         Predictor::Fixed(_) if opts.tta.is_memo() => {
             return Err(EvalError::Setup(format!(
@@ -387,8 +382,8 @@ pub fn evaluate(
             seconds: 0.0,
         };
         let test_view = opts.tta.views(&img, &pre);
-        match (predictor, memo) {
-            (Predictor::Memo(net), Some(cfg)) => {
+        match predictor {
+            Predictor::Memo { net, config: cfg } => {
                 let kind = match opts.tta {
                     Tta::MemoAugmix => MemoViews::AugMix,
                     _ => MemoViews::Zoom,
@@ -411,7 +406,7 @@ pub fn evaluate(
                 record(&mut report, p, episode.logits, seconds)?;
                 bar.inc(1);
             }
-            (Predictor::Fixed(model), _) => {
+            Predictor::Fixed(model) => {
                 for view in &test_view {
                     let start = input.len();
                     input.resize(start + plane, 0.0);
@@ -424,7 +419,6 @@ pub fn evaluate(
                     flush(model, &mut input, &mut pending, &mut report, &mut record)?;
                 }
             }
-            (Predictor::Memo(_), None) => unreachable!("checked above"),
         }
     }
     if let Predictor::Fixed(model) = predictor {

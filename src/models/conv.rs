@@ -158,10 +158,12 @@ impl CpuConv {
         (i + 2 * self.padding).saturating_sub(self.k) / self.stride + 1
     }
 
-    /// One image: `inp` `[c_in, h, w]` into `out` `[c_out, oh*ow]` (plus
-    /// `residual`, `[c_out, oh*ow]`, when given).
+    /// One image: `inp` `[c_in, h, w]` into `out` `[c_out, oh*ow]`: the
+    /// product written in place, then [`finish`](Self::finish).
+    #[allow(clippy::too_many_arguments)]
     fn image(
         &self,
+        (weight, bias): (&[f32], &[f32]),
         inp: &[f32],
         h: usize,
         w: usize,
@@ -183,7 +185,7 @@ impl CpuConv {
                 (self.c_out, n, kk),
                 dst,
                 (n as isize, 1),
-                self.weight.as_ptr(),
+                weight.as_ptr(),
                 (kk as isize, 1),
                 cols.as_ptr(),
                 (n as isize, 1),
@@ -194,42 +196,24 @@ impl CpuConv {
         if direct {
             run(inp);
         } else {
-            COLUMNS.with(|buf| {
-                let mut cols = buf.borrow_mut();
-                // im2col writes every value (zeros included): only grow.
-                if cols.len() < kk * n {
-                    cols.resize(kk * n, 0.0);
-                }
-                let cols = &mut cols[..kk * n];
+            with_columns(kk * n, |cols| {
                 self.im2col(inp, h, w, oh, ow, cols);
                 run(cols);
             });
         }
-        // Bias, shortcut and ReLU in one pass over the product.
-        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
         for (c, row) in out.chunks_exact_mut(n).enumerate() {
-            let b = self.bias[c];
-            match residual {
-                Some(r) => {
-                    for (o, &v) in row.iter_mut().zip(&r[c * n..(c + 1) * n]) {
-                        *o = (*o + b + v).max(floor);
-                    }
-                }
-                None => {
-                    for o in row.iter_mut() {
-                        *o = (*o + b).max(floor);
-                    }
-                }
-            }
+            let shortcut = residual.map(|r| &r[c * n..(c + 1) * n]);
+            self.finish(bias.get(c), row, None, shortcut);
         }
     }
 
     /// Several images (`inp` `[m, c_in, h, w]`) as one product: their
     /// columns side by side (`[kk, m*n]`), so the weights are packed once for
     /// the group and the product is wide; the result goes to `out`
-    /// (`[m, c_out, n]`) with bias, shortcut and ReLU in the same pass.
+    /// (`[m, c_out, n]`) through [`finish`](Self::finish).
     fn group(
         &self,
+        (weight, bias): (&[f32], &[f32]),
         inp: &[f32],
         (h, w): (usize, usize),
         out: &mut [f32],
@@ -239,17 +223,12 @@ impl CpuConv {
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
         let per_in = self.c_in * h * w;
-        let m = inp.len() / per_in;
-        let ld = m * n;
+        let ld = inp.len() / per_in * n;
         COLUMNS.with(|cbuf| {
             PRODUCT.with(|pbuf| {
-                let (mut cols, mut prod) = (cbuf.borrow_mut(), pbuf.borrow_mut());
-                if cols.len() < kk * ld {
-                    cols.resize(kk * ld, 0.0);
-                }
-                if prod.len() < self.c_out * ld {
-                    prod.resize(self.c_out * ld, 0.0);
-                }
+                let (mut cbuf, mut pbuf) = (cbuf.borrow_mut(), pbuf.borrow_mut());
+                let cols = scratch(&mut cbuf, kk * ld);
+                let prod = scratch(&mut pbuf, self.c_out * ld);
                 for (j, image) in inp.chunks_exact(per_in).enumerate() {
                     self.im2col_strided(image, (h, w, oh, ow), &mut cols[j * n..], ld);
                 }
@@ -260,7 +239,7 @@ impl CpuConv {
                         (self.c_out, ld, kk),
                         prod.as_mut_ptr(),
                         (ld as isize, 1),
-                        self.weight.as_ptr(),
+                        weight.as_ptr(),
                         (kk as isize, 1),
                         cols.as_ptr(),
                         (ld as isize, 1),
@@ -268,29 +247,48 @@ impl CpuConv {
                         false,
                     )
                 };
-                let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
                 let per_out = self.c_out * n;
                 for (j, image) in out.chunks_exact_mut(per_out).enumerate() {
                     for (c, row) in image.chunks_exact_mut(n).enumerate() {
-                        let b = self.bias[c];
-                        let src = &prod[c * ld + j * n..][..n];
-                        match residual {
-                            Some(r) => {
-                                let r = &r[j * per_out + c * n..][..n];
-                                for ((o, &v), &x) in row.iter_mut().zip(src).zip(r) {
-                                    *o = (v + b + x).max(floor);
-                                }
-                            }
-                            None => {
-                                for (o, &v) in row.iter_mut().zip(src) {
-                                    *o = (v + b).max(floor);
-                                }
-                            }
-                        }
+                        let from = &prod[c * ld + j * n..][..n];
+                        let shortcut = residual.map(|r| &r[j * per_out + c * n..][..n]);
+                        self.finish(bias.get(c), row, Some(from), shortcut);
                     }
                 }
             })
         });
+    }
+
+    /// One output channel: `row = product + bias (+ shortcut)`, then the
+    /// ReLU when the convolution has one. The product is `from`, or `row`
+    /// itself when `from` is `None`; a missing bias counts as 0.
+    fn finish(
+        &self,
+        bias: Option<&f32>,
+        row: &mut [f32],
+        from: Option<&[f32]>,
+        shortcut: Option<&[f32]>,
+    ) {
+        let b = bias.copied().unwrap_or(0.0);
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        match (from, shortcut) {
+            (None, None) => row.iter_mut().for_each(|o| *o = (*o + b).max(floor)),
+            (None, Some(r)) => {
+                for (o, &x) in row.iter_mut().zip(r) {
+                    *o = (*o + b + x).max(floor);
+                }
+            }
+            (Some(p), None) => {
+                for (o, &v) in row.iter_mut().zip(p) {
+                    *o = (v + b).max(floor);
+                }
+            }
+            (Some(p), Some(r)) => {
+                for ((o, &v), &x) in row.iter_mut().zip(p).zip(r) {
+                    *o = (v + b + x).max(floor);
+                }
+            }
+        }
     }
 
     /// `cols[(ci, ky, kx), (oy, ox)] = inp[ci, oy*s + ky - p, ox*s + kx - p]`, 0 outside.
@@ -374,13 +372,28 @@ impl CpuConv {
         if c != self.c_in {
             candle_core::bail!("conv expects {} input channels, got {c}", self.c_in);
         }
-        let inp = contiguous_f32(storage, layout)?;
         let (oh, ow) = (self.out_size(h), self.out_size(w));
-        let per_out = self.c_out * oh * ow;
-        let per_in = c * h * w;
-        if residual.is_some_and(|r| r.len() != b * per_out) {
+        if residual.is_some_and(|r| r.len() != b * self.c_out * oh * ow) {
             candle_core::bail!("conv: the residual must have the output's shape");
         }
+        let inp = contiguous_f32(storage, layout)?;
+        let out = self.apply((&self.weight, &self.bias), inp, (b, h, w), residual);
+        Ok((CpuStorage::F32(out), Shape::from((b, self.c_out, oh, ow))))
+    }
+
+    /// `inp` `[b, c_in, h, w]` convolved with `weight` `[c_out, c_in*k*k]`,
+    /// plus `bias` (`[c_out]`, or empty for none) and `residual` (the
+    /// output's shape), then the ReLU if any: `[b, c_out, oh, ow]`.
+    pub(super) fn apply(
+        &self,
+        params: (&[f32], &[f32]),
+        inp: &[f32],
+        (b, h, w): (usize, usize, usize),
+        residual: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let per_out = self.c_out * oh * ow;
+        let per_in = self.c_in * h * w;
         let mut out = vec![0f32; b * per_out];
         let res = |i: usize| residual.map(|r| &r[i * per_out..(i + 1) * per_out]);
         let threads = rayon::current_num_threads();
@@ -392,24 +405,38 @@ impl CpuConv {
                 .enumerate()
                 .for_each(|(g, (o, i))| {
                     let r = residual.map(|r| &r[g * group * per_out..][..o.len()]);
-                    self.group(i, (h, w), o, r)
+                    self.group(params, i, (h, w), o, r)
                 });
         } else if b >= threads {
             out.par_chunks_exact_mut(per_out)
                 .zip(inp.par_chunks_exact(per_in))
                 .enumerate()
-                .for_each(|(k, (o, i))| self.image(i, h, w, o, res(k), false));
+                .for_each(|(k, (o, i))| self.image(params, i, h, w, o, res(k), false));
         } else {
             for (k, (o, i)) in out
                 .chunks_exact_mut(per_out)
                 .zip(inp.chunks_exact(per_in))
                 .enumerate()
             {
-                self.image(i, h, w, o, res(k), true);
+                self.image(params, i, h, w, o, res(k), true);
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, self.c_out, oh, ow))))
+        out
     }
+}
+
+/// Run `f` on this thread's column buffer, `len` values long (not zeroed).
+pub(super) fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLUMNS.with(|buf| f(scratch(&mut buf.borrow_mut(), len)))
+}
+
+/// The first `len` values of a reused buffer, grown when short. Not zeroed:
+/// callers overwrite every value they read.
+fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 /// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]`, every operand given by its row and

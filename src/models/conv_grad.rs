@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{contiguous_f32, matmul, CpuConv};
+use super::conv::{contiguous_f32, matmul, with_columns, CpuConv};
 
 /// `conv2d(x, w)` (no bias, no dilation, one group) that candle can
 /// differentiate, fast on the CPU for f32.
@@ -43,39 +43,6 @@ impl Conv {
             self.geometry.out_size(h),
             self.geometry.out_size(w),
         ))
-    }
-
-    /// Per image: `out[c_out, n] = W[c_out, kk] · cols[kk, n]`.
-    fn forward(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        (b, h, wd, oh, ow): (usize, usize, usize, usize, usize),
-    ) -> Vec<f32> {
-        let (c_in, c_out, k) = self.dims;
-        let (n, kk) = (oh * ow, c_in * k * k);
-        let mut out = vec![0f32; b * c_out * n];
-        out.par_chunks_exact_mut(c_out * n)
-            .zip(x.par_chunks_exact(c_in * h * wd))
-            .for_each(|(o, img)| {
-                let mut cols = vec![0f32; kk * n];
-                self.geometry.im2col(img, h, wd, oh, ow, &mut cols);
-                // SAFETY: o [c_out, n], w [c_out, kk], cols [kk, n], row-major.
-                unsafe {
-                    matmul(
-                        (c_out, n, kk),
-                        o.as_mut_ptr(),
-                        (n as isize, 1),
-                        w.as_ptr(),
-                        (kk as isize, 1),
-                        cols.as_ptr(),
-                        (n as isize, 1),
-                        false,
-                        false,
-                    )
-                };
-            });
-        out
     }
 
     /// `dW[c_out, kk] = sum over images of grad[c_out, n] · colsᵀ[n, kk]`.
@@ -131,38 +98,39 @@ impl Conv {
         dx.par_chunks_exact_mut(c_in * h * wd)
             .zip(g.par_chunks_exact(c_out * n))
             .for_each(|(dxi, gi)| {
-                let mut dcols = vec![0f32; kk * n];
-                // SAFETY: dcols [kk, n]; w [c_out, kk] read transposed; gi [c_out, n].
-                unsafe {
-                    matmul(
-                        (kk, n, c_out),
-                        dcols.as_mut_ptr(),
-                        (n as isize, 1),
-                        w.as_ptr(),
-                        (1, kk as isize),
-                        gi.as_ptr(),
-                        (n as isize, 1),
-                        false,
-                        false,
-                    )
-                };
-                for (row, vals) in dcols.chunks_exact(n).enumerate() {
-                    let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
-                    let plane = &mut dxi[ci * h * wd..(ci + 1) * h * wd];
-                    for oy in 0..oh {
-                        let y = (oy * s + ky) as isize - p as isize;
-                        if y < 0 || y >= h as isize {
-                            continue;
-                        }
-                        let line = &mut plane[y as usize * wd..(y as usize + 1) * wd];
-                        for ox in 0..ow {
-                            let x = (ox * s + kx) as isize - p as isize;
-                            if x >= 0 && x < wd as isize {
-                                line[x as usize] += vals[oy * ow + ox];
+                with_columns(kk * n, |dcols| {
+                    // SAFETY: dcols [kk, n]; w [c_out, kk] read transposed; gi [c_out, n].
+                    unsafe {
+                        matmul(
+                            (kk, n, c_out),
+                            dcols.as_mut_ptr(),
+                            (n as isize, 1),
+                            w.as_ptr(),
+                            (1, kk as isize),
+                            gi.as_ptr(),
+                            (n as isize, 1),
+                            false,
+                            false,
+                        )
+                    };
+                    for (row, vals) in dcols.chunks_exact(n).enumerate() {
+                        let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
+                        let plane = &mut dxi[ci * h * wd..(ci + 1) * h * wd];
+                        for oy in 0..oh {
+                            let y = (oy * s + ky) as isize - p as isize;
+                            if y < 0 || y >= h as isize {
+                                continue;
+                            }
+                            let line = &mut plane[y as usize * wd..(y as usize + 1) * wd];
+                            for ox in 0..ow {
+                                let x = (ox * s + kx) as isize - p as isize;
+                                if x >= 0 && x < wd as isize {
+                                    line[x as usize] += vals[oy * ow + ox];
+                                }
                             }
                         }
                     }
-                }
+                })
             });
         dx
     }
@@ -180,9 +148,12 @@ impl CustomOp2 for Conv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let sizes = self.sizes(l1)?;
-        let out = self.forward(contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?, sizes);
-        let (b, _, _, oh, ow) = sizes;
+        let (b, h, w, oh, ow) = self.sizes(l1)?;
+        // The inference convolution's forward pass, without bias or ReLU.
+        let weight = contiguous_f32(s2, l2)?;
+        let out = self
+            .geometry
+            .apply((weight, &[]), contiguous_f32(s1, l1)?, (b, h, w), None);
         Ok((CpuStorage::F32(out), Shape::from((b, self.dims.1, oh, ow))))
     }
 

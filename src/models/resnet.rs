@@ -51,7 +51,9 @@ struct Block {
 
 impl Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (last, first) = self.convs.split_last().expect("a block has convolutions");
+        let Some((last, first)) = self.convs.split_last() else {
+            candle_core::bail!("a residual block without convolutions");
+        };
         let mut y = x.clone();
         for conv in first {
             y = conv.forward(&y)?;
@@ -195,7 +197,9 @@ fn build(vb: VarBuilder, layers: [usize; 4], bottleneck: bool) -> Result<ResNet>
 }
 
 fn build_named(vb: VarBuilder, arch: &str) -> Result<ResNet> {
-    let (layers, bottleneck) = layout(arch).expect("a ResNet layout");
+    let Some((layers, bottleneck)) = layout(arch) else {
+        candle_core::bail!("no ResNet layout named {arch}");
+    };
     build(vb, layers, bottleneck)
 }
 
