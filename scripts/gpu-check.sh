@@ -8,9 +8,10 @@
 # 2. the demo build runs on the CPU and on the GPU; their scan records must
 #    agree (top-1 per crop) and the logits of one crop must match closely;
 # 3. prints crops/s for both;
-# 4. ResNet-50 throughput on the GPU (generated weights, batch $BATCH, default
-#    128) and the fraction of the GPU's dense bf16 matrix peak (PEAK_TFLOPS,
-#    default 989 for an H200 SXM) that its FLOPs imply (4.09 GMAC per crop);
+# 4. ResNet-50 throughput on the GPU in f32 and in bf16 (generated weights,
+#    batch $BATCH, default 128) and the fraction of the GPU's dense bf16
+#    matrix peak (PEAK_TFLOPS, default 989 for an H200 SXM) that its FLOPs
+#    imply (4.09 GMAC per crop); bf16 logits of one crop against the CPU's f32;
 # 5. MEMO (--tta memo-augmix / memo-zoom) on 3 demo images on both devices,
 #    side by side with the plain model.
 # Logs and summary.txt land in $OUT (or ./gpu-check-out).
@@ -34,9 +35,13 @@ W=$(ls output/demo/hub/models--imagenet-hard--synthetic-resnet18/snapshots/*/mod
 for dev in cpu cuda; do
   "$BIN" predict "$REPO/tests/golden/zoom/inputs/rgb_301x207.png" --model "$W" --arch resnet18 --device "$dev" --json > "$OUT/predict-$dev.json"
 done
-"$BIN" bench "$REPO/tests/golden/zoom/inputs" --model synthetic --arch resnet50 --device cuda \
-  --batch-size "${BATCH:-128}" --batches 8 --rounds 3 > "$OUT/bench-resnet50-cuda.json" 2> "$OUT/bench.log" \
-  || { cat "$OUT/bench.log"; exit 1; }
+"$BIN" predict "$REPO/tests/golden/zoom/inputs/rgb_301x207.png" --model "$W" --arch resnet18 --device cuda --dtype bf16 \
+  --json > "$OUT/predict-cuda-bf16.json"
+for dtype in f32 bf16; do
+  "$BIN" bench "$REPO/tests/golden/zoom/inputs" --model synthetic --arch resnet50 --device cuda --dtype "$dtype" \
+    --batch-size "${BATCH:-128}" --batches 8 --rounds 3 > "$OUT/bench-resnet50-cuda-$dtype.json" 2>> "$OUT/bench.log" \
+    || { cat "$OUT/bench.log"; exit 1; }
+done
 # 5. MEMO (test-time adaptation) on 3 demo images, CPU and GPU, both view kinds,
 #    beside the plain model; per-image predictions must agree across devices.
 for dev in cpu cuda; do
@@ -70,11 +75,15 @@ print(f"top-5 logits max |cpu - cuda| = {diff:.3g} (max |logit| {scale:.3g}, rel
 for d, s in (("cpu", sa), ("cuda", sb)):
     print(f"{d}: {s['forward_passes']} crops in {s['seconds']:.2f}s = {s['forward_passes']/s['seconds']:.1f} crops/s")
 import os
-bench = json.load(open(f"{out}/bench-resnet50-cuda.json"))
-rate = bench["model_only"]["crops_per_s"]
 peak = float(os.environ.get("PEAK_TFLOPS", "989")) * 1e12
-print(f"resnet50 on cuda, batch {bench['batch_size']}: {rate:.0f} crops/s = {rate * 2 * 4.09e9 / 1e12:.1f} TFLOP/s, "
-      f"{100 * rate * 2 * 4.09e9 / peak:.2f}% of the {peak / 1e12:.0f} TFLOP/s bf16 peak (the model runs in f32)")
+for dtype in ("f32", "bf16"):
+    bench = json.load(open(f"{out}/bench-resnet50-cuda-{dtype}.json"))
+    rate = bench["model_only"]["crops_per_s"]
+    print(f"resnet50 on cuda in {dtype}, batch {bench['batch_size']}: {rate:.0f} crops/s = {rate * 2 * 4.09e9 / 1e12:.1f} TFLOP/s, "
+          f"{100 * rate * 2 * 4.09e9 / peak:.2f}% of the {peak / 1e12:.0f} TFLOP/s bf16 peak")
+ph = json.load(open(f"{out}/predict-cuda-bf16.json"))["top"]
+half = max(abs(x["logit"] - y["logit"]) for x, y in zip(pa, ph)) / scale
+print(f"bf16 on cuda vs f32 on cpu: top-5 logits relative diff {half:.2e}; same top-1: {pa[0]['index'] == ph[0]['index']}")
 import csv
 memo_same = memo_rows = 0
 for tta in ("memo-augmix", "memo-zoom"):
@@ -84,7 +93,8 @@ for tta in ("memo-augmix", "memo-zoom"):
 print(f"MEMO top-5 agreement cpu vs cuda: {memo_same}/{memo_rows} images")
 for d in ("cpu", "cuda"):
     print(f"MEMO side by side on {d}:\n" + open(f"{out}/memo-{d}.md").read())
-ok = same >= crops - 2 and diff / scale < 1e-3 and memo_rows == 6 and memo_same >= 5
+ok = (same >= crops - 2 and diff / scale < 1e-3 and memo_rows == 6 and memo_same >= 5
+      and half < 3e-2 and pa[0]["index"] == ph[0]["index"])
 print("GPU CHECK", "PASSED" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 PY

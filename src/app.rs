@@ -150,10 +150,13 @@ fn read_plan(ctx: &Context) -> Result<Plan> {
 }
 
 fn run_scan(plan: &Plan, device: crate::models::DeviceChoice, ids: &[usize]) -> Result<()> {
-    let rt = Runtime::new(device)?;
+    let rt = Runtime::new(device)?
+        .with_precision(plan.scan_dtype)
+        .with_context(|| format!("scan.dtype = \"{}\" in the manifest", plan.scan_dtype))?;
     eprintln!(
-        "Scanning on {}: {} of {} unit(s), {} model(s) x {} transforms per image",
+        "Scanning on {} ({}): {} of {} unit(s), {} model(s) x {} transforms per image",
         rt.describe(),
+        rt.precision(),
         ids.len(),
         plan.units.len(),
         plan.models.len(),
@@ -269,7 +272,10 @@ fn run_export(plan: &Plan, selection: &crate::select::Selection) -> Result<()> {
 fn resolve_model_args(args: &ModelArgs) -> Result<(ResolvedModel, Runtime)> {
     let hub = Hub::new(HubConfig::from_env());
     let resolved = resolve_model(&args.model, args.arch.as_deref(), &args.revision, &hub)?;
-    Ok((resolved, Runtime::new(args.device)?))
+    Ok((
+        resolved,
+        Runtime::new(args.device)?.with_precision(args.dtype)?,
+    ))
 }
 
 fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
@@ -344,6 +350,14 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let (resolved, loaded) = if args.tta.is_memo() {
         let (resolved, rt) = resolve_model_args(&model)?;
         let arch = resolved.architecture.name();
+        if rt.precision() != crate::models::Precision::F32 {
+            bail!(
+                "--tta {} adapts the weights in f32 (a {} step of 2.5e-4 would round away): drop --dtype {}",
+                args.tta.name(),
+                rt.precision(),
+                rt.precision()
+            );
+        }
         if crate::models::adapt::layout(arch).is_none() {
             bail!(
                 "--tta {}: MEMO adapts BatchNorm ResNets (resnet18, resnet50); {} is {arch}",
@@ -641,6 +655,8 @@ pub fn run(command: Command) -> Result<()> {
                 "model": resolved.name,
                 "architecture": resolved.architecture.name(),
                 "batch_size": batch_size,
+                "dtype": classifier.precision(),
+                "device": classifier.device_name(),
                 "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 "preprocessing": pre,
                 "model_only": fwd,

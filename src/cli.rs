@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::eval::tta::{Aggregate, Tta};
-use crate::models::DeviceChoice;
+use crate::models::{DeviceChoice, Precision};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -88,6 +88,11 @@ pub struct ModelArgs {
     pub revision: String,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Number format the model computes in: bf16 / f16 use a GPU's tensor
+    /// cores (weights are read and BatchNorm folded in f32, then rounded);
+    /// on the CPU they are slower than f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
 }
 
 #[derive(Debug, Args)]

@@ -475,6 +475,9 @@ pub fn render_card(
             " (first-hit scan: each model stopped at its first correct transform, in a fixed order)",
         );
     }
+    if plan.scan_dtype != crate::models::Precision::F32 {
+        rule.push_str(&format!(" (models computed in {})", plan.scan_dtype));
+    }
     if let Some(r) = &selection.relabel {
         rule.push_str(&format!(
             "; labels revised from `{}` (sha256 {}): {} images relabelled, {} dropped",

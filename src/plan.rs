@@ -29,6 +29,9 @@ pub struct Plan {
     pub selection: SelectionRule,
     #[serde(default)]
     pub scan_mode: ScanMode,
+    /// `scan.dtype`: the number format the models computed in.
+    #[serde(default)]
+    pub scan_dtype: crate::models::Precision,
     pub shard_size_bytes: u64,
     pub row_group_rows: usize,
     pub batch_size: usize,
@@ -215,6 +218,7 @@ impl Plan {
             decode: manifest.decode,
             selection: manifest.selection.rule.clone(),
             scan_mode: manifest.scan.mode,
+            scan_dtype: manifest.scan.dtype,
             shard_size_bytes: manifest.build.shard_size_mb * 1_000_000,
             row_group_rows: manifest.build.row_group_rows,
             batch_size: manifest.build.batch_size,

@@ -118,6 +118,8 @@ pub struct Report {
     pub tool_version: String,
     pub rule: String,
     pub scan_mode: crate::manifest::ScanMode,
+    #[serde(default)]
+    pub scan_dtype: crate::models::Precision,
     pub transforms: usize,
     pub cover_picks: usize,
     pub table1: Vec<Table1Row>,
@@ -314,6 +316,7 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
         tool_version: env!("CARGO_PKG_VERSION").into(),
         rule: selection.rule.describe(),
         scan_mode: plan.scan_mode,
+        scan_dtype: plan.scan_dtype,
         transforms: grid.len(),
         cover_picks: COVER_PICKS,
         table1,
@@ -450,6 +453,12 @@ impl Report {
             plan.grid.anchors,
             plan.grid.crop_size
         );
+        if self.scan_dtype != crate::models::Precision::F32 {
+            out.push_str(&format!(
+                "Models computed in **{}** (`scan.dtype`).\n\n",
+                self.scan_dtype
+            ));
+        }
         if self.scan_mode == crate::manifest::ScanMode::FirstHit {
             out.push_str(
                 "**First-hit scan**: each model stopped at its first correct transform, so the \

@@ -102,6 +102,8 @@ pub struct EvalConfig {
     /// Whether predictions (and MEMO's loss) were restricted to the class
     /// subset of the row's origin (SPEC §2's zoom-study rule).
     pub subset_by_origin: bool,
+    /// The number format the model computed in (`--dtype`).
+    pub precision: crate::models::Precision,
 }
 
 /// How a MEMO run adapts (SPEC §7).
@@ -278,6 +280,10 @@ pub fn evaluate(
             crop_size: crop as u32,
             memo,
             subset_by_origin: opts.subset_by_origin,
+            precision: match &predictor {
+                Predictor::Fixed(c) => c.precision(),
+                Predictor::Memo { .. } => crate::models::Precision::F32,
+            },
         },
         preprocess: pre,
         overall: Score::default(),
@@ -446,6 +452,10 @@ impl EvalReport {
                 how.name()
             ),
             (None, None) => "the model's view".into(),
+        };
+        let view = match self.config.precision {
+            crate::models::Precision::F32 => view,
+            p => format!("{view}, in {p}"),
         };
         let revision = self
             .dataset_revision

@@ -270,6 +270,11 @@ pub fn zero_shot(
     let key = {
         let mut h = Sha256::new();
         h.update(b"clip zero-shot head v1\n");
+        // Heads made in reduced precision are their own entries (f32 keys
+        // are unchanged from before precisions existed).
+        if vb.dtype() != DType::F32 {
+            h.update(format!("{:?}\n", vb.dtype()).as_bytes());
+        }
         h.update(lock(&fingerprint).clone().finalize());
         let (names, prompts) = (class_names.join("\n"), templates.join("\n"));
         for part in [&tokenizer_json[..], names.as_bytes(), prompts.as_bytes()] {
@@ -314,6 +319,8 @@ pub fn zero_shot(
             head
         }
     };
+    // Stored in f32; computed with in the model's precision.
+    let head = head.to_dtype(vb.dtype())?;
     Ok(Box::new(ZeroShot { image, head }))
 }
 

@@ -7,7 +7,7 @@
 //! (PyTorch symmetric or TensorFlow "SAME"), squeeze-excite and BN epsilon.
 //! Runs channels-last after the stem (see [`super::nhwc`]).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
 use super::nhwc::{pointwise, DepthwiseConv, Pads};
@@ -196,13 +196,19 @@ struct BatchNorm {
 
 impl BatchNorm {
     fn new(c: usize, eps: f64, vb: VarBuilder) -> Result<BatchNorm> {
+        // Folded in f32 whatever the model computes in, then rounded once.
+        let dtype = vb.dtype();
+        let vb = vb.set_dtype(DType::F32);
         let weight = vb.get(c, "weight")?;
         let bias = vb.get(c, "bias")?;
         let mean = vb.get(c, "running_mean")?;
         let var = vb.get(c, "running_var")?;
         let scale = weight.div(&(var + eps)?.sqrt()?)?;
         let shift = bias.sub(&mean.mul(&scale)?)?;
-        Ok(BatchNorm { scale, shift })
+        Ok(BatchNorm {
+            scale: scale.to_dtype(dtype)?,
+            shift: shift.to_dtype(dtype)?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

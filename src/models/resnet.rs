@@ -4,7 +4,7 @@
 //! folded into the convolution before it at load time (scaled weights plus
 //! a bias), which removes four passes over the activations per layer.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::conv::Conv;
@@ -29,6 +29,9 @@ impl ConvBn {
         padding: usize,
         relu: bool,
     ) -> Result<Conv> {
+        // Folded in f32 whatever the model computes in, then rounded once.
+        let dtype = conv.dtype();
+        let (conv, bn) = (conv.set_dtype(DType::F32), bn.set_dtype(DType::F32));
         let w = conv.get((c_out, c_in, kernel, kernel), "weight")?;
         let gamma = bn.get(c_out, "weight")?;
         let beta = bn.get(c_out, "bias")?;
@@ -38,7 +41,13 @@ impl ConvBn {
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
         let weight = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
         let bias = (beta - (mean * &scale)?)?;
-        Conv::new(weight, bias, stride, padding, relu)
+        Conv::new(
+            weight.to_dtype(dtype)?,
+            bias.to_dtype(dtype)?,
+            stride,
+            padding,
+            relu,
+        )
     }
 }
 

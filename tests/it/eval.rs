@@ -454,3 +454,47 @@ fn memo_adapts_per_image_and_compares_with_the_baseline() {
         stderr(&out)
     );
 }
+
+/// `--dtype f16`: the model computes in half precision (the always-3 answer
+/// survives the rounding), the report and the table say so; bf16 on the CPU
+/// and MEMO in reduced precision are refused with the way out.
+#[test]
+fn reduced_precision_is_recorded_and_refused_where_it_cannot_run() {
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let dir = released_folder(&fx);
+    let d = dir.to_str().unwrap();
+    let json = fx.path().join("f16.json");
+    let out = eval(
+        &fx,
+        d,
+        3,
+        &["--dtype", "f16", "--json", json.to_str().unwrap()],
+        &[],
+    );
+    assert_table(&out, &CURRENT_TABLE);
+    assert!(
+        stdout(&out).contains("(the model's view, in f16)"),
+        "{}",
+        stdout(&out)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["config"]["precision"], "f16", "{report}");
+
+    let out = eval(&fx, d, 3, &["--dtype", "bf16"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bf16 runs on CUDA only") && stderr(&out).contains("--device cuda"),
+        "{}",
+        stderr(&out)
+    );
+    let out = eval(&fx, d, 3, &["--dtype", "f16", "--tta", "memo-zoom"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("adapts the weights in f32")
+            && stderr(&out).contains("drop --dtype f16"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -475,7 +475,8 @@ fn help_says_what_each_command_reads_and_writes() {
 
 /// Every registered architecture, with generated weights whose head always
 /// answers class 3, runs inside `build` (zoom scan, select, export), `predict`
-/// and `eval` (resolved by Hub repo id through its config.json).
+/// (in f32 and f16) and `eval` (resolved by Hub repo id through its
+/// config.json).
 #[test]
 fn every_architecture_runs_in_build_and_predict() {
     use imagenet_hard::demo::put_synthetic_model;
@@ -543,6 +544,24 @@ fn every_architecture_runs_in_build_and_predict() {
         let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
         assert_eq!(doc["top"][0]["index"], 3, "{}: {doc}", arch.name());
         assert_eq!(doc["top"].as_array().unwrap().len(), 5);
+        // In half precision too (weights, BatchNorm folding, activations).
+        let out = fx.run(
+            &[
+                "predict",
+                photo.to_str().unwrap(),
+                "--model",
+                &repo,
+                "--device",
+                "cpu",
+                "--dtype",
+                "f16",
+                "--json",
+            ],
+            &[("HF_HUB_OFFLINE", "1")],
+        );
+        ok(&out);
+        let half: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(half["top"][0]["index"], 3, "{} in f16: {half}", arch.name());
         // And `eval` on the exported hard set (row 1, labelled 7): none right.
         let dataset = fx.path().join("all/dataset");
         let out = fx.run(
@@ -654,6 +673,25 @@ fn clip_runs_in_build_predict_and_eval() {
         "the cached head gives the same answer"
     );
     assert_eq!(std::fs::read_dir(&heads).unwrap().count(), 1);
+    // In f16, with a head of its own made in f16.
+    let out = fx.run(
+        &[
+            "predict",
+            photo.to_str().unwrap(),
+            "--model",
+            "test-org/tiny-clip",
+            "--device",
+            "cpu",
+            "--dtype",
+            "f16",
+            "--json",
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&out);
+    let half: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(half["top"].as_array().unwrap().len(), 5, "{half}");
+    assert_eq!(std::fs::read_dir(&heads).unwrap().count(), 2);
 
     let manifest = fx.path().join("clip.toml");
     std::fs::write(

@@ -339,3 +339,56 @@ fn first_hit_finds_the_same_hard_set_with_fewer_forward_passes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("exhaustive scan"), "{}", stderr(&out));
 }
+
+/// `scan.dtype = "f16"`: the fixture's models keep their answers in half
+/// precision, so the shards equal the f32 build's; the plan, the report and
+/// the card record the precision, a run of another precision is not mixed
+/// into it, and bf16 on the CPU is refused naming the manifest key.
+#[test]
+fn scan_dtype_is_recorded_and_never_mixed() {
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let manifest = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let with_dtype = |dtype: &str| {
+        std::fs::write(&manifest, format!("{text}\n[scan]\ndtype = \"{dtype}\"\n")).unwrap()
+    };
+    let m = manifest.to_str().unwrap();
+    with_dtype("f16");
+    ok(&fx.run(&["build", m, "--device", "cpu"], &[]));
+    let run = fx.path().join("run");
+    let shards = |files: BTreeMap<String, Vec<u8>>| -> Vec<Vec<u8>> {
+        files
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(".parquet"))
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!(shards(dataset_files(&run)), shards(reference));
+    let plan = imagenet_hard::plan::Plan::read(&run).unwrap();
+    assert_eq!(plan.scan_dtype, imagenet_hard::models::Precision::F16);
+    let report = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(report.contains("Models computed in **f16**"), "{report}");
+    let card = std::fs::read_to_string(run.join("dataset/README.md")).unwrap();
+    assert!(card.contains("(models computed in f16)"), "{card}");
+
+    with_dtype("f32");
+    let out = fx.run(&["scan", m, "--device", "cpu"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("holds a run of a different plan"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::remove_dir_all(&run).unwrap();
+    with_dtype("bf16");
+    let out = fx.run(&["scan", m, "--device", "cpu"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("scan.dtype = \"bf16\"") && stderr(&out).contains("CUDA only"),
+        "{}",
+        stderr(&out)
+    );
+}
