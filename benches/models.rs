@@ -16,6 +16,7 @@ use imagenet_hard::models::{Architecture, Classifier, DeviceChoice, Extras, Runt
 use std::time::Instant;
 
 fn main() {
+    imagenet_hard::util::keep_freed_memory();
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -1,8 +1,9 @@
 //! A faster CPU convolution for inference: im2col into a per-thread buffer
 //! and one `gemm` per image (the weights are already the `[c_out, c_in*k*k]`
-//! matrix in NCHW order, so nothing is repacked per call), output written
-//! straight in NCHW, with the bias and an optional ReLU applied in the same
-//! pass. Images of a batch run in parallel. candle's stock CPU conv2d
+//! matrix in NCHW order, so nothing is repacked per call) into a per-thread
+//! product buffer, then one pass that adds the bias (and shortcut), applies
+//! the ReLU and writes the NCHW output, which is never zeroed first. Images
+//! of a batch run in parallel. candle's stock CPU conv2d
 //! re-lays the weights and transposes the input on every call; this path is
 //! what lets the scan keep up with PyTorch on CPU. Other devices use
 //! candle's conv2d.
@@ -12,6 +13,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// A 2-D convolution with a bias, optionally followed by ReLU.
@@ -159,7 +161,8 @@ impl CpuConv {
     }
 
     /// One image: `inp` `[c_in, h, w]` into `out` `[c_out, oh*ow]`: the
-    /// product written in place, then [`finish`](Self::finish).
+    /// product into this thread's product buffer, then
+    /// [`finish`](Self::finish) writes every value of `out`.
     #[allow(clippy::too_many_arguments)]
     fn image(
         &self,
@@ -167,7 +170,7 @@ impl CpuConv {
         inp: &[f32],
         h: usize,
         w: usize,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         residual: Option<&[f32]>,
         parallel: bool,
     ) {
@@ -175,36 +178,40 @@ impl CpuConv {
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
         let direct = self.k == 1 && self.stride == 1 && self.padding == 0;
-        let dst = out.as_mut_ptr();
-        // SAFETY: `dst` is `out` ([c_out, n], row-major, alive for the whole
-        // call, used by nothing else meanwhile); `weight` is [c_out, kk] and
-        // `cols` [kk, n], both row-major and long enough.
-        let run = |cols: &[f32]| unsafe {
-            // out[c_out, n] = W[c_out, kk] * cols[kk, n], all row-major.
-            matmul(
-                (self.c_out, n, kk),
-                dst,
-                (n as isize, 1),
-                weight.as_ptr(),
-                (kk as isize, 1),
-                cols.as_ptr(),
-                (n as isize, 1),
-                false,
-                parallel,
-            )
-        };
-        if direct {
-            run(inp);
-        } else {
-            with_columns(kk * n, |cols| {
-                self.im2col(inp, h, w, oh, ow, cols);
-                run(cols);
-            });
-        }
-        for (c, row) in out.chunks_exact_mut(n).enumerate() {
-            let shortcut = residual.map(|r| &r[c * n..(c + 1) * n]);
-            self.finish(bias.get(c), row, None, shortcut);
-        }
+        PRODUCT.with(|pbuf| {
+            let mut pbuf = pbuf.borrow_mut();
+            let prod = scratch(&mut pbuf, self.c_out * n);
+            let dst = prod.as_mut_ptr();
+            // SAFETY: `dst` is `prod` ([c_out, n], row-major, alive for the
+            // whole call, used by nothing else meanwhile); `weight` is
+            // [c_out, kk] and `cols` [kk, n], both row-major and long enough.
+            let run = |cols: &[f32]| unsafe {
+                // prod[c_out, n] = W[c_out, kk] * cols[kk, n], all row-major.
+                matmul(
+                    (self.c_out, n, kk),
+                    dst,
+                    (n as isize, 1),
+                    weight.as_ptr(),
+                    (kk as isize, 1),
+                    cols.as_ptr(),
+                    (n as isize, 1),
+                    false,
+                    parallel,
+                )
+            };
+            if direct {
+                run(inp);
+            } else {
+                with_columns(kk * n, |cols| {
+                    self.im2col(inp, h, w, oh, ow, cols);
+                    run(cols);
+                });
+            }
+            for (c, row) in out.chunks_exact_mut(n).enumerate() {
+                let shortcut = residual.map(|r| &r[c * n..(c + 1) * n]);
+                self.finish(bias.get(c), row, &prod[c * n..][..n], shortcut);
+            }
+        })
     }
 
     /// Several images (`inp` `[m, c_in, h, w]`) as one product: their
@@ -216,7 +223,7 @@ impl CpuConv {
         (weight, bias): (&[f32], &[f32]),
         inp: &[f32],
         (h, w): (usize, usize),
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
         residual: Option<&[f32]>,
     ) {
         let (oh, ow) = (self.out_size(h), self.out_size(w));
@@ -252,7 +259,7 @@ impl CpuConv {
                     for (c, row) in image.chunks_exact_mut(n).enumerate() {
                         let from = &prod[c * ld + j * n..][..n];
                         let shortcut = residual.map(|r| &r[j * per_out + c * n..][..n]);
-                        self.finish(bias.get(c), row, Some(from), shortcut);
+                        self.finish(bias.get(c), row, from, shortcut);
                     }
                 }
             })
@@ -260,32 +267,28 @@ impl CpuConv {
     }
 
     /// One output channel: `row = product + bias (+ shortcut)`, then the
-    /// ReLU when the convolution has one. The product is `from`, or `row`
-    /// itself when `from` is `None`; a missing bias counts as 0.
+    /// ReLU when the convolution has one; every value of `row` is written
+    /// (it may come uninitialised). A missing bias counts as 0.
     fn finish(
         &self,
         bias: Option<&f32>,
-        row: &mut [f32],
-        from: Option<&[f32]>,
+        row: &mut [MaybeUninit<f32>],
+        product: &[f32],
         shortcut: Option<&[f32]>,
     ) {
+        // `apply` marks the output initialised: every value must be written.
+        assert_eq!(row.len(), product.len(), "a convolution row and its product");
         let b = bias.copied().unwrap_or(0.0);
         let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
-        match (from, shortcut) {
-            (None, None) => row.iter_mut().for_each(|o| *o = (*o + b).max(floor)),
-            (None, Some(r)) => {
-                for (o, &x) in row.iter_mut().zip(r) {
-                    *o = (*o + b + x).max(floor);
+        match shortcut {
+            None => {
+                for (o, &v) in row.iter_mut().zip(product) {
+                    o.write((v + b).max(floor));
                 }
             }
-            (Some(p), None) => {
-                for (o, &v) in row.iter_mut().zip(p) {
-                    *o = (v + b).max(floor);
-                }
-            }
-            (Some(p), Some(r)) => {
-                for ((o, &v), &x) in row.iter_mut().zip(p).zip(r) {
-                    *o = (v + b + x).max(floor);
+            Some(r) => {
+                for ((o, &v), &x) in row.iter_mut().zip(product).zip(r) {
+                    o.write((v + b + x).max(floor));
                 }
             }
         }
@@ -394,13 +397,15 @@ impl CpuConv {
         let (oh, ow) = (self.out_size(h), self.out_size(w));
         let per_out = self.c_out * oh * ow;
         let per_in = self.c_in * h * w;
-        let mut out = vec![0f32; b * per_out];
+        // Not zeroed: every path below writes every value (through `finish`).
+        let mut out: Vec<f32> = Vec::with_capacity(b * per_out);
+        let dst = &mut out.spare_capacity_mut()[..b * per_out];
         let res = |i: usize| residual.map(|r| &r[i * per_out..(i + 1) * per_out]);
         let threads = rayon::current_num_threads();
         if oh * ow <= GROUPED_MAX_PIXELS && b >= 2 * threads {
             // Small maps: one product per thread over a group of images.
             let group = b.div_ceil(threads);
-            out.par_chunks_mut(group * per_out)
+            dst.par_chunks_mut(group * per_out)
                 .zip(inp.par_chunks(group * per_in))
                 .enumerate()
                 .for_each(|(g, (o, i))| {
@@ -408,12 +413,12 @@ impl CpuConv {
                     self.group(params, i, (h, w), o, r)
                 });
         } else if b >= threads {
-            out.par_chunks_exact_mut(per_out)
+            dst.par_chunks_exact_mut(per_out)
                 .zip(inp.par_chunks_exact(per_in))
                 .enumerate()
                 .for_each(|(k, (o, i))| self.image(params, i, h, w, o, res(k), false));
         } else {
-            for (k, (o, i)) in out
+            for (k, (o, i)) in dst
                 .chunks_exact_mut(per_out)
                 .zip(inp.chunks_exact(per_in))
                 .enumerate()
@@ -421,6 +426,10 @@ impl CpuConv {
                 self.image(params, i, h, w, o, res(k), true);
             }
         }
+        // SAFETY: the `b * per_out` values were all written above: each path
+        // hands every image's `[c_out, n]` block, channel by channel, to
+        // `finish`, which writes every value of its row.
+        unsafe { out.set_len(b * per_out) };
         out
     }
 }
