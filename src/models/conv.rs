@@ -277,7 +277,11 @@ impl CpuConv {
         shortcut: Option<&[f32]>,
     ) {
         // `apply` marks the output initialised: every value must be written.
-        assert_eq!(row.len(), product.len(), "a convolution row and its product");
+        assert_eq!(
+            row.len(),
+            product.len(),
+            "a convolution row and its product"
+        );
         let b = bias.copied().unwrap_or(0.0);
         let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
         match shortcut {
