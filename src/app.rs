@@ -352,7 +352,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         let arch = resolved.architecture.name();
         if rt.precision() != crate::models::Precision::F32 {
             bail!(
-                "--tta {} adapts the weights in f32 (a {} step of 2.5e-4 would round away): drop --dtype {}",
+                "--tta {} adapts the weights in f32 (in {} a step of 2.5e-4 would round away): drop --dtype {}",
                 args.tta.name(),
                 rt.precision(),
                 rt.precision()

@@ -88,9 +88,9 @@ pub struct ModelArgs {
     pub revision: String,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Number format the model computes in: bf16 / f16 use a GPU's tensor
-    /// cores (weights are read and BatchNorm folded in f32, then rounded);
-    /// on the CPU they are slower than f32.
+    /// Number format the model computes in: bf16 (CUDA only) and f16 use a
+    /// GPU's tensor cores (weights are read and BatchNorm folded in f32,
+    /// then rounded); f16 on the CPU is slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,
 }

@@ -151,9 +151,9 @@ pub enum ScanMode {
 pub struct ScanSection {
     #[serde(default)]
     pub mode: ScanMode,
-    /// Number format the models compute in: `f32` (default), or `bf16` /
-    /// `f16` for a GPU's tensor cores. Rounding can flip a close call, so
-    /// the run records it and the card states it.
+    /// Number format the models compute in: `f32` (default), or `bf16`
+    /// (CUDA only) / `f16` for a GPU's tensor cores. Rounding can flip a
+    /// close call, so the run records it and the card states it.
     #[serde(default)]
     pub dtype: crate::models::Precision,
 }

@@ -319,7 +319,7 @@ pub fn zero_shot(
             head
         }
     };
-    // Stored in f32; computed with in the model's precision.
+    // Kept in f32 on disk; it meets the image features in the model's precision.
     let head = head.to_dtype(vb.dtype())?;
     Ok(Box::new(ZeroShot { image, head }))
 }

@@ -528,40 +528,32 @@ fn every_architecture_runs_in_build_and_predict() {
         .unwrap();
     for arch in &archs {
         let repo = format!("test-org/any-{}", arch.name());
-        let out = fx.run(
-            &[
-                "predict",
-                photo.to_str().unwrap(),
-                "--model",
-                &repo,
-                "--device",
-                "cpu",
-                "--json",
-            ],
-            &[("HF_HUB_OFFLINE", "1")],
-        );
-        ok(&out);
-        let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-        assert_eq!(doc["top"][0]["index"], 3, "{}: {doc}", arch.name());
-        assert_eq!(doc["top"].as_array().unwrap().len(), 5);
-        // In half precision too (weights, BatchNorm folding, activations).
-        let out = fx.run(
-            &[
-                "predict",
-                photo.to_str().unwrap(),
-                "--model",
-                &repo,
-                "--device",
-                "cpu",
-                "--dtype",
-                "f16",
-                "--json",
-            ],
-            &[("HF_HUB_OFFLINE", "1")],
-        );
-        ok(&out);
-        let half: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-        assert_eq!(half["top"][0]["index"], 3, "{} in f16: {half}", arch.name());
+        // In f32 and in half precision (weights, BatchNorm folding, activations).
+        for dtype in ["f32", "f16"] {
+            let out = fx.run(
+                &[
+                    "predict",
+                    photo.to_str().unwrap(),
+                    "--model",
+                    &repo,
+                    "--device",
+                    "cpu",
+                    "--dtype",
+                    dtype,
+                    "--json",
+                ],
+                &[("HF_HUB_OFFLINE", "1")],
+            );
+            ok(&out);
+            let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+            assert_eq!(
+                doc["top"][0]["index"],
+                3,
+                "{} in {dtype}: {doc}",
+                arch.name()
+            );
+            assert_eq!(doc["top"].as_array().unwrap().len(), 5);
+        }
         // And `eval` on the exported hard set (row 1, labelled 7): none right.
         let dataset = fx.path().join("all/dataset");
         let out = fx.run(
@@ -644,7 +636,7 @@ fn clip_runs_in_build_predict_and_eval() {
     image::RgbImage::from_fn(96, 80, |x, y| image::Rgb([x as u8, y as u8, 60]))
         .save(&photo)
         .unwrap();
-    let predict = || {
+    let predict = |dtype: &str| {
         fx.run(
             &[
                 "predict",
@@ -653,19 +645,21 @@ fn clip_runs_in_build_predict_and_eval() {
                 "test-org/tiny-clip",
                 "--device",
                 "cpu",
+                "--dtype",
+                dtype,
                 "--json",
             ],
             &[("HF_HUB_OFFLINE", "1")],
         )
     };
-    let out = predict();
+    let out = predict("f32");
     ok(&out);
     let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(doc["top"].as_array().unwrap().len(), 5, "{doc}");
     let heads = fx.path().join("imagenet-hard/clip-heads");
     let cached: Vec<_> = std::fs::read_dir(&heads).unwrap().collect();
     assert_eq!(cached.len(), 1, "one head cached");
-    let again = predict();
+    let again = predict("f32");
     ok(&again);
     assert_eq!(
         stdout(&again),
@@ -674,20 +668,7 @@ fn clip_runs_in_build_predict_and_eval() {
     );
     assert_eq!(std::fs::read_dir(&heads).unwrap().count(), 1);
     // In f16, with a head of its own made in f16.
-    let out = fx.run(
-        &[
-            "predict",
-            photo.to_str().unwrap(),
-            "--model",
-            "test-org/tiny-clip",
-            "--device",
-            "cpu",
-            "--dtype",
-            "f16",
-            "--json",
-        ],
-        &[("HF_HUB_OFFLINE", "1")],
-    );
+    let out = predict("f16");
     ok(&out);
     let half: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(half["top"].as_array().unwrap().len(), 5, "{half}");
