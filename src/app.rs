@@ -607,6 +607,7 @@ pub fn run(command: Command) -> Result<()> {
             // `--model synthetic --arch A`: generated weights, for devices
             // with no weights at hand (scripts/gpu-check.sh).
             let mut model = model;
+            // Removed when the command ends, whatever happens.
             let _weights_dir;
             if model.model == "synthetic" {
                 let arch = model
@@ -619,10 +620,11 @@ pub fn run(command: Command) -> Result<()> {
                             crate::models::Architecture::known()
                         )
                     })?;
-                let dir = std::env::temp_dir()
-                    .join(format!("imagenet-hard-bench-{}", std::process::id()));
-                std::fs::create_dir_all(&dir)?;
-                let path = dir.join(format!("{}.safetensors", arch.name()));
+                let dir = tempfile::Builder::new()
+                    .prefix("imagenet-hard-bench-")
+                    .tempdir()
+                    .context("creating a temporary folder for the synthetic weights")?;
+                let path = dir.path().join(format!("{}.safetensors", arch.name()));
                 crate::models::synthetic::write_weights(
                     arch,
                     1,

@@ -707,3 +707,47 @@ fn clip_runs_in_build_predict_and_eval() {
     ok(&eval);
     assert!(stdout(&eval).contains("| **all** |"), "{}", stdout(&eval));
 }
+
+/// `bench --model synthetic`: generated weights in a temporary folder that is
+/// gone afterwards; the JSON has both throughputs, the device and the dtype.
+#[test]
+fn bench_reports_throughput_and_leaves_no_files_behind() {
+    let fx = Fixture::new();
+    let images = fx.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 90]))
+        .save(images.join("a.png"))
+        .unwrap();
+    let tmp = fx.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = fx.run(
+        &[
+            "bench",
+            images.to_str().unwrap(),
+            "--model",
+            "synthetic",
+            "--arch",
+            "resnet18",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--batches",
+            "1",
+            "--rounds",
+            "1",
+        ],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    ok(&out);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["preprocessing"]["crops"], 324, "{doc}");
+    assert_eq!(doc["model_only"]["crops"], 2, "{doc}");
+    assert!(doc["model_only"]["crops_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        (doc["device"].as_str(), doc["dtype"].as_str()),
+        (Some("cpu"), Some("f32"))
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
+}
