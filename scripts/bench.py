@@ -200,7 +200,8 @@ def main() -> None:
 
 def memory(args) -> None:
     """Peak RSS of `imagenet-hard scan` on N and then 10N images: it must stay
-    flat (records stream to disk, rows stream from the source)."""
+    flat (records stream to disk, rows stream from the source one row group
+    at a time, so the source is written in groups of 100 rows)."""
     work = pathlib.Path(args.out) / "memory"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -214,7 +215,7 @@ def memory(args) -> None:
             "image": pa.array([{"bytes": b, "path": f"{i}.jpg"} for i, b in enumerate(blobs)],
                               pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
             "label": pa.array([1] * n, pa.int64()),
-        }), work / f"source-{n}.parquet")
+        }), work / f"source-{n}.parquet", row_group_size=100)  # as Hub image datasets and our shards
         manifest = work / f"memory-{n}.toml"
         manifest.write_text(
             f'[build]\nname = "memory"\noutput_dir = "{work / f"run-{n}"}"\nbatch_size = {args.batch}\n'
