@@ -35,12 +35,14 @@ W=$(ls output/demo/hub/models--imagenet-hard--synthetic-resnet18/snapshots/*/mod
 for dev in cpu cuda; do
   "$BIN" predict "$REPO/tests/golden/zoom/inputs/rgb_301x207.png" --model "$W" --arch resnet18 --device "$dev" --json > "$OUT/predict-$dev.json"
 done
+# bf16 failing must not cost the MEMO step below: its failures are logged
+# (bf16.log) and fail the check at the end.
 "$BIN" predict "$REPO/tests/golden/zoom/inputs/rgb_301x207.png" --model "$W" --arch resnet18 --device cuda --dtype bf16 \
-  --json > "$OUT/predict-cuda-bf16.json"
+  --json > "$OUT/predict-cuda-bf16.json" 2>> "$OUT/bf16.log" || { rm -f "$OUT/predict-cuda-bf16.json"; cat "$OUT/bf16.log"; }
 for dtype in f32 bf16; do
   "$BIN" bench "$REPO/tests/golden/zoom/inputs" --model synthetic --arch resnet50 --device cuda --dtype "$dtype" \
     --batch-size "${BATCH:-128}" --batches 8 --rounds 3 > "$OUT/bench-resnet50-cuda-$dtype.json" 2>> "$OUT/bench.log" \
-    || { cat "$OUT/bench.log"; exit 1; }
+    || { rm -f "$OUT/bench-resnet50-cuda-$dtype.json"; cat "$OUT/bench.log"; [ "$dtype" = bf16 ] || exit 1; }
 done
 # 5. MEMO (test-time adaptation) on 3 demo images, CPU and GPU, both view kinds,
 #    beside the plain model; per-image predictions must agree across devices.
@@ -76,14 +78,25 @@ for d, s in (("cpu", sa), ("cuda", sb)):
     print(f"{d}: {s['forward_passes']} crops in {s['seconds']:.2f}s = {s['forward_passes']/s['seconds']:.1f} crops/s")
 import os
 peak = float(os.environ.get("PEAK_TFLOPS", "989")) * 1e12
+bf16_ok = True
 for dtype in ("f32", "bf16"):
+    if not os.path.exists(f"{out}/bench-resnet50-cuda-{dtype}.json"):
+        print(f"resnet50 on cuda in {dtype}: FAILED (see bench.log)")
+        bf16_ok = False
+        continue
     bench = json.load(open(f"{out}/bench-resnet50-cuda-{dtype}.json"))
     rate = bench["model_only"]["crops_per_s"]
     print(f"resnet50 on cuda in {dtype}, batch {bench['batch_size']}: {rate:.0f} crops/s = {rate * 2 * 4.09e9 / 1e12:.1f} TFLOP/s, "
           f"{100 * rate * 2 * 4.09e9 / peak:.2f}% of the {peak / 1e12:.0f} TFLOP/s bf16 peak")
-ph = json.load(open(f"{out}/predict-cuda-bf16.json"))["top"]
-half = max(abs(x["logit"] - y["logit"]) for x, y in zip(pa, ph)) / scale
-print(f"bf16 on cuda vs f32 on cpu: top-5 logits relative diff {half:.2e}; same top-1: {pa[0]['index'] == ph[0]['index']}")
+if os.path.exists(f"{out}/predict-cuda-bf16.json"):
+    ph = json.load(open(f"{out}/predict-cuda-bf16.json"))["top"]
+    half = max(abs(x["logit"] - y["logit"]) for x, y in zip(pa, ph)) / scale
+    same_top1 = pa[0]["index"] == ph[0]["index"]
+    print(f"bf16 on cuda vs f32 on cpu: top-5 logits relative diff {half:.2e}; same top-1: {same_top1}")
+    bf16_ok = bf16_ok and half < 3e-2 and same_top1
+else:
+    print("bf16 predict on cuda: FAILED (see bf16.log)")
+    bf16_ok = False
 import csv
 memo_same = memo_rows = 0
 for tta in ("memo-augmix", "memo-zoom"):
@@ -93,8 +106,7 @@ for tta in ("memo-augmix", "memo-zoom"):
 print(f"MEMO top-5 agreement cpu vs cuda: {memo_same}/{memo_rows} images")
 for d in ("cpu", "cuda"):
     print(f"MEMO side by side on {d}:\n" + open(f"{out}/memo-{d}.md").read())
-ok = (same >= crops - 2 and diff / scale < 1e-3 and memo_rows == 6 and memo_same >= 5
-      and half < 3e-2 and pa[0]["index"] == ph[0]["index"])
+ok = same >= crops - 2 and diff / scale < 1e-3 and memo_rows == 6 and memo_same >= 5 and bf16_ok
 print("GPU CHECK", "PASSED" if ok else "FAILED")
 sys.exit(0 if ok else 1)
 PY
