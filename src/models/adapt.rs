@@ -14,6 +14,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 
+/// The stage depths and block kind of `arch`, if this module builds it.
+pub use super::resnet::layout;
 use super::resnet::ConvPlan;
 use crate::labels::NUM_CLASSES;
 
@@ -225,11 +227,6 @@ pub struct AdaptResNet {
     fc_w: Var,
     fc_b: Var,
     params: Params,
-}
-
-/// The stage depths and block kind of `arch`, if this module builds it.
-pub fn layout(arch: &str) -> Option<([usize; 4], bool)> {
-    super::resnet::layout(arch)
 }
 
 impl AdaptResNet {

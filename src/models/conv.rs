@@ -123,8 +123,8 @@ thread_local! {
 }
 
 /// Output maps of at most this many pixels (14x14: ResNet's last two
-/// stages) go through [`CpuConv::group`] when the batch has at least two
-/// images per thread.
+/// stages) are convolved a group of images per product
+/// ([`CpuConv::images`]) when the batch has at least two images per thread.
 const GROUPED_MAX_PIXELS: usize = 196;
 
 impl CpuConv {
@@ -160,16 +160,17 @@ impl CpuConv {
         (i + 2 * self.padding).saturating_sub(self.k) / self.stride + 1
     }
 
-    /// One image: `inp` `[c_in, h, w]` into `out` `[c_out, oh*ow]`: the
-    /// product into this thread's product buffer, then
-    /// [`finish`](Self::finish) writes every value of `out`.
-    #[allow(clippy::too_many_arguments)]
-    fn image(
+    /// Images `inp` (`[m, c_in, h, w]`, m >= 1) as one product into this
+    /// thread's product buffer: their columns side by side (`[kk, m*n]`), so
+    /// the weights are packed once for the group (one image of a 1x1,
+    /// stride-1 convolution is its own column matrix); then
+    /// [`finish`](Self::finish) writes every value of `out` (`[m, c_out, n]`).
+    /// `parallel`: the product itself runs on the thread pool.
+    fn images(
         &self,
         (weight, bias): (&[f32], &[f32]),
         inp: &[f32],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
         out: &mut [MaybeUninit<f32>],
         residual: Option<&[f32]>,
         parallel: bool,
@@ -177,68 +178,22 @@ impl CpuConv {
         let (oh, ow) = (self.out_size(h), self.out_size(w));
         let n = oh * ow;
         let kk = self.c_in * self.k * self.k;
-        let direct = self.k == 1 && self.stride == 1 && self.padding == 0;
-        PRODUCT.with(|pbuf| {
-            let mut pbuf = pbuf.borrow_mut();
-            let prod = scratch(&mut pbuf, self.c_out * n);
-            let dst = prod.as_mut_ptr();
-            // SAFETY: `dst` is `prod` ([c_out, n], row-major, alive for the
-            // whole call, used by nothing else meanwhile); `weight` is
-            // [c_out, kk] and `cols` [kk, n], both row-major and long enough.
-            let run = |cols: &[f32]| unsafe {
-                // prod[c_out, n] = W[c_out, kk] * cols[kk, n], all row-major.
-                matmul(
-                    (self.c_out, n, kk),
-                    dst,
-                    (n as isize, 1),
-                    weight.as_ptr(),
-                    (kk as isize, 1),
-                    cols.as_ptr(),
-                    (n as isize, 1),
-                    false,
-                    parallel,
-                )
-            };
-            if direct {
-                run(inp);
-            } else {
-                with_columns(kk * n, |cols| {
-                    self.im2col(inp, h, w, oh, ow, cols);
-                    run(cols);
-                });
-            }
-            for (c, row) in out.chunks_exact_mut(n).enumerate() {
-                let shortcut = residual.map(|r| &r[c * n..(c + 1) * n]);
-                self.finish(bias.get(c), row, &prod[c * n..][..n], shortcut);
-            }
-        })
-    }
-
-    /// Several images (`inp` `[m, c_in, h, w]`) as one product: their
-    /// columns side by side (`[kk, m*n]`), so the weights are packed once for
-    /// the group and the product is wide; the result goes to `out`
-    /// (`[m, c_out, n]`) through [`finish`](Self::finish).
-    fn group(
-        &self,
-        (weight, bias): (&[f32], &[f32]),
-        inp: &[f32],
-        (h, w): (usize, usize),
-        out: &mut [MaybeUninit<f32>],
-        residual: Option<&[f32]>,
-    ) {
-        let (oh, ow) = (self.out_size(h), self.out_size(w));
-        let n = oh * ow;
-        let kk = self.c_in * self.k * self.k;
         let per_in = self.c_in * h * w;
         let ld = inp.len() / per_in * n;
+        let direct = ld == n && self.k == 1 && self.stride == 1 && self.padding == 0;
         COLUMNS.with(|cbuf| {
             PRODUCT.with(|pbuf| {
                 let (mut cbuf, mut pbuf) = (cbuf.borrow_mut(), pbuf.borrow_mut());
-                let cols = scratch(&mut cbuf, kk * ld);
+                let cols: &[f32] = if direct {
+                    inp
+                } else {
+                    let cols = scratch(&mut cbuf, kk * ld);
+                    for (j, image) in inp.chunks_exact(per_in).enumerate() {
+                        self.im2col_strided(image, (h, w, oh, ow), &mut cols[j * n..], ld);
+                    }
+                    cols
+                };
                 let prod = scratch(&mut pbuf, self.c_out * ld);
-                for (j, image) in inp.chunks_exact(per_in).enumerate() {
-                    self.im2col_strided(image, (h, w, oh, ow), &mut cols[j * n..], ld);
-                }
                 // SAFETY: prod [c_out, ld], weight [c_out, kk], cols [kk, ld],
                 // all row-major and long enough; prod is overwritten.
                 unsafe {
@@ -251,7 +206,7 @@ impl CpuConv {
                         cols.as_ptr(),
                         (ld as isize, 1),
                         false,
-                        false,
+                        parallel,
                     )
                 };
                 let per_out = self.c_out * n;
@@ -414,20 +369,20 @@ impl CpuConv {
                 .enumerate()
                 .for_each(|(g, (o, i))| {
                     let r = residual.map(|r| &r[g * group * per_out..][..o.len()]);
-                    self.group(params, i, (h, w), o, r)
+                    self.images(params, i, (h, w), o, r, false)
                 });
         } else if b >= threads {
             dst.par_chunks_exact_mut(per_out)
                 .zip(inp.par_chunks_exact(per_in))
                 .enumerate()
-                .for_each(|(k, (o, i))| self.image(params, i, h, w, o, res(k), false));
+                .for_each(|(k, (o, i))| self.images(params, i, (h, w), o, res(k), false));
         } else {
             for (k, (o, i)) in dst
                 .chunks_exact_mut(per_out)
                 .zip(inp.chunks_exact(per_in))
                 .enumerate()
             {
-                self.image(params, i, h, w, o, res(k), true);
+                self.images(params, i, (h, w), o, res(k), true);
             }
         }
         // SAFETY: the `b * per_out` values were all written above: each path

@@ -101,7 +101,7 @@ impl Module for ResNet {
 }
 
 /// Stage depths and block kind of ResNet-18 and ResNet-50.
-pub(super) fn layout(arch: &str) -> Option<([usize; 4], bool)> {
+pub fn layout(arch: &str) -> Option<([usize; 4], bool)> {
     match arch {
         "resnet18" => Some(([2, 2, 2, 2], false)),
         "resnet50" => Some(([3, 4, 6, 3], true)),
