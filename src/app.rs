@@ -149,12 +149,13 @@ fn read_plan(ctx: &Context) -> Result<Plan> {
     Ok(plan)
 }
 
-fn run_scan(plan: &Plan, device: crate::models::DeviceChoice, ids: &[usize]) -> Result<()> {
-    let rt = Runtime::new(device)?
+fn run_scan(plan: &Plan, args: &crate::cli::RunArgs, ids: &[usize]) -> Result<()> {
+    let threads = args.threads();
+    let rt = Runtime::new(args.device)?
         .with_precision(plan.scan_dtype)
         .with_context(|| format!("scan.dtype = \"{}\" in the manifest", plan.scan_dtype))?;
     eprintln!(
-        "Scanning on {} ({}): {} of {} unit(s), {} model(s) x {} transforms per image",
+        "Scanning on {} ({}, {threads} preprocessing threads): {} of {} unit(s), {} model(s) x {} transforms per image",
         rt.describe(),
         rt.precision(),
         ids.len(),
@@ -162,7 +163,7 @@ fn run_scan(plan: &Plan, device: crate::models::DeviceChoice, ids: &[usize]) -> 
         plan.models.len(),
         plan.grid.len()
     );
-    for (s, fresh) in crate::scan::scan(plan, &rt, ids)? {
+    for (s, fresh) in crate::scan::scan(plan, &rt, ids, threads)? {
         let unit = s
             .units
             .first()
@@ -428,7 +429,7 @@ pub fn run(command: Command) -> Result<()> {
             }
             let plan = prepare_plan(&ctx, args.limit)?;
             let all: Vec<usize> = (0..plan.units.len()).collect();
-            run_scan(&plan, args.device, &all)?;
+            run_scan(&plan, &args, &all)?;
             run_merge(&plan)?;
             eprintln!(
                 "Run directory: {} (plan.json, scan/, select/, dataset/, report/)",
@@ -461,7 +462,7 @@ pub fn run(command: Command) -> Result<()> {
             if assignment == crate::units::Assignment::All {
                 let plan = prepare_plan(&ctx, args.run.limit)?;
                 let all: Vec<usize> = (0..plan.units.len()).collect();
-                run_scan(&plan, args.run.device, &all)?;
+                run_scan(&plan, &args.run, &all)?;
             } else {
                 // A worker of a fanned-out scan: the plan is made once, up front.
                 let plan = read_plan(&ctx)?;
@@ -472,7 +473,7 @@ pub fn run(command: Command) -> Result<()> {
                     );
                 }
                 let ids = assignment.pick(plan.units.len())?;
-                run_scan(&plan, args.run.device, &ids)?;
+                run_scan(&plan, &args.run, &ids)?;
             }
         }
         Command::Plan(args) => {
@@ -603,6 +604,8 @@ pub fn run(command: Command) -> Result<()> {
             batch_size,
             batches,
             rounds,
+            threads,
+            end_to_end,
         } => {
             // `--model synthetic --arch A`: generated weights, for devices
             // with no weights at hand (scripts/gpu-check.sh).
@@ -624,13 +627,20 @@ pub fn run(command: Command) -> Result<()> {
                     .prefix("imagenet-hard-bench-")
                     .tempdir()
                     .context("creating a temporary folder for the synthetic weights")?;
-                let path = dir.path().join(format!("{}.safetensors", arch.name()));
-                crate::models::synthetic::write_weights(
-                    arch,
-                    1,
-                    crate::models::synthetic::Head::Random,
-                    &path,
-                )?;
+                let path = if arch.spec().extra_files.contains(&"tokenizer.json") {
+                    // CLIP: ViT-L/14's image tower, a small text tower and
+                    // tokenizer beside it to make the zero-shot head from.
+                    crate::models::synthetic::write_clip_for_bench(dir.path(), 1)?
+                } else {
+                    let path = dir.path().join(format!("{}.safetensors", arch.name()));
+                    crate::models::synthetic::write_weights(
+                        arch,
+                        1,
+                        crate::models::synthetic::Head::Random,
+                        &path,
+                    )?;
+                    path
+                };
                 model.model = path.display().to_string();
                 _weights_dir = dir;
             }
@@ -644,7 +654,12 @@ pub fn run(command: Command) -> Result<()> {
                 resolved.name,
                 resolved.architecture.name()
             );
+            let threads = threads
+                .map(usize::from)
+                .unwrap_or_else(crate::feed::default_threads);
             let pre = crate::bench::preprocessing(&files, &grid, rounds)?;
+            let feed_one = crate::bench::feed_only(&files, &grid, 1, batch_size, rounds)?;
+            let feed = crate::bench::feed_only(&files, &grid, threads, batch_size, rounds)?;
             let fwd = crate::bench::model_only(
                 &classifier,
                 batch_size,
@@ -652,6 +667,18 @@ pub fn run(command: Command) -> Result<()> {
                 batches,
                 rounds,
             )?;
+            let e2e = if end_to_end {
+                Some(crate::bench::end_to_end(
+                    &classifier,
+                    &files,
+                    &grid,
+                    threads,
+                    batch_size,
+                    rounds,
+                )?)
+            } else {
+                None
+            };
             let out = serde_json::json!({
                 "tool_version": env!("CARGO_PKG_VERSION"),
                 "model": resolved.name,
@@ -659,9 +686,13 @@ pub fn run(command: Command) -> Result<()> {
                 "batch_size": batch_size,
                 "dtype": classifier.precision(),
                 "device": classifier.device_name(),
-                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "threads": threads,
                 "preprocessing": pre,
+                "feed_1_thread": feed_one,
+                "feed": feed,
+                "feed_scaling": feed.crops_per_s / feed_one.crops_per_s.max(1e-12),
                 "model_only": fwd,
+                "end_to_end": e2e,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

@@ -1,13 +1,16 @@
-//! `imagenet-hard bench`: throughput of the scan's two halves on a folder of
-//! images, for `scripts/bench.py` to set beside the Python reference:
-//! preprocessing only (decode once, resize once per scale, cut every crop,
-//! normalise) and model only (forward passes on batches of crops). Each is
-//! run `rounds` times and the median reported.
+//! `imagenet-hard bench`: throughput of the scan and of its halves on a
+//! folder of images, for `scripts/bench.py` and `scripts/gpu_bench.py` to
+//! set beside their PyTorch peers: preprocessing on one thread (decode once,
+//! resize once per scale, cut every crop, normalise), the feed on N threads,
+//! the model alone (forward passes on batches of crops), and the two
+//! together as the scan runs them. Each is run `rounds` times and the
+//! median reported.
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::feed::{self, Event, FeedOptions};
 use crate::models::{Classifier, ModelError};
 use crate::zoom::{
     decode_rgb, normalise_chw, zoom_views, DecodeLimits, ZoomGrid, IMAGENET_MEAN, IMAGENET_STD,
@@ -23,6 +26,8 @@ pub enum BenchError {
     Empty(PathBuf),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("{0}")]
+    Source(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +103,98 @@ pub fn preprocessing(
                 normalise_chw(&view, IMAGENET_MEAN, IMAGENET_STD, &mut buf);
             }
         }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(throughput(images.len(), images.len() * grid.len(), times))
+}
+
+/// The images as a source's rows (labels are not used).
+fn as_rows(
+    images: &[(PathBuf, Vec<u8>)],
+) -> impl Iterator<Item = Result<crate::sources::RowOutcome, crate::sources::SourceError>> + Send + '_
+{
+    images.iter().enumerate().map(|(i, (path, bytes))| {
+        Ok(Ok(crate::sources::SourceRecord {
+            row: i as u64,
+            path: Some(path.display().to_string()),
+            image: bytes.clone(),
+            labels: vec![0],
+            origin: None,
+        }))
+    })
+}
+
+/// The scan's feed alone on `threads` threads: decode every image once
+/// and cut all its zoom views into batches of 8-bit crops.
+pub fn feed_only(
+    images: &[(PathBuf, Vec<u8>)],
+    grid: &ZoomGrid,
+    threads: usize,
+    batch: usize,
+    rounds: usize,
+) -> Result<Throughput, BenchError> {
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        let crops = feed::run(
+            as_rows(images),
+            grid,
+            DecodeLimits::default(),
+            FeedOptions::new(threads, batch),
+            |events| {
+                let mut crops = 0;
+                for e in events.flatten() {
+                    if let Event::Batch(b) = e {
+                        crops += b.len();
+                    }
+                }
+                crops
+            },
+        );
+        times.push(start.elapsed().as_secs_f64());
+        debug_assert_eq!(crops, images.len() * grid.len());
+    }
+    Ok(throughput(images.len(), images.len() * grid.len(), times))
+}
+
+/// The scan's path end to end without the records: the feed on `threads`
+/// threads, crops uploaded as bytes, normalised and classified on the
+/// model's device, logits read back one batch behind.
+pub fn end_to_end(
+    model: &Classifier,
+    images: &[(PathBuf, Vec<u8>)],
+    grid: &ZoomGrid,
+    threads: usize,
+    batch: usize,
+    rounds: usize,
+) -> Result<Throughput, BenchError> {
+    let norm = model.normaliser(IMAGENET_MEAN, IMAGENET_STD)?;
+    let crop = grid.crop_size as usize;
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        feed::run(
+            as_rows(images),
+            grid,
+            DecodeLimits::default(),
+            FeedOptions::new(threads, batch),
+            |events| -> Result<(), BenchError> {
+                let mut in_flight = None;
+                for e in events {
+                    let e = e.map_err(|e| BenchError::Source(e.to_string()))?;
+                    if let Event::Batch(b) = e {
+                        let x = model.upload(&b.pixels, b.len(), crop)?;
+                        if let Some(done) = in_flight.replace(model.start(&x, &norm)?) {
+                            model.finish(done)?;
+                        }
+                    }
+                }
+                if let Some(done) = in_flight {
+                    model.finish(done)?;
+                }
+                Ok(())
+            },
+        )?;
         times.push(start.elapsed().as_secs_f64());
     }
     Ok(throughput(images.len(), images.len() * grid.len(), times))

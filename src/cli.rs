@@ -36,9 +36,23 @@ pub struct RunArgs {
     /// nothing is downloaded or scanned.
     #[arg(long)]
     pub dry_run: bool,
-    /// Where models run.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    /// Where models run: auto, cpu, cuda (= cuda:0) or cuda:N.
+    #[arg(long, default_value_t = DeviceChoice::Auto, value_name = "DEVICE")]
     pub device: DeviceChoice,
+    /// Threads that decode and zoom images ahead of the model (default:
+    /// the CPUs this process may use, as its affinity mask and cgroup
+    /// quota allow). Records are the same for any number.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+impl RunArgs {
+    /// `--threads`, or every CPU this process may use.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .map(usize::from)
+            .unwrap_or_else(crate::feed::default_threads)
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -86,7 +100,8 @@ pub struct ModelArgs {
     /// Hub revision for a repo id given to --model.
     #[arg(long, default_value = "main")]
     pub revision: String,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    /// Where the model runs: auto, cpu, cuda (= cuda:0) or cuda:N.
+    #[arg(long, default_value_t = DeviceChoice::Auto, value_name = "DEVICE")]
     pub device: DeviceChoice,
     /// Number format the model computes in: bf16 (CUDA only) and f16 use a
     /// GPU's tensor cores (weights are read and BatchNorm folded in f32,
@@ -248,12 +263,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Throughput of preprocessing and of the model alone (for scripts/bench.py).
+    /// Throughput of preprocessing, of the model alone and of both together.
     ///
     /// Reads the images of IMAGES (a folder of .jpg/.png) and the model's
-    /// weights; writes JSON on stdout: preprocessing-only (decode, every zoom
-    /// view, normalise) and model-only (forward passes) throughput, medians
-    /// over --rounds.
+    /// weights; writes JSON on stdout: preprocessing on one thread (decode,
+    /// every zoom view, normalise), the feed on 1 and on --threads threads,
+    /// model-only (forward passes) and, with --end-to-end, the scan's path;
+    /// medians over --rounds. `--model synthetic --arch A` generates weights.
     Bench {
         /// Folder of images.
         images: PathBuf,
@@ -267,6 +283,13 @@ pub enum Command {
         batches: usize,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Threads of the feed (default: every CPU this process may use).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
+        /// Also time the scan's path end to end: every image's 324 crops
+        /// through the feed and the model, as `scan` runs them.
+        #[arg(long)]
+        end_to_end: bool,
     },
     /// List the registered models and the architectures the tool can build.
     ///

@@ -484,14 +484,28 @@ pub fn resolve_model(
         let a = arch.ok_or_else(|| {
             ModelRefError::NeedArch(model.into(), crate::models::Architecture::known())
         })?;
+        let architecture = parse_arch(a)?;
+        // Files the architecture needs besides the weights (a tokenizer, a
+        // config) are taken from the weights' folder.
+        let folder = local.parent().unwrap_or(Path::new("."));
+        let files = architecture
+            .spec()
+            .extra_files
+            .iter()
+            .map(|f| (f.to_string(), folder.join(f)))
+            .filter(|(_, p)| p.is_file())
+            .collect();
         return Ok(ResolvedModel {
             name: local
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| model.into()),
-            architecture: parse_arch(a)?,
+            architecture,
             weights: local.into(),
-            extras: crate::models::Extras::default(),
+            extras: crate::models::Extras {
+                files,
+                cache_dir: None,
+            },
             eval: EvalPreprocess::TORCHVISION,
             provenance: local.display().to_string(),
         });

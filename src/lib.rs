@@ -1,8 +1,8 @@
 //! `imagenet-hard`: rebuild and curate the ImageNet-Hard benchmark.
 //!
 //! The pipeline runs one way, a module per stage:
-//! manifest -> plan -> fetch (hub) -> sources -> zoom -> models -> scan
-//! (records) -> select -> export / eval.
+//! manifest -> plan -> fetch (hub) -> sources -> zoom (feed) -> models ->
+//! scan (records) -> select -> export / eval.
 
 pub mod analysis;
 pub mod app;
@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod eval;
 pub mod export;
+pub mod feed;
 pub mod fetch;
 pub mod fuzzing;
 pub mod hub;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::feed::{self, Event, FeedOptions};
 use crate::labels::masked_argmax;
 use crate::manifest::ScanMode;
 use crate::models::{Classifier, ModelError, Runtime};
@@ -17,7 +18,8 @@ use crate::plan::Plan;
 use crate::records::{RecordWriter, RecordsError, ScanRecord};
 use crate::sources::{Skip, SourceError};
 use crate::units::Unit;
-use crate::zoom::{decode_rgb, normalise_chw, zoom_view, zoom_views, RgbImage};
+use crate::zoom::{decode_rgb, zoom_view, RgbImage};
+use rayon::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -32,6 +34,8 @@ pub enum ScanError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the preprocessing threads: {0}")]
+    Threads(String),
     #[error("the scan is incomplete: {missing} unit(s) not done, the first {first}; run `imagenet-hard scan` (or the job array) again, and `imagenet-hard status` to see them all")]
     Incomplete { missing: usize, first: String },
 }
@@ -121,7 +125,12 @@ struct Pending {
 /// Run the given units of `plan` that are not done yet. A unit that fails
 /// records its error and the others still run; the first error is returned
 /// at the end. Returns each unit's stats and whether it ran now.
-pub fn scan(plan: &Plan, rt: &Runtime, ids: &[usize]) -> Result<Vec<(ScanStats, bool)>, ScanError> {
+pub fn scan(
+    plan: &Plan,
+    rt: &Runtime,
+    ids: &[usize],
+    threads: usize,
+) -> Result<Vec<(ScanStats, bool)>, ScanError> {
     let units: Vec<&Unit> = ids.iter().filter_map(|&i| plan.units.get(i)).collect();
     let mut all = Vec::new();
     let mut todo = Vec::new();
@@ -149,8 +158,8 @@ pub fn scan(plan: &Plan, rt: &Runtime, ids: &[usize]) -> Result<Vec<(ScanStats, 
     for unit in todo {
         let error_file = unit_error_path(&plan.run_dir, unit);
         let result = match plan.scan_mode {
-            ScanMode::Exhaustive => scan_unit(plan, unit, &models),
-            ScanMode::FirstHit => scan_unit_first_hit(plan, unit, &models),
+            ScanMode::Exhaustive => scan_unit(plan, unit, &models, threads),
+            ScanMode::FirstHit => scan_unit_first_hit(plan, unit, &models, threads),
         };
         match result {
             Ok(s) => {
@@ -249,66 +258,64 @@ fn take_row(
     }
 }
 
+/// A batch queued on the device: each model's pending logits, and per crop
+/// its image's slot and transform index.
+type InFlight = (Vec<crate::models::Started>, Vec<(u64, usize)>);
+
+/// An exhaustive unit: the feed decodes and zooms ahead on `threads`
+/// threads while the models run; batch k+1 is queued on the device before
+/// batch k's logits are read back.
 fn scan_unit(
     plan: &Plan,
     unit: &Unit,
     loaded: &[Option<Classifier>],
+    threads: usize,
 ) -> Result<ScanStats, ScanError> {
     let start = Instant::now();
     let source = &plan.sources[unit.source];
     let grid = &plan.grid;
     let n_t = grid.len();
     let mask = source.class_subset.mask();
-    let reader = source.reader();
     let (planned, models, mut stats) = unit_models(plan, unit, loaded);
+    let norms = models
+        .iter()
+        .zip(&planned)
+        .map(|(m, pm)| m.normaliser(pm.mean, pm.std))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut writer = RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?;
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut first_slot: u64 = 0; // slot number of pending[0]
-    let mut queue: Vec<(u64, usize, RgbImage)> = Vec::new();
-    let batch = plan.batch_size;
     let bar = crate::util::progress(unit.images(), &format!("{} {}", unit.name(), source.origin));
     let crop = grid.crop_size as usize;
+    let rows = source
+        .reader()
+        .rows_in(source.unit_rows(unit.first, unit.end));
+    let opts = FeedOptions::new(threads, plan.batch_size);
 
-    let run_batch = |queue: &mut Vec<(u64, usize, RgbImage)>,
-                     pending: &mut VecDeque<Pending>,
-                     first_slot: u64,
-                     stats: &mut ScanStats|
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut first_slot: u64 = 0; // slot of pending[0]
+                                 // Read back a finished batch: top-1 per crop and model.
+    let finish = |started: Vec<crate::models::Started>,
+                  crops: &[(u64, usize)],
+                  pending: &mut VecDeque<Pending>,
+                  first_slot: u64|
      -> Result<(), ScanError> {
-        if queue.is_empty() {
-            return Ok(());
-        }
-        let n = queue.len();
-        let mut input = vec![0f32; n * 3 * crop * crop];
-        for (mi, (m, pm)) in models.iter().zip(&planned).enumerate() {
-            for (k, (_, _, img)) in queue.iter().enumerate() {
-                let plane = 3 * crop * crop;
-                normalise_chw(img, pm.mean, pm.std, &mut input[k * plane..(k + 1) * plane]);
-            }
-            let logits = m.logits(&input, n, crop)?;
-            stats.forward_passes += n as u64;
-            for (k, (slot, t, _)) in queue.iter().enumerate() {
+        for (mi, (m, s)) in models.iter().zip(started).enumerate() {
+            let logits = m.finish(s)?;
+            for (k, &(slot, t)) in crops.iter().enumerate() {
                 let top = masked_argmax(&logits[k * 1000..(k + 1) * 1000], &mask).unwrap_or(0);
-                let p = &mut pending[(slot - first_slot) as usize];
-                p.pred[mi][*t] = top as u16;
+                pending[(slot - first_slot) as usize].pred[mi][t] = top as u16;
             }
         }
-        for (slot, _, _) in queue.iter() {
+        for &(slot, _) in crops {
             pending[(slot - first_slot) as usize].remaining -= 1;
         }
-        queue.clear();
         Ok(())
     };
-
     let emit = |pending: &mut VecDeque<Pending>,
                 first_slot: &mut u64,
-                writer: &mut RecordWriter,
-                all: bool|
+                writer: &mut RecordWriter|
      -> Result<(), ScanError> {
-        while let Some(p) = pending.front() {
-            if p.remaining > 0 && !all {
-                break;
-            }
-            let p = pending.pop_front().expect("front exists");
+        while pending.front().is_some_and(|p| p.remaining == 0) {
+            let Some(p) = pending.pop_front() else { break };
             *first_slot += 1;
             for (m, pred) in planned.iter().zip(p.pred) {
                 let correct = pred
@@ -329,33 +336,60 @@ fn scan_unit(
         Ok(())
     };
 
-    for outcome in reader.rows_in(source.unit_rows(unit.first, unit.end)) {
-        let Some((rec, img)) = take_row(outcome, plan, &mut stats, &bar)? else {
-            continue;
-        };
-        let slot = first_slot + pending.len() as u64;
-        pending.push_back(Pending {
-            row: rec.row,
-            id: rec
-                .path
-                .clone()
-                .unwrap_or_else(|| format!("{}/{}", source.origin, rec.row)),
-            labels: rec.labels,
-            image_bytes: rec.image.len() as u64,
-            pred: vec![vec![0; n_t]; models.len()],
-            remaining: n_t,
-        });
-        stats.images_scanned += 1;
-        for (t, view) in zoom_views(&img, grid).into_iter().enumerate() {
-            queue.push((slot, t, view));
-            if queue.len() >= batch {
-                run_batch(&mut queue, &mut pending, first_slot, &mut stats)?;
-                emit(&mut pending, &mut first_slot, &mut writer, false)?;
+    feed::run(rows, grid, plan.decode, opts, |events| {
+        let mut in_flight: Option<InFlight> = None;
+        for event in events {
+            match event? {
+                Event::Skip(skip) => {
+                    stats.rows_read += 1;
+                    bar.set_position(stats.rows_read);
+                    record_skip(&mut stats, skip);
+                }
+                Event::Image(meta) => {
+                    stats.rows_read += 1;
+                    bar.set_position(stats.rows_read);
+                    stats.images_scanned += 1;
+                    debug_assert_eq!(meta.slot, first_slot + pending.len() as u64);
+                    pending.push_back(Pending {
+                        row: meta.row,
+                        id: meta
+                            .path
+                            .unwrap_or_else(|| format!("{}/{}", source.origin, meta.row)),
+                        labels: meta.labels,
+                        image_bytes: meta.image_bytes,
+                        pred: vec![vec![0; n_t]; models.len()],
+                        remaining: n_t,
+                    });
+                }
+                Event::Batch(batch) => {
+                    let Some(first) = models.first() else {
+                        continue;
+                    };
+                    let x = first.upload(&batch.pixels, batch.len(), crop)?;
+                    let started = models
+                        .iter()
+                        .zip(&norms)
+                        .map(|(m, norm)| m.start(&x, norm))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    stats.forward_passes += (batch.len() * models.len()) as u64;
+                    // The device works on this batch while the last one is read back.
+                    if let Some((done, crops)) = in_flight.replace((started, batch.crops)) {
+                        finish(done, &crops, &mut pending, first_slot)?;
+                        emit(&mut pending, &mut first_slot, &mut writer)?;
+                    }
+                }
             }
         }
-    }
-    run_batch(&mut queue, &mut pending, first_slot, &mut stats)?;
-    emit(&mut pending, &mut first_slot, &mut writer, true)?;
+        if let Some((done, crops)) = in_flight.take() {
+            finish(done, &crops, &mut pending, first_slot)?;
+        }
+        emit(&mut pending, &mut first_slot, &mut writer)?;
+        if !pending.is_empty() {
+            // Only a model-less unit leaves crops unscored; no model, no records.
+            pending.clear();
+        }
+        Ok::<(), ScanError>(())
+    })?;
     writer.finish()?;
     bar.finish_and_clear();
     stats.seconds = start.elapsed().as_secs_f64();
@@ -394,6 +428,7 @@ fn scan_unit_first_hit(
     plan: &Plan,
     unit: &Unit,
     loaded: &[Option<Classifier>],
+    threads: usize,
 ) -> Result<ScanStats, ScanError> {
     let start = Instant::now();
     let source = &plan.sources[unit.source];
@@ -407,13 +442,21 @@ fn scan_unit_first_hit(
     let bar = crate::util::progress(unit.images(), &format!("{} {}", unit.name(), source.origin));
     let batch = plan.batch_size.max(1);
     let crop = grid.crop_size as usize;
-    let plane = 3 * crop * crop;
+    let norms = models
+        .iter()
+        .zip(&planned)
+        .map(|(m, pm)| m.normaliser(pm.mean, pm.std))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| ScanError::Threads(e.to_string()))?;
+    let mut pixels: Vec<u8> = Vec::new();
     let mut rows = source
         .reader()
         .rows_in(source.unit_rows(unit.first, unit.end));
     let mut live: VecDeque<Hunt> = VecDeque::new();
     let mut exhausted = false;
-    let mut input: Vec<f32> = Vec::new();
     loop {
         // Keep `batch` unfinished images in flight.
         while !exhausted && live.iter().filter(|h| !h.finished()).count() < batch {
@@ -442,7 +485,7 @@ fn scan_unit_first_hit(
         if live.is_empty() {
             break;
         }
-        for (mi, (model, pm)) in models.iter().zip(&planned).enumerate() {
+        for (mi, (model, norm)) in models.iter().zip(&norms).enumerate() {
             let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done[mi]).collect();
             if active.is_empty() {
                 continue;
@@ -450,7 +493,7 @@ fn scan_unit_first_hit(
             // Each active image gets the next few transforms of its order.
             let per = batch.div_ceil(active.len());
             let mut jobs: Vec<(usize, usize)> = Vec::with_capacity(batch);
-            input.clear();
+            let mut sources: Vec<&RgbImage> = Vec::with_capacity(batch);
             for &li in &active {
                 // Unfinished images keep their pixels.
                 let Some(img) = live[li].img.as_ref() else {
@@ -459,17 +502,27 @@ fn scan_unit_first_hit(
                 for k in 0..per {
                     let pos = live[li].next[mi] + k;
                     if pos < order.len() && jobs.len() < batch {
-                        let t = order[pos];
-                        jobs.push((li, t));
-                        let view =
-                            zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill);
-                        let start = input.len();
-                        input.resize(start + plane, 0.0);
-                        normalise_chw(&view, pm.mean, pm.std, &mut input[start..]);
+                        jobs.push((li, order[pos]));
+                        sources.push(img);
                     }
                 }
             }
-            let logits = model.logits(&input, jobs.len(), crop)?;
+            // The views are cut on the pool; their order is the jobs' order.
+            let views: Vec<RgbImage> = pool.install(|| {
+                jobs.par_iter()
+                    .zip(&sources)
+                    .map(|(&(_, t), img)| {
+                        zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill)
+                    })
+                    .collect()
+            });
+            drop(sources);
+            pixels.clear();
+            for v in &views {
+                pixels.extend_from_slice(&v.data);
+            }
+            let x = model.upload(&pixels, jobs.len(), crop)?;
+            let logits = model.finish(model.start(&x, norm)?)?;
             stats.forward_passes += jobs.len() as u64;
             for (k, &(li, t)) in jobs.iter().enumerate() {
                 let h = &mut live[li];

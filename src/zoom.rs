@@ -519,28 +519,44 @@ pub fn normalise_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f
     }
 }
 
+/// The value `normalise_chw` gives each 8-bit level of each channel:
+/// `lut[c * 256 + v]`. Normalising through this table (on any device) is
+/// bit-identical to [`normalise_chw`].
+pub fn normalise_lut(mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    (0..3)
+        .flat_map(|c| (0..=255u8).map(move |v| (v as f32 / 255.0 - mean[c]) / std[c]))
+        .collect()
+}
+
+/// The anchors' crops of one scale of `img`, in anchor order (row, then
+/// column), each `crop x crop` RGB pixels (HWC): the image is resized once.
+pub fn scale_crops(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> Vec<RgbImage> {
+    let (w, h) = resized_size(img.width, img.height, scale);
+    let resized = resize(img, w, h, Interpolation::Bicubic);
+    let mut crops = Vec::with_capacity(grid.anchors as usize * grid.anchors as usize);
+    for row in 0..grid.anchors {
+        for col in 0..grid.anchors {
+            let (left, top) = crop_origin(w, h, row, col, grid.anchors, grid.crop_size);
+            crops.push(crop_with_fill(
+                &resized,
+                left,
+                top,
+                grid.crop_size,
+                grid.fill,
+            ));
+        }
+    }
+    crops
+}
+
 /// Every view of one decoded image over a grid, in canonical transform order.
 /// Each scale is resized once and its anchors cropped from it.
 pub fn zoom_views(img: &RgbImage, grid: &ZoomGrid) -> Vec<RgbImage> {
-    let mut per_scale: Vec<Vec<RgbImage>> = Vec::with_capacity(grid.scales.len());
-    for &scale in &grid.scales {
-        let (w, h) = resized_size(img.width, img.height, scale);
-        let resized = resize(img, w, h, Interpolation::Bicubic);
-        let mut crops = Vec::with_capacity(grid.anchors as usize * grid.anchors as usize);
-        for row in 0..grid.anchors {
-            for col in 0..grid.anchors {
-                let (left, top) = crop_origin(w, h, row, col, grid.anchors, grid.crop_size);
-                crops.push(crop_with_fill(
-                    &resized,
-                    left,
-                    top,
-                    grid.crop_size,
-                    grid.fill,
-                ));
-            }
-        }
-        per_scale.push(crops);
-    }
+    let per_scale: Vec<Vec<RgbImage>> = grid
+        .scales
+        .iter()
+        .map(|&scale| scale_crops(img, scale, grid))
+        .collect();
     // Reorder from (scale, anchor) to the canonical (anchor, scale).
     let anchors = grid.anchors as usize * grid.anchors as usize;
     let mut by_anchor: Vec<Vec<RgbImage>> = vec![Vec::new(); anchors];
@@ -700,6 +716,27 @@ mod tests {
         let mut out = vec![0.0; 6];
         normalise_chw(&img, [0.0; 3], [1.0; 3], &mut out);
         assert_eq!(out, vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_lookup_table_is_normalise_chw() {
+        let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let lut = normalise_lut(mean, std);
+        let img = RgbImage {
+            width: 256,
+            height: 1,
+            data: (0..=255u8).flat_map(|v| [v, 255 - v, v / 3]).collect(),
+        };
+        let mut out = vec![0.0; 3 * 256];
+        normalise_chw(&img, mean, std, &mut out);
+        for (i, px) in img.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                assert_eq!(
+                    lut[c * 256 + px[c] as usize].to_bits(),
+                    out[c * 256 + i].to_bits()
+                );
+            }
+        }
     }
 
     #[test]

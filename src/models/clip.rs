@@ -263,7 +263,10 @@ pub fn zero_shot(
     );
     let text = TextEncoder::new(text_vb, &cfg.text_config)?;
     let tokenizer_path = extras.files.get("tokenizer.json").ok_or_else(|| {
-        candle_core::Error::msg("CLIP needs the repo's tokenizer.json beside the weights")
+        candle_core::Error::msg(
+            "CLIP needs the repo's tokenizer.json: name the Hub repo (its tokenizer.json and \
+             config.json are fetched with the weights), or put both beside a local weights file",
+        )
     })?;
     let tokenizer_json = std::fs::read(tokenizer_path)
         .map_err(|e| candle_core::Error::msg(format!("{}: {e}", tokenizer_path.display())))?;

@@ -206,14 +206,57 @@ pub enum ModelError {
     Device(String),
 }
 
-/// Where to run: `auto` takes CUDA device 0 when built with `cuda` and one is present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// Where to run: `auto` takes CUDA device 0 when built with `cuda` and one
+/// is present; `cuda` is `cuda:0`; `cuda:N` the N-th GPU this process sees
+/// (after `CUDA_VISIBLE_DEVICES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
     #[default]
     Auto,
     Cpu,
-    Cuda,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| {
+                    format!("`{s}` is not a device: use auto, cpu, cuda or cuda:N (N = 0, 1, ...)")
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The number format a classifier computes in. `bf16` and `f16` halve the
@@ -258,38 +301,47 @@ impl std::fmt::Display for Precision {
 #[derive(Clone)]
 pub struct Runtime {
     device: Device,
+    /// `cpu` or `cuda:N`.
+    name: String,
     precision: Precision,
 }
 
 impl Runtime {
     pub fn new(choice: DeviceChoice) -> Result<Runtime, ModelError> {
-        let device = match choice {
-            DeviceChoice::Cpu => Device::Cpu,
-            DeviceChoice::Cuda => {
+        let cuda = |n: usize| {
+            Device::new_cuda(n).map_err(|e| {
+                ModelError::Device(format!(
+                    "cannot open CUDA device {n}: {e} (devices are numbered from 0 among those CUDA_VISIBLE_DEVICES shows; `nvidia-smi -L` lists them)"
+                ))
+            })
+        };
+        let (device, name) = match choice {
+            DeviceChoice::Cpu => (Device::Cpu, "cpu".to_string()),
+            DeviceChoice::Cuda(n) => {
                 if !candle_core::utils::cuda_is_available() {
-                    return Err(ModelError::Device(
-                        "--device cuda: this binary was built without the `cuda` feature; rebuild with `cargo build --release --features cuda`".into(),
-                    ));
+                    return Err(ModelError::Device(format!(
+                        "--device {choice}: this binary was built without the `cuda` feature; rebuild with `cargo build --release --features cuda`"
+                    )));
                 }
-                Device::new_cuda(0)
-                    .map_err(|e| ModelError::Device(format!("cannot open CUDA device 0: {e}")))?
+                (cuda(n)?, format!("cuda:{n}"))
             }
             DeviceChoice::Auto => {
                 if candle_core::utils::cuda_is_available() {
-                    match Device::new_cuda(0) {
-                        Ok(d) => d,
+                    match cuda(0) {
+                        Ok(d) => (d, "cuda:0".to_string()),
                         Err(e) => {
                             tracing::warn!("no usable CUDA device ({e}); running on CPU");
-                            Device::Cpu
+                            (Device::Cpu, "cpu".to_string())
                         }
                     }
                 } else {
-                    Device::Cpu
+                    (Device::Cpu, "cpu".to_string())
                 }
             }
         };
         Ok(Runtime {
             device,
+            name,
             precision: Precision::F32,
         })
     }
@@ -316,16 +368,9 @@ impl Runtime {
         &self.device
     }
 
-    pub fn describe(&self) -> &'static str {
-        device_name(&self.device)
-    }
-}
-
-fn device_name(device: &Device) -> &'static str {
-    if device.is_cuda() {
-        "cuda:0"
-    } else {
-        "cpu"
+    /// `cpu` or `cuda:N`.
+    pub fn describe(&self) -> &str {
+        &self.name
     }
 }
 
@@ -334,6 +379,7 @@ pub struct Classifier {
     arch: Architecture,
     net: Box<dyn Module + Send + Sync>,
     device: Device,
+    device_name: String,
     precision: Precision,
 }
 
@@ -365,6 +411,7 @@ impl Classifier {
             arch,
             net,
             device: rt.device.clone(),
+            device_name: rt.name.clone(),
             precision: rt.precision,
         })
     }
@@ -377,9 +424,9 @@ impl Classifier {
         self.precision
     }
 
-    /// Where it runs: `cpu` or `cuda:0`.
-    pub fn device_name(&self) -> &'static str {
-        device_name(&self.device)
+    /// Where it runs: `cpu` or `cuda:N`.
+    pub fn device_name(&self) -> &str {
+        &self.device_name
     }
 
     /// Logits for `n` crops stored back to back as normalised CHW planes of
@@ -398,7 +445,75 @@ impl Classifier {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(err)
     }
+
+    fn forward_error(&self, e: candle_core::Error) -> ModelError {
+        ModelError::Forward {
+            arch: self.arch.name(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The table that normalises 8-bit crops with `mean` / `std` on this
+    /// model's device.
+    pub fn normaliser(&self, mean: [f32; 3], std: [f32; 3]) -> Result<Normaliser, ModelError> {
+        let lut = crate::zoom::normalise_lut(mean, std);
+        Ok(Normaliser {
+            lut: Tensor::from_vec(lut, 3 * 256, &self.device).map_err(|e| self.forward_error(e))?,
+            offsets: Tensor::from_vec(vec![0u32, 256, 512], 3, &self.device)
+                .map_err(|e| self.forward_error(e))?,
+        })
+    }
+
+    /// Copy `n` crops of `size x size` RGB bytes (HWC, back to back) to this
+    /// model's device, once for every model that runs on them.
+    pub fn upload(&self, pixels: &[u8], n: usize, size: usize) -> Result<Tensor, ModelError> {
+        Tensor::from_slice(pixels, (n, size, size, 3), &self.device)
+            .map_err(|e| self.forward_error(e))
+    }
+
+    /// Queue the forward pass of uploaded crops (normalised on the device);
+    /// on CUDA this returns before the GPU is done.
+    pub fn start(&self, crops: &Tensor, norm: &Normaliser) -> Result<Started, ModelError> {
+        let go = || -> candle_core::Result<Tensor> {
+            let (n, h, w, c) = crops.dims4()?;
+            let levels = crops.to_dtype(DType::U32)?.broadcast_add(&norm.offsets)?;
+            let x = norm
+                .lut
+                .index_select(&levels.flatten_all()?, 0)?
+                .reshape((n, h, w, c))?
+                .permute((0, 3, 1, 2))?
+                .to_dtype(self.precision.dtype())?
+                .contiguous()?;
+            self.net.forward(&x)
+        };
+        go().map(Started).map_err(|e| self.forward_error(e))
+    }
+
+    /// The logits of a started batch, `n * 1000` f32 values, crop-major.
+    pub fn finish(&self, started: Started) -> Result<Vec<f32>, ModelError> {
+        started
+            .0
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| self.forward_error(e))
+    }
 }
+
+/// Normalisation of 8-bit crops where the model runs: each channel's 256
+/// levels looked up in the table [`crate::zoom::normalise_lut`] makes, so
+/// crops travel as bytes (a quarter of the f32 upload) and the values are
+/// bit-identical to normalising on the host.
+pub struct Normaliser {
+    /// `[3 * 256]` f32.
+    lut: Tensor,
+    /// `[3]` u32: 0, 256, 512, added to each channel's level.
+    offsets: Tensor,
+}
+
+/// Logits of a batch whose forward pass was started; on CUDA the work may
+/// still be running until [`Classifier::finish`] reads them.
+pub struct Started(Tensor);
 
 /// A `VarBuilder` over a weights file: safetensors (mmapped), or a PyTorch
 /// zip checkpoint (`.pth`, `.pt`, `.bin`) after checking that its pickle
@@ -653,6 +768,39 @@ pub fn lookup(name: &str) -> Option<RegistryEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_parse_and_print_back() {
+        for (text, choice) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("cuda:0", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>(), Ok(choice));
+            assert_eq!(choice.to_string(), text);
+        }
+        assert_eq!("cuda".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(0)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU0"] {
+            let e = bad.parse::<DeviceChoice>().unwrap_err();
+            assert!(e.contains("cuda:N"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_gpu_needs_the_cuda_build() {
+        if candle_core::utils::cuda_is_available() {
+            return;
+        }
+        let e = Runtime::new(DeviceChoice::Cuda(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--device cuda:1") && e.contains("--features cuda"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn registry_is_consistent() {

@@ -141,6 +141,120 @@ pub fn write_weights(
     )
 }
 
+/// A word-level tokenizer (`tokenizer.json`) over the words of CLIP's class
+/// names and prompt templates, each prompt between `<|startoftext|>` and
+/// `<|endoftext|>`: enough to make a zero-shot head from generated text
+/// weights. Returns the JSON and its vocabulary size.
+pub fn clip_word_tokenizer() -> (String, usize) {
+    let text = format!("{}\n{}", super::clip::CLASS_NAMES, super::clip::TEMPLATES);
+    let mut words = std::collections::BTreeSet::new();
+    let mut word = String::new();
+    for ch in text.chars().chain(std::iter::once(' ')) {
+        if ch.is_alphanumeric() || ch == '_' {
+            word.push(ch);
+            continue;
+        }
+        if !word.is_empty() {
+            words.insert(std::mem::take(&mut word));
+        }
+        if !ch.is_whitespace() {
+            words.insert(ch.to_string());
+        }
+    }
+    let specials = ["<|startoftext|>", "<|endoftext|>", "<unk>"];
+    let vocab: serde_json::Map<String, serde_json::Value> = specials
+        .iter()
+        .map(|s| s.to_string())
+        .chain(words)
+        .enumerate()
+        .map(|(i, w)| (w, serde_json::Value::from(i)))
+        .collect();
+    let size = vocab.len();
+    let doc = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [
+            {"id": 0, "content": specials[0], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 1, "content": specials[1], "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+        ],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": specials[0], "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": specials[1], "type_id": 0}},
+            ],
+            "pair": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {
+                specials[0]: {"id": specials[0], "ids": [0], "tokens": [specials[0]]},
+                specials[1]: {"id": specials[1], "ids": [1], "tokens": [specials[1]]},
+            },
+        },
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": specials[2]},
+    });
+    (doc.to_string(), size)
+}
+
+/// A CLIP model repo for throughput runs, written into `dir`:
+/// `model.safetensors` (generated), `config.json` and `tokenizer.json`.
+/// The image tower is ViT-L/14's, as the study's CLIP; the text tower is a
+/// one-layer 64-wide transformer over [`clip_word_tokenizer`]'s words, so
+/// the zero-shot head (80,000 prompts) is made in seconds. Returns the
+/// weights' path; the other files sit beside it.
+pub fn write_clip_for_bench(dir: &Path, seed: u64) -> Result<std::path::PathBuf, ModelError> {
+    use candle_transformers::models::clip::text_model::ClipTextTransformer;
+    let io = |file: &Path, e: std::io::Error| ModelError::Load {
+        file: file.into(),
+        arch: "synthetic",
+        message: e.to_string(),
+    };
+    let (tokenizer, vocab) = clip_word_tokenizer();
+    let real = super::clip::vit_large_patch14().vision_config;
+    let config = serde_json::json!({
+        "architectures": ["CLIPModel"],
+        "projection_dim": real.projection_dim,
+        "text_config": {"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
+                        "num_hidden_layers": 1, "num_attention_heads": 2,
+                        "max_position_embeddings": 77, "hidden_act": "quick_gelu"},
+        "vision_config": {"hidden_size": real.embed_dim, "intermediate_size": real.intermediate_size,
+                          "num_hidden_layers": real.num_hidden_layers, "num_attention_heads": real.num_attention_heads,
+                          "image_size": real.image_size, "patch_size": real.patch_size, "hidden_act": "quick_gelu"},
+    });
+    let cfg = super::clip::config_from_json(
+        &config["text_config"],
+        &config["vision_config"],
+        &config["projection_dim"],
+    )
+    .map_err(ModelError::Device)?;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    for (name, text) in [
+        ("tokenizer.json", tokenizer),
+        ("config.json", config.to_string()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    }
+    let weights = dir.join("model.safetensors");
+    let build = |vb: VarBuilder<'static>| -> candle_core::Result<Net> {
+        ClipTextTransformer::new(vb.pp("text_model"), &cfg.text_config)?;
+        let t = &cfg.text_config;
+        candle_nn::linear_no_bias(t.embed_dim, t.projection_dim, vb.pp("text_projection"))?;
+        Ok(Box::new(super::clip::ImageEncoder::new(
+            vb,
+            &cfg.vision_config,
+        )?))
+    };
+    write_weights_with(build, seed, Head::Random, &weights)?;
+    Ok(weights)
+}
+
 /// A reproducible input batch (values in [-2, 2)), as the parity script makes it.
 pub fn input(seed: u64, len: usize) -> Vec<f32> {
     let mut rng = SplitMix64(seed);
@@ -157,6 +271,19 @@ mod tests {
         let mut r = SplitMix64(0);
         assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn the_word_tokenizer_wraps_prompts_in_clips_markers() {
+        let (json, size) = clip_word_tokenizer();
+        let tok = tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap();
+        assert_eq!(tok.get_vocab_size(true), size);
+        let ids = tok.encode("a photo of a goldfish.", true).unwrap();
+        let ids = ids.get_ids();
+        assert_eq!((ids[0], ids[ids.len() - 1]), (0, 1), "{ids:?}");
+        assert_eq!(ids.len(), 2 + 6, "{ids:?}");
+        let unk = tok.token_to_id("<unk>").unwrap();
+        assert!(ids[1..ids.len() - 1].iter().all(|&i| i != unk), "{ids:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod eval;
+mod feed;
 mod fixture;
 mod fuzz_smoke;
 mod golden;

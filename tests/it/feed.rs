@@ -1,0 +1,131 @@
+//! The parallel feed inside a real scan: records are byte-identical for any
+//! number of preprocessing threads, and each prediction sits at its
+//! transform's index (checked against first-hit, which cuts each view on
+//! its own).
+
+use crate::fixture::{ok, stderr, Fixture};
+use imagenet_hard::demo::{put_synthetic_model, DEMO_COMMIT};
+use imagenet_hard::models::synthetic::Head;
+use imagenet_hard::models::Architecture;
+use imagenet_hard::records::{read_records, ScanRecord};
+use std::path::Path;
+
+/// The fixture's rows under a random-weight ResNet-18 whose answer depends
+/// on the pixels, in batches of 5 crops (not a multiple of the 9 anchors).
+fn manifest(fx: &Fixture, mode: &str) -> std::path::PathBuf {
+    fx.fill_cache();
+    put_synthetic_model(
+        &fx.cache(),
+        "test-org/random",
+        Architecture::find("resnet18").unwrap(),
+        11,
+        Head::Random,
+    )
+    .unwrap();
+    let path = fx.path().join(format!("{mode}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[build]
+name = "feed"
+output_dir = "{mode}"
+batch_size = 5
+
+[zoom]
+scales = [32, 64, 96]
+crop_size = 32
+
+[scan]
+mode = "{mode}"
+
+[[source]]
+origin = "tiny-source"
+hub = {{ repo = "{}", revision = "{DEMO_COMMIT}", files = ["{}"] }}
+
+[[model]]
+name = "random"
+architecture = "resnet18"
+hub = {{ repo = "test-org/random", revision = "{DEMO_COMMIT}", files = ["model.safetensors"] }}
+"#,
+            crate::fixture::DATASET,
+            crate::fixture::PARQUET
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn records(run: &Path) -> (Vec<u8>, Vec<ScanRecord>) {
+    let file = run.join("scan/units/u00000.parquet");
+    (std::fs::read(&file).unwrap(), read_records(&file).unwrap())
+}
+
+#[test]
+fn records_do_not_depend_on_the_number_of_threads() {
+    let fx = Fixture::new();
+    let m = manifest(&fx, "exhaustive");
+    let mut runs = Vec::new();
+    for threads in ["1", "2", "5"] {
+        let _ = std::fs::remove_dir_all(fx.path().join("exhaustive"));
+        let out = fx.run(
+            &[
+                "scan",
+                m.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--threads",
+                threads,
+            ],
+            &[],
+        );
+        ok(&out);
+        assert!(
+            stderr(&out).contains(&format!("{threads} preprocessing threads")),
+            "{}",
+            stderr(&out)
+        );
+        runs.push(records(&fx.path().join("exhaustive")));
+    }
+    let (bytes, recs) = &runs[0];
+    // 7 decodable rows (row 6 is a corrupt JPEG), 27 transforms each.
+    assert_eq!(recs.len(), 7);
+    assert!(recs.iter().all(|r| r.pred.len() == 27));
+    let classes: std::collections::BTreeSet<u16> =
+        recs.iter().flat_map(|r| r.pred.iter().copied()).collect();
+    assert!(
+        classes.len() > 3,
+        "the model's answers depend on the crops: {classes:?}"
+    );
+    for (threads, (other, _)) in ["2", "5"].iter().zip(&runs[1..]) {
+        assert!(other == bytes, "{threads} threads wrote other records");
+    }
+
+    // First-hit cuts every view on its own: each prediction it made must
+    // equal the exhaustive scan's at the same transform index.
+    let fh = manifest(&fx, "first-hit");
+    ok(&fx.run(
+        &[
+            "scan",
+            fh.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+        ],
+        &[],
+    ));
+    let (_, hunted) = records(&fx.path().join("first-hit"));
+    assert_eq!(hunted.len(), recs.len());
+    let mut compared = 0;
+    for (h, r) in hunted.iter().zip(recs) {
+        assert_eq!((h.row, &h.model), (r.row, &r.model));
+        for (t, (&a, &b)) in h.pred.iter().zip(&r.pred).enumerate() {
+            if a != imagenet_hard::scan::NOT_TRIED {
+                assert_eq!(a, b, "row {} transform {t}", h.row);
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 7, "{compared} predictions compared");
+}
