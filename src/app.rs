@@ -190,6 +190,25 @@ fn run_merge(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// Units done and the time left, as measured on the finished units.
+fn progress_line(p: &crate::cost::RunProjection) -> String {
+    use crate::cost::duration;
+    format!(
+        "{} of {} units done in {} of scanning; {}",
+        p.units_done,
+        p.units,
+        duration(p.seconds_spent),
+        match p.seconds_left {
+            Some(s) if p.units_done < p.units => format!(
+                "about {} left on one worker at the finished units' pace",
+                duration(s)
+            ),
+            Some(_) => "nothing left".into(),
+            None => "no estimate yet: some model group has no finished unit".into(),
+        }
+    )
+}
+
 /// A unit's id, origin and row run, tab-separated.
 fn unit_cells(u: &crate::units::Unit) -> String {
     format!("{}\t{}\t{}..{}", u.name(), u.origin, u.first, u.end)
@@ -233,6 +252,10 @@ fn print_status(plan: &Plan) {
         "{} units: {done} done, {pending} pending, {failed} failed",
         plan.units.len()
     );
+    let progress = crate::cost::project_run(&crate::scan::unit_progress(plan));
+    if progress.units_done > 0 {
+        println!("{}", progress_line(&progress));
+    }
 }
 
 fn run_select(
@@ -477,8 +500,23 @@ pub fn run(command: Command) -> Result<()> {
             }
         }
         Command::Plan(args) => {
-            let ctx = load_context(&args.manifest)?;
-            let plan = prepare_plan(&ctx, args.limit)?;
+            let rates = crate::cost::rates_from_bench(&args.rates)?;
+            let run = args.run;
+            let ctx = load_context(&run.manifest)?;
+            if run.dry_run {
+                print_dry_run(&ctx, run.limit)?;
+                let costs = crate::plan::dry_run_cost(&ctx.manifest, run.limit, &rates);
+                println!("\ncost (rows from the manifest's `rows`)");
+                print!(
+                    "{}",
+                    crate::cost::table(
+                        &costs,
+                        ctx.manifest.scan.mode != crate::manifest::ScanMode::Exhaustive
+                    )
+                );
+                return Ok(());
+            }
+            let plan = prepare_plan(&ctx, run.limit)?;
             println!("unit\torigin\trows\timages\tmodels");
             for u in &plan.units {
                 println!(
@@ -493,6 +531,12 @@ pub fn run(command: Command) -> Result<()> {
                 plan.units.len(),
                 Plan::path(&plan.run_dir).display()
             );
+            let bound = plan.scan_mode != crate::manifest::ScanMode::Exhaustive;
+            eprint!("\n{}", crate::cost::table(&plan.cost(&rates), bound));
+            let progress = crate::cost::project_run(&crate::scan::unit_progress(&plan));
+            if progress.units_done > 0 {
+                eprintln!("{}", progress_line(&progress));
+            }
         }
         Command::Status(arg) => {
             let ctx = load_context(&arg)?;
@@ -627,12 +671,18 @@ pub fn run(command: Command) -> Result<()> {
                     .prefix("imagenet-hard-bench-")
                     .tempdir()
                     .context("creating a temporary folder for the synthetic weights")?;
+                let file = format!("synthetic-{}.safetensors", arch.name());
                 let path = if arch.spec().extra_files.contains(&"tokenizer.json") {
                     // CLIP: ViT-L/14's image tower, a small text tower and
                     // tokenizer beside it to make the zero-shot head from.
-                    crate::models::synthetic::write_clip_for_bench(dir.path(), 1)?
+                    crate::models::synthetic::write_clip_for_bench(
+                        dir.path(),
+                        &file,
+                        1,
+                        &crate::models::clip::vit_large_patch14().vision_config,
+                    )?
                 } else {
-                    let path = dir.path().join(format!("{}.safetensors", arch.name()));
+                    let path = dir.path().join(&file);
                     crate::models::synthetic::write_weights(
                         arch,
                         1,

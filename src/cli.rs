@@ -72,6 +72,16 @@ pub struct ScanArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// `imagenet-hard bench` JSON files (one per architecture, from the
+    /// GPU the scan will run on): the cost table then gives GPU-hours.
+    #[arg(long, value_name = "BENCH.json", num_args = 1..)]
+    pub rates: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct SelectArgs {
     #[command(flatten)]
     pub manifest: ManifestArg,
@@ -204,8 +214,11 @@ pub enum Command {
     ///
     /// Reads the manifest and its inputs; writes plan.json (with the units)
     /// into the run directory and the lock; prints one line per unit
-    /// (id, origin, rows, models) on stdout.
-    Plan(RunArgs),
+    /// (id, origin, rows, models) on stdout, and on stderr the forward
+    /// passes per model and, with --rates, the GPU-hours they take. With
+    /// --dry-run, nothing is fetched: the plan and its cost (from the
+    /// sources' `rows`) go to stdout.
+    Plan(PlanArgs),
     /// Which units are done, pending or failed.
     ///
     /// Reads plan.json and scan/units/; prints one line per unit and a

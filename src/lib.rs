@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod cost;
 pub mod demo;
 pub mod eval;
 pub mod export;

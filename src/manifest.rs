@@ -345,6 +345,10 @@ pub struct SourceSpec {
     /// Scan `limit` rows spread evenly over the source (deterministic).
     #[serde(default)]
     pub limit: Option<u64>,
+    /// The source's row count where it is known before fetching: only for
+    /// `plan --dry-run`'s cost projection (`plan` counts the rows itself).
+    #[serde(default)]
+    pub rows: Option<u64>,
     /// Terms of use of the source dataset, copied into the card.
     #[serde(default)]
     pub terms: Option<String>,

@@ -289,6 +289,56 @@ impl Plan {
 /// The plan before anything is fetched (`build --dry-run`): each source and
 /// model with every file to fetch, pins, gates and limits. Files matched by
 /// a pattern are listed from the lock when it has them.
+impl Plan {
+    /// Forward passes per model over the counted rows, with their GPU-hours
+    /// where `rates` has the model's architecture.
+    pub fn cost(
+        &self,
+        rates: &std::collections::BTreeMap<String, crate::cost::Rate>,
+    ) -> Vec<crate::cost::ModelCost> {
+        let images: Vec<Option<u64>> = self
+            .sources
+            .iter()
+            .map(|s| Some(s.selected_count()))
+            .collect();
+        let models: Vec<(String, String)> = self
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.architecture.name().to_string()))
+            .collect();
+        crate::cost::model_costs(&images, self.grid.len(), &models, rates)
+    }
+}
+
+/// The cost of a manifest before anything is fetched: each source's `rows`
+/// (cut to its limit) stands for its count.
+pub fn dry_run_cost(
+    manifest: &Manifest,
+    limit: Option<u64>,
+    rates: &std::collections::BTreeMap<String, crate::cost::Rate>,
+) -> Vec<crate::cost::ModelCost> {
+    let images: Vec<Option<u64>> = manifest
+        .sources
+        .iter()
+        .map(|s| {
+            let take = match (s.limit, limit) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match (s.rows, take) {
+                (Some(r), Some(t)) => Some(r.min(t)),
+                (r, t) => r.or(t),
+            }
+        })
+        .collect();
+    let models: Vec<(String, String)> = manifest
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.architecture.name().to_string()))
+        .collect();
+    crate::cost::model_costs(&images, manifest.zoom.grid().len(), &models, rates)
+}
+
 pub fn dry_run_text(
     manifest: &Manifest,
     label: &Path,

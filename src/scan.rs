@@ -578,6 +578,26 @@ fn record_skip(stats: &mut ScanStats, skip: Skip) {
     stats.skips.push(skip);
 }
 
+/// Each unit's size in forward passes and, when done, what it took: the
+/// input of [`crate::cost::project_run`].
+pub fn unit_progress(plan: &Plan) -> Vec<crate::cost::UnitProgress> {
+    plan.units
+        .iter()
+        .map(|u| crate::cost::UnitProgress {
+            id: u.id,
+            models: u
+                .models
+                .iter()
+                .map(|&m| plan.models[m].name.clone())
+                .collect(),
+            passes: u.images() * plan.grid.len() as u64 * u.models.len() as u64,
+            done: crate::util::read_json::<ScanStats>(&unit_stats_path(&plan.run_dir, u))
+                .ok()
+                .map(|s| (s.forward_passes, s.seconds)),
+        })
+        .collect()
+}
+
 /// Every source's stats, summed over its units; a missing unit means the
 /// scan is incomplete.
 pub fn read_stats(plan: &Plan) -> Result<Vec<ScanStats>, ScanError> {

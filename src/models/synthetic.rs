@@ -202,13 +202,18 @@ pub fn clip_word_tokenizer() -> (String, usize) {
     (doc.to_string(), size)
 }
 
-/// A CLIP model repo for throughput runs, written into `dir`:
-/// `model.safetensors` (generated), `config.json` and `tokenizer.json`.
-/// The image tower is ViT-L/14's, as the study's CLIP; the text tower is a
-/// one-layer 64-wide transformer over [`clip_word_tokenizer`]'s words, so
-/// the zero-shot head (80,000 prompts) is made in seconds. Returns the
-/// weights' path; the other files sit beside it.
-pub fn write_clip_for_bench(dir: &Path, seed: u64) -> Result<std::path::PathBuf, ModelError> {
+/// A CLIP model for throughput runs, written into `dir`: the weights
+/// (generated, as `weights`), `config.json` and `tokenizer.json` beside
+/// them. The image tower is `vision` (ViT-L/14's for the study's CLIP);
+/// the text tower is a one-layer 64-wide transformer over
+/// [`clip_word_tokenizer`]'s words, so the zero-shot head (80,000 prompts)
+/// is made in seconds. Returns the weights' path.
+pub fn write_clip_for_bench(
+    dir: &Path,
+    weights: &str,
+    seed: u64,
+    vision: &candle_transformers::models::clip::vision_model::ClipVisionConfig,
+) -> Result<std::path::PathBuf, ModelError> {
     use candle_transformers::models::clip::text_model::ClipTextTransformer;
     let io = |file: &Path, e: std::io::Error| ModelError::Load {
         file: file.into(),
@@ -216,7 +221,7 @@ pub fn write_clip_for_bench(dir: &Path, seed: u64) -> Result<std::path::PathBuf,
         message: e.to_string(),
     };
     let (tokenizer, vocab) = clip_word_tokenizer();
-    let real = super::clip::vit_large_patch14().vision_config;
+    let real = vision;
     let config = serde_json::json!({
         "architectures": ["CLIPModel"],
         "projection_dim": real.projection_dim,
@@ -241,7 +246,7 @@ pub fn write_clip_for_bench(dir: &Path, seed: u64) -> Result<std::path::PathBuf,
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| io(&path, e))?;
     }
-    let weights = dir.join("model.safetensors");
+    let weights = dir.join(weights);
     let build = |vb: VarBuilder<'static>| -> candle_core::Result<Net> {
         ClipTextTransformer::new(vb.pp("text_model"), &cfg.text_config)?;
         let t = &cfg.text_config;
@@ -284,6 +289,50 @@ mod tests {
         assert_eq!(ids.len(), 2 + 6, "{ids:?}");
         let unk = tok.token_to_id("<unk>").unwrap();
         assert!(ids[1..ids.len() - 1].iter().all(|&i| i != unk), "{ids:?}");
+    }
+
+    /// `bench --model synthetic --arch clip_vit_large_patch14`'s path with a
+    /// small image tower: the files beside the weights are found, the
+    /// zero-shot head is made, and crops get 1000 finite logits.
+    #[test]
+    fn a_generated_clip_classifies_from_a_local_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vision = super::super::clip::vit_large_patch14().vision_config;
+        vision.embed_dim = 32;
+        vision.intermediate_size = 64;
+        vision.num_hidden_layers = 1;
+        vision.num_attention_heads = 2;
+        let weights = write_clip_for_bench(dir.path(), "clip.safetensors", 3, &vision).unwrap();
+        let hub = crate::hub::Hub::new(crate::hub::HubConfig {
+            cache_dir: dir.path().join("cache"),
+            ..crate::hub::HubConfig::from_env()
+        });
+        let resolved = crate::fetch::resolve_model(
+            weights.to_str().unwrap(),
+            Some("clip_vit_large_patch14"),
+            "main",
+            &hub,
+        )
+        .unwrap();
+        assert_eq!(
+            resolved.extras.files.keys().collect::<Vec<_>>(),
+            ["config.json", "tokenizer.json"]
+        );
+        let rt = super::super::Runtime::new(super::super::DeviceChoice::Cpu).unwrap();
+        let model = super::super::Classifier::load(
+            resolved.architecture,
+            &resolved.weights,
+            &resolved.extras,
+            &rt,
+        )
+        .unwrap();
+        let logits = model.logits(&input(1, 2 * 3 * 224 * 224), 2, 224).unwrap();
+        assert_eq!(logits.len(), 2000);
+        assert!(logits.iter().all(|v| v.is_finite()));
+        assert!(
+            logits[..1000] != logits[1000..],
+            "crops differ, so do logits"
+        );
     }
 
     #[test]

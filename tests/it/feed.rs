@@ -129,3 +129,70 @@ fn records_do_not_depend_on_the_number_of_threads() {
     }
     assert!(compared >= 7, "{compared} predictions compared");
 }
+
+/// `plan` counts forward passes per model and, given `bench` JSON files,
+/// the GPU-hours; before anything is fetched it works from the manifest's
+/// `rows`; `status` projects the rest of a run from its finished units.
+#[test]
+fn plan_prints_the_cost_of_a_manifest() {
+    let fx = Fixture::new();
+    let bench = |arch: &str, model_only: f64, e2e: Option<f64>| {
+        let path = fx.path().join(format!("{arch}.json"));
+        let doc = serde_json::json!({"architecture": arch, "device": "cuda:0", "dtype": "bf16",
+            "model_only": {"crops_per_s": model_only},
+            "end_to_end": e2e.map(|r| serde_json::json!({"crops_per_s": r}))});
+        std::fs::write(&path, doc.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let (r50, r18) = (
+        bench("resnet50", 20_000.0, Some(16_000.0)),
+        bench("resnet18", 42_000.0, None),
+    );
+    let paper =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/imagenet-hard.toml");
+    let out = fx.run(
+        &[
+            "plan",
+            "--dry-run",
+            paper.to_str().unwrap(),
+            "--rates",
+            &r50,
+            &r18,
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    ok(&out);
+    let text = crate::fixture::stdout(&out);
+    // 466,963 published rows x 324 transforms per model.
+    let passes = 466_963u64 * 324;
+    let hours50 = passes as f64 / 16_000.0 / 3600.0;
+    assert!(
+        text.contains(&format!(
+            "resnet50\tresnet50\t151,296,012\t16000\t{hours50:.2}\tresnet50.json (end to end, cuda:0, bf16)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("resnet18\tresnet18\t151,296,012\t42000\t"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vgg16\tvgg16\t151,296,012\t?\t?\tno rate"),
+        "{text}"
+    );
+    assert!(!fx.cache().exists(), "a dry run fetched nothing");
+
+    // The fixture: counted rows (8) x 18 transforms, one line per model.
+    fx.fill_cache();
+    let m = fx.write_manifest(DEMO_COMMIT);
+    let m = m.to_str().unwrap();
+    let out = fx.run(&["plan", m], &[]);
+    ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("always-3\tresnet18\t144\t?\t?"), "{err}");
+    assert!(err.contains("total\t\t288\t\t?"), "{err}");
+    ok(&fx.run(&["scan", m, "--device", "cpu"], &[]));
+    let status = crate::fixture::stdout(&fx.run(&["status", m], &[]));
+    assert!(status.contains("1 of 1 units done in "), "{status}");
+    assert!(status.contains("nothing left"), "{status}");
+}
