@@ -9,7 +9,9 @@
 # block until the merge job ends and return its exit code.
 # IMAGENET_HARD names the binary (default: imagenet-hard on PATH); DEVICE is
 # passed to `scan --device` (default auto). Extra sbatch options can go in
-# SBATCH_ARGS (e.g. "--partition=gpu --account=vision").
+# SBATCH_ARGS (e.g. "--partition=gpu --gres=gpu:8 --cpus-per-task=64"): each
+# task then runs one worker per GPU it holds (see build.sbatch), so TASKS
+# tasks of G GPUs run TASKS x G workers.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 manifest="${1:?usage: submit.sh MANIFEST [TASKS] [--wait]}"

@@ -228,9 +228,11 @@ fn slurm_job_array_and_merge_match_the_single_process_run() {
             None => cmd.env_remove(k),
         };
     }
+    // Two workers per task, as on a node with two GPUs (here on the CPU).
     let out = cmd
         .env("IMAGENET_HARD", &bin)
-        .env("SBATCH_ARGS", "--cpus-per-task=1")
+        .env("WORKERS_PER_TASK", "2")
+        .env("SBATCH_ARGS", "--cpus-per-task=2")
         .args([manifest.to_str().unwrap(), "4", "--wait"])
         .current_dir(fx.path())
         .output()
@@ -256,6 +258,10 @@ fn slurm_job_array_and_merge_match_the_single_process_run() {
     assert!(
         logs.matches("imagenet-hard-scan-").count() >= 4,
         "expected 4 array task logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("[worker 1] Scanning on cpu (f32, 1 preprocessing threads)"),
+        "expected the second worker's lines:\n{logs}"
     );
     let status = fx.run(&["status", manifest.to_str().unwrap()], &[]);
     assert!(
@@ -391,4 +397,58 @@ fn scan_dtype_is_recorded_and_never_mixed() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `scripts/slurm/build.sbatch` as an array task runs it, without Slurm:
+/// two tasks of two workers each (as on nodes with two GPUs; here on the
+/// CPU) share the units, and the merged shards are the single process's.
+#[test]
+fn an_array_task_runs_one_worker_per_gpu() {
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    let manifest = unit_manifest(&fx);
+    let m = manifest.to_str().unwrap();
+    ok(&fx.run(&["plan", m], &[]));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm/build.sbatch");
+    let bin = env!("CARGO_BIN_EXE_imagenet-hard");
+    let mut logs = String::new();
+    for task in ["0", "1"] {
+        let cmd = fx.command(&[], &[]);
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .envs(
+                cmd.get_envs()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+            )
+            .env_remove("HF_TOKEN")
+            .env("MANIFEST", m)
+            .env("IMAGENET_HARD", bin)
+            .env("DEVICE", "cpu")
+            .env("WORKERS_PER_TASK", "2")
+            .env("SLURM_CPUS_PER_TASK", "4")
+            .env("SLURM_ARRAY_TASK_ID", task)
+            .env("SLURM_ARRAY_TASK_MIN", "0")
+            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .current_dir(cmd.get_current_dir().unwrap())
+            .output()
+            .unwrap();
+        ok(&out);
+        logs.push_str(&stderr(&out));
+    }
+    assert!(
+        logs.contains("task 0 of 2: 2 worker(s), 2 preprocessing thread(s) each"),
+        "{logs}"
+    );
+    for worker in 0..2 {
+        assert!(
+            logs.contains(&format!(
+                "[worker {worker}] Scanning on cpu (f32, 2 preprocessing threads): 4 of 16 unit(s)"
+            )),
+            "{logs}"
+        );
+    }
+    let status = stdout(&fx.run(&["status", m], &[]));
+    assert!(status.contains("16 units: 16 done"), "{status}");
+    ok(&fx.run(&["merge", m], &[]));
+    assert_eq!(dataset_files(&fx.path().join("run")), reference);
 }
