@@ -649,7 +649,7 @@ pub fn run(command: Command) -> Result<()> {
             batches,
             rounds,
             threads,
-            end_to_end,
+            measure,
         } => {
             // `--model synthetic --arch A`: generated weights, for devices
             // with no weights at hand (scripts/gpu-check.sh).
@@ -707,18 +707,35 @@ pub fn run(command: Command) -> Result<()> {
             let threads = threads
                 .map(usize::from)
                 .unwrap_or_else(crate::feed::default_threads);
-            let pre = crate::bench::preprocessing(&files, &grid, rounds)?;
-            let feed_one = crate::bench::feed_only(&files, &grid, 1, batch_size, rounds)?;
-            let feed = crate::bench::feed_only(&files, &grid, threads, batch_size, rounds)?;
-            let fwd = crate::bench::model_only(
-                &classifier,
-                batch_size,
-                grid.crop_size as usize,
-                batches,
-                rounds,
-            )?;
-            let e2e = if end_to_end {
-                Some(crate::bench::end_to_end(
+            use crate::bench::{self as b, Measure};
+            let on = |m: Measure| measure.contains(&m);
+            let pre = if on(Measure::Preprocessing) {
+                Some(b::preprocessing(&files, &grid, rounds)?)
+            } else {
+                None
+            };
+            let (feed_one, feed) = if on(Measure::Feed) {
+                (
+                    Some(b::feed_only(&files, &grid, 1, batch_size, rounds)?),
+                    Some(b::feed_only(&files, &grid, threads, batch_size, rounds)?),
+                )
+            } else {
+                (None, None)
+            };
+            let crop = grid.crop_size as usize;
+            let fwd = if on(Measure::Model) {
+                Some(b::model_only(
+                    &classifier,
+                    batch_size,
+                    crop,
+                    batches,
+                    rounds,
+                )?)
+            } else {
+                None
+            };
+            let e2e = if on(Measure::EndToEnd) {
+                Some(b::end_to_end(
                     &classifier,
                     &files,
                     &grid,
@@ -728,6 +745,10 @@ pub fn run(command: Command) -> Result<()> {
                 )?)
             } else {
                 None
+            };
+            let scaling = match (&feed, &feed_one) {
+                (Some(n), Some(one)) => Some(n.crops_per_s / one.crops_per_s.max(1e-12)),
+                _ => None,
             };
             let out = serde_json::json!({
                 "tool_version": env!("CARGO_PKG_VERSION"),
@@ -740,7 +761,7 @@ pub fn run(command: Command) -> Result<()> {
                 "preprocessing": pre,
                 "feed_1_thread": feed_one,
                 "feed": feed,
-                "feed_scaling": feed.crops_per_s / feed_one.crops_per_s.max(1e-12),
+                "feed_scaling": scaling,
                 "model_only": fwd,
                 "end_to_end": e2e,
             });

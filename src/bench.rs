@@ -30,6 +30,15 @@ pub enum BenchError {
     Source(String),
 }
 
+/// One of the things `bench` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Measure {
+    Preprocessing,
+    Feed,
+    Model,
+    EndToEnd,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
     pub images: usize,

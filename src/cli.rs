@@ -299,10 +299,17 @@ pub enum Command {
         /// Threads of the feed (default: every CPU this process may use).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
-        /// Also time the scan's path end to end: every image's 324 crops
-        /// through the feed and the model, as `scan` runs them.
-        #[arg(long)]
-        end_to_end: bool,
+        /// What to time (comma-separated): preprocessing (one thread,
+        /// normalised on the host), feed (on 1 and on --threads threads),
+        /// model (forward passes alone), end-to-end (every image's crops
+        /// through the feed and the model, as `scan` runs them).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "preprocessing,feed,model"
+        )]
+        measure: Vec<crate::bench::Measure>,
     },
     /// List the registered models and the architectures the tool can build.
     ///

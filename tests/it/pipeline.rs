@@ -736,6 +736,10 @@ fn bench_reports_throughput_and_leaves_no_files_behind() {
             "1",
             "--rounds",
             "1",
+            "--threads",
+            "2",
+            "--measure",
+            "preprocessing,feed,model,end-to-end",
         ],
         &[("TMPDIR", tmp.to_str().unwrap())],
     );
@@ -744,6 +748,39 @@ fn bench_reports_throughput_and_leaves_no_files_behind() {
     assert_eq!(doc["preprocessing"]["crops"], 324, "{doc}");
     assert_eq!(doc["model_only"]["crops"], 2, "{doc}");
     assert!(doc["model_only"]["crops_per_s"].as_f64().unwrap() > 0.0);
+    for part in ["feed_1_thread", "feed", "end_to_end"] {
+        assert_eq!(doc[part]["crops"], 324, "{part}: {doc}");
+    }
+    assert_eq!(doc["threads"], 2);
+    assert!(doc["feed_scaling"].as_f64().unwrap() > 0.0);
+    // Only what --measure names is timed.
+    let out = fx.run(
+        &[
+            "bench",
+            images.to_str().unwrap(),
+            "--model",
+            "synthetic",
+            "--arch",
+            "resnet18",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--batches",
+            "1",
+            "--rounds",
+            "1",
+            "--measure",
+            "model",
+        ],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    ok(&out);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["model_only"]["crops"], 2, "{doc}");
+    for part in ["preprocessing", "feed", "end_to_end", "feed_scaling"] {
+        assert!(doc[part].is_null(), "{part}: {doc}");
+    }
     assert_eq!(
         (doc["device"].as_str(), doc["dtype"].as_str()),
         (Some("cpu"), Some("f32"))
