@@ -17,7 +17,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use crate::sources::{RowOutcome, Skip, SourceError, SourceRecord};
-use crate::zoom::{decode_rgb, scale_crops, DecodeLimits, RgbImage, ZoomGrid};
+use crate::zoom::{decode_for_zoom, scale_crops, DecodeLimits, RgbImage, ZoomGrid};
 
 /// How the feed runs.
 #[derive(Debug, Clone, Copy)]
@@ -154,9 +154,9 @@ struct ImageSlot {
 }
 
 impl ImageSlot {
-    fn pixels(&self, limits: DecodeLimits) -> &Result<Arc<RgbImage>, Skip> {
+    fn pixels(&self, limits: DecodeLimits, grid: &ZoomGrid) -> &Result<Arc<RgbImage>, Skip> {
         self.decoded.get_or_init(|| {
-            decode_rgb(&self.record.image, limits)
+            decode_for_zoom(&self.record.image, limits, grid)
                 .map(Arc::new)
                 .map_err(|e| Skip {
                     row: self.record.row,
@@ -357,11 +357,11 @@ fn work<I: Iterator<Item = Result<RowOutcome, SourceError>>>(
         let output = match task {
             Task::Pass(p) => Output::Pass(p),
             Task::Decode(image) => {
-                let _ = image.pixels(shared.decode);
+                let _ = image.pixels(shared.decode, shared.grid);
                 continue;
             }
             Task::Zoom { image, scale } => {
-                let crops = match image.pixels(shared.decode) {
+                let crops = match image.pixels(shared.decode, shared.grid) {
                     Ok(img) => Ok(scale_crops(img, shared.grid.scales[scale], shared.grid)),
                     Err(skip) => Err(skip.clone()),
                 };
@@ -599,7 +599,7 @@ mod tests {
             FeedOptions::new(3, 4),
             |events| events.collect::<Result<Vec<_>, _>>().unwrap(),
         );
-        let img = decode_rgb(&picture(1, 40, 30), DecodeLimits::default()).unwrap();
+        let img = crate::zoom::decode_rgb(&picture(1, 40, 30), DecodeLimits::default()).unwrap();
         let views = crate::zoom::zoom_views(&img, &g);
         let mut seen = 0;
         for e in &events {

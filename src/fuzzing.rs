@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use crate::labels::LabelConvention;
 use crate::sources::{Container, Selection, Source};
-use crate::zoom::{decode_rgb, zoom_views, DecodeLimits, ZoomGrid};
+use crate::zoom::{decode_for_zoom, zoom_views, DecodeLimits, ZoomGrid};
 
 /// Decode untrusted image bytes and cut zoom views from them.
 pub fn decode_and_zoom(data: &[u8]) {
@@ -16,14 +16,15 @@ pub fn decode_and_zoom(data: &[u8]) {
         max_side: 4096,
         max_pixels: 4096 * 1024,
         max_bytes: 1 << 20,
+        max_zoom_bytes: 64 << 20,
     };
-    if let Ok(img) = decode_rgb(data, limits) {
-        let grid = ZoomGrid {
-            scales: vec![8, 33, 64],
-            anchors: 3,
-            crop_size: 16,
-            fill: 0,
-        };
+    let grid = ZoomGrid {
+        scales: vec![8, 33, 64],
+        anchors: 3,
+        crop_size: 16,
+        fill: 0,
+    };
+    if let Ok(img) = decode_for_zoom(data, limits, &grid) {
         let views = zoom_views(&img, &grid);
         assert_eq!(views.len(), grid.len());
     }

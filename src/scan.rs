@@ -18,7 +18,7 @@ use crate::plan::Plan;
 use crate::records::{RecordWriter, RecordsError, ScanRecord};
 use crate::sources::{Skip, SourceError};
 use crate::units::Unit;
-use crate::zoom::{decode_rgb, zoom_view, RgbImage};
+use crate::zoom::{decode_for_zoom, zoom_view, RgbImage};
 use rayon::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +242,7 @@ fn take_row(
             return Ok(None);
         }
     };
-    match decode_rgb(&rec.image, plan.decode) {
+    match decode_for_zoom(&rec.image, plan.decode, &plan.grid) {
         Ok(img) => Ok(Some((rec, img))),
         Err(e) => {
             record_skip(

@@ -166,10 +166,20 @@ pub struct DecodeLimits {
     /// Largest accepted encoded size, in bytes.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Largest working memory of one image's zoom: its decoded pixels plus
+    /// the largest scale's resampling buffers ([`zoom_bytes`]). Only the
+    /// pixels under the crops are resampled, so within the other limits an
+    /// image needs at most about 0.6 GB; lower it to cap a worker's memory.
+    #[serde(default = "default_max_zoom_bytes")]
+    pub max_zoom_bytes: u64,
 }
 
 fn default_max_bytes() -> u64 {
     100_000_000
+}
+
+fn default_max_zoom_bytes() -> u64 {
+    1 << 30
 }
 
 impl Default for DecodeLimits {
@@ -178,6 +188,7 @@ impl Default for DecodeLimits {
             max_side: 32_768,
             max_pixels: 178_956_970,
             max_bytes: default_max_bytes(),
+            max_zoom_bytes: default_max_zoom_bytes(),
         }
     }
 }
@@ -198,6 +209,13 @@ pub enum DecodeError {
     TooManyBytes { bytes: u64, limit: u64 },
     #[error("cannot decode image: {0}")]
     Decode(String),
+    #[error("zooming this {width}x{height} image takes {bytes} bytes, over `decode.max_zoom_bytes` ({limit}); raise it if the worker has the memory")]
+    TooLargeAfterZoom {
+        width: u32,
+        height: u32,
+        bytes: u64,
+        limit: u64,
+    },
 }
 
 impl DecodeError {
@@ -208,6 +226,7 @@ impl DecodeError {
             DecodeError::UnknownFormat => "unknown-format",
             DecodeError::TooLarge { .. } | DecodeError::TooManyBytes { .. } => "too-large",
             DecodeError::Decode(_) => "corrupt-image",
+            DecodeError::TooLargeAfterZoom { .. } => "too-large-after-zoom",
         }
     }
 }
@@ -259,6 +278,26 @@ pub fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Decode
         height: rgb.height(),
         data: rgb.into_raw(),
     })
+}
+
+/// Decode an image that will be zoomed over `grid`, refusing one whose
+/// zoom would take more than `limits.max_zoom_bytes`.
+pub fn decode_for_zoom(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    grid: &ZoomGrid,
+) -> Result<RgbImage, DecodeError> {
+    let img = decode_rgb(bytes, limits)?;
+    let need = zoom_bytes(&img, grid);
+    if need > limits.max_zoom_bytes {
+        return Err(DecodeError::TooLargeAfterZoom {
+            width: img.width,
+            height: img.height,
+            bytes: need,
+            limit: limits.max_zoom_bytes,
+        });
+    }
+    Ok(img)
 }
 
 fn check_limits(width: u32, height: u32, limits: DecodeLimits) -> Result<(), DecodeError> {
@@ -349,72 +388,232 @@ pub enum Interpolation {
 /// 8-bit intermediate, then the vertical pass. Implemented here rather than
 /// with a SIMD resizer because bit-exact parity with Pillow is the point.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Interpolation) -> RgbImage {
-    let horizontal = if width != img.width {
-        let taps = Taps::new(img.width, width, filter);
-        let mut out = vec![0u8; width as usize * img.height as usize * 3];
-        for y in 0..img.height as usize {
-            let src = &img.data[y * img.width as usize * 3..(y + 1) * img.width as usize * 3];
-            let dst = &mut out[y * width as usize * 3..(y + 1) * width as usize * 3];
-            for (x, px) in dst.chunks_exact_mut(3).enumerate() {
-                let (first, weights) = taps.of(x);
-                for c in 0..3 {
-                    let sum: i64 = weights
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &w)| w * src[(first + k) * 3 + c] as i64)
-                        .sum();
-                    px[c] = fixed_to_u8(sum);
-                }
-            }
-        }
-        RgbImage {
-            width,
-            height: img.height,
-            data: out,
-        }
-    } else {
-        img.clone()
-    };
-    if height == horizontal.height {
-        return horizontal;
-    }
-    let taps = Taps::new(horizontal.height, height, filter);
-    let row = width as usize * 3;
-    let mut out = vec![0u8; row * height as usize];
-    for y in 0..height as usize {
-        let (first, weights) = taps.of(y);
-        for i in 0..row {
-            let sum: i64 = weights
-                .iter()
-                .enumerate()
-                .map(|(k, &w)| w * horizontal.data[(first + k) * row + i] as i64)
-                .sum();
-            out[y * row + i] = fixed_to_u8(sum);
-        }
-    }
+    let region = resize_region(
+        img,
+        (width, height),
+        filter,
+        Runs::all(width as usize),
+        Runs::all(height as usize),
+    );
     RgbImage {
         width,
         height,
+        data: region.data,
+    }
+}
+
+/// Sorted, disjoint runs of pixel indices along one axis.
+#[derive(Debug, Clone, PartialEq)]
+struct Runs(Vec<std::ops::Range<usize>>);
+
+impl Runs {
+    fn all(n: usize) -> Runs {
+        Runs(if n > 0 { vec![0..n] } else { Vec::new() })
+    }
+
+    /// The union of the windows `[start, start + len)`, clipped to `[0, size)`.
+    fn windows(size: usize, starts: impl IntoIterator<Item = i64>, len: usize) -> Runs {
+        Runs::merged(starts.into_iter().filter_map(|start| {
+            let lo = start.clamp(0, size as i64) as usize;
+            let hi = (start + len as i64).clamp(0, size as i64) as usize;
+            (hi > lo).then_some(lo..hi)
+        }))
+    }
+
+    fn merged(ranges: impl IntoIterator<Item = std::ops::Range<usize>>) -> Runs {
+        let mut v: Vec<std::ops::Range<usize>> = ranges.into_iter().collect();
+        v.sort_by_key(|r| r.start);
+        let mut out: Vec<std::ops::Range<usize>> = Vec::with_capacity(v.len());
+        for r in v {
+            match out.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => out.push(r),
+            }
+        }
+        Runs(out)
+    }
+
+    fn count(&self) -> usize {
+        self.0.iter().map(|r| r.len()).sum()
+    }
+
+    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().flat_map(|r| r.clone())
+    }
+
+    /// Where index `i` sits among the runs' indices.
+    fn position(&self, i: usize) -> Option<usize> {
+        let mut before = 0;
+        for r in &self.0 {
+            if r.contains(&i) {
+                return Some(before + i - r.start);
+            }
+            before += r.len();
+        }
+        None
+    }
+}
+
+/// Part of a resized image: the pixels where the output rows `rows` cross
+/// the output columns `cols`, packed row by row.
+struct Region {
+    cols: Runs,
+    rows: Runs,
+    data: Vec<u8>,
+}
+
+impl Region {
+    /// Pixels `[x0, x1)` of output row `y`, if the region holds them all
+    /// in one run.
+    fn span(&self, y: usize, x0: usize, x1: usize) -> Option<&[u8]> {
+        let py = self.rows.position(y)?;
+        let px = self.cols.position(x0)?;
+        if x1 > x0 && self.cols.position(x1 - 1)? != px + (x1 - 1 - x0) {
+            return None;
+        }
+        let row = self.cols.count() * 3;
+        self.data
+            .get(py * row + px * 3..py * row + (px + x1 - x0) * 3)
+    }
+}
+
+/// The bytes [`resize_region`] works in to compute `cols x rows` of a
+/// resize of `img` to `height` rows: the horizontal pass's output for the
+/// source rows the vertical pass reads, plus the region itself.
+fn region_bytes(
+    img: &RgbImage,
+    height: u32,
+    filter: Interpolation,
+    cols: &Runs,
+    rows: &Runs,
+) -> u64 {
+    let src_rows = if height != img.height {
+        Taps::new(img.height, height, filter, rows.indices())
+            .source_runs()
+            .count()
+    } else {
+        rows.count()
+    };
+    3 * cols.count() as u64 * (src_rows + rows.count()) as u64
+}
+
+/// Resize `img` to `width x height`, computing only the output pixels of
+/// `rows x cols`: each one depends only on its filter taps, so the values
+/// are those of the full resize, with memory and time bounded by the
+/// region (a 1 x 6000 image zoomed to a shorter side of 1024 is 6 million
+/// pixels long; its crops need 672 rows of it).
+fn resize_region(
+    img: &RgbImage,
+    (width, height): (u32, u32),
+    filter: Interpolation,
+    cols: Runs,
+    rows: Runs,
+) -> Region {
+    let iw = img.width as usize;
+    let vtaps =
+        (height != img.height).then(|| Taps::new(img.height, height, filter, rows.indices()));
+    // The source rows the vertical pass reads (all of `rows` when it is skipped).
+    let src_rows = match &vtaps {
+        Some(t) => t.source_runs(),
+        None => rows.clone(),
+    };
+    let ncols = cols.count();
+    let line = ncols * 3;
+    // Horizontal pass (or a copy of the needed columns) into `mid`.
+    let htaps = (width != img.width).then(|| Taps::new(img.width, width, filter, cols.indices()));
+    let mut mid = vec![0u8; src_rows.count() * line];
+    for (ri, y) in src_rows.indices().enumerate() {
+        let src = &img.data[y * iw * 3..(y + 1) * iw * 3];
+        let dst = &mut mid[ri * line..(ri + 1) * line];
+        match &htaps {
+            Some(t) => {
+                for (k, px) in dst.chunks_exact_mut(3).enumerate() {
+                    let (first, w) = t.of(k);
+                    let mut acc = [HALF; 3];
+                    for (j, &wt) in w.iter().enumerate() {
+                        let p = &src[(first + j) * 3..(first + j) * 3 + 3];
+                        acc[0] += wt * p[0] as i32;
+                        acc[1] += wt * p[1] as i32;
+                        acc[2] += wt * p[2] as i32;
+                    }
+                    px.copy_from_slice(&[clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]);
+                }
+            }
+            None => {
+                let mut at = 0;
+                for r in &cols.0 {
+                    dst[at..at + r.len() * 3].copy_from_slice(&src[r.start * 3..r.end * 3]);
+                    at += r.len() * 3;
+                }
+            }
+        }
+    }
+    let Some(vt) = vtaps else {
+        return Region {
+            cols,
+            rows,
+            data: mid,
+        };
+    };
+    // Vertical pass over the packed columns.
+    let mut out = vec![0u8; rows.count() * line];
+    let mut acc = vec![0i32; line];
+    for (k, dst) in out
+        .chunks_exact_mut(line.max(1))
+        .enumerate()
+        .take(rows.count())
+    {
+        let (first, w) = vt.of(k);
+        // A tap range lies inside one run of source rows.
+        let base = src_rows.position(first).unwrap_or(0);
+        acc.iter_mut().for_each(|a| *a = HALF);
+        for (j, &wt) in w.iter().enumerate() {
+            let src = &mid[(base + j) * line..(base + j + 1) * line];
+            for (a, &v) in acc.iter_mut().zip(src) {
+                *a += wt * v as i32;
+            }
+        }
+        for (d, &a) in dst.iter_mut().zip(&acc) {
+            *d = clip8(a);
+        }
+    }
+    Region {
+        cols,
+        rows,
         data: out,
     }
 }
 
 /// Fixed-point fraction bits of the weights (Pillow's `PRECISION_BITS` for 8-bit images).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// Sums start at one half, for rounding (as Pillow's do).
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-fn fixed_to_u8(sum: i64) -> u8 {
-    // Start at one half for rounding, then shift back and clamp.
-    ((sum + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp(0, 255) as u8
+/// Shift a fixed-point sum (started at [`HALF`]) back to 8 bits, clamped.
+/// Sums fit in i32 as in Pillow: the weights add up to 2^22 and their
+/// positive part to at most 1.25 x 2^22, times 255.
+fn clip8(sum: i32) -> u8 {
+    (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Per output pixel: the first input pixel and the fixed-point weights.
+/// Per wanted output pixel: the first input pixel and the fixed-point
+/// weights, `stride` slots each.
 struct Taps {
     first: Vec<usize>,
-    weights: Vec<Vec<i64>>,
+    len: Vec<usize>,
+    stride: usize,
+    weights: Vec<i32>,
 }
 
 impl Taps {
-    fn new(in_size: u32, out_size: u32, filter: Interpolation) -> Taps {
+    /// Taps of the output pixels `outputs` of an `in_size -> out_size`
+    /// resize, in that order.
+    fn new(
+        in_size: u32,
+        out_size: u32,
+        filter: Interpolation,
+        outputs: impl Iterator<Item = usize>,
+    ) -> Taps {
         let (support, kernel): (f64, fn(f64) -> f64) = match filter {
             Interpolation::Bicubic => (2.0, bicubic),
             Interpolation::Bilinear => (1.0, bilinear),
@@ -422,33 +621,53 @@ impl Taps {
         let scale = in_size as f64 / out_size as f64;
         let filter_scale = scale.max(1.0);
         let support = support * filter_scale;
-        let mut first = Vec::with_capacity(out_size as usize);
-        let mut weights = Vec::with_capacity(out_size as usize);
-        for x in 0..out_size {
+        // Outputs read at most floor(2 * support) + 1 inputs.
+        let stride = (2.0 * support).ceil() as usize + 2;
+        let mut taps = Taps {
+            first: Vec::new(),
+            len: Vec::new(),
+            stride,
+            weights: Vec::new(),
+        };
+        let mut raw: Vec<f64> = Vec::with_capacity(stride);
+        for x in outputs {
             let center = (x as f64 + 0.5) * scale;
             // Truncation toward zero, as a C cast does.
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
-            let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let raw: Vec<f64> = (lo..hi)
-                .map(|i| kernel((i as f64 - center + 0.5) / filter_scale))
-                .collect();
+            let hi = ((center + support + 0.5) as i64)
+                .min(in_size as i64)
+                .max(lo as i64) as usize;
+            raw.clear();
+            raw.extend((lo..hi).map(|i| kernel((i as f64 - center + 0.5) / filter_scale)));
             let total: f64 = raw.iter().sum();
-            let fixed = raw
-                .iter()
-                .map(|&w| {
-                    let w = if total != 0.0 { w / total } else { w };
-                    let scaled = w * (1u64 << PRECISION_BITS) as f64;
-                    (if w < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i64
-                })
-                .collect();
-            first.push(lo);
-            weights.push(fixed);
+            taps.first.push(lo);
+            taps.len.push(raw.len());
+            let at = taps.weights.len();
+            taps.weights.resize(at + stride, 0);
+            for (slot, &w) in taps.weights[at..].iter_mut().zip(&raw) {
+                let w = if total != 0.0 { w / total } else { w };
+                let scaled = w * (1u64 << PRECISION_BITS) as f64;
+                *slot = (if w < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32;
+            }
         }
-        Taps { first, weights }
+        taps
     }
 
-    fn of(&self, i: usize) -> (usize, &[i64]) {
-        (self.first[i], &self.weights[i])
+    /// The `k`-th wanted output's first input pixel and weights.
+    fn of(&self, k: usize) -> (usize, &[i32]) {
+        let at = k * self.stride;
+        (self.first[k], &self.weights[at..at + self.len[k]])
+    }
+
+    /// The input pixels any wanted output reads.
+    fn source_runs(&self) -> Runs {
+        Runs::merged(
+            self.first
+                .iter()
+                .zip(&self.len)
+                .filter(|(_, &n)| n > 0)
+                .map(|(&f, &n)| f..f + n),
+        )
     }
 }
 
@@ -499,12 +718,18 @@ pub fn center_crop_origin(width: u32, height: u32, crop: u32) -> (i64, i64) {
 }
 
 /// The evaluation view of torchvision/timm: resize shorter side to `resize_to`,
-/// centre-crop `crop`.
+/// centre-crop `crop` (only the crop's pixels are resampled).
 pub fn center_view(img: &RgbImage, resize_to: u32, crop: u32, filter: Interpolation) -> RgbImage {
     let (w, h) = resized_size(img.width, img.height, resize_to);
-    let resized = resize(img, w, h, filter);
     let (left, top) = center_crop_origin(w, h, crop);
-    crop_with_fill(&resized, left, top, crop, 0)
+    let region = resize_region(
+        img,
+        (w, h),
+        filter,
+        Runs::windows(w as usize, [left], crop as usize),
+        Runs::windows(h as usize, [top], crop as usize),
+    );
+    crop_region(&region, (w, h), left, top, crop, 0)
 }
 
 /// `x/255`, then `(x - mean) / std`, written channel-first into `out`
@@ -528,17 +753,40 @@ pub fn normalise_lut(mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
         .collect()
 }
 
-/// The anchors' crops of one scale of `img`, in anchor order (row, then
-/// column), each `crop x crop` RGB pixels (HWC): the image is resized once.
-pub fn scale_crops(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> Vec<RgbImage> {
+/// The crop windows of one scale: the resized size, and the left and top
+/// edges of the anchors' columns and rows.
+fn scale_windows(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> ((u32, u32), Vec<i64>, Vec<i64>) {
     let (w, h) = resized_size(img.width, img.height, scale);
-    let resized = resize(img, w, h, Interpolation::Bicubic);
-    let mut crops = Vec::with_capacity(grid.anchors as usize * grid.anchors as usize);
-    for row in 0..grid.anchors {
-        for col in 0..grid.anchors {
-            let (left, top) = crop_origin(w, h, row, col, grid.anchors, grid.crop_size);
-            crops.push(crop_with_fill(
-                &resized,
+    let lefts = (0..grid.anchors)
+        .map(|col| crop_origin(w, h, 0, col, grid.anchors, grid.crop_size).0)
+        .collect();
+    let tops = (0..grid.anchors)
+        .map(|row| crop_origin(w, h, row, 0, grid.anchors, grid.crop_size).1)
+        .collect();
+    ((w, h), lefts, tops)
+}
+
+/// The anchors' crops of one scale of `img`, in anchor order (row, then
+/// column), each `crop x crop` RGB pixels (HWC). Only the resized pixels
+/// under the crops are computed (the rows of the three row windows across
+/// the columns of the three column windows), the same values as resizing
+/// the whole image.
+pub fn scale_crops(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> Vec<RgbImage> {
+    let ((w, h), lefts, tops) = scale_windows(img, scale, grid);
+    let size = grid.crop_size as usize;
+    let region = resize_region(
+        img,
+        (w, h),
+        Interpolation::Bicubic,
+        Runs::windows(w as usize, lefts.iter().copied(), size),
+        Runs::windows(h as usize, tops.iter().copied(), size),
+    );
+    let mut crops = Vec::with_capacity(tops.len() * lefts.len());
+    for &top in &tops {
+        for &left in &lefts {
+            crops.push(crop_region(
+                &region,
+                (w, h),
                 left,
                 top,
                 grid.crop_size,
@@ -547,6 +795,53 @@ pub fn scale_crops(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> Vec<RgbImage>
         }
     }
     crops
+}
+
+/// Working memory of zooming `img` over `grid`: its decoded pixels plus
+/// the largest scale's resampling buffers ([`scale_crops`]).
+pub fn zoom_bytes(img: &RgbImage, grid: &ZoomGrid) -> u64 {
+    let size = grid.crop_size as usize;
+    let largest = grid
+        .scales
+        .iter()
+        .map(|&scale| {
+            let ((w, h), lefts, tops) = scale_windows(img, scale, grid);
+            let cols = Runs::windows(w as usize, lefts, size);
+            let rows = Runs::windows(h as usize, tops, size);
+            region_bytes(img, h, Interpolation::Bicubic, &cols, &rows)
+        })
+        .max()
+        .unwrap_or(0);
+    img.data.len() as u64 + largest
+}
+
+/// A `size x size` window at `(left, top)` of a resized image held as a
+/// region; pixels outside the image are `fill`.
+fn crop_region(
+    region: &Region,
+    (w, h): (u32, u32),
+    left: i64,
+    top: i64,
+    size: u32,
+    fill: u8,
+) -> RgbImage {
+    let size_us = size as usize;
+    let mut data = vec![fill; size_us * size_us * 3];
+    let x0 = left.max(0);
+    let x1 = (left + size as i64).min(w as i64);
+    if x1 > x0 {
+        for y in top.max(0)..(top + size as i64).min(h as i64) {
+            let dst = ((y - top) as usize * size_us + (x0 - left) as usize) * 3;
+            if let Some(src) = region.span(y as usize, x0 as usize, x1 as usize) {
+                data[dst..dst + src.len()].copy_from_slice(src);
+            }
+        }
+    }
+    RgbImage {
+        width: size,
+        height: size,
+        data,
+    }
 }
 
 /// Every view of one decoded image over a grid, in canonical transform order.
@@ -568,12 +863,19 @@ pub fn zoom_views(img: &RgbImage, grid: &ZoomGrid) -> Vec<RgbImage> {
     by_anchor.into_iter().flatten().collect()
 }
 
-/// One transform of one image (what the model sees for `t`).
+/// One transform of one image (what the model sees for `t`); only the
+/// crop's pixels are resampled.
 pub fn zoom_view(img: &RgbImage, t: Transform, anchors: u8, crop: u32, fill: u8) -> RgbImage {
     let (w, h) = resized_size(img.width, img.height, t.scale);
-    let resized = resize(img, w, h, Interpolation::Bicubic);
     let (left, top) = crop_origin(w, h, t.row, t.col, anchors, crop);
-    crop_with_fill(&resized, left, top, crop, fill)
+    let region = resize_region(
+        img,
+        (w, h),
+        Interpolation::Bicubic,
+        Runs::windows(w as usize, [left], crop as usize),
+        Runs::windows(h as usize, [top], crop as usize),
+    );
+    crop_region(&region, (w, h), left, top, crop, fill)
 }
 
 #[cfg(test)]
@@ -757,6 +1059,167 @@ mod tests {
         for (t, v) in grid.transforms().iter().zip(&views) {
             assert_eq!(*v, zoom_view(&img, *t, 3, 24, 0), "{t}");
         }
+    }
+
+    /// The resize as first written here (whole image, i64 sums, taps per
+    /// pixel): the reference the region resampler must equal.
+    fn whole_resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+        let taps = |in_size: u32, out_size: u32| -> Vec<(usize, Vec<i64>)> {
+            let scale = in_size as f64 / out_size as f64;
+            let fs = scale.max(1.0);
+            let support = 2.0 * fs;
+            (0..out_size)
+                .map(|x| {
+                    let center = (x as f64 + 0.5) * scale;
+                    let lo = ((center - support + 0.5) as i64).max(0) as usize;
+                    let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+                    let raw: Vec<f64> = (lo..hi)
+                        .map(|i| bicubic((i as f64 - center + 0.5) / fs))
+                        .collect();
+                    let total: f64 = raw.iter().sum();
+                    let fixed = raw
+                        .iter()
+                        .map(|&w| {
+                            let w = if total != 0.0 { w / total } else { w };
+                            let v = w * (1u64 << PRECISION_BITS) as f64;
+                            (if w < 0.0 { v - 0.5 } else { v + 0.5 }) as i64
+                        })
+                        .collect();
+                    (lo, fixed)
+                })
+                .collect()
+        };
+        let to8 =
+            |sum: i64| ((sum + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp(0, 255) as u8;
+        let mut mid = img.clone();
+        if width != img.width {
+            let t = taps(img.width, width);
+            let mut data = vec![0u8; width as usize * img.height as usize * 3];
+            for y in 0..img.height as usize {
+                for (x, (first, w)) in t.iter().enumerate() {
+                    for c in 0..3 {
+                        let sum: i64 = w
+                            .iter()
+                            .enumerate()
+                            .map(|(k, &wt)| {
+                                wt * img.data[(y * img.width as usize + first + k) * 3 + c] as i64
+                            })
+                            .sum();
+                        data[(y * width as usize + x) * 3 + c] = to8(sum);
+                    }
+                }
+            }
+            mid = RgbImage {
+                width,
+                height: img.height,
+                data,
+            };
+        }
+        if height == mid.height {
+            return mid;
+        }
+        let t = taps(mid.height, height);
+        let row = width as usize * 3;
+        let mut data = vec![0u8; row * height as usize];
+        for (y, (first, w)) in t.iter().enumerate() {
+            for i in 0..row {
+                let sum: i64 = w
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &wt)| wt * mid.data[(first + k) * row + i] as i64)
+                    .sum();
+                data[y * row + i] = to8(sum);
+            }
+        }
+        RgbImage {
+            width,
+            height,
+            data,
+        }
+    }
+
+    fn noise(width: u32, height: u32, seed: u32) -> RgbImage {
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        let data = (0..width * height * 3)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect();
+        RgbImage {
+            width,
+            height,
+            data,
+        }
+    }
+
+    #[test]
+    fn only_the_pixels_under_the_crops_are_computed_and_they_equal_the_whole_resize() {
+        let grid = ZoomGrid {
+            scales: vec![3, 10, 16, 40, 96],
+            anchors: 3,
+            crop_size: 16,
+            fill: 7,
+        };
+        // Extreme aspect ratios, tiny images, odd sizes.
+        for (k, (w, h)) in [
+            (1, 1),
+            (3, 3),
+            (1, 50),
+            (50, 1),
+            (2, 300),
+            (300, 2),
+            (37, 53),
+            (120, 90),
+            (16, 16),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let img = noise(w, h, k as u32);
+            for &scale in &grid.scales {
+                let (rw, rh) = resized_size(w, h, scale);
+                let whole = whole_resize(&img, rw, rh);
+                assert_eq!(
+                    resize(&img, rw, rh, Interpolation::Bicubic),
+                    whole,
+                    "{w}x{h} at {scale}"
+                );
+                let crops = scale_crops(&img, scale, &grid);
+                for (a, crop) in crops.iter().enumerate() {
+                    let (row, col) = ((a / 3) as u8, (a % 3) as u8);
+                    let (left, top) = crop_origin(rw, rh, row, col, 3, 16);
+                    assert_eq!(
+                        *crop,
+                        crop_with_fill(&whole, left, top, 16, 7),
+                        "{w}x{h} at {scale}, anchor {a}"
+                    );
+                    let t = Transform { row, col, scale };
+                    assert_eq!(zoom_view(&img, t, 3, 16, 7), *crop, "{w}x{h} {t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_one_pixel_strip_zooms_in_bounded_memory() {
+        // 1 x 6000 at a shorter side of 1024 is 1024 x 6,144,000 pixels
+        // (18.9 GB) resized whole; its 9 crops need 672 x 672 of them.
+        let grid = ZoomGrid::paper();
+        for (w, h) in [(1, 6000), (6000, 1), (2, 3000)] {
+            let img = noise(w, h, 9);
+            let bytes = zoom_bytes(&img, &grid);
+            assert!(bytes < 30 << 20, "{w}x{h}: {bytes} bytes");
+            let crops = scale_crops(&img, 1024, &grid);
+            assert_eq!(crops.len(), 9);
+            assert!(crops.iter().all(|c| c.data.len() == 224 * 224 * 3));
+        }
+        // The bound follows the crops, not the image: a large photo's
+        // largest scale costs about its crops' rows and columns.
+        let photo = noise(1200, 900, 1);
+        assert!(zoom_bytes(&photo, &grid) < photo.data.len() as u64 + (12 << 20));
     }
 
     #[test]

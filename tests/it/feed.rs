@@ -196,3 +196,47 @@ fn plan_prints_the_cost_of_a_manifest() {
     assert!(status.contains("1 of 1 units done in "), "{status}");
     assert!(status.contains("nothing left"), "{status}");
 }
+
+/// `[decode] max_zoom_bytes`: an image whose zoom would need more memory is
+/// a counted `too-large-after-zoom` skip, named with its row, not a crash.
+#[test]
+fn an_image_over_the_zoom_budget_is_a_counted_skip() {
+    let fx = Fixture::new();
+    let m = manifest(&fx, "exhaustive");
+    let text = std::fs::read_to_string(&m).unwrap();
+    // The fixture's pictures decode to about 100 KB; their zoom needs more.
+    std::fs::write(
+        &m,
+        format!(
+            "{text}\n[decode]\nmax_side = 32768\nmax_pixels = 178956970\nmax_zoom_bytes = 200000\n"
+        ),
+    )
+    .unwrap();
+    let out = fx.run(&["scan", m.to_str().unwrap(), "--device", "cpu"], &[]);
+    ok(&out);
+    let stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.path().join("exhaustive/scan/units/u00000.stats.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let over = stats["skipped"]["too-large-after-zoom"]
+        .as_u64()
+        .unwrap_or(0);
+    let scanned = stats["images_scanned"].as_u64().unwrap();
+    assert!(over > 0, "{stats}");
+    assert_eq!(
+        over + scanned + 1,
+        8,
+        "every row is scanned or counted: {stats}"
+    );
+    let detail = stats["skips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["reason"] == "too-large-after-zoom")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.contains("decode.max_zoom_bytes"), "{detail}");
+}
