@@ -149,7 +149,9 @@ fn read_plan(ctx: &Context) -> Result<Plan> {
     Ok(plan)
 }
 
-fn run_scan(plan: &Plan, args: &crate::cli::RunArgs, ids: &[usize]) -> Result<()> {
+/// Scan units `ids` of the plan. `build` waits for units other workers
+/// hold (it merges next); a `scan` worker leaves them to their holders.
+fn run_scan(plan: &Plan, args: &crate::cli::RunArgs, ids: &[usize], wait: bool) -> Result<()> {
     let threads = args.threads();
     let rt = Runtime::new(args.device)?
         .with_precision(plan.scan_dtype)
@@ -163,7 +165,14 @@ fn run_scan(plan: &Plan, args: &crate::cli::RunArgs, ids: &[usize]) -> Result<()
         plan.models.len(),
         plan.grid.len()
     );
-    for (s, fresh) in crate::scan::scan(plan, &rt, ids, threads)? {
+    let opts = crate::scan::ScanOptions {
+        threads,
+        claims: args.claim_times()?,
+        wait_for_others: wait,
+        progress_every: args.progress_every()?,
+    };
+    let summary = crate::scan::scan(plan, &rt, ids, &opts)?;
+    for (s, fresh) in summary.units {
         let unit = s
             .units
             .first()
@@ -177,6 +186,12 @@ fn run_scan(plan: &Plan, args: &crate::cli::RunArgs, ids: &[usize]) -> Result<()
         eprintln!(
             "  {unit} {}: {} images scanned, {} skipped {:?}, {} crops in {:.1}s",
             s.origin, s.images_scanned, skipped, s.skipped, s.forward_passes, s.seconds
+        );
+    }
+    if !summary.busy.is_empty() {
+        eprintln!(
+            "{} unit(s) left to the workers holding them; `imagenet-hard status` shows them",
+            summary.busy.len()
         );
     }
     Ok(())
@@ -224,21 +239,46 @@ fn unit_models(plan: &Plan, u: &crate::units::Unit) -> String {
 }
 
 fn print_status(plan: &Plan) {
+    use crate::cost::duration;
     use crate::scan::{unit_state, UnitState};
-    let (mut done, mut pending, mut failed) = (0, 0, 0);
+    let (mut done, mut running, mut pending, mut failed) = (0, 0, 0, 0);
     println!("unit\torigin\trows\tmodels\tstate");
     for u in &plan.units {
         let state = match unit_state(&plan.run_dir, u) {
             UnitState::Done => {
                 done += 1;
-                "done".to_string()
+                match crate::util::read_json::<crate::scan::ScanStats>(
+                    &crate::scan::unit_stats_path(&plan.run_dir, u),
+                ) {
+                    Ok(s) if s.seconds > 0.0 => format!(
+                        "done in {} ({:.0} crops/s)",
+                        duration(s.seconds),
+                        s.forward_passes as f64 / s.seconds
+                    ),
+                    _ => "done".into(),
+                }
             }
-            UnitState::Pending { partial } => {
+            UnitState::Running {
+                owner,
+                elapsed,
+                heartbeat_age,
+            } => {
+                running += 1;
+                format!(
+                    "running on {owner} for {} (heartbeat {} ago)",
+                    elapsed
+                        .map(|e| duration(e.as_secs_f64()))
+                        .unwrap_or("?".into()),
+                    duration(heartbeat_age.as_secs_f64())
+                )
+            }
+            UnitState::Pending { stale_claim } => {
                 pending += 1;
-                if partial {
-                    "pending (partial output of a killed or running worker)".into()
-                } else {
-                    "pending".into()
+                match stale_claim {
+                    Some(owner) => format!(
+                        "pending (claimed by {owner}, which stopped: the next worker takes it over)"
+                    ),
+                    None => "pending".into(),
                 }
             }
             UnitState::Failed { error } => {
@@ -249,7 +289,7 @@ fn print_status(plan: &Plan) {
         println!("{}\t{}\t{state}", unit_cells(u), unit_models(plan, u));
     }
     println!(
-        "{} units: {done} done, {pending} pending, {failed} failed",
+        "{} units: {done} done, {running} running, {pending} pending, {failed} failed",
         plan.units.len()
     );
     let progress = crate::cost::project_run(&crate::scan::unit_progress(plan));
@@ -452,7 +492,7 @@ pub fn run(command: Command) -> Result<()> {
             }
             let plan = prepare_plan(&ctx, args.limit)?;
             let all: Vec<usize> = (0..plan.units.len()).collect();
-            run_scan(&plan, &args, &all)?;
+            run_scan(&plan, &args, &all, true)?;
             run_merge(&plan)?;
             eprintln!(
                 "Run directory: {} (plan.json, scan/, select/, dataset/, report/)",
@@ -485,7 +525,7 @@ pub fn run(command: Command) -> Result<()> {
             if assignment == crate::units::Assignment::All {
                 let plan = prepare_plan(&ctx, args.run.limit)?;
                 let all: Vec<usize> = (0..plan.units.len()).collect();
-                run_scan(&plan, &args.run, &all)?;
+                run_scan(&plan, &args.run, &all, false)?;
             } else {
                 // A worker of a fanned-out scan: the plan is made once, up front.
                 let plan = read_plan(&ctx)?;
@@ -496,7 +536,7 @@ pub fn run(command: Command) -> Result<()> {
                     );
                 }
                 let ids = assignment.pick(plan.units.len())?;
-                run_scan(&plan, &args.run, &ids)?;
+                run_scan(&plan, &args.run, &ids, false)?;
             }
         }
         Command::Plan(args) => {

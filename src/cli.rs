@@ -44,9 +44,36 @@ pub struct RunArgs {
     /// quota allow). Records are the same for any number.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// A unit's claim whose worker has not shown a heartbeat for this long
+    /// (or whose process on this host has exited) is taken over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    pub claim_timeout: f64,
+    /// When stderr is not a terminal (a scheduler's log), print a progress
+    /// line per unit this often: images done, crops/s, time left.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub progress_every: f64,
 }
 
 impl RunArgs {
+    /// The claim timeout and heartbeat.
+    pub fn claim_times(&self) -> anyhow::Result<crate::claim::ClaimTimes> {
+        let s = self.claim_timeout;
+        if !(s.is_finite() && s > 0.0) {
+            anyhow::bail!("--claim-timeout must be a positive number of seconds, got {s}");
+        }
+        Ok(crate::claim::ClaimTimes::new(
+            std::time::Duration::from_secs_f64(s),
+        ))
+    }
+
+    pub fn progress_every(&self) -> anyhow::Result<std::time::Duration> {
+        let s = self.progress_every;
+        if !(s.is_finite() && s >= 0.0) {
+            anyhow::bail!("--progress-every must be seconds (0 or more), got {s}");
+        }
+        Ok(std::time::Duration::from_secs_f64(s))
+    }
+
     /// `--threads`, or every CPU this process may use.
     pub fn threads(&self) -> usize {
         self.threads

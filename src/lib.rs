@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod app;
 pub mod bench;
+pub mod claim;
 pub mod cli;
 pub mod cost;
 pub mod demo;

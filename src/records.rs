@@ -62,7 +62,8 @@ fn schema() -> Arc<Schema> {
 pub struct RecordWriter {
     path: PathBuf,
     tmp: PathBuf,
-    writer: ArrowWriter<std::fs::File>,
+    /// `None` once finished.
+    writer: Option<ArrowWriter<std::fs::File>>,
     pending: Vec<ScanRecord>,
 }
 
@@ -75,7 +76,7 @@ impl RecordWriter {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
         }
-        let tmp = crate::util::temp_sibling(path);
+        let tmp = crate::util::unique_temp(path);
         let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -85,7 +86,7 @@ impl RecordWriter {
         Ok(RecordWriter {
             path: path.into(),
             tmp,
-            writer,
+            writer: Some(writer),
             pending: Vec::new(),
         })
     }
@@ -135,17 +136,49 @@ impl RecordWriter {
             message: m,
         };
         let batch = RecordBatch::try_new(schema(), columns).map_err(|e| err(e.to_string()))?;
-        self.writer.write(&batch).map_err(|e| err(e.to_string()))
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| err("written after it was finished".into()))?;
+        writer.write(&batch).map_err(|e| err(e.to_string()))
     }
 
+    /// Write the rest, make it durable, and put the file in place whole.
+    /// On any failure (a full disk, say) the temporary file is removed and
+    /// nothing appears at the final path.
     pub fn finish(mut self) -> Result<(), RecordsError> {
+        let result = self.finish_inner();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+
+    fn finish_inner(&mut self) -> Result<(), RecordsError> {
         self.flush()?;
         let err = |m: String| RecordsError {
             file: self.path.clone(),
             message: m,
         };
-        self.writer.close().map_err(|e| err(e.to_string()))?;
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| err("finished twice".into()))?;
+        let file = writer.into_inner().map_err(|e| err(e.to_string()))?;
+        file.sync_all().map_err(|e| err(e.to_string()))?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| err(e.to_string()))
+    }
+
+    /// Drop what was written: the final path is left as it was (as
+    /// dropping an unfinished writer does).
+    pub fn abandon(self) {}
+}
+
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

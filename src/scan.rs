@@ -8,8 +8,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::claim::{Busy, Claim, ClaimTimes};
 use crate::feed::{self, Event, FeedOptions};
 use crate::labels::masked_argmax;
 use crate::manifest::ScanMode;
@@ -77,14 +78,27 @@ pub fn unit_error_path(run_dir: &Path, unit: &Unit) -> PathBuf {
     unit_dir(run_dir).join(format!("{}.error.txt", unit.name()))
 }
 
+/// A unit's claim: held by the worker scanning it.
+pub fn unit_claim_path(run_dir: &Path, unit: &Unit) -> PathBuf {
+    unit_dir(run_dir).join(format!("{}.claim", unit.name()))
+}
+
 /// Where a unit stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnitState {
     Done,
-    /// Not started, or started by a worker that is still running or was killed.
+    /// A worker holds its claim: `owner`, scanning for `elapsed`, last
+    /// heartbeat `heartbeat_age` ago.
+    Running {
+        owner: String,
+        elapsed: Option<Duration>,
+        heartbeat_age: Duration,
+    },
+    /// Not started, or its worker died (`stale_claim`: the dead worker's
+    /// claim, taken over by the next worker).
     Pending {
-        partial: bool,
+        stale_claim: Option<String>,
     },
     /// The last attempt stopped with this error.
     Failed {
@@ -96,18 +110,31 @@ pub fn unit_state(run_dir: &Path, unit: &Unit) -> UnitState {
     if unit_stats_path(run_dir, unit).is_file() {
         return UnitState::Done;
     }
+    let claim = crate::claim::read(&unit_claim_path(run_dir, unit)).ok();
+    if let Some(c) = &claim {
+        if c.live() {
+            return UnitState::Running {
+                owner: c.owner.clone(),
+                elapsed: c
+                    .started
+                    .and_then(|s| std::time::SystemTime::now().duration_since(s).ok()),
+                heartbeat_age: c.age,
+            };
+        }
+    }
     if let Ok(error) = std::fs::read_to_string(unit_error_path(run_dir, unit)) {
         return UnitState::Failed { error };
     }
-    let partial = crate::util::temp_sibling(&unit_records_path(run_dir, unit)).exists();
-    UnitState::Pending { partial }
+    UnitState::Pending {
+        stale_claim: claim.map(|c| c.owner),
+    }
 }
 
 /// Units that are not done yet.
 pub fn missing_units(plan: &Plan) -> Vec<&Unit> {
     plan.units
         .iter()
-        .filter(|u| unit_state(&plan.run_dir, u) != UnitState::Done)
+        .filter(|u| !unit_stats_path(&plan.run_dir, u).is_file())
         .collect()
 }
 
@@ -122,28 +149,126 @@ struct Pending {
     remaining: usize,
 }
 
-/// Run the given units of `plan` that are not done yet. A unit that fails
+/// How a worker runs its units.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Threads of the feed.
+    pub threads: usize,
+    pub claims: ClaimTimes,
+    /// Wait for units other workers hold until they finish (or die and are
+    /// taken over), as `build` must; a job-array worker moves on instead.
+    pub wait_for_others: bool,
+    /// Progress lines on stderr this often when it is not a terminal.
+    pub progress_every: Duration,
+}
+
+/// What a worker did with its units.
+#[derive(Debug, Default)]
+pub struct ScanSummary {
+    /// Each unit's stats and whether this worker scanned it now.
+    pub units: Vec<(ScanStats, bool)>,
+    /// Units left to the live workers holding them: name and holder.
+    pub busy: Vec<(String, Busy)>,
+}
+
+enum UnitOutcome {
+    Done(ScanStats, bool),
+    Busy(Busy),
+}
+
+/// Run the given units of `plan` that are not done yet, each under a claim
+/// so no other worker scans it at the same time. A unit that fails
 /// records its error and the others still run; the first error is returned
-/// at the end. Returns each unit's stats and whether it ran now.
+/// at the end.
 pub fn scan(
     plan: &Plan,
     rt: &Runtime,
     ids: &[usize],
-    threads: usize,
-) -> Result<Vec<(ScanStats, bool)>, ScanError> {
+    opts: &ScanOptions,
+) -> Result<ScanSummary, ScanError> {
     let units: Vec<&Unit> = ids.iter().filter_map(|&i| plan.units.get(i)).collect();
-    let mut all = Vec::new();
-    let mut todo = Vec::new();
+    // Models load once, when a unit that needs them is claimed.
+    let mut models: Vec<Option<Classifier>> = plan.models.iter().map(|_| None).collect();
+    let mut summary = ScanSummary::default();
+    let mut first_error = None;
+    let mut waiting: Vec<&Unit> = Vec::new();
     for unit in units {
-        let stats = unit_stats_path(&plan.run_dir, unit);
-        match crate::util::read_json::<ScanStats>(&stats) {
-            Ok(done) => all.push((done, false)),
-            Err(_) => todo.push(unit),
+        match run_unit(plan, rt, unit, &mut models, opts) {
+            Ok(UnitOutcome::Done(s, fresh)) => summary.units.push((s, fresh)),
+            Ok(UnitOutcome::Busy(b)) if opts.wait_for_others => {
+                eprintln!(
+                    "  {}: held by {} (heartbeat {:.0}s ago); waiting for it",
+                    unit.name(),
+                    b.owner,
+                    b.age.as_secs_f64()
+                );
+                waiting.push(unit)
+            }
+            Ok(UnitOutcome::Busy(b)) => {
+                eprintln!(
+                    "  {}: held by {} (heartbeat {:.0}s ago); left to it",
+                    unit.name(),
+                    b.owner,
+                    b.age.as_secs_f64()
+                );
+                summary.busy.push((unit.name(), b))
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    // Load each model once, only if a pending unit needs it.
-    let mut models: Vec<Option<Classifier>> = plan.models.iter().map(|_| None).collect();
-    for &mi in todo.iter().flat_map(|u| &u.models) {
+    // Units held by others: done when their stats appear; taken over (and
+    // scanned here) if their worker dies.
+    while !waiting.is_empty() {
+        std::thread::sleep(opts.claims.heartbeat.min(Duration::from_secs(1)));
+        let mut still = Vec::new();
+        for unit in waiting {
+            match run_unit(plan, rt, unit, &mut models, opts) {
+                Ok(UnitOutcome::Done(s, fresh)) => summary.units.push((s, fresh)),
+                Ok(UnitOutcome::Busy(_)) => still.push(unit),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        waiting = still;
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+/// One unit: done already, held by another worker, or claimed and scanned
+/// here (its records renamed into place, then its stats written: a unit
+/// with stats is done).
+fn run_unit(
+    plan: &Plan,
+    rt: &Runtime,
+    unit: &Unit,
+    models: &mut [Option<Classifier>],
+    opts: &ScanOptions,
+) -> Result<UnitOutcome, ScanError> {
+    let stats_path = unit_stats_path(&plan.run_dir, unit);
+    if let Ok(done) = crate::util::read_json::<ScanStats>(&stats_path) {
+        return Ok(UnitOutcome::Done(done, false));
+    }
+    let claim_path = unit_claim_path(&plan.run_dir, unit);
+    let io = |source| ScanError::Io {
+        path: claim_path.clone(),
+        source,
+    };
+    let claim = match crate::claim::acquire(&claim_path, opts.claims).map_err(io)? {
+        Ok(c) => c,
+        Err(busy) => return Ok(UnitOutcome::Busy(busy)),
+    };
+    // Finished by another worker between our look and our claim.
+    if let Ok(done) = crate::util::read_json::<ScanStats>(&stats_path) {
+        return Ok(UnitOutcome::Done(done, false));
+    }
+    remove_temporaries(&plan.run_dir, unit);
+    for &mi in &unit.models {
         if models[mi].is_none() {
             let m = &plan.models[mi];
             models[mi] = Some(Classifier::load(
@@ -154,47 +279,130 @@ pub fn scan(
             )?);
         }
     }
-    let mut first_error = None;
-    for unit in todo {
-        let error_file = unit_error_path(&plan.run_dir, unit);
-        let result = match plan.scan_mode {
-            ScanMode::Exhaustive => scan_unit(plan, unit, &models, threads),
-            ScanMode::FirstHit => scan_unit_first_hit(plan, unit, &models, threads),
-        };
-        match result {
-            Ok(s) => {
-                let stats = unit_stats_path(&plan.run_dir, unit);
-                crate::util::write_json(&stats, &s).map_err(|e| ScanError::Io {
-                    path: stats.clone(),
-                    source: e,
-                })?;
-                let _ = std::fs::remove_file(&error_file);
-                tracing::info!(
-                    "{} ({}, rows {}..{}): {} images scanned, {} skipped, {} forward passes in {:.1}s",
-                    unit.name(),
-                    s.origin,
-                    unit.first,
-                    unit.end,
-                    s.images_scanned,
-                    s.skips.len(),
-                    s.forward_passes,
-                    s.seconds
-                );
-                all.push((s, true));
-            }
-            Err(e) => {
-                tracing::error!("{} ({}) failed: {e}", unit.name(), unit.origin);
-                if let Some(dir) = error_file.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
+    let error_file = unit_error_path(&plan.run_dir, unit);
+    let run = UnitRun {
+        claim: &claim,
+        progress_every: opts.progress_every,
+    };
+    let result = match plan.scan_mode {
+        ScanMode::Exhaustive => scan_unit(plan, unit, models, opts.threads, &run),
+        ScanMode::FirstHit => scan_unit_first_hit(plan, unit, models, opts.threads, &run),
+    };
+    match result {
+        Ok(Some(s)) => {
+            crate::util::write_json(&stats_path, &s).map_err(|e| ScanError::Io {
+                path: stats_path.clone(),
+                source: e,
+            })?;
+            let _ = std::fs::remove_file(&error_file);
+            tracing::info!(
+                "{} ({}, rows {}..{}): {} images scanned, {} skipped, {} forward passes in {:.1}s",
+                unit.name(),
+                s.origin,
+                unit.first,
+                unit.end,
+                s.images_scanned,
+                s.skips.len(),
+                s.forward_passes,
+                s.seconds
+            );
+            Ok(UnitOutcome::Done(s, true))
+        }
+        // Our claim was taken over: the new owner finishes the unit.
+        Ok(None) => Ok(UnitOutcome::Busy(Busy {
+            owner: crate::claim::read(&claim_path)
+                .map(|c| c.owner)
+                .unwrap_or_default(),
+            age: Duration::ZERO,
+        })),
+        Err(e) => {
+            tracing::error!("{} ({}) failed: {e}", unit.name(), unit.origin);
+            if !claim.lost() {
                 let _ = crate::util::write_atomic(&error_file, format!("{e}\n").as_bytes());
-                first_error.get_or_insert(e);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Temporary files a killed worker left for this unit (we hold its claim,
+/// so no live writer owns them).
+fn remove_temporaries(run_dir: &Path, unit: &Unit) {
+    let prefix = format!(".{}.", unit.name());
+    if let Ok(entries) = std::fs::read_dir(unit_dir(run_dir)) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(all),
+}
+
+/// What a unit's scan needs beside the plan: its claim (checked before
+/// anything is committed) and how often to say how far it is.
+struct UnitRun<'a> {
+    claim: &'a Claim,
+    progress_every: Duration,
+}
+
+impl UnitRun<'_> {
+    /// Put the records in place unless the claim was lost meanwhile:
+    /// `Ok(false)` then, and nothing written.
+    fn commit(&self, writer: RecordWriter) -> Result<bool, ScanError> {
+        if self.claim.lost() {
+            writer.abandon();
+            return Ok(false);
+        }
+        writer.finish()?;
+        Ok(true)
+    }
+}
+
+/// Progress lines for logs (a scheduler's, a pipe): unit, images done of
+/// all, crops per second, time left; at most one per `every`. On a
+/// terminal the progress bar says it instead.
+struct Progress {
+    label: String,
+    total: u64,
+    every: Duration,
+    start: Instant,
+    last: Instant,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(label: String, total: u64, every: Duration) -> Progress {
+        use std::io::IsTerminal;
+        let now = Instant::now();
+        Progress {
+            label,
+            total,
+            every,
+            start: now,
+            last: now,
+            enabled: !std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, rows: u64, crops: u64) {
+        if !self.enabled || self.last.elapsed() < self.every {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let left = if rows > 0 {
+            crate::cost::duration(secs * (self.total.saturating_sub(rows)) as f64 / rows as f64)
+        } else {
+            "?".into()
+        };
+        eprintln!(
+            "  {}: {rows}/{} images, {:.0} crops/s, {} elapsed, about {left} left",
+            self.label,
+            self.total,
+            crops as f64 / secs,
+            crate::cost::duration(secs)
+        );
     }
 }
 
@@ -270,7 +478,8 @@ fn scan_unit(
     unit: &Unit,
     loaded: &[Option<Classifier>],
     threads: usize,
-) -> Result<ScanStats, ScanError> {
+    run: &UnitRun,
+) -> Result<Option<ScanStats>, ScanError> {
     let start = Instant::now();
     let source = &plan.sources[unit.source];
     let grid = &plan.grid;
@@ -284,6 +493,11 @@ fn scan_unit(
         .collect::<Result<Vec<_>, _>>()?;
     let mut writer = RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?;
     let bar = crate::util::progress(unit.images(), &format!("{} {}", unit.name(), source.origin));
+    let mut progress = Progress::new(
+        format!("{} {}", unit.name(), source.origin),
+        unit.images(),
+        run.progress_every,
+    );
     let crop = grid.crop_size as usize;
     let rows = source
         .reader()
@@ -336,9 +550,13 @@ fn scan_unit(
         Ok(())
     };
 
-    feed::run(rows, grid, plan.decode, opts, |events| {
+    let completed = feed::run(rows, grid, plan.decode, opts, |events| {
         let mut in_flight: Option<InFlight> = None;
         for event in events {
+            if run.claim.taken_over() {
+                return Ok(false);
+            }
+            progress.tick(stats.rows_read, stats.forward_passes);
             match event? {
                 Event::Skip(skip) => {
                     stats.rows_read += 1;
@@ -388,12 +606,25 @@ fn scan_unit(
             // Only a model-less unit leaves crops unscored; no model, no records.
             pending.clear();
         }
-        Ok::<(), ScanError>(())
-    })?;
-    writer.finish()?;
+        Ok::<bool, ScanError>(true)
+    });
     bar.finish_and_clear();
+    match completed {
+        Ok(true) => {}
+        Ok(false) => {
+            writer.abandon();
+            return Ok(None);
+        }
+        Err(e) => {
+            writer.abandon();
+            return Err(e);
+        }
+    }
+    if !run.commit(writer)? {
+        return Ok(None);
+    }
     stats.seconds = start.elapsed().as_secs_f64();
-    Ok(stats)
+    Ok(Some(stats))
 }
 
 /// In a first-hit scan, the prediction of a transform that was not tried.
@@ -429,7 +660,8 @@ fn scan_unit_first_hit(
     unit: &Unit,
     loaded: &[Option<Classifier>],
     threads: usize,
-) -> Result<ScanStats, ScanError> {
+    run: &UnitRun,
+) -> Result<Option<ScanStats>, ScanError> {
     let start = Instant::now();
     let source = &plan.sources[unit.source];
     let grid = &plan.grid;
@@ -457,7 +689,16 @@ fn scan_unit_first_hit(
         .rows_in(source.unit_rows(unit.first, unit.end));
     let mut live: VecDeque<Hunt> = VecDeque::new();
     let mut exhausted = false;
+    let mut progress = Progress::new(
+        format!("{} {}", unit.name(), source.origin),
+        unit.images(),
+        run.progress_every,
+    );
     loop {
+        if run.claim.taken_over() {
+            return Ok(None);
+        }
+        progress.tick(stats.rows_read, stats.forward_passes);
         // Keep `batch` unfinished images in flight.
         while !exhausted && live.iter().filter(|h| !h.finished()).count() < batch {
             let Some(outcome) = rows.next() else {
@@ -560,10 +801,12 @@ fn scan_unit_first_hit(
             }
         }
     }
-    writer.finish()?;
     bar.finish_and_clear();
+    if !run.commit(writer)? {
+        return Ok(None);
+    }
     stats.seconds = start.elapsed().as_secs_f64();
-    Ok(stats)
+    Ok(Some(stats))
 }
 
 fn record_skip(stats: &mut ScanStats, skip: Skip) {

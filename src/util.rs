@@ -3,17 +3,38 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Write `bytes` to `path` through a temporary sibling and a rename, so a
-/// reader (or a rerun after a kill) never sees a half-written file.
+/// Write `bytes` to `path` through a temporary sibling of its own and a
+/// rename, so a reader (or a rerun after a kill) never sees a half-written
+/// file, and two writers never write into each other's file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = temp_sibling(path);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let tmp = unique_temp(path);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// `dir/.name.<worker>.<n>.tmp` beside `path`: a temporary name no other
+/// writer (thread, process or host) uses.
+pub fn unique_temp(path: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let worker = crate::claim::worker_token().replace(':', "-");
+    path.with_file_name(format!(".{name}.{worker}.{n}.tmp"))
 }
 
 /// `dir/.name.tmp` beside `path`.

@@ -109,7 +109,7 @@ fn units_fan_out_over_workers_and_merge_to_the_same_bytes() {
     assert!(
         status.contains("u00000\ttiny-source\t0..1\talways-3\tfailed: ")
             && status.contains("not a readable Parquet file")
-            && status.contains("16 units: 0 done, 15 pending, 1 failed"),
+            && status.contains("16 units: 0 done, 0 running, 15 pending, 1 failed"),
         "{status}"
     );
     std::fs::write(&blob, good).unwrap();
@@ -130,7 +130,7 @@ fn units_fan_out_over_workers_and_merge_to_the_same_bytes() {
     let text = stdout(&status);
     // Done: 0, then 1 5 9 13 (shard 1), then 2 6 10 14 (shard 2).
     assert!(
-        text.contains("16 units: 9 done, 7 pending, 0 failed"),
+        text.contains("16 units: 9 done, 0 running, 7 pending, 0 failed"),
         "{text}"
     );
     assert!(
