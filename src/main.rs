@@ -9,6 +9,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     imagenet_hard::util::keep_freed_memory();
+    // A write past the file-size limit (`ulimit -f`, a quota emulated by
+    // it) then fails with EFBIG, which fails the unit with its file named,
+    // instead of SIGXFSZ killing the worker.
+    // SAFETY: sets the disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -240,3 +240,40 @@ fn an_image_over_the_zoom_budget_is_a_counted_skip() {
         .to_string();
     assert!(detail.contains("decode.max_zoom_bytes"), "{detail}");
 }
+
+/// Under a scheduler stderr is no terminal: a unit says how far it is in
+/// plain lines (here at every step), and `status` gives each done unit's
+/// time and rate.
+#[test]
+fn a_unit_reports_progress_in_plain_lines() {
+    let fx = Fixture::new();
+    let m = manifest(&fx, "exhaustive");
+    let m = m.to_str().unwrap();
+    let out = fx.run(
+        &["scan", m, "--device", "cpu", "--progress-every", "0"],
+        &[],
+    );
+    ok(&out);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("u00000 tiny-source: ") && l.contains(" images, "))
+        .collect();
+    assert!(lines.len() >= 3, "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/8 images, ") && l.contains(" crops/s, ") && l.contains(" left")),
+        "{err}"
+    );
+    let quiet = fx.run(&["scan", m, "--device", "cpu"], &[]);
+    assert!(
+        !stderr(&quiet).contains(" images, "),
+        "done units print no progress"
+    );
+    let status = crate::fixture::stdout(&fx.run(&["status", m], &[]));
+    assert!(
+        status.contains("\tdone in ") && status.contains(" crops/s)"),
+        "{status}"
+    );
+}

@@ -452,3 +452,166 @@ fn an_array_task_runs_one_worker_per_gpu() {
     ok(&fx.run(&["merge", m], &[]));
     assert_eq!(dataset_files(&fx.path().join("run")), reference);
 }
+
+/// Several workers race over the same units, round after round, with
+/// SIGKILL mixed in: no worker exits with an error, no unit is scanned by
+/// two workers at once, and the merged shards are the single process's.
+#[test]
+fn racing_workers_never_corrupt_or_double_a_unit() {
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    let manifest = unit_manifest(&fx);
+    let m = manifest.to_str().unwrap();
+    ok(&fx.run(&["plan", m], &[]));
+    let units_dir = fx.path().join("run/scan/units");
+    let (rounds, workers) = (6, 4);
+    let (mut scans, mut doubled, mut kills, mut errors) = (0, 0, 0, 0);
+    for round in 0..rounds {
+        let _ = std::fs::remove_dir_all(&units_dir);
+        let mut children: Vec<_> = (0..workers)
+            .map(|_| {
+                fx.command(
+                    &[
+                        "scan",
+                        m,
+                        "--device",
+                        "cpu",
+                        "--shard-index",
+                        "0",
+                        "--num-shards",
+                        "1",
+                        "--threads",
+                        "1",
+                    ],
+                    &[],
+                )
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        // Every other round, one worker is killed part-way.
+        let killed = (round % 2 == 1).then(|| {
+            std::thread::sleep(Duration::from_millis(300 + 200 * round as u64));
+            let _ = children[0].kill();
+            kills += 1;
+            0
+        });
+        let mut scanned_now: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            if Some(i) == killed {
+                use std::os::unix::process::ExitStatusExt;
+                // The kill landed while the worker was still running.
+                assert_eq!(
+                    out.status.signal(),
+                    Some(9),
+                    "round {round}: {}",
+                    stderr(&out)
+                );
+                continue;
+            }
+            if !out.status.success() {
+                errors += 1;
+                eprintln!("{}", stderr(&out));
+            }
+            for line in stderr(&out).lines() {
+                // "  u00003 tiny-source: 1 images scanned, ..."
+                if let Some(rest) = line.trim_start().strip_prefix('u') {
+                    if line.contains("images scanned") {
+                        *scanned_now.entry(format!("u{}", &rest[..5])).or_default() += 1;
+                    }
+                }
+            }
+        }
+        scans += scanned_now.values().sum::<usize>();
+        doubled += scanned_now.values().filter(|&&n| n > 1).count();
+        // Whatever a killed worker left, one more worker completes the run.
+        let out = fx.run(
+            &[
+                "scan",
+                m,
+                "--device",
+                "cpu",
+                "--shard-index",
+                "0",
+                "--num-shards",
+                "1",
+            ],
+            &[],
+        );
+        ok(&out);
+        let status = stdout(&fx.run(&["status", m], &[]));
+        assert!(
+            status.contains("16 units: 16 done"),
+            "round {round}: {status}"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&units_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") || n.ends_with(".claim") || n.contains("stale"))
+            .collect();
+        assert!(leftovers.is_empty(), "round {round}: {leftovers:?}");
+        ok(&fx.run(&["merge", m], &[]));
+        assert_eq!(
+            dataset_files(&fx.path().join("run")),
+            reference,
+            "round {round}"
+        );
+    }
+    eprintln!(
+        "race: {rounds} rounds x {workers} workers, {kills} killed, {scans} unit scans by surviving workers, {doubled} units scanned twice in a round, {errors} error exits"
+    );
+    assert_eq!((doubled, errors), (0, 0));
+    assert!(scans >= 16 * (rounds - kills), "{scans} scans");
+}
+
+/// A disk that fills up (a 2 KB file-size limit stands in for it) fails
+/// the unit cleanly: an error naming the file, no unit marked done, no
+/// partial records; with room again the rerun gives the reference bytes.
+#[test]
+fn a_full_disk_fails_the_unit_and_marks_nothing_done() {
+    let reference = reference_dataset();
+    let fx = Fixture::new();
+    fx.fill_cache();
+    let m = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
+    let m = m.to_str().unwrap();
+    ok(&fx.run(&["plan", m], &[]));
+    let bin = env!("CARGO_BIN_EXE_imagenet-hard");
+    let cmd = fx.command(&[], &[]);
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 2; exec '{bin}' scan '{m}' --device cpu --shard-index 0 --num-shards 1"
+        ))
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .current_dir(fx.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("u00000.parquet") && stderr(&out).contains("too large"),
+        "{}",
+        stderr(&out)
+    );
+    let units = fx.path().join("run/scan/units");
+    let names: Vec<String> = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".stats.json") || n.ends_with(".parquet") || n.ends_with(".tmp")),
+        "nothing done, nothing partial: {names:?}"
+    );
+    let status = stdout(&fx.run(&["status", m], &[]));
+    assert!(
+        status.contains("failed: scan records") && status.contains("0 done"),
+        "{status}"
+    );
+    ok(&fx.run(&["build", m, "--device", "cpu"], &[]));
+    assert_eq!(dataset_files(&fx.path().join("run")), reference);
+}
