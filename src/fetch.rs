@@ -174,7 +174,10 @@ pub fn fetch_url(
     existing: Option<&Lock>,
     lock_file: &Path,
 ) -> Result<(PathBuf, LockedUrl), FetchError> {
-    let path = hub.url_file(&u.url, u.file_name())?;
+    let locked = existing.and_then(|l| l.urls.iter().find(|l| l.url == u.url));
+    // A download is checked against the lock's full hash, else the pin.
+    let pin = locked.map_or(u.sha256.as_str(), |l| l.sha256.as_str());
+    let path = hub.url_file(&u.url, u.file_name(), Some(pin))?;
     let (sha256, size) = sha256_file(&path).map_err(|source| FetchError::Io {
         path: path.clone(),
         source,
@@ -187,7 +190,7 @@ pub fn fetch_url(
             found: sha256,
         });
     }
-    if let Some(locked) = existing.and_then(|l| l.urls.iter().find(|l| l.url == u.url)) {
+    if let Some(locked) = locked {
         if locked.sha256 != sha256 || locked.size != size {
             return Err(FetchError::Mismatch {
                 what: format!("{} ({})", u.url, path.display()),
@@ -285,7 +288,11 @@ pub fn fetch_hub(
     let mut files = Vec::new();
     let mut paths = Vec::new();
     for f in &names {
-        let path = hub.file(kind, &h.repo, &commit, f)?;
+        let locked_file = locked.and_then(|r| r.files.iter().find(|lf| &lf.path == f));
+        let pin = locked_file
+            .map(|lf| lf.sha256.as_str())
+            .or(h.sha256.get(f).map(String::as_str));
+        let path = hub.file_pinned(kind, &h.repo, &commit, f, pin)?;
         let (sha256, size) = sha256_file(&path).map_err(|source| FetchError::Io {
             path: path.clone(),
             source,
@@ -300,7 +307,7 @@ pub fn fetch_hub(
                 });
             }
         }
-        if let Some(lf) = locked.and_then(|r| r.files.iter().find(|lf| &lf.path == f)) {
+        if let Some(lf) = locked_file {
             if lf.sha256 != sha256 || lf.size != size {
                 return Err(FetchError::Mismatch {
                     what: format!("{} `{}` ({})", h.repo, f, path.display()),

@@ -1,8 +1,10 @@
 //! Hugging Face Hub access through `hf-hub`, in the cache layout shared with
 //! Python's `huggingface_hub` (`<cache>/{models,datasets}--org--name/
 //! {refs,blobs,snapshots}`). Adds what the crate leaves out: `HF_HUB_CACHE`,
-//! `HF_TOKEN`, `HF_HUB_OFFLINE`, lookup by commit sha, gated-repo messages.
+//! `HF_TOKEN`, `HF_HUB_OFFLINE`, lookup by commit sha, gated-repo messages,
+//! and downloads that retry, resume and verify ([`crate::download`]).
 
+use crate::download;
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
 use sha2::{Digest, Sha256};
@@ -182,8 +184,14 @@ impl Hub {
     }
 
     /// A file at a plain URL, kept in `<tool cache>/urls/<file_name>`;
-    /// downloaded (resuming a `.part` file) unless already there or offline.
-    pub fn url_file(&self, url: &str, file_name: &str) -> Result<PathBuf, HubError> {
+    /// downloaded (resuming a `.part` file, retried, checked against `pin`,
+    /// a sha256 or its 8+ hex prefix) unless already there or offline.
+    pub fn url_file(
+        &self,
+        url: &str,
+        file_name: &str,
+        pin: Option<&str>,
+    ) -> Result<PathBuf, HubError> {
         let dir = self.tool_cache_dir().join("urls");
         let path = dir.join(file_name);
         if path.is_file() {
@@ -195,37 +203,24 @@ impl Hub {
                 path,
             });
         }
-        let io = |path: &Path, source: std::io::Error| HubError::Io {
-            path: path.into(),
-            source,
+        let expect = download::Expect {
+            pinned_sha256: pin,
+            ..Default::default()
         };
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let part = dir.join(format!("{file_name}.part"));
-        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        let request = ureq::get(url);
-        let request = if have > 0 {
-            request.header("Range", &format!("bytes={have}-"))
-        } else {
-            request
-        };
-        let failed = |message: String| HubError::Request {
+        download::download(
+            &download::agent(),
+            url,
+            &[("User-Agent", user_agent())],
+            &path,
+            &expect,
+            &download::Retry::from_env(),
+            url,
+        )
+        .map_err(|(failure, attempts)| HubError::Request {
             repo: url.into(),
             file: file_name.into(),
-            message,
-        };
-        let response = request.call().map_err(|e| failed(e.to_string()))?;
-        // A server that ignores the range sends the whole file again.
-        let append = have > 0 && response.status().as_u16() == 206;
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(append)
-            .write(true)
-            .truncate(!append)
-            .open(&part)
-            .map_err(|e| io(&part, e))?;
-        let mut body = response.into_body().into_reader();
-        std::io::copy(&mut body, &mut out).map_err(|e| failed(e.to_string()))?;
-        std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
+            message: format!("{failure} (after {attempts} attempt(s))"),
+        })?;
         Ok(path)
     }
 
@@ -246,7 +241,6 @@ impl Hub {
             .with_endpoint(self.cfg.endpoint.clone())
             .with_token(self.cfg.token.clone())
             .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_retries(3)
             .build()
             .map_err(|e| HubError::Request {
                 repo: String::new(),
@@ -311,9 +305,12 @@ impl Hub {
             kind.repo_type(),
             revision.into(),
         ));
-        let info = api_repo
-            .info()
-            .map_err(|e| self.map_error(e, kind, repo, revision, "(repository info)"))?;
+        let info = download::retrying(
+            &format!("{repo}@{revision} (repository info)"),
+            &download::Retry::from_env(),
+            || api_repo.info().map_err(api_failure),
+        )
+        .map_err(|(f, n)| self.failure(f, n, kind, repo, revision, "(repository info)"))?;
         // Record the named ref as Python does, so offline runs resolve it.
         let refs = self.repo_dir(kind, repo).join("refs").join(revision);
         if let Some(parent) = refs.parent() {
@@ -359,20 +356,39 @@ impl Hub {
             kind.repo_type(),
             commit.into(),
         ));
-        let info = api_repo
-            .info()
-            .map_err(|e| self.map_error(e, kind, repo, commit, "(file list)"))?;
+        let info = download::retrying(
+            &format!("{repo}@{commit} (file list)"),
+            &download::Retry::from_env(),
+            || api_repo.info().map_err(api_failure),
+        )
+        .map_err(|(f, n)| self.failure(f, n, kind, repo, commit, "(file list)"))?;
         Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
     }
 
     /// Path of `file` in the cache, downloading it first unless offline.
-    /// Partial downloads (`*.part` blobs) resume where they stopped.
     pub fn file(
         &self,
         kind: RepoKind,
         repo: &str,
         revision: &str,
         file: &str,
+    ) -> Result<PathBuf, HubError> {
+        self.file_pinned(kind, repo, revision, file, None)
+    }
+
+    /// [`Hub::file`], a download also checked against `pin` (a sha256 or
+    /// its 8+ hex prefix) before it enters the cache. Downloads go to
+    /// `blobs/<etag>.part` (resumed where an earlier attempt or run
+    /// stopped), are retried on network faults, and are checked against
+    /// the size and hash the Hub announced; the snapshot then links to the
+    /// blob, as Python's `huggingface_hub` lays it out.
+    pub fn file_pinned(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: &str,
+        file: &str,
+        pin: Option<&str>,
     ) -> Result<PathBuf, HubError> {
         if let Some(path) = self.cached_file(kind, repo, revision, file) {
             return Ok(path);
@@ -388,33 +404,67 @@ impl Hub {
             });
         }
         let commit = self.resolve_commit(kind, repo, revision)?;
-        let api_repo = self.api()?.repo(Repo::with_revision(
-            repo.into(),
-            kind.repo_type(),
-            commit.clone(),
-        ));
-        api_repo
-            .download(file)
-            .map_err(|e| self.map_error(e, kind, repo, &commit, file))
+        let api = self.api()?;
+        let hf_repo = Repo::with_revision(repo.into(), kind.repo_type(), commit.clone());
+        let url = api.repo(hf_repo.clone()).url(file);
+        let retry = download::Retry::from_env();
+        let what = format!("{repo} `{file}`");
+        let fail = |(f, n): (download::Failure, u32)| self.failure(f, n, kind, repo, &commit, file);
+        let meta = download::retrying(&format!("{what} (metadata)"), &retry, || {
+            api.metadata(&url).map_err(api_failure)
+        })
+        .map_err(fail)?;
+        let cache = hf_hub::Cache::new(self.cfg.cache_dir.clone()).repo(hf_repo);
+        let blob = cache.blob_path(meta.etag());
+        let mut headers = vec![("User-Agent", user_agent())];
+        if let Some(token) = &self.cfg.token {
+            headers.push(("Authorization", format!("Bearer {token}")));
+        }
+        let expect = download::Expect {
+            size: Some(meta.size() as u64),
+            server_hash: Some(meta.etag()),
+            pinned_sha256: pin,
+        };
+        download::download(
+            &download::agent(),
+            &url,
+            &headers,
+            &blob,
+            &expect,
+            &retry,
+            &what,
+        )
+        .map_err(fail)?;
+        let pointer = cache.pointer_path(meta.commit_hash()).join(file);
+        let io = |path: &Path, source| HubError::Io {
+            path: path.into(),
+            source,
+        };
+        if let Some(dir) = pointer.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        }
+        if !pointer.is_file() {
+            let _ = std::fs::remove_file(&pointer);
+            link_relative(&blob, &pointer).map_err(|e| io(&pointer, e))?;
+        }
+        cache
+            .create_ref(meta.commit_hash())
+            .map_err(|e| io(&self.repo_dir(kind, repo), e))?;
+        Ok(pointer)
     }
 
-    fn map_error(
+    /// The error for a download that failed for good.
+    fn failure(
         &self,
-        e: ApiError,
+        failure: download::Failure,
+        attempts: u32,
         kind: RepoKind,
         repo: &str,
         revision: &str,
         file: &str,
     ) -> HubError {
-        let status = match &e {
-            ApiError::RequestError(inner) => match inner.as_ref() {
-                ureq::Error::StatusCode(code) => Some(*code),
-                _ => None,
-            },
-            _ => None,
-        };
-        match status {
-            Some(status @ (401 | 403)) => HubError::Gated {
+        match failure {
+            download::Failure::Status(status @ (401 | 403), _) => HubError::Gated {
                 repo: repo.into(),
                 status,
                 endpoint: self.cfg.endpoint.clone(),
@@ -424,18 +474,53 @@ impl Hub {
                     ""
                 },
             },
-            Some(404) => HubError::NotFound {
+            download::Failure::Status(404, _) => HubError::NotFound {
                 repo: repo.into(),
                 revision: revision.into(),
                 file: file.into(),
             },
-            _ => HubError::Request {
+            download::Failure::Io(path, source) => HubError::Io { path, source },
+            other => HubError::Request {
                 repo: repo.into(),
                 file: file.into(),
-                message: e.to_string(),
+                message: format!("{other} (after {attempts} attempt(s); nothing was cached)"),
             },
         }
     }
+}
+
+/// An hf-hub error as a download attempt's failure.
+fn api_failure(e: ApiError) -> download::Failure {
+    match e {
+        ApiError::RequestError(inner) => match *inner {
+            ureq::Error::StatusCode(status) => download::Failure::Status(status, None),
+            other => download::Failure::Transport(other.to_string()),
+        },
+        other => download::Failure::Transport(other.to_string()),
+    }
+}
+
+fn user_agent() -> String {
+    format!("imagenet-hard/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `link` made a symbolic link to `target` by a relative path (as
+/// `huggingface_hub` links snapshots to blobs), so the cache can move.
+fn link_relative(target: &Path, link: &Path) -> std::io::Result<()> {
+    let from = link.parent().unwrap_or(Path::new("."));
+    let common = from
+        .components()
+        .zip(target.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut rel = PathBuf::new();
+    for _ in from.components().skip(common) {
+        rel.push("..");
+    }
+    for c in target.components().skip(common) {
+        rel.push(c);
+    }
+    std::os::unix::fs::symlink(rel, link)
 }
 
 /// Hex sha256 and byte size of a file, streamed.

@@ -11,6 +11,7 @@ pub mod claim;
 pub mod cli;
 pub mod cost;
 pub mod demo;
+pub mod download;
 pub mod eval;
 pub mod export;
 pub mod feed;

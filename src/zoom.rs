@@ -408,7 +408,7 @@ struct Runs(Vec<std::ops::Range<usize>>);
 
 impl Runs {
     fn all(n: usize) -> Runs {
-        Runs(if n > 0 { vec![0..n] } else { Vec::new() })
+        Runs(std::iter::once(0..n).filter(|r| !r.is_empty()).collect())
     }
 
     /// The union of the windows `[start, start + len)`, clipped to `[0, size)`.

@@ -20,6 +20,45 @@ struct State {
     gated: Vec<String>,
     /// (method, path, range, authorization) of every request.
     log: Vec<(String, String, Option<String>, Option<String>)>,
+    /// Faults served, in order, to the next file-body requests.
+    faults: std::collections::VecDeque<Fault>,
+    /// Statuses served, in order, to the next metadata and info requests.
+    meta_faults: std::collections::VecDeque<u16>,
+}
+
+/// A way a download can go wrong.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Send the headers and this many bytes of the body, then reset the connection.
+    Reset(usize),
+    /// Announce and send only this many bytes: a body that ends early but cleanly.
+    Truncate(usize),
+    /// The whole body with one byte changed.
+    Corrupt,
+    /// The body in 1 KiB pieces, this many milliseconds apart.
+    Slow(u64),
+}
+
+/// Close with an RST instead of a FIN, as a dropped connection does.
+fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: sets SO_LINGER on a socket we own, then drops it.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
 }
 
 struct HubStandIn {
@@ -94,6 +133,17 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
             b"{\"error\":\"gated\"}",
         );
     }
+    let body_request = path.contains("/resolve/") && range.as_deref() != Some("bytes=0-0");
+    if !body_request {
+        if let Some(status) = st.meta_faults.pop_front() {
+            return respond(&mut stream, &format!("{status} Fault"), &[], b"");
+        }
+    }
+    let fault = if body_request {
+        st.faults.pop_front()
+    } else {
+        None
+    };
     // /api/{models|datasets}/<org>/<name>/revision/<rev>
     if let Some(rest) = path.strip_prefix("/api/") {
         let (kind, rest) = rest.split_once('/').unwrap_or(("", ""));
@@ -177,12 +227,55 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
         ),
         ("Accept-Ranges".to_string(), "bytes".to_string()),
     ];
-    respond(
-        &mut stream,
-        "206 Partial Content",
-        &headers,
-        &bytes[start..=end],
-    );
+    let body = &bytes[start..=end];
+    match fault {
+        None => respond(&mut stream, "206 Partial Content", &headers, body),
+        Some(Fault::Status(status)) => respond(&mut stream, &format!("{status} Fault"), &[], b""),
+        Some(Fault::Reset(n)) => {
+            let mut head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in &headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body[..n.min(body.len())]);
+            let _ = stream.flush();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            reset(stream);
+        }
+        Some(Fault::Truncate(n)) => respond(
+            &mut stream,
+            "206 Partial Content",
+            &headers,
+            &body[..n.min(body.len())],
+        ),
+        Some(Fault::Corrupt) => {
+            let mut bad = body.to_vec();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x55;
+            respond(&mut stream, "206 Partial Content", &headers, &bad)
+        }
+        Some(Fault::Slow(ms)) => {
+            let mut head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in &headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            for piece in body.chunks(1024) {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                if stream.write_all(piece).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn fixture_hub(fx: &Fixture) -> State {
@@ -463,4 +556,108 @@ fn the_token_never_appears_in_logs_errors_or_outputs() {
         }
     }
     assert!(files > 10, "checked {files} files");
+}
+
+/// The stand-in misbehaves as networks do: 503 and 429 on the metadata,
+/// then a 500, a connection reset mid-body, a body that ends early, a
+/// corrupted body and a slow one on the data. `fetch` retries with backoff,
+/// logs each attempt, resumes the reset and short bodies where they
+/// stopped, throws the corrupt bytes away, and ends with the right file.
+#[test]
+fn fetch_rides_out_resets_truncation_throttling_and_a_slow_server() {
+    let fx = Fixture::new();
+    let data = fx.dataset_bytes();
+    let mut state = fixture_hub(&fx);
+    state.meta_faults.extend([503, 429]);
+    state.faults.extend([
+        Fault::Status(500),
+        Fault::Reset(data.len() / 3),
+        Fault::Truncate(data.len() / 4),
+        Fault::Corrupt,
+        Fault::Slow(2),
+    ]);
+    let hub = HubStandIn::start(state);
+    let manifest = fx.write_manifest("main");
+    let out = fx.run(
+        &["fetch", manifest.to_str().unwrap()],
+        &[
+            ("HF_ENDPOINT", &hub.endpoint()),
+            ("IMAGENET_HARD_FETCH_BACKOFF_MS", "10"),
+        ],
+    );
+    ok(&out);
+    let err = stderr(&out);
+    for needle in [
+        "attempt 1 of 8 failed (HTTP 503)",
+        "attempt 2 of 8 failed (HTTP 429)",
+        "failed (HTTP 500)",
+        "failed (the body ended after",
+        "the server's is",
+    ] {
+        assert!(err.contains(needle), "no `{needle}` in:\n{err}");
+    }
+    let fetched = std::fs::read(
+        fx.cache()
+            .join("datasets--test-org--tiny-source/snapshots")
+            .join(COMMIT)
+            .join(PARQUET),
+    )
+    .unwrap();
+    assert_eq!(fetched, data);
+    // After the reset and the short body, the next requests resumed.
+    let log = hub.state.lock().unwrap().log.clone();
+    let resumed: Vec<&String> = log
+        .iter()
+        .filter(|(_, p, _, _)| p.contains("tiny-source/resolve/"))
+        .filter_map(|(_, _, r, _)| r.as_ref())
+        .filter(|r| r.as_str() != "bytes=0-0" && r.as_str() != "bytes=0-")
+        .collect();
+    assert!(resumed.len() >= 2, "{log:?}");
+    let blobs = fx.cache().join("datasets--test-org--tiny-source/blobs");
+    let parts: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "{parts:?}");
+}
+
+/// A file that keeps arriving wrong is given up after the attempts run out
+/// with an error that says so, and nothing is cached; once the network
+/// behaves, the same command succeeds.
+#[test]
+fn a_download_that_keeps_failing_caches_nothing() {
+    let fx = Fixture::new();
+    let mut state = fixture_hub(&fx);
+    state.faults.extend(std::iter::repeat_n(Fault::Corrupt, 3));
+    let hub = HubStandIn::start(state);
+    let manifest = fx.write_manifest("main");
+    let env = [
+        ("HF_ENDPOINT", hub.endpoint()),
+        ("IMAGENET_HARD_FETCH_BACKOFF_MS", "10".into()),
+        ("IMAGENET_HARD_FETCH_ATTEMPTS", "3".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = fx.run(&["fetch", manifest.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(PARQUET) && err.contains("after 3 attempt(s); nothing was cached"),
+        "{err}"
+    );
+    let repo = fx.cache().join("datasets--test-org--tiny-source");
+    let cached: Vec<_> = walkdir::WalkDir::new(&repo)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e.path_is_symlink()
+                || (e.file_type().is_file()
+                    && e.path().to_string_lossy().contains("blobs/")
+                    && !e.file_name().to_string_lossy().ends_with(".lock"))
+        })
+        .map(|e| e.path().display().to_string())
+        .collect();
+    assert!(cached.is_empty(), "{cached:?}");
+    assert!(!fx.path().join("fixture.lock").exists());
+    ok(&fx.run(&["fetch", manifest.to_str().unwrap()], &env));
 }
