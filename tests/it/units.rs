@@ -465,7 +465,7 @@ fn racing_workers_never_corrupt_or_double_a_unit() {
     ok(&fx.run(&["plan", m], &[]));
     let units_dir = fx.path().join("run/scan/units");
     let (rounds, workers) = (6, 4);
-    let (mut scans, mut doubled, mut kills, mut errors) = (0, 0, 0, 0);
+    let (mut scans, mut doubled, mut kills, mut errors, mut left) = (0, 0, 0, 0, 0);
     for round in 0..rounds {
         let _ = std::fs::remove_dir_all(&units_dir);
         let mut children: Vec<_> = (0..workers)
@@ -514,6 +514,7 @@ fn racing_workers_never_corrupt_or_double_a_unit() {
                 errors += 1;
                 eprintln!("{}", stderr(&out));
             }
+            left += stderr(&out).matches("; left to it").count();
             for line in stderr(&out).lines() {
                 // "  u00003 tiny-source: 1 images scanned, ..."
                 if let Some(rest) = line.trim_start().strip_prefix('u') {
@@ -559,9 +560,10 @@ fn racing_workers_never_corrupt_or_double_a_unit() {
         );
     }
     eprintln!(
-        "race: {rounds} rounds x {workers} workers, {kills} killed, {scans} unit scans by surviving workers, {doubled} units scanned twice in a round, {errors} error exits"
+        "race: {rounds} rounds x {workers} workers, {kills} killed, {scans} unit scans by surviving workers, {left} units left to a live claim's holder, {doubled} units scanned twice in a round, {errors} error exits"
     );
     assert_eq!((doubled, errors), (0, 0));
+    assert!(left > 0, "workers met each other's claims");
     assert!(scans >= 16 * (rounds - kills), "{scans} scans");
 }
 
