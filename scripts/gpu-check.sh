@@ -2,7 +2,11 @@
 # The GPU check, run on a machine with an NVIDIA GPU and the driver (no Rust
 # needed): the binary built here with `--features cuda` is carried along.
 #
-#   scripts/gpu-check.sh [BINARY]        (default .gpu/imagenet-hard)
+#   scripts/gpu-check.sh [BINARY]        (default .gpu/imagenet-hard, or .gpu/imagenet-hard.gz)
+#
+# The stripped CUDA binary is about 78 MB, over a device call's 64 MiB: carry
+# it gzipped (`strip` then `gzip -9`: about 21 MB); a BINARY ending in .gz is
+# unpacked here first.
 #
 # 1. the binary finds the GPU and its libraries;
 # 2. the demo build runs on the CPU and on the GPU; their scan records must
@@ -19,7 +23,12 @@
 # Logs, JSON and summary.txt land in $OUT (or ./gpu-check-out). The check
 # fails on a correctness miss; speed is reported, not judged.
 set -euo pipefail
-BIN=$(realpath "${1:-.gpu/imagenet-hard}")
+BIN=${1:-.gpu/imagenet-hard}
+[ -e "$BIN" ] || BIN=$BIN.gz
+if [[ "$BIN" == *.gz ]]; then
+  gunzip -c "$BIN" > /tmp/imagenet-hard && chmod +x /tmp/imagenet-hard && BIN=/tmp/imagenet-hard
+fi
+BIN=$(realpath "$BIN")
 REPO=$PWD
 OUT=${OUT:-$PWD/gpu-check-out}; mkdir -p "$OUT"
 SP=$(python3 -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
