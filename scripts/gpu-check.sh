@@ -70,6 +70,14 @@ for dev in cpu cuda; do
   "$BIN" eval --compare "$OUT/eval-none-$dev.json" "$OUT/eval-memo-augmix-$dev.json" "$OUT/eval-memo-zoom-$dev.json" \
     > "$OUT/memo-$dev.md"
 done
+# Optional (PROFILE=1, a minute or two more): where one bf16 ResNet-50 batch
+# spends its GPU time, kernel by kernel (ncu, clocks left alone).
+if [[ "${PROFILE:-0}" == 1 ]] && command -v ncu > /dev/null; then
+  ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+    "$BIN" bench "$REPO/tests/golden/zoom/inputs" --model synthetic --arch resnet50 --device cuda --dtype bf16 \
+    --batch-size "${BATCH:-128}" --batches 1 --rounds 1 --measure model > "$OUT/profile-resnet50.txt" 2>&1 \
+    || echo "ncu failed: see profile-resnet50.txt"
+fi
 # 5. Speed beside PyTorch, every study model (its JSON under $OUT/bench/).
 cd "$REPO"
 python3 scripts/gpu_bench.py --bin "$BIN" --batch "${BATCH:-128}" --models "${MODELS:-all}" --out "$OUT/bench" \
