@@ -294,8 +294,8 @@ fn check(part: &Path, expect: &Expect) -> Result<(), Failure> {
         sha256.update(&buf[..n]);
         sha1.update(&buf[..n]);
     }
-    let sha256 = crate::hub::hex(&sha256.finalize());
-    let git = crate::hub::hex(&sha1.finalize());
+    let sha256 = crate::util::hex(&sha256.finalize());
+    let git = crate::util::hex(&sha1.finalize());
     if let Some(h) = expect.server_hash.map(str::to_ascii_lowercase) {
         let (found, kind) = match h.len() {
             64 => (&sha256, "sha256"),

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::hub::HubFiles;
 use crate::hub::{sha256_file, Hub, HubError, RepoKind};
-use crate::manifest::{HubFiles, Manifest};
+use crate::manifest::Manifest;
 
 /// The lock file: what `fetch` resolved, checked by every later run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -170,7 +171,7 @@ pub fn matching<'a, S: AsRef<str>>(pattern: &glob::Pattern, paths: &'a [S]) -> V
 /// Download (or find) a URL file, check it against its pin and the lock.
 pub fn fetch_url(
     hub: &Hub,
-    u: &crate::manifest::UrlFile,
+    u: &crate::hub::UrlFile,
     existing: Option<&Lock>,
     lock_file: &Path,
 ) -> Result<(PathBuf, LockedUrl), FetchError> {
@@ -226,7 +227,7 @@ impl Lock {
     pub fn hash(&self) -> String {
         use sha2::Digest;
         let text = toml::to_string(self).unwrap_or_default();
-        crate::hub::hex(&sha2::Sha256::digest(text.as_bytes()))
+        crate::util::hex(&sha2::Sha256::digest(text.as_bytes()))
     }
 
     fn find(&self, kind: RepoKind, id: &str, revision: &str) -> Option<&LockedRepo> {
@@ -590,4 +591,65 @@ fn eval_from_timm_config(cfg: &serde_json::Value) -> crate::models::EvalPreproce
         pre.std = s;
     }
     pre
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bench --model synthetic --arch clip_vit_large_patch14`'s path with a
+    /// small image tower: the files beside the weights are found, the
+    /// zero-shot head is made, and crops get 1000 finite logits.
+    #[test]
+    fn a_generated_clip_classifies_from_a_local_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vision = crate::models::clip::vit_large_patch14().vision_config;
+        vision.embed_dim = 32;
+        vision.intermediate_size = 64;
+        vision.num_hidden_layers = 1;
+        vision.num_attention_heads = 2;
+        let weights = crate::models::synthetic::write_clip_for_bench(
+            dir.path(),
+            "clip.safetensors",
+            3,
+            &vision,
+        )
+        .unwrap();
+        let hub = crate::hub::Hub::new(crate::hub::HubConfig {
+            cache_dir: dir.path().join("cache"),
+            ..crate::hub::HubConfig::from_env()
+        });
+        let resolved = resolve_model(
+            weights.to_str().unwrap(),
+            Some("clip_vit_large_patch14"),
+            "main",
+            &hub,
+        )
+        .unwrap();
+        assert_eq!(
+            resolved.extras.files.keys().collect::<Vec<_>>(),
+            ["config.json", "tokenizer.json"]
+        );
+        let rt = crate::models::Runtime::new(crate::models::DeviceChoice::Cpu).unwrap();
+        let model = crate::models::Classifier::load(
+            resolved.architecture,
+            &resolved.weights,
+            &resolved.extras,
+            &rt,
+        )
+        .unwrap();
+        let logits = model
+            .logits(
+                &crate::models::synthetic::input(1, 2 * 3 * 224 * 224),
+                2,
+                224,
+            )
+            .unwrap();
+        assert_eq!(logits.len(), 2000);
+        assert!(logits.iter().all(|v| v.is_finite()));
+        assert!(
+            logits[..1000] != logits[1000..],
+            "crops differ, so do logits"
+        );
+    }
 }

@@ -5,10 +5,9 @@
 //! and downloads that retry, resume and verify ([`crate::download`]).
 
 use crate::download;
+pub use crate::util::{hex, sha256_file};
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Kind of Hub repository.
@@ -93,6 +92,42 @@ pub enum HubError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Files of one Hub repository at a pinned revision.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HubFiles {
+    /// `owner/name` on the Hub.
+    pub repo: String,
+    /// A full 40-hex commit (recommended) or a branch/tag name.
+    pub revision: String,
+    /// Paths inside the repository.
+    pub files: Vec<String>,
+    /// Known sha256 per file, checked after download.
+    #[serde(default)]
+    pub sha256: std::collections::BTreeMap<String, String>,
+    /// The repository asks you to accept terms on its page and send
+    /// `HF_TOKEN` (e.g. ImageNet-1k).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gated: bool,
+}
+
+/// A file at a plain URL (e.g. torchvision's `.pth` weights), pinned by sha256.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UrlFile {
+    pub url: String,
+    /// The file's sha256, or its first 8 or more hex digits (torchvision's
+    /// file names carry the first 8); the lock then records the full hash.
+    pub sha256: String,
+}
+
+impl UrlFile {
+    /// The last path segment of the URL: the name the file is stored under.
+    pub fn file_name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or(&self.url)
+    }
 }
 
 /// Where and how to reach the Hub, read from the standard environment.
@@ -521,27 +556,6 @@ fn link_relative(target: &Path, link: &Path) -> std::io::Result<()> {
         rel.push(c);
     }
     std::os::unix::fs::symlink(rel, link)
-}
-
-/// Hex sha256 and byte size of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((hex(&hasher.finalize()), size))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 //! zoom grid, and how to select and export. Parsing rejects unknown keys and
 //! wrong types with the file, line and key; `validate` checks meaning.
 
+use crate::hub::{HubFiles, UrlFile};
 use crate::labels::{ClassSubset, LabelConvention};
 use crate::models::Architecture;
 use crate::sources::Format;
 use crate::zoom::{DecodeLimits, ZoomGrid, IMAGENET_MEAN, IMAGENET_STD};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -269,42 +270,6 @@ impl<'de> Deserialize<'de> for SelectionRule {
 pub struct SelectionSection {
     #[serde(default)]
     pub rule: SelectionRule,
-}
-
-/// Files of one Hub repository at a pinned revision.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HubFiles {
-    /// `owner/name` on the Hub.
-    pub repo: String,
-    /// A full 40-hex commit (recommended) or a branch/tag name.
-    pub revision: String,
-    /// Paths inside the repository.
-    pub files: Vec<String>,
-    /// Known sha256 per file, checked after download.
-    #[serde(default)]
-    pub sha256: BTreeMap<String, String>,
-    /// The repository asks you to accept terms on its page and send
-    /// `HF_TOKEN` (e.g. ImageNet-1k).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub gated: bool,
-}
-
-/// A file at a plain URL (e.g. torchvision's `.pth` weights), pinned by sha256.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct UrlFile {
-    pub url: String,
-    /// The file's sha256, or its first 8 or more hex digits (torchvision's
-    /// file names carry the first 8); the lock then records the full hash.
-    pub sha256: String,
-}
-
-impl UrlFile {
-    /// The last path segment of the URL: the name the file is stored under.
-    pub fn file_name(&self) -> &str {
-        self.url.rsplit('/').next().unwrap_or(&self.url)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

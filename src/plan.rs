@@ -345,7 +345,7 @@ pub fn dry_run_text(
     lock: Option<&crate::fetch::Lock>,
     limit: Option<u64>,
 ) -> String {
-    use crate::manifest::HubFiles;
+    use crate::hub::HubFiles;
     use std::fmt::Write as _;
     let mut out = String::new();
     let grid = manifest.zoom.grid();

@@ -124,7 +124,7 @@ impl Relabel {
         let text = String::from_utf8_lossy(&bytes);
         Self::parse(&text, file).map(|mut r| {
             use sha2::Digest;
-            r.sha256 = crate::hub::hex(&sha2::Sha256::digest(&bytes));
+            r.sha256 = crate::util::hex(&sha2::Sha256::digest(&bytes));
             r
         })
     }

@@ -1,6 +1,7 @@
 //! Small file helpers shared by the stages.
 
-use std::io::Write;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Write `bytes` to `path` through a temporary sibling of its own and a
@@ -80,6 +81,28 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+/// Hex sha256 and byte size of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hex(&hasher.finalize()), size))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// mimalloc's `mi_option_purge_delay`: its place in `mi_option_e`

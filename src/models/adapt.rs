@@ -162,7 +162,12 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor, norm: &mut Norm) -> Result<Tensor> {
-        let y = super::conv_grad::conv2d(x, self.weight.as_tensor(), self.stride, self.padding)?;
+        let y = super::kernels::conv_grad::conv2d(
+            x,
+            self.weight.as_tensor(),
+            self.stride,
+            self.padding,
+        )?;
         self.bn.forward(&y, norm)
     }
 }
@@ -619,7 +624,7 @@ mod tests {
                 .max_pool2d_with_stride(3, 2)
                 .unwrap();
             assert_eq!(ours.dims(), want.dims(), "{h}x{w}");
-            let d = crate::models::conv::tests::max_diff(&ours, &want);
+            let d = crate::models::kernels::conv::tests::max_diff(&ours, &want);
             assert_eq!(d, 0.0, "{h}x{w}");
         }
     }

@@ -284,7 +284,7 @@ pub fn zero_shot(
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }
-        crate::hub::hex(&h.finalize())
+        crate::util::hex(&h.finalize())
     };
     let cache = extras
         .cache_dir

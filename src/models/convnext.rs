@@ -11,7 +11,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::nhwc::DepthwiseConv;
+use super::kernels::nhwc::DepthwiseConv;
 use super::{Extras, Net};
 use crate::labels::NUM_CLASSES;
 

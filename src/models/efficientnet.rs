@@ -5,12 +5,12 @@
 //! `classifier`. One implementation, driven by [`EfficientNetConfig`]: block
 //! arguments, width/depth multipliers (timm's rounding), activation, padding
 //! (PyTorch symmetric or TensorFlow "SAME"), squeeze-excite and BN epsilon.
-//! Runs channels-last after the stem (see [`super::nhwc`]).
+//! Runs channels-last after the stem (see `super::kernels::nhwc`).
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
-use super::nhwc::{pointwise, DepthwiseConv, Pads};
+use super::kernels::nhwc::{pointwise, DepthwiseConv, Pads};
 use super::{Extras, Net};
 use crate::labels::NUM_CLASSES;
 

@@ -7,7 +7,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::conv::Conv;
+use super::kernels::conv::Conv;
 use super::{Extras, Net};
 use crate::labels::NUM_CLASSES;
 

@@ -291,50 +291,6 @@ mod tests {
         assert!(ids[1..ids.len() - 1].iter().all(|&i| i != unk), "{ids:?}");
     }
 
-    /// `bench --model synthetic --arch clip_vit_large_patch14`'s path with a
-    /// small image tower: the files beside the weights are found, the
-    /// zero-shot head is made, and crops get 1000 finite logits.
-    #[test]
-    fn a_generated_clip_classifies_from_a_local_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut vision = super::super::clip::vit_large_patch14().vision_config;
-        vision.embed_dim = 32;
-        vision.intermediate_size = 64;
-        vision.num_hidden_layers = 1;
-        vision.num_attention_heads = 2;
-        let weights = write_clip_for_bench(dir.path(), "clip.safetensors", 3, &vision).unwrap();
-        let hub = crate::hub::Hub::new(crate::hub::HubConfig {
-            cache_dir: dir.path().join("cache"),
-            ..crate::hub::HubConfig::from_env()
-        });
-        let resolved = crate::fetch::resolve_model(
-            weights.to_str().unwrap(),
-            Some("clip_vit_large_patch14"),
-            "main",
-            &hub,
-        )
-        .unwrap();
-        assert_eq!(
-            resolved.extras.files.keys().collect::<Vec<_>>(),
-            ["config.json", "tokenizer.json"]
-        );
-        let rt = super::super::Runtime::new(super::super::DeviceChoice::Cpu).unwrap();
-        let model = super::super::Classifier::load(
-            resolved.architecture,
-            &resolved.weights,
-            &resolved.extras,
-            &rt,
-        )
-        .unwrap();
-        let logits = model.logits(&input(1, 2 * 3 * 224 * 224), 2, 224).unwrap();
-        assert_eq!(logits.len(), 2000);
-        assert!(logits.iter().all(|v| v.is_finite()));
-        assert!(
-            logits[..1000] != logits[1000..],
-            "crops differ, so do logits"
-        );
-    }
-
     #[test]
     fn resnet18_has_the_torchvision_tensor_names() {
         let shapes = tensor_shapes(Architecture::find("resnet18").unwrap()).unwrap();

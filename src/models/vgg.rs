@@ -9,7 +9,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{linear, Linear, Module, VarBuilder};
 
-use super::conv::Conv;
+use super::kernels::conv::Conv;
 
 use super::{Extras, Net};
 use crate::labels::NUM_CLASSES;

@@ -245,7 +245,7 @@ impl CustomOp2 for Gradient<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::conv::tests::max_diff;
+    use crate::models::kernels::conv::tests::max_diff;
     use crate::models::synthetic::input;
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {

@@ -492,7 +492,7 @@ impl CustomOp2 for Residual {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::models) mod tests {
     use super::*;
 
     fn reference(x: &Tensor, w: &Tensor, bias: &Tensor, s: usize, p: usize, relu: bool) -> Tensor {

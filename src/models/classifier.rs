@@ -1,0 +1,166 @@
+//! A loaded classifier: weights read (safetensors, or a PyTorch checkpoint
+//! through the restricted pickle reader) into an architecture on a
+//! runtime's device, and its forward passes: normalised f32 crops, or 8-bit
+//! crops normalised on the device and read back one batch behind.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Module, VarBuilder};
+use std::path::Path;
+
+use super::{pth, Architecture, Extras, ModelError, Precision, Runtime};
+
+/// A loaded classifier producing ImageNet-1k logits.
+pub struct Classifier {
+    arch: Architecture,
+    net: Box<dyn Module + Send + Sync>,
+    device: Device,
+    device_name: String,
+    precision: Precision,
+}
+
+impl Classifier {
+    /// Load weights (safetensors, or a PyTorch `.pth` checkpoint read
+    /// without running pickle code) with the checkpoint's tensor names, on
+    /// the runtime's device and in its precision.
+    pub fn load(
+        arch: Architecture,
+        weights: &Path,
+        extras: &Extras,
+        rt: &Runtime,
+    ) -> Result<Classifier, ModelError> {
+        let err = |e: candle_core::Error| ModelError::Load {
+            file: weights.into(),
+            arch: arch.name(),
+            message: e.to_string(),
+        };
+        let vb = var_builder(weights, rt.device()).map_err(|e| match e {
+            pth::PthError::Candle(e) => err(e),
+            other => ModelError::Load {
+                file: weights.into(),
+                arch: arch.name(),
+                message: other.to_string(),
+            },
+        })?;
+        let net = (arch.spec().build)(vb.set_dtype(rt.precision().dtype()), extras).map_err(err)?;
+        Ok(Classifier {
+            arch,
+            net,
+            device: rt.device().clone(),
+            device_name: rt.describe().to_string(),
+            precision: rt.precision(),
+        })
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Where it runs: `cpu` or `cuda:N`.
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Logits for `n` crops stored back to back as normalised CHW planes of
+    /// `size x size`. Returns `n * 1000` values, crop-major.
+    pub fn logits(&self, input: &[f32], n: usize, size: usize) -> Result<Vec<f32>, ModelError> {
+        let err = |e: candle_core::Error| ModelError::Forward {
+            arch: self.arch.name(),
+            message: e.to_string(),
+        };
+        let x = Tensor::from_slice(input, (n, 3, size, size), &self.device)
+            .and_then(|x| x.to_dtype(self.precision.dtype()))
+            .map_err(err)?;
+        let y = self.net.forward(&x).map_err(err)?;
+        y.flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(err)
+    }
+
+    fn forward_error(&self, e: candle_core::Error) -> ModelError {
+        ModelError::Forward {
+            arch: self.arch.name(),
+            message: e.to_string(),
+        }
+    }
+
+    /// The table that normalises 8-bit crops with `mean` / `std` on this
+    /// model's device.
+    pub fn normaliser(&self, mean: [f32; 3], std: [f32; 3]) -> Result<Normaliser, ModelError> {
+        let lut = crate::zoom::normalise_lut(mean, std);
+        Ok(Normaliser {
+            lut: Tensor::from_vec(lut, 3 * 256, &self.device).map_err(|e| self.forward_error(e))?,
+            offsets: Tensor::from_vec(vec![0u32, 256, 512], 3, &self.device)
+                .map_err(|e| self.forward_error(e))?,
+        })
+    }
+
+    /// Copy `n` crops of `size x size` RGB bytes (HWC, back to back) to this
+    /// model's device, once for every model that runs on them.
+    pub fn upload(&self, pixels: &[u8], n: usize, size: usize) -> Result<Tensor, ModelError> {
+        Tensor::from_slice(pixels, (n, size, size, 3), &self.device)
+            .map_err(|e| self.forward_error(e))
+    }
+
+    /// Queue the forward pass of uploaded crops (normalised on the device);
+    /// on CUDA this returns before the GPU is done.
+    pub fn start(&self, crops: &Tensor, norm: &Normaliser) -> Result<Started, ModelError> {
+        let go = || -> candle_core::Result<Tensor> {
+            let (n, h, w, c) = crops.dims4()?;
+            let levels = crops.to_dtype(DType::U32)?.broadcast_add(&norm.offsets)?;
+            let x = norm
+                .lut
+                .index_select(&levels.flatten_all()?, 0)?
+                .reshape((n, h, w, c))?
+                .permute((0, 3, 1, 2))?
+                .to_dtype(self.precision.dtype())?
+                .contiguous()?;
+            self.net.forward(&x)
+        };
+        go().map(Started).map_err(|e| self.forward_error(e))
+    }
+
+    /// The logits of a started batch, `n * 1000` f32 values, crop-major.
+    pub fn finish(&self, started: Started) -> Result<Vec<f32>, ModelError> {
+        started
+            .0
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| self.forward_error(e))
+    }
+}
+
+/// Normalisation of 8-bit crops where the model runs: each channel's 256
+/// levels looked up in the table [`crate::zoom::normalise_lut`] makes, so
+/// crops travel as bytes (a quarter of the f32 upload) and the values are
+/// bit-identical to normalising on the host.
+pub struct Normaliser {
+    /// `[3 * 256]` f32.
+    lut: Tensor,
+    /// `[3]` u32: 0, 256, 512, added to each channel's level.
+    offsets: Tensor,
+}
+
+/// Logits of a batch whose forward pass was started; on CUDA the work may
+/// still be running until [`Classifier::finish`] reads them.
+pub struct Started(Tensor);
+
+/// A `VarBuilder` over a weights file: safetensors (mmapped), or a PyTorch
+/// zip checkpoint (`.pth`, `.pt`, `.bin`) after checking that its pickle
+/// only rebuilds tensors.
+pub fn var_builder(weights: &Path, device: &Device) -> Result<VarBuilder<'static>, pth::PthError> {
+    let is_pickle = weights
+        .extension()
+        .is_some_and(|e| e == "pth" || e == "pt" || e == "bin");
+    if is_pickle {
+        pth::check_tensor_only(weights)?;
+        return Ok(VarBuilder::from_pth(weights, DType::F32, device)?);
+    }
+    // SAFETY: the file is mmapped read-only; the tool never writes weights it is reading.
+    Ok(unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }?)
+}
