@@ -231,6 +231,86 @@ pub fn model_only(
     Ok(throughput(crops, crops, times))
 }
 
+/// What `bench` times, and how.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub measure: Vec<Measure>,
+    /// Threads of the feed.
+    pub threads: usize,
+    pub batch_size: usize,
+    /// Forward passes per round of the model-only measurement.
+    pub batches: usize,
+    pub rounds: usize,
+}
+
+/// Everything `bench` measured; `None` where not asked.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub tool_version: &'static str,
+    pub model: String,
+    pub architecture: String,
+    pub batch_size: usize,
+    pub dtype: crate::models::Precision,
+    pub device: String,
+    pub threads: usize,
+    pub preprocessing: Option<Throughput>,
+    pub feed_1_thread: Option<Throughput>,
+    pub feed: Option<Throughput>,
+    /// The feed on `threads` threads over the feed on one.
+    pub feed_scaling: Option<f64>,
+    pub model_only: Option<Throughput>,
+    pub end_to_end: Option<Throughput>,
+}
+
+/// Time what `opts` names for `model` (called `name`) on `images`.
+pub fn run(
+    model: &Classifier,
+    name: &str,
+    images: &[(PathBuf, Vec<u8>)],
+    opts: &BenchOptions,
+) -> Result<BenchReport, BenchError> {
+    let grid = ZoomGrid::paper();
+    let on = |m: Measure| opts.measure.contains(&m);
+    let (threads, batch, rounds) = (opts.threads, opts.batch_size, opts.rounds);
+    let preprocessing = on(Measure::Preprocessing)
+        .then(|| preprocessing(images, &grid, rounds))
+        .transpose()?;
+    let (feed_1_thread, feed) = if on(Measure::Feed) {
+        (
+            Some(feed_only(images, &grid, 1, batch, rounds)?),
+            Some(feed_only(images, &grid, threads, batch, rounds)?),
+        )
+    } else {
+        (None, None)
+    };
+    let crop = grid.crop_size as usize;
+    let model_only = on(Measure::Model)
+        .then(|| model_only(model, batch, crop, opts.batches, rounds))
+        .transpose()?;
+    let end_to_end = on(Measure::EndToEnd)
+        .then(|| end_to_end(model, images, &grid, threads, batch, rounds))
+        .transpose()?;
+    let feed_scaling = match (&feed, &feed_1_thread) {
+        (Some(n), Some(one)) => Some(n.crops_per_s / one.crops_per_s.max(1e-12)),
+        _ => None,
+    };
+    Ok(BenchReport {
+        tool_version: env!("CARGO_PKG_VERSION"),
+        model: name.to_string(),
+        architecture: model.architecture().name().to_string(),
+        batch_size: batch,
+        dtype: model.precision(),
+        device: model.device_name().to_string(),
+        threads,
+        preprocessing,
+        feed_1_thread,
+        feed,
+        feed_scaling,
+        model_only,
+        end_to_end,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

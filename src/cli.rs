@@ -54,34 +54,6 @@ pub struct RunArgs {
     pub progress_every: f64,
 }
 
-impl RunArgs {
-    /// The claim timeout and heartbeat.
-    pub fn claim_times(&self) -> anyhow::Result<crate::claim::ClaimTimes> {
-        let s = self.claim_timeout;
-        if !(s.is_finite() && s > 0.0) {
-            anyhow::bail!("--claim-timeout must be a positive number of seconds, got {s}");
-        }
-        Ok(crate::claim::ClaimTimes::new(
-            std::time::Duration::from_secs_f64(s),
-        ))
-    }
-
-    pub fn progress_every(&self) -> anyhow::Result<std::time::Duration> {
-        let s = self.progress_every;
-        if !(s.is_finite() && s >= 0.0) {
-            anyhow::bail!("--progress-every must be seconds (0 or more), got {s}");
-        }
-        Ok(std::time::Duration::from_secs_f64(s))
-    }
-
-    /// `--threads`, or every CPU this process may use.
-    pub fn threads(&self) -> usize {
-        self.threads
-            .map(usize::from)
-            .unwrap_or_else(crate::feed::default_threads)
-    }
-}
-
 #[derive(Debug, Args, Clone)]
 pub struct ScanArgs {
     #[command(flatten)]
@@ -214,6 +186,71 @@ pub struct EvalArgs {
     pub compare: Vec<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Classify this zoom view (e.g. r1c1s256) instead of the model's
+    /// standard resize-256 / centre-crop-224 view.
+    #[arg(long, value_name = "rRcCsS")]
+    pub transform: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Folder of images.
+    pub images: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Crops per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Forward passes per round in the model-only measurement.
+    #[arg(long, default_value_t = 4)]
+    pub batches: usize,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Threads of the feed (default: every CPU this process may use).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// What to time (comma-separated): preprocessing (one thread,
+    /// normalised on the host), feed (on 1 and on --threads threads),
+    /// model (forward passes alone), end-to-end (every image's crops
+    /// through the feed and the model, as `scan` runs them).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "preprocessing,feed,model"
+    )]
+    pub measure: Vec<crate::bench::Measure>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ZoomArgs {
+    pub image: PathBuf,
+    /// Transform name r<row>c<col>s<scale>, e.g. r0c2s448.
+    #[arg(long, short)]
+    pub transform: String,
+    /// Output PNG file.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    #[arg(long, default_value_t = 224)]
+    pub crop_size: u32,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The main job: fetch, scan, select and export in one go.
@@ -289,20 +326,7 @@ pub enum Command {
     ///
     /// Reads IMAGE (JPEG or PNG) and the model's weights; writes the top
     /// classes (index, name, probability) to stdout, as JSON with --json.
-    Predict {
-        image: PathBuf,
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Classify this zoom view (e.g. r1c1s256) instead of the model's
-        /// standard resize-256 / centre-crop-224 view.
-        #[arg(long, value_name = "rRcCsS")]
-        transform: Option<String>,
-        #[arg(long, default_value_t = 5)]
-        top: usize,
-        /// Print JSON on stdout instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Predict(PredictArgs),
     /// Throughput of preprocessing, of the model alone and of both together.
     ///
     /// Reads the images of IMAGES (a folder of .jpg/.png) and the model's
@@ -310,56 +334,16 @@ pub enum Command {
     /// every zoom view, normalise), the feed on 1 and on --threads threads,
     /// model-only (forward passes) and, with --end-to-end, the scan's path;
     /// medians over --rounds. `--model synthetic --arch A` generates weights.
-    Bench {
-        /// Folder of images.
-        images: PathBuf,
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Crops per forward pass.
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        /// Forward passes per round in the model-only measurement.
-        #[arg(long, default_value_t = 4)]
-        batches: usize,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Threads of the feed (default: every CPU this process may use).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-        threads: Option<u16>,
-        /// What to time (comma-separated): preprocessing (one thread,
-        /// normalised on the host), feed (on 1 and on --threads threads),
-        /// model (forward passes alone), end-to-end (every image's crops
-        /// through the feed and the model, as `scan` runs them).
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "preprocessing,feed,model"
-        )]
-        measure: Vec<crate::bench::Measure>,
-    },
+    Bench(BenchArgs),
     /// List the registered models and the architectures the tool can build.
     ///
     /// Reads nothing; writes to stdout one line per registered model (name,
     /// architecture, weight source, evaluation view), then the architectures
     /// with the Hub config names they answer to; --json for machines.
-    Models {
-        #[arg(long)]
-        json: bool,
-    },
+    Models(ModelsArgs),
     /// Write one zoom transform of an image as a PNG: what the model sees.
     ///
     /// Reads IMAGE (JPEG or PNG); writes the 224x224 crop (before
     /// normalisation) to --output.
-    Zoom {
-        image: PathBuf,
-        /// Transform name r<row>c<col>s<scale>, e.g. r0c2s448.
-        #[arg(long, short)]
-        transform: String,
-        /// Output PNG file.
-        #[arg(long, short)]
-        output: PathBuf,
-        #[arg(long, default_value_t = 224)]
-        crop_size: u32,
-    },
+    Zoom(ZoomArgs),
 }

@@ -373,6 +373,15 @@ pub fn masked_argmax(logits: &[f32], mask: &[bool]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// Softmax of one view's logits (shifted by the maximum, so large logits
+/// do not overflow).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
 /// Indices of the `k` largest logits, largest first (ties: lower index first).
 pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..logits.len()).collect();
@@ -384,6 +393,17 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_survives_huge_logits() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert_eq!(p, vec![0.5, 0.5, 0.0]);
+        let q = softmax(&[0.0, 2.0_f32.ln()]);
+        assert!(
+            (q[0] - 1.0 / 3.0).abs() < 1e-6 && (q[1] - 2.0 / 3.0).abs() < 1e-6,
+            "{q:?}"
+        );
+    }
 
     #[test]
     fn table_has_the_sorted_wnids() {

@@ -5,10 +5,10 @@
 //! scan (records) -> select -> export / eval.
 
 pub mod analysis;
-pub mod app;
 pub mod bench;
 pub mod claim;
 pub mod cli;
+pub mod commands;
 pub mod cost;
 pub mod demo;
 pub mod download;

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         .init();
     // clap exits with 2 on bad usage.
     let cli = imagenet_hard::cli::Cli::parse();
-    match imagenet_hard::app::run(cli.command) {
+    match imagenet_hard::commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -16,6 +16,18 @@ use crate::zoom::{DecodeLimits, ZoomGrid};
 /// a quarter of an hour on one GPU for the study's six models.
 pub const UNIT_CROPS: u64 = 1_000_000;
 
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(
+        "{} holds a run of a different plan (inputs, grid, models or limits changed since); \
+         its scan records would not match. Set another build.output_dir in the manifest or delete {}",
+        run_dir.display(), run_dir.display()
+    )]
+    Different { run_dir: PathBuf },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
     pub name: String,
@@ -249,6 +261,28 @@ impl Plan {
         Ok(self)
     }
 
+    /// This plan with its units: those of `previous` (the plan already in
+    /// the run directory) when it describes the same run, so its finished
+    /// units stay valid; else counted and cut afresh. A run directory never
+    /// holds two different runs: a different `previous` is an error.
+    pub fn settle(mut self, previous: Option<&Plan>) -> Result<Plan, PlanError> {
+        if let Some(old) = previous {
+            if !old.same_run_as(&self) {
+                return Err(PlanError::Different {
+                    run_dir: self.run_dir.clone(),
+                });
+            }
+            if !old.units.is_empty() {
+                self.units = old.units.clone();
+                for (s, o) in self.sources.iter_mut().zip(&old.sources) {
+                    s.total_rows = o.total_rows;
+                }
+                return Ok(self);
+            }
+        }
+        Ok(self.with_units()?)
+    }
+
     pub fn path(run_dir: &Path) -> PathBuf {
         run_dir.join("plan.json")
     }
@@ -286,9 +320,6 @@ impl Plan {
     }
 }
 
-/// The plan before anything is fetched (`build --dry-run`): each source and
-/// model with every file to fetch, pins, gates and limits. Files matched by
-/// a pattern are listed from the lock when it has them.
 impl Plan {
     /// Forward passes per model over the counted rows, with their GPU-hours
     /// where `rates` has the model's architecture.
@@ -339,6 +370,9 @@ pub fn dry_run_cost(
     crate::cost::model_costs(&images, manifest.zoom.grid().len(), &models, rates)
 }
 
+/// The plan before anything is fetched (`build --dry-run`): each source and
+/// model with every file to fetch, pins, gates and limits. Files matched by
+/// a pattern are listed from the lock when it has them.
 pub fn dry_run_text(
     manifest: &Manifest,
     label: &Path,

@@ -200,15 +200,6 @@ impl Aggregate {
     }
 }
 
-/// Softmax of one view's logits (shifted by the maximum, so large logits
-/// do not overflow).
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
-}
-
 /// One score per class from the logits of every view of one image (all
 /// views have the same number of classes). Rank the result with
 /// `labels::top_k`, which breaks ties towards the lower class index.
@@ -219,7 +210,7 @@ pub fn aggregate(logits_per_view: &[&[f32]], how: Aggregate) -> Vec<f32> {
         Aggregate::Mean => vec![0.0; classes],
     };
     for view in logits_per_view {
-        for (score, p) in scores.iter_mut().zip(softmax(view)) {
+        for (score, p) in scores.iter_mut().zip(crate::labels::softmax(view)) {
             match how {
                 Aggregate::Max => *score = score.max(p),
                 Aggregate::Mean => *score += p,
@@ -292,12 +283,6 @@ mod tests {
             assert_eq!(s[0], s[1], "{how:?}");
             assert_eq!(top_k(&s, 1), vec![0], "{how:?} {s:?}");
         }
-    }
-
-    #[test]
-    fn softmax_survives_huge_logits() {
-        let p = softmax(&[1000.0, 1000.0, -1000.0]);
-        assert!(close(&p, &[0.5, 0.5, 0.0]), "{p:?}");
     }
 
     fn numbered(width: u32, height: u32) -> RgbImage {

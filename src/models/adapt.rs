@@ -469,6 +469,28 @@ fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// The network MEMO adapts for a model of architecture `arch`: a BatchNorm
+/// ResNet, in f32 (its step of 2.5e-4 rounds away in half precision).
+pub fn load_for_memo(
+    arch: &str,
+    weights: &std::path::Path,
+    rt: &super::Runtime,
+) -> std::result::Result<AdaptResNet, super::ModelError> {
+    if rt.precision() != super::Precision::F32 {
+        return Err(super::ModelError::Unsupported(format!(
+            "MEMO adapts the weights in f32 (in {} a step of 2.5e-4 would round away): drop --dtype {}",
+            rt.precision(),
+            rt.precision()
+        )));
+    }
+    if layout(arch).is_none() {
+        return Err(super::ModelError::Unsupported(format!(
+            "MEMO adapts BatchNorm ResNets (resnet18, resnet50); this model is {arch}"
+        )));
+    }
+    AdaptResNet::load(arch, weights, rt.device(), DType::F32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

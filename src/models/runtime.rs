@@ -18,6 +18,8 @@ pub enum ModelError {
     Forward { arch: &'static str, message: String },
     #[error("{0}")]
     Device(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Where to run: `auto` takes CUDA device 0 when built with `cuda` and one

@@ -260,6 +260,25 @@ pub fn write_clip_for_bench(
     Ok(weights)
 }
 
+/// Generated weights of `arch` in `dir`, for throughput runs on machines
+/// with no weights at hand (`bench --model synthetic`): the weights file,
+/// plus for CLIP ViT-L/14's image tower a small text tower, its config and
+/// a tokenizer beside it to make the zero-shot head from.
+pub fn write_for_bench(arch: Architecture, dir: &Path) -> Result<std::path::PathBuf, ModelError> {
+    let file = format!("synthetic-{}.safetensors", arch.name());
+    if arch.spec().extra_files.contains(&"tokenizer.json") {
+        return write_clip_for_bench(
+            dir,
+            &file,
+            1,
+            &super::clip::vit_large_patch14().vision_config,
+        );
+    }
+    let path = dir.join(&file);
+    write_weights(arch, 1, Head::Random, &path)?;
+    Ok(path)
+}
+
 /// A reproducible input batch (values in [-2, 2)), as the parity script makes it.
 pub fn input(seed: u64, len: usize) -> Vec<f32> {
     let mut rng = SplitMix64(seed);

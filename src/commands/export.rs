@@ -1,0 +1,13 @@
+//! `export`: the hard set as a Hugging Face dataset folder (shards + card).
+
+use anyhow::Result;
+
+use super::context::{load_context, read_plan};
+use crate::cli::ManifestArg;
+
+pub fn run(arg: ManifestArg) -> Result<()> {
+    let ctx = load_context(&arg)?;
+    let plan = read_plan(&ctx)?;
+    let selection = crate::select::Selection::read(&plan.run_dir)?;
+    super::merge::export(&plan, &selection)
+}

@@ -1,0 +1,51 @@
+//! `models`: the registered models and the architectures the tool builds.
+
+use anyhow::Result;
+
+use crate::cli::ModelsArgs;
+
+pub fn run(args: ModelsArgs) -> Result<()> {
+    let json = args.json;
+    let entries = crate::models::registry();
+    if json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.name,
+                    "architecture": e.architecture.name(),
+                    "source": e.source.to_string(),
+                    "eval": e.eval,
+                })
+            })
+            .collect();
+        let archs: Vec<serde_json::Value> = crate::models::Architecture::all()
+            .map(|a| serde_json::json!({"name": a.name(), "config_names": a.spec().config_names}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"models": rows, "architectures": archs})
+            )?
+        );
+    } else {
+        println!("name\tarchitecture\tview\tsource");
+        for e in &entries {
+            let v = e.eval;
+            println!(
+                "{}\t{}\t{}/{} {:?}\t{}",
+                e.name,
+                e.architecture.name(),
+                v.resize,
+                v.crop,
+                v.interpolation,
+                e.source
+            );
+        }
+        println!("\narchitecture\thub config names");
+        for a in crate::models::Architecture::all() {
+            println!("{}\t{}", a.name(), a.spec().config_names.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! `report`: the paper's analyses of a finished run from its stored records.
+
+use anyhow::Result;
+
+use super::context::{load_context, read_plan};
+use crate::cli::ManifestArg;
+
+pub fn run(arg: ManifestArg) -> Result<()> {
+    let ctx = load_context(&arg)?;
+    let plan = read_plan(&ctx)?;
+    let selection = crate::select::Selection::read(&plan.run_dir)?;
+    super::merge::report(&plan, &selection)
+}

@@ -1,0 +1,106 @@
+//! `status`: each unit's state (done with its time and rate, running with
+//! its worker and heartbeat, pending, failed with its error) and the run's
+//! projected time left.
+
+use anyhow::Result;
+
+use super::context::{load_context, read_plan};
+use crate::cli::ManifestArg;
+use crate::plan::Plan;
+
+pub fn run(arg: ManifestArg) -> Result<()> {
+    let ctx = load_context(&arg)?;
+    let plan = read_plan(&ctx)?;
+    print_status(&plan);
+    Ok(())
+}
+
+/// Units done and the time left, as measured on the finished units.
+pub fn progress_line(p: &crate::cost::RunProjection) -> String {
+    use crate::cost::duration;
+    format!(
+        "{} of {} units done in {} of scanning; {}",
+        p.units_done,
+        p.units,
+        duration(p.seconds_spent),
+        match p.seconds_left {
+            Some(s) if p.units_done < p.units => format!(
+                "about {} left on one worker at the finished units' pace",
+                duration(s)
+            ),
+            Some(_) => "nothing left".into(),
+            None => "no estimate yet: some model group has no finished unit".into(),
+        }
+    )
+}
+/// A unit's id, origin and row run, tab-separated.
+pub fn unit_cells(u: &crate::units::Unit) -> String {
+    format!("{}\t{}\t{}..{}", u.name(), u.origin, u.first, u.end)
+}
+/// A unit's model names, comma-separated.
+pub fn unit_models(plan: &Plan, u: &crate::units::Unit) -> String {
+    u.models
+        .iter()
+        .map(|&m| plan.models[m].name.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+fn print_status(plan: &Plan) {
+    use crate::cost::duration;
+    use crate::scan::{unit_state, UnitState};
+    let (mut done, mut running, mut pending, mut failed) = (0, 0, 0, 0);
+    println!("unit\torigin\trows\tmodels\tstate");
+    for u in &plan.units {
+        let state = match unit_state(&plan.run_dir, u) {
+            UnitState::Done => {
+                done += 1;
+                match crate::util::read_json::<crate::scan::ScanStats>(
+                    &crate::scan::unit_stats_path(&plan.run_dir, u),
+                ) {
+                    Ok(s) if s.seconds > 0.0 => format!(
+                        "done in {} ({:.0} crops/s)",
+                        duration(s.seconds),
+                        s.forward_passes as f64 / s.seconds
+                    ),
+                    _ => "done".into(),
+                }
+            }
+            UnitState::Running {
+                owner,
+                elapsed,
+                heartbeat_age,
+            } => {
+                running += 1;
+                format!(
+                    "running on {owner} for {} (heartbeat {} ago)",
+                    elapsed
+                        .map(|e| duration(e.as_secs_f64()))
+                        .unwrap_or("?".into()),
+                    duration(heartbeat_age.as_secs_f64())
+                )
+            }
+            UnitState::Pending { stale_claim } => {
+                pending += 1;
+                match stale_claim {
+                    Some(owner) => format!(
+                        "pending (claimed by {owner}, which stopped: the next worker takes it over)"
+                    ),
+                    None => "pending".into(),
+                }
+            }
+            UnitState::Failed { error } => {
+                failed += 1;
+                format!("failed: {}", error.trim())
+            }
+        };
+        println!("{}\t{}\t{state}", unit_cells(u), unit_models(plan, u));
+    }
+    println!(
+        "{} units: {done} done, {running} running, {pending} pending, {failed} failed",
+        plan.units.len()
+    );
+    let progress = crate::cost::project_run(&crate::scan::unit_progress(plan));
+    if progress.units_done > 0 {
+        println!("{}", progress_line(&progress));
+    }
+}
