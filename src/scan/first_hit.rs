@@ -1,0 +1,155 @@
+//! The first-hit strategy (curation): per image and model, transforms are
+//! tried in [`crate::analysis::first_hit_order`] until one is correct (or
+//! all fail). What is recorded does not depend on how crops were batched:
+//! predictions after an image's first hit are dropped, not recorded; the
+//! transforms not tried are [`NOT_TRIED`].
+
+use rayon::prelude::*;
+use std::collections::VecDeque;
+
+use super::unit::{Scanned, UnitScan};
+use super::ScanError;
+use crate::sources::Skip;
+use crate::zoom::{decode_for_zoom, zoom_view, RgbImage};
+
+/// In a first-hit scan, the prediction of a transform that was not tried.
+pub const NOT_TRIED: u16 = u16::MAX;
+
+/// An image hunted by each model until it hits.
+struct Hunt {
+    scanned: Scanned,
+    /// Dropped once every model is done.
+    img: Option<RgbImage>,
+    /// Per model: how far along the order it is.
+    next: Vec<usize>,
+    done: Vec<bool>,
+}
+
+impl Hunt {
+    fn finished(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+}
+
+/// Scan the unit; false when it stopped early (its claim was taken over).
+pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanError> {
+    let (plan, unit, source) = (scan.plan, scan.unit, scan.source);
+    let grid = &plan.grid;
+    let order = crate::analysis::first_hit_order(grid);
+    let transforms = grid.transforms();
+    let batch = plan.batch_size.max(1);
+    let crop = grid.crop_size as usize;
+    let n_models = scan.models.len();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| ScanError::Threads(e.to_string()))?;
+    let mut pixels: Vec<u8> = Vec::new();
+    let mut rows = source
+        .reader()
+        .rows_in(source.unit_rows(unit.first, unit.end));
+    let mut live: VecDeque<Hunt> = VecDeque::new();
+    let mut exhausted = false;
+    loop {
+        if scan.stopped() {
+            return Ok(false);
+        }
+        // Keep `batch` unfinished images in flight.
+        while !exhausted && live.iter().filter(|h| !h.finished()).count() < batch {
+            let Some(outcome) = rows.next() else {
+                exhausted = true;
+                break;
+            };
+            let rec = match outcome? {
+                Ok(rec) => rec,
+                Err(skip) => {
+                    scan.skip(skip);
+                    continue;
+                }
+            };
+            let img = match decode_for_zoom(&rec.image, plan.decode, grid) {
+                Ok(img) => img,
+                Err(e) => {
+                    scan.skip(Skip {
+                        row: rec.row,
+                        reason: e.reason().into(),
+                        detail: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let image_bytes = rec.image.len() as u64;
+            live.push_back(Hunt {
+                scanned: scan.image(rec.row, rec.path, rec.labels, image_bytes, NOT_TRIED),
+                img: Some(img),
+                next: vec![0; n_models],
+                done: vec![false; n_models],
+            });
+        }
+        if live.is_empty() {
+            break;
+        }
+        for mi in 0..n_models {
+            let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done[mi]).collect();
+            if active.is_empty() {
+                continue;
+            }
+            // Each active image gets the next few transforms of its order.
+            let per = batch.div_ceil(active.len());
+            let mut jobs: Vec<(usize, usize)> = Vec::with_capacity(batch);
+            let mut sources: Vec<&RgbImage> = Vec::with_capacity(batch);
+            for &li in &active {
+                // Unfinished images keep their pixels.
+                let Some(img) = live[li].img.as_ref() else {
+                    continue;
+                };
+                for k in 0..per {
+                    let pos = live[li].next[mi] + k;
+                    if pos < order.len() && jobs.len() < batch {
+                        jobs.push((li, order[pos]));
+                        sources.push(img);
+                    }
+                }
+            }
+            // The views are cut on the pool; their order is the jobs' order.
+            let views: Vec<RgbImage> = pool.install(|| {
+                jobs.par_iter()
+                    .zip(&sources)
+                    .map(|(&(_, t), img)| {
+                        zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill)
+                    })
+                    .collect()
+            });
+            drop(sources);
+            pixels.clear();
+            for v in &views {
+                pixels.extend_from_slice(&v.data);
+            }
+            let model = scan.models[mi];
+            let x = model.upload(&pixels, jobs.len(), crop)?;
+            let logits = model.finish(model.start(&x, &scan.norms[mi])?)?;
+            scan.stats.forward_passes += jobs.len() as u64;
+            for (k, &(li, t)) in jobs.iter().enumerate() {
+                let top = scan.top1(&logits[k * 1000..(k + 1) * 1000]);
+                let h = &mut live[li];
+                if h.done[mi] {
+                    continue; // hit earlier in this batch: later tries are not recorded
+                }
+                h.scanned.pred[mi][t] = top;
+                h.next[mi] += 1;
+                if h.scanned.labels.contains(&(top as i64)) || h.next[mi] >= order.len() {
+                    h.done[mi] = true;
+                }
+            }
+        }
+        for h in live.iter_mut().filter(|h| h.finished()) {
+            h.img = None;
+        }
+        // Records leave in row order.
+        while live.front().is_some_and(Hunt::finished) {
+            let Some(h) = live.pop_front() else { break };
+            scan.emit(h.scanned)?;
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,223 @@
+//! One unit's scan, whatever its strategy: its models (as planned and
+//! loaded) with their normalisers, the source's class subset, the counts,
+//! the progress bar and lines, the records (written one per image and model
+//! in row order) and the end (records committed unless the claim was lost).
+
+use std::time::{Duration, Instant};
+
+use super::{unit_records_path, ScanError, ScanStats};
+use crate::claim::Claim;
+use crate::labels::masked_argmax;
+use crate::models::{Classifier, Normaliser};
+use crate::plan::{Plan, PlannedModel, PlannedSource};
+use crate::records::{RecordWriter, ScanRecord};
+use crate::sources::Skip;
+use crate::units::Unit;
+
+/// A unit being scanned.
+pub(super) struct UnitScan<'a> {
+    pub plan: &'a Plan,
+    pub unit: &'a Unit,
+    pub source: &'a PlannedSource,
+    pub planned: Vec<&'a PlannedModel>,
+    pub models: Vec<&'a Classifier>,
+    /// Per model: its mean and std as a device-side table.
+    pub norms: Vec<Normaliser>,
+    /// The source's class subset: predictions are the best class inside it.
+    mask: Vec<bool>,
+    pub stats: ScanStats,
+    writer: RecordWriter,
+    bar: indicatif::ProgressBar,
+    progress: Progress,
+    start: Instant,
+    claim: &'a Claim,
+}
+
+/// One image's outcome: per model, the top-1 class under every transform.
+pub(super) struct Scanned {
+    pub row: u64,
+    pub id: String,
+    pub labels: Vec<i64>,
+    pub image_bytes: u64,
+    /// `pred[model][transform]`.
+    pub pred: Vec<Vec<u16>>,
+}
+
+impl<'a> UnitScan<'a> {
+    pub fn new(
+        plan: &'a Plan,
+        unit: &'a Unit,
+        loaded: &'a [Option<Classifier>],
+        claim: &'a Claim,
+        progress_every: Duration,
+    ) -> Result<UnitScan<'a>, ScanError> {
+        let source = &plan.sources[unit.source];
+        let planned: Vec<&PlannedModel> = unit.models.iter().map(|&i| &plan.models[i]).collect();
+        let models: Vec<&Classifier> = unit
+            .models
+            .iter()
+            .filter_map(|&i| loaded.get(i).and_then(Option::as_ref))
+            .collect();
+        let norms = models
+            .iter()
+            .zip(&planned)
+            .map(|(m, pm)| m.normaliser(pm.mean, pm.std))
+            .collect::<Result<Vec<_>, _>>()?;
+        let label = format!("{} {}", unit.name(), source.origin);
+        Ok(UnitScan {
+            plan,
+            unit,
+            source,
+            norms,
+            mask: source.class_subset.mask(),
+            stats: ScanStats {
+                origin: source.origin.clone(),
+                units: vec![unit.id],
+                models: planned.iter().map(|m| m.name.clone()).collect(),
+                transforms: plan.grid.len(),
+                ..Default::default()
+            },
+            planned,
+            models,
+            writer: RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?,
+            bar: crate::util::progress(unit.images(), &label),
+            progress: Progress::new(label, unit.images(), progress_every),
+            start: Instant::now(),
+            claim,
+        })
+    }
+
+    /// Whether to stop: another worker has taken the unit over. Also says
+    /// how far the unit is, on the log's schedule.
+    pub fn stopped(&mut self) -> bool {
+        self.progress
+            .tick(self.stats.rows_read, self.stats.forward_passes);
+        self.claim.taken_over()
+    }
+
+    fn row_read(&mut self) {
+        self.stats.rows_read += 1;
+        self.bar.set_position(self.stats.rows_read);
+    }
+
+    /// A row read and not scanned, counted with its reason.
+    pub fn skip(&mut self, skip: Skip) {
+        self.row_read();
+        tracing::warn!(
+            "{} row {}: skipped ({}): {}",
+            self.stats.origin,
+            skip.row,
+            skip.reason,
+            skip.detail
+        );
+        *self.stats.skipped.entry(skip.reason.clone()).or_default() += 1;
+        self.stats.skips.push(skip);
+    }
+
+    /// A row read and scanned: its outcome, every prediction `fill` until made.
+    pub fn image(
+        &mut self,
+        row: u64,
+        path: Option<String>,
+        labels: Vec<i64>,
+        image_bytes: u64,
+        fill: u16,
+    ) -> Scanned {
+        self.row_read();
+        self.stats.images_scanned += 1;
+        Scanned {
+            row,
+            id: path.unwrap_or_else(|| format!("{}/{}", self.source.origin, row)),
+            labels,
+            image_bytes,
+            pred: vec![vec![fill; self.plan.grid.len()]; self.models.len()],
+        }
+    }
+
+    /// The top-1 class of one crop's logits inside the source's subset.
+    pub fn top1(&self, logits: &[f32]) -> u16 {
+        masked_argmax(logits, &self.mask).unwrap_or(0) as u16
+    }
+
+    /// Write an image's records, one per model. A transform is correct when
+    /// its prediction is one of the labels (a prediction not made never is).
+    pub fn emit(&mut self, s: Scanned) -> Result<(), ScanError> {
+        for (m, pred) in self.planned.iter().zip(s.pred) {
+            let correct = pred
+                .iter()
+                .map(|&c| s.labels.contains(&(c as i64)))
+                .collect();
+            self.writer.push(ScanRecord {
+                row: s.row,
+                id: s.id.clone(),
+                labels: s.labels.clone(),
+                image_bytes: s.image_bytes,
+                model: m.name.clone(),
+                pred,
+                correct,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Put the records in place (unless the scan stopped, or the claim was
+    /// lost meanwhile: then nothing is written) and give the unit's stats.
+    pub fn finish(self, completed: bool) -> Result<Option<ScanStats>, ScanError> {
+        self.bar.finish_and_clear();
+        if !completed || self.claim.lost() {
+            self.writer.abandon();
+            return Ok(None);
+        }
+        self.writer.finish()?;
+        let mut stats = self.stats;
+        stats.seconds = self.start.elapsed().as_secs_f64();
+        Ok(Some(stats))
+    }
+}
+
+/// Progress lines for logs (a scheduler's, a pipe): unit, images done of
+/// all, crops per second, time left; at most one per `every`. On a
+/// terminal the progress bar says it instead.
+struct Progress {
+    label: String,
+    total: u64,
+    every: Duration,
+    start: Instant,
+    last: Instant,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(label: String, total: u64, every: Duration) -> Progress {
+        use std::io::IsTerminal;
+        let now = Instant::now();
+        Progress {
+            label,
+            total,
+            every,
+            start: now,
+            last: now,
+            enabled: !std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, rows: u64, crops: u64) {
+        if !self.enabled || self.last.elapsed() < self.every {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let left = if rows > 0 {
+            crate::cost::duration(secs * (self.total.saturating_sub(rows)) as f64 / rows as f64)
+        } else {
+            "?".into()
+        };
+        eprintln!(
+            "  {}: {rows}/{} images, {:.0} crops/s, {} elapsed, about {left} left",
+            self.label,
+            self.total,
+            crops as f64 / secs,
+            crate::cost::duration(secs)
+        );
+    }
+}
