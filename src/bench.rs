@@ -94,6 +94,20 @@ pub fn read_images(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, BenchError> {
     Ok(out)
 }
 
+/// Run `once` `rounds` times (at least once), timing each run.
+fn timed(
+    rounds: usize,
+    mut once: impl FnMut() -> Result<(), BenchError>,
+) -> Result<Vec<f64>, BenchError> {
+    let mut times = Vec::with_capacity(rounds.max(1));
+    for _ in 0..rounds.max(1) {
+        let start = Instant::now();
+        once()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
 /// Decode every image once and cut all its zoom views, normalised.
 pub fn preprocessing(
     images: &[(PathBuf, Vec<u8>)],
@@ -101,10 +115,8 @@ pub fn preprocessing(
     rounds: usize,
 ) -> Result<Throughput, BenchError> {
     let crop = grid.crop_size as usize;
-    let mut times = Vec::new();
     let mut buf = vec![0f32; 3 * crop * crop];
-    for _ in 0..rounds.max(1) {
-        let start = Instant::now();
+    let times = timed(rounds, || {
         for (path, bytes) in images {
             let img = decode_rgb(bytes, DecodeLimits::default())
                 .map_err(|e| BenchError::Decode(path.clone(), e))?;
@@ -112,8 +124,8 @@ pub fn preprocessing(
                 normalise_chw(&view, IMAGENET_MEAN, IMAGENET_STD, &mut buf);
             }
         }
-        times.push(start.elapsed().as_secs_f64());
-    }
+        Ok(())
+    })?;
     Ok(throughput(images.len(), images.len() * grid.len(), times))
 }
 
@@ -142,27 +154,9 @@ pub fn feed_only(
     batch: usize,
     rounds: usize,
 ) -> Result<Throughput, BenchError> {
-    let mut times = Vec::new();
-    for _ in 0..rounds.max(1) {
-        let start = Instant::now();
-        let crops = feed::run(
-            as_rows(images),
-            grid,
-            DecodeLimits::default(),
-            FeedOptions::new(threads, batch),
-            |events| {
-                let mut crops = 0;
-                for e in events.flatten() {
-                    if let Event::Batch(b) = e {
-                        crops += b.len();
-                    }
-                }
-                crops
-            },
-        );
-        times.push(start.elapsed().as_secs_f64());
-        debug_assert_eq!(crops, images.len() * grid.len());
-    }
+    let times = timed(rounds, || {
+        feed_rounds(images, grid, threads, batch, |_| Ok(()))
+    })?;
     Ok(throughput(images.len(), images.len() * grid.len(), times))
 }
 
@@ -179,37 +173,50 @@ pub fn end_to_end(
 ) -> Result<Throughput, BenchError> {
     let norm = model.normaliser(IMAGENET_MEAN, IMAGENET_STD)?;
     let crop = grid.crop_size as usize;
-    let mut times = Vec::new();
-    for _ in 0..rounds.max(1) {
-        let start = Instant::now();
-        feed::run(
-            as_rows(images),
-            grid,
-            DecodeLimits::default(),
-            FeedOptions::new(threads, batch),
-            |events| -> Result<(), BenchError> {
-                let mut in_flight = None;
-                for e in events {
-                    let e = e.map_err(|e| BenchError::Source(e.to_string()))?;
-                    if let Event::Batch(b) = e {
-                        let x = model.upload(&b.pixels, b.len(), crop)?;
-                        if let Some(done) = in_flight.replace(model.start(&x, &norm)?) {
-                            model.finish(done)?;
-                        }
-                    }
-                }
-                if let Some(done) = in_flight {
-                    model.finish(done)?;
-                }
-                Ok(())
-            },
-        )?;
-        times.push(start.elapsed().as_secs_f64());
-    }
+    let times = timed(rounds, || {
+        let mut in_flight = None;
+        feed_rounds(images, grid, threads, batch, |b| {
+            let x = model.upload(&b.pixels, b.len(), crop)?;
+            if let Some(done) = in_flight.replace(model.start(&x, &norm)?) {
+                model.finish(done)?;
+            }
+            Ok(())
+        })?;
+        if let Some(done) = in_flight {
+            model.finish(done)?;
+        }
+        Ok(())
+    })?;
     Ok(throughput(images.len(), images.len() * grid.len(), times))
 }
 
-/// Forward passes on `batch` crops of `crop` px, `batches` per round.
+/// One pass of the feed over `images`, each batch handed to `each`.
+fn feed_rounds(
+    images: &[(PathBuf, Vec<u8>)],
+    grid: &ZoomGrid,
+    threads: usize,
+    batch: usize,
+    mut each: impl FnMut(&crate::feed::CropBatch) -> Result<(), BenchError>,
+) -> Result<(), BenchError> {
+    feed::run(
+        as_rows(images),
+        grid,
+        DecodeLimits::default(),
+        FeedOptions::new(threads, batch),
+        |events| {
+            for e in events {
+                if let Event::Batch(b) = e.map_err(|e| BenchError::Source(e.to_string()))? {
+                    each(&b)?;
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The model alone as the scan runs it, `batches` batches of `batch` crops
+/// of `crop` px per round: crops already on the device as bytes,
+/// normalised there, logits read back one batch behind.
 pub fn model_only(
     model: &Classifier,
     batch: usize,
@@ -217,16 +224,25 @@ pub fn model_only(
     batches: usize,
     rounds: usize,
 ) -> Result<Throughput, BenchError> {
-    let input = crate::models::synthetic::input(3, batch * 3 * crop * crop);
-    model.logits(&input, batch, crop)?; // warm-up
-    let mut times = Vec::new();
-    for _ in 0..rounds.max(1) {
-        let start = Instant::now();
+    let mut rng = crate::models::synthetic::SplitMix64(3);
+    let pixels: Vec<u8> = (0..batch * crop * crop * 3)
+        .map(|_| (rng.next_u64() >> 56) as u8)
+        .collect();
+    let x = model.upload(&pixels, batch, crop)?;
+    let norm = model.normaliser(IMAGENET_MEAN, IMAGENET_STD)?;
+    model.finish(model.start(&x, &norm)?)?; // warm-up
+    let times = timed(rounds, || {
+        let mut in_flight = None;
         for _ in 0..batches.max(1) {
-            model.logits(&input, batch, crop)?;
+            if let Some(done) = in_flight.replace(model.start(&x, &norm)?) {
+                model.finish(done)?;
+            }
         }
-        times.push(start.elapsed().as_secs_f64());
-    }
+        if let Some(done) = in_flight {
+            model.finish(done)?;
+        }
+        Ok(())
+    })?;
     let crops = batch * batches.max(1);
     Ok(throughput(crops, crops, times))
 }
