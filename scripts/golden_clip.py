@@ -13,7 +13,7 @@ tests/golden/clip/:
 * tiny_image.json: projected image embeddings of a tiny CLIP (the `logits`
   of the test helper are the embeddings here).
 * tiny_zero_shot.json: 100 * normalize(image) @ head^T for a few classes and
-  templates, the head made as SPEC §4 says, with open_clip's token ids.
+  templates, the head made as protocol §4 says, with open_clip's token ids.
 
 `--full DIR` does the same for the full ViT-L/14 configuration (1.7 GB of
 synthetic weights, minutes of CPU) into DIR, with the full tokenizer, for the
@@ -109,7 +109,7 @@ def clip_model(cfg: dict) -> CLIPModel:
     vision = dict(cfg["vision"], hidden_act="quick_gelu")
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg["projection_dim"])
     model = CLIPModel(config).eval()
-    # The real checkpoint's `logit_scale` is not read: SPEC §4 fixes the scale at 100.
+    # The real checkpoint's `logit_scale` is not read: protocol §4 fixes the scale at 100.
     without_scale = types.SimpleNamespace(
         state_dict=lambda: {k: v for k, v in model.state_dict().items() if k != "logit_scale"})
     state = synthetic_state(without_scale, WEIGHT_SEED)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden zoom crops from Pillow for the Rust parity test (SPEC §1).
+"""Golden zoom crops from Pillow for the Rust parity test (protocol §1).
 
 Writes generated input images of odd sizes and several modes to
 tests/golden/zoom/inputs/, and for each (input, transform) the 224x224 crop

@@ -1,5 +1,5 @@
 //! The paper's analyses over one (source, model) correctness matrix
-//! (SPEC §3, §6): upper bounds, the greedy set cover and its k-crop bounds,
+//! (protocol §3, §6): upper bounds, the greedy set cover and its k-crop bounds,
 //! scale groups, and per-anchor bounds. Pure functions, no I/O.
 //!
 //! A matrix is stored transposed, one bitset over images per transform, so
@@ -102,7 +102,7 @@ fn fraction(k: usize, n: usize) -> f64 {
     }
 }
 
-/// The greedy set cover over transforms (SPEC §3): repeatedly take the
+/// The greedy set cover over transforms (protocol §3): repeatedly take the
 /// transform that solves the most images not yet solved; ties go to the
 /// earliest transform in canonical order (row, column, scale ascending).
 /// Stops when no transform adds an image, so `picks.len()` is the cover size

@@ -129,7 +129,7 @@ pub struct EvalArgs {
     /// Hub revision (branch, tag or commit) of a Hub DATASET.
     #[arg(long, value_name = "REV", default_value = "main")]
     pub dataset_revision: String,
-    /// Test-time augmentation (SPEC §7): the paper-grid views with scale
+    /// Test-time augmentation (docs/protocol.md §7): the paper-grid views with scale
     /// above, below or at 224 (9 anchors each, 224 px crops), or
     /// torchvision's five / ten crops after the model's resize.
     #[arg(long, value_enum, default_value_t = Tta::None)]
@@ -148,7 +148,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Score ImageNet-A, ImageNet-R and ObjectNet rows (by their origin)
-    /// over their own class subset, as the zoom study does (SPEC §2); MEMO's
+    /// over their own class subset, as the zoom study does (docs/protocol.md §2); MEMO's
     /// loss then uses the subset too. Default: all 1000 classes, the
     /// ImageNet-Hard rule.
     #[arg(long)]
@@ -285,8 +285,11 @@ pub enum Command {
     Plan(PlanArgs),
     /// Which units are done, pending or failed.
     ///
-    /// Reads plan.json and scan/units/; prints one line per unit and a
-    /// summary on stdout. Exits 0 whatever the state.
+    /// Reads plan.json and scan/units/ (stats, claims, errors); writes one
+    /// line per unit to stdout (done with its time and rate, running with its
+    /// worker and heartbeat, pending, or failed with the error), a summary
+    /// and the time left at the finished units' pace. Exits 0 whatever the
+    /// state.
     Status(ManifestArg),
     /// Select, export and report once every unit is done.
     ///

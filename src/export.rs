@@ -1,5 +1,5 @@
 //! Export stage: the hard set as a Hugging Face dataset folder —
-//! `data/validation-XXXXX-of-YYYYY.parquet` in the released schema (SPEC §8)
+//! `data/validation-XXXXX-of-YYYYY.parquet` in the released schema (protocol §8)
 //! with the `huggingface` features metadata, and `README.md` (the dataset
 //! card) filled from `DATASET_CARD.md`.
 

@@ -1,8 +1,10 @@
 //! `imagenet-hard`: rebuild and curate the ImageNet-Hard benchmark.
 //!
 //! The pipeline runs one way, a module per stage:
-//! manifest -> plan -> fetch (hub) -> sources -> zoom (feed) -> models ->
-//! scan (records) -> select -> export / eval.
+//! manifest -> fetch (hub, download) -> plan (units, cost) -> scan (under
+//! claims: sources -> feed (zoom) -> models -> records) -> select (analysis)
+//! -> report / export; eval scores models on the exported schema. The
+//! commands (`commands/`) wire the stages; `ARCHITECTURE.md` maps them.
 
 pub mod analysis;
 pub mod bench;

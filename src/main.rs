@@ -1,3 +1,6 @@
+//! The `imagenet-hard` binary: parse the command line, run the command,
+//! print an error as `error: ...` with exit code 1 (clap exits 2 on bad usage).
+
 use clap::Parser;
 use std::process::ExitCode;
 

@@ -86,7 +86,7 @@ fn default_batch_size() -> usize {
     16
 }
 
-/// The zoom grid (SPEC §1). Defaults are the paper's 36 scales x 3x3 anchors.
+/// The zoom grid (protocol §1). Defaults are the paper's 36 scales x 3x3 anchors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZoomSection {
@@ -159,7 +159,7 @@ pub struct ScanSection {
     pub dtype: crate::models::Precision,
 }
 
-/// Which images are hard (SPEC §3). Written as a string: `all-fail`,
+/// Which images are hard (protocol §3). Written as a string: `all-fail`,
 /// `at-least:K` or `models:a,b`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SelectionRule {

@@ -15,7 +15,7 @@ use crate::plan::Plan;
 use crate::select::{load_source, Relabel, SelectError, Selection};
 use crate::zoom::Transform;
 
-/// Greedy picks behind the "36-crop" bound (SPEC §3).
+/// Greedy picks behind the "36-crop" bound (protocol §3).
 pub const COVER_PICKS: usize = 36;
 /// A model "nearly" solved an image when it did so with at most this many transforms.
 pub const NEAR_MISS_TRANSFORMS: usize = 3;

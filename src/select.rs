@@ -1,4 +1,4 @@
-//! Select stage: from scan records, the hard set (SPEC §3) and the 1-crop
+//! Select stage: from scan records, the hard set (protocol §3) and the 1-crop
 //! and all-transform upper bounds per (model, source). The rule and bounds
 //! are pure functions over correctness matrices; `select` does the I/O.
 //! Re-selection (another rule, or labels revised by a manual review) reads

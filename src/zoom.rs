@@ -1,4 +1,4 @@
-//! The paper's zoom transform (SPEC §1): decode to RGB, resize so the shorter
+//! The paper's zoom transform (protocol §1): decode to RGB, resize so the shorter
 //! side is `S` with Pillow's antialiased bicubic, cut a crop around one of the
 //! 3x3 anchors with black fill, normalise.
 //!

@@ -1,4 +1,4 @@
-//! Random views for test-time adaptation (SPEC §7, second piece): random
+//! Random views for test-time adaptation (protocol §7, second piece): random
 //! zoom-in (torchvision's `RandomResizedCrop`) and AugMix, as MEMO makes
 //! them. Pure: images and a seeded generator in, pixels out.
 //!

@@ -1,8 +1,8 @@
 //! Evaluation on a dataset in the ImageNet-Hard schema (ours, or the
 //! released `taesiri/imagenet-hard` layout, local or on the Hub): top-1 and
 //! top-5 over all 1000 classes, correct iff a prediction is any of the row's
-//! labels (SPEC §2), overall and per origin; optionally under a fixed
-//! test-time augmentation (SPEC §7).
+//! labels (protocol §2), overall and per origin; optionally under a fixed
+//! test-time augmentation (protocol §7).
 
 pub mod augment;
 pub mod dataset;
@@ -100,13 +100,13 @@ pub struct EvalConfig {
     /// MEMO's settings; `None` for the other modes.
     pub memo: Option<MemoConfig>,
     /// Whether predictions (and MEMO's loss) were restricted to the class
-    /// subset of the row's origin (SPEC §2's zoom-study rule).
+    /// subset of the row's origin (protocol §2's zoom-study rule).
     pub subset_by_origin: bool,
     /// The number format the model computed in (`--dtype`).
     pub precision: crate::models::Precision,
 }
 
-/// How a MEMO run adapts (SPEC §7).
+/// How a MEMO run adapts (protocol §7).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct MemoConfig {
     /// Random views per image.

@@ -1,4 +1,4 @@
-//! Fixed test-time augmentation (SPEC §7, first piece): the views of one
+//! Fixed test-time augmentation (protocol §7, first piece): the views of one
 //! image for a TTA group, and how the per-view predictions are pooled.
 //! Pure: images in, images out; logits in, class scores out.
 
@@ -10,7 +10,7 @@ use crate::zoom::{
     PAPER_SCALES,
 };
 
-/// Side of the zoom-group crops: the zoom study's input size (SPEC §1).
+/// Side of the zoom-group crops: the zoom study's input size (protocol §1).
 const ZOOM_CROP: u32 = 224;
 
 /// Which views an image is classified under.

@@ -1,4 +1,4 @@
-//! A ResNet whose weights can be adapted at test time (MEMO, SPEC §7).
+//! A ResNet whose weights can be adapted at test time (MEMO, protocol §7).
 //!
 //! The inference ResNet (`resnet.rs`) folds every BatchNorm into its
 //! convolution; this one keeps BatchNorm as its own layer, so it can
@@ -355,7 +355,7 @@ pub fn marginal_entropy(logits: &Tensor) -> Result<Tensor> {
     (avg.exp()? * avg)?.sum_all()?.neg()
 }
 
-/// MEMO's knobs (SPEC §7).
+/// MEMO's knobs (protocol §7).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoStep {
     /// BatchNorm prior strength N: p = N / (N + 1).

@@ -1,11 +1,11 @@
-//! OpenAI CLIP used zero-shot (SPEC §4), with transformers' tensor names
+//! OpenAI CLIP used zero-shot (protocol §4), with transformers' tensor names
 //! (`vision_model.*`, `text_model.*`, `visual_projection`, `text_projection`)
 //! as in `openai/clip-vit-large-patch14`. candle-transformers' CLIP towers do
 //! the encoding; this file makes the 1000-class head from OpenAI's 80-prompt
 //! ensemble and keeps it in the tool cache, since making it encodes 80,000
 //! prompts.
 //!
-//! The checkpoint's `logit_scale` is not read: SPEC §4 fixes the scale at 100.
+//! The checkpoint's `logit_scale` is not read: protocol §4 fixes the scale at 100.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -28,7 +28,7 @@ pub const CLASS_NAMES: &str = include_str!("../labels/clip_imagenet.txt");
 /// OpenAI's 80 ImageNet prompt templates; `{}` stands for the class name.
 pub const TEMPLATES: &str = include_str!("../labels/clip_templates.txt");
 
-/// Scale of the zero-shot logits (SPEC §4).
+/// Scale of the zero-shot logits (protocol §4).
 const LOGIT_SCALE: f64 = 100.0;
 /// Prompts encoded at once while making a head.
 const PROMPT_BATCH: usize = 256;

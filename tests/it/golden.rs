@@ -187,8 +187,15 @@ fn logits_against_reference(
     (ours, expected, batch)
 }
 
-/// max |a - b| / max |b|.
+/// max |a - b| / max |b|. Every value must be finite: NaN or infinity in
+/// either side fails the comparison (a fold with `f32::max` would skip NaN).
 fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths");
+    for (name, side) in [("ours", a), ("reference", b)] {
+        if let Some(i) = side.iter().position(|v| !v.is_finite()) {
+            panic!("{name}[{i}] = {} is not finite", side[i]);
+        }
+    }
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0);
     let worst = a
@@ -275,4 +282,14 @@ fn pth_checkpoints_load_tensors_and_refuse_code() {
         err.contains("__builtin__.print") && err.contains("code.pth") && err.contains("refusing"),
         "{err}"
     );
+}
+
+/// The parity check fails on NaN and infinity, which a plain max would skip.
+#[test]
+fn parity_fails_on_values_that_are_not_finite() {
+    assert!(relative_gap(&[1.0, 2.0], &[1.0, 2.0]) == 0.0);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        assert!(std::panic::catch_unwind(|| relative_gap(&[bad, bad], &[1.0, 2.0])).is_err());
+        assert!(std::panic::catch_unwind(|| relative_gap(&[1.0, 2.0], &[1.0, bad])).is_err());
+    }
 }

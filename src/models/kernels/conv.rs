@@ -509,8 +509,13 @@ pub(in crate::models) mod tests {
         }
     }
 
-    /// Largest |a - b| (shared with the other convolution tests).
+    /// Largest |a - b| (shared with the other convolution tests); NaN or
+    /// infinity on either side fails.
     pub(in crate::models) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        for t in [a, b] {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(v.iter().all(|x| x.is_finite()), "a value is not finite");
+        }
         (a - b)
             .unwrap()
             .abs()
