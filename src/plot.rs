@@ -76,6 +76,84 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// Width in pixels of `s` drawn at `size`.
+fn text_width(s: &str, size: u32) -> u32 {
+    font_ready();
+    (FONT, size)
+        .into_font()
+        .box_size(s)
+        .map(|(w, _)| w)
+        .unwrap_or(u32::MAX)
+}
+
+/// `s` broken at spaces into lines that each fit `max_width` pixels at
+/// `size`, at most `max_lines` of them; a word too long for a line, or text
+/// left over after the last line, is cut and ends in "…".
+pub fn fit_lines(s: &str, size: u32, max_width: u32, max_lines: usize) -> Vec<String> {
+    let fits = |t: &str| text_width(t, size) <= max_width;
+    // The longest prefix of `t` (in characters) that fits with "…" after it.
+    let cut = |t: &str| -> String {
+        let chars: Vec<char> = t.chars().collect();
+        let mut n = chars.len();
+        loop {
+            let candidate: String = chars[..n].iter().collect::<String>() + "…";
+            if n == 0 || fits(&candidate) {
+                return candidate;
+            }
+            n -= 1;
+        }
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for word in s.split_whitespace() {
+        let joined = if current.is_empty() {
+            word.to_string()
+        } else {
+            format!("{current} {word}")
+        };
+        if fits(&joined) {
+            current = joined;
+            continue;
+        }
+        if !current.is_empty() {
+            lines.push(std::mem::take(&mut current));
+        }
+        current = if fits(word) {
+            word.to_string()
+        } else {
+            cut(word)
+        };
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    if lines.len() > max_lines.max(1) {
+        let rest = lines[max_lines.max(1) - 1..].join(" ");
+        lines.truncate(max_lines.max(1) - 1);
+        lines.push(cut(&rest));
+    }
+    lines
+}
+
+/// Draw `lines` left-aligned from `(x, y)`, one every `step` pixels.
+fn draw_lines(
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    lines: &[String],
+    (x, y): (i32, i32),
+    step: i32,
+    style: &TextStyle<'static>,
+) -> Result<(), String> {
+    for (k, line) in lines.iter().enumerate() {
+        root.draw(&Text::new(
+            line.clone(),
+            (x, y + step * k as i32),
+            style.clone(),
+        ))
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// White to dark blue; `t` in 0..=1.
 fn shade(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0);
@@ -97,8 +175,12 @@ pub fn bias_heatmap(
 ) -> Result<(), PlotError> {
     let n = bounds.len().max(1);
     let cell = 150u32;
-    let top = 70u32;
-    let size = (cell * n as u32 + 40, cell * n as u32 + top + 40);
+    let width = cell * n as u32 + 40;
+    // Titles wrap to the picture's width; the grid starts below them.
+    let title_lines = fit_lines(title, 20, width - 40, 3);
+    let subtitle_lines = fit_lines(subtitle, 14, width - 40, 4);
+    let top = 16 + 26 * title_lines.len() as u32 + 18 * subtitle_lines.len() as u32 + 10;
+    let size = (width, cell * n as u32 + top + 40);
     let centre = bounds
         .get(n / 2)
         .and_then(|r| r.get(n / 2))
@@ -113,18 +195,15 @@ pub fn bias_heatmap(
     render(path, size, |root| {
         root.fill(&WHITE).map_err(err)?;
         let left = Pos::new(HPos::Left, VPos::Top);
-        root.draw(&Text::new(
-            title.to_string(),
-            (20, 12),
-            text(20, &BLACK, left),
-        ))
-        .map_err(err)?;
-        root.draw(&Text::new(
-            subtitle.to_string(),
-            (20, 40),
-            text(14, &GREY, left),
-        ))
-        .map_err(err)?;
+        draw_lines(root, &title_lines, (20, 12), 26, &text(20, &BLACK, left))?;
+        let below = 12 + 26 * title_lines.len() as i32 + 2;
+        draw_lines(
+            root,
+            &subtitle_lines,
+            (20, below),
+            18,
+            &text(14, &GREY, left),
+        )?;
         let centred = Pos::new(HPos::Center, VPos::Center);
         for (r, row) in bounds.iter().enumerate() {
             for (c, &v) in row.iter().enumerate() {
@@ -174,17 +253,14 @@ pub fn contact_sheet(
     let cols = tiles.len().clamp(1, 6) as u32;
     let rows = (tiles.len() as u32).div_ceil(cols).max(1);
     let (tile, caption) = (160u32, 40u32);
-    let top = 44u32;
-    let size = (cols * (tile + 10) + 10, top + rows * (tile + caption) + 10);
+    let width = cols * (tile + 10) + 10;
+    let title_lines = fit_lines(title, 18, width - 20, 3);
+    let top = 20 + 24 * title_lines.len() as u32;
+    let size = (width, top + rows * (tile + caption) + 10);
     render(path, size, |root| {
         root.fill(&WHITE).map_err(err)?;
         let left = Pos::new(HPos::Left, VPos::Top);
-        root.draw(&Text::new(
-            title.to_string(),
-            (10, 12),
-            text(18, &BLACK, left),
-        ))
-        .map_err(err)?;
+        draw_lines(root, &title_lines, (10, 12), 24, &text(18, &BLACK, left))?;
         for (i, (img, label)) in tiles.iter().enumerate() {
             let (c, r) = (i as u32 % cols, i as u32 / cols);
             let x = (10 + c * (tile + 10)) as i32;
@@ -199,14 +275,19 @@ pub fn contact_sheet(
             )
             .ok_or("thumbnail buffer size mismatch")?;
             root.draw(&element).map_err(err)?;
-            for (k, line) in label.lines().take(2).enumerate() {
-                root.draw(&Text::new(
-                    line.to_string(),
-                    (x, y + tile as i32 + 4 + 16 * k as i32),
-                    text(13, &BLACK, left),
-                ))
-                .map_err(err)?;
-            }
+            // Two caption lines, each cut to the tile's width.
+            let lines: Vec<String> = label
+                .lines()
+                .take(2)
+                .flat_map(|l| fit_lines(l, 13, tile, 1))
+                .collect();
+            draw_lines(
+                root,
+                &lines,
+                (x, y + tile as i32 + 4),
+                16,
+                &text(13, &BLACK, left),
+            )?;
         }
         Ok(())
     })
@@ -248,6 +329,57 @@ mod tests {
             .filter(|&(x, y)| img.get_pixel(x, y)[0] < 100)
             .count();
         assert!(dark > 50, "no title text drawn ({dark} dark pixels)");
+    }
+
+    /// Dark pixels in columns `[x0, x1)` of rows `[y0, y1)`.
+    fn ink(img: &RgbImage, (x0, x1): (u32, u32), (y0, y1): (u32, u32)) -> usize {
+        (x0..x1)
+            .flat_map(|x| (y0..y1).map(move |y| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y)[0] < 160)
+            .count()
+    }
+
+    #[test]
+    fn long_titles_wrap_inside_the_picture() {
+        let long = "convnext_base.fb_in1k_with_an_unusually_long_model_name on imagenet-c/impulse_noise/3 \
+                    and a subtitle that goes on: per-anchor upper bound (rows top to bottom) over 36 scales";
+        for line in fit_lines(long, 14, 200, 4) {
+            assert!(text_width(&line, 14) <= 200, "{line}");
+        }
+        let cut = fit_lines(long, 14, 200, 2);
+        assert_eq!(cut.len(), 2);
+        assert!(cut[1].ends_with('…'), "{cut:?}");
+        assert_eq!(fit_lines("short", 14, 200, 2), ["short"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bias.png");
+        let bounds = vec![vec![0.5; 3]; 3];
+        let picks = vec![vec![1; 3]; 3];
+        bias_heatmap(&path, long, long, &bounds, &picks, 9).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        // Text reaches across the title band but never into the right margin.
+        let band = (0, h - 490);
+        assert!(ink(&img, (20, w / 2), band) > 200, "titles drawn");
+        assert_eq!(
+            ink(&img, (w - 12, w), band),
+            0,
+            "a title runs off the right edge"
+        );
+        // The grid starts below the wrapped titles.
+        assert!(h > 560, "{h}");
+
+        let sheet = dir.path().join("sheet.png");
+        let tile = RgbImage::from_pixel(100, 80, image::Rgb([200, 0, 0]));
+        let tiles = vec![(tile, format!("{long}\n{long}"))];
+        contact_sheet(&sheet, long, &tiles).unwrap();
+        let img = image::open(&sheet).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        assert_eq!(
+            ink(&img, (w - 8, w), (0, h)),
+            0,
+            "text runs off the right edge"
+        );
     }
 
     #[test]

@@ -16,5 +16,6 @@ mod golden_vit;
 mod hub_server;
 mod pipeline;
 mod report;
+mod snapshots;
 mod sources;
 mod units;

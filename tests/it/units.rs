@@ -162,17 +162,49 @@ fn kill_9_at_any_moment_then_rerun_gives_identical_shards() {
     let manifest = unit_manifest(&fx);
     let m = manifest.to_str().unwrap();
     let run = fx.path().join("run");
-    // Kill the build again and again, each time a little later, on the same
-    // run directory: scans, unit renames and the export are all cut somewhere.
-    for ms in [150u64, 400, 700, 1000, 1400, 1900, 2500, 3200] {
+    // Kill a build at points spread over its whole length (scans, unit
+    // renames, the export), each time on a fresh run directory, and rerun.
+    let done = |run: &Path| {
+        std::fs::read_dir(run.join("scan/units"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".stats.json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // How long an uninterrupted build takes here, to spread the kills over it.
+    let t0 = std::time::Instant::now();
+    ok(&fx.run(&["build", m, "--device", "cpu"], &[]));
+    let full = t0.elapsed();
+    let mut landed = Vec::new();
+    for fraction in [0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.85, 0.95] {
+        std::fs::remove_dir_all(&run).unwrap();
         let mut child = fx
             .command(&["build", m, "--device", "cpu"], &[])
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(ms));
+        std::thread::sleep(full.mul_f64(fraction));
         let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+        use std::os::unix::process::ExitStatusExt;
+        // Killed while it ran (not after it had finished on its own).
+        if child.wait().unwrap().signal() == Some(9) {
+            landed.push((fraction, done(&run)));
+        }
+        // Whatever the kill cut, the rerun ends in the reference bytes.
+        ok(&fx.run(&["build", m, "--device", "cpu"], &[]));
+        assert_eq!(
+            dataset_files(&run),
+            reference,
+            "after a kill at {fraction} of the build"
+        );
     }
+    eprintln!("kills that landed (fraction of a {full:?} build, units done): {landed:?}");
+    assert!(landed.len() >= 6, "most kills land mid-run: {landed:?}");
+    assert!(
+        landed.iter().any(|&(_, d)| d > 0 && d < 16),
+        "some kill fell between units: {landed:?}"
+    );
     let out = fx.run(&["build", m, "--device", "cpu"], &[]);
     ok(&out);
     assert_eq!(dataset_files(&run), reference);
