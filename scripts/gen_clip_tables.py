@@ -6,7 +6,7 @@ names, one per line, in class-index order; duplicates such as "missile" at
 657 and 744 kept) and src/labels/clip_templates.txt (OpenAI's 80 ImageNet
 prompt templates, `{}` = the class name).
 
-Usage: /work/venv/bin/python scripts/gen_clip_tables.py   (needs open_clip_torch)
+Usage: python3 scripts/gen_clip_tables.py   (needs open_clip_torch)
 The lists are facts from open_clip/zero_shot_metadata.py (MIT).
 """
 import pathlib

@@ -19,7 +19,7 @@ tests/golden/clip/:
 synthetic weights, minutes of CPU) into DIR, with the full tokenizer, for the
 env-gated `CLIP_FULL_GOLDEN=DIR cargo test --test it golden_clip` check.
 
-Usage: /work/venv/bin/python scripts/golden_clip.py [--full DIR]
+Usage: python3 scripts/golden_clip.py [--full DIR]
 """
 import argparse
 import gzip

@@ -164,7 +164,9 @@ fn report_and_reselection_match_the_hand_worked_numbers() {
     let heat = image::open(run.join("report/bias-tiny-source-always-3.png"))
         .unwrap()
         .to_rgb8();
-    let (tl, tm) = (heat.get_pixel(25, 75), heat.get_pixel(175, 75));
+    // The grid sits below the (wrapped) titles: 3 cells of 150 px and a 40 px margin.
+    let top = heat.height() - 40 - 3 * 150;
+    let (tl, tm) = (heat.get_pixel(25, top + 5), heat.get_pixel(175, top + 5));
     assert!(tl[0] < tm[0] && tl[1] < tm[1], "{tl:?} vs {tm:?}");
     let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     for needle in [
