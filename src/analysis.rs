@@ -281,9 +281,47 @@ pub fn first_hit_order(grid: &ZoomGrid) -> Vec<usize> {
     order
 }
 
+/// A model "nearly" solved an image when it did so with at most this many transforms.
+pub const NEAR_MISS_TRANSFORMS: usize = 3;
+
+/// The one model that solves an image, when only one does and with at most
+/// [`NEAR_MISS_TRANSFORMS`] transforms (`correct[model][transform]`): it
+/// alone, and barely, kept the image out of the hard set.
+pub fn near_miss_solver(correct: &[Vec<bool>]) -> Option<usize> {
+    let solved: Vec<usize> = correct
+        .iter()
+        .map(|c| c.iter().filter(|&&x| x).count())
+        .collect();
+    match (0..solved.len())
+        .filter(|&m| solved[m] > 0)
+        .collect::<Vec<_>>()[..]
+    {
+        [m] if solved[m] <= NEAR_MISS_TRANSFORMS => Some(m),
+        _ => None,
+    }
+}
+
+/// Whether an image is a near miss ([`near_miss_solver`]).
+pub fn is_near_miss(correct: &[Vec<bool>]) -> bool {
+    near_miss_solver(correct).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_near_miss_is_one_model_with_few_transforms() {
+        let row = |n: usize| (0..10).map(|t| t < n).collect::<Vec<bool>>();
+        assert_eq!(near_miss_solver(&[row(0), row(2)]), Some(1));
+        assert_eq!(
+            near_miss_solver(&[row(0), row(4)]),
+            None,
+            "too many transforms"
+        );
+        assert_eq!(near_miss_solver(&[row(1), row(1)]), None, "two models");
+        assert_eq!(near_miss_solver(&[row(0), row(0)]), None, "a hard image");
+    }
 
     fn hits(rows: &[&[u8]]) -> Hits {
         let rows: Vec<Vec<bool>> = rows

@@ -251,6 +251,45 @@ pub struct ZoomArgs {
     pub crop_size: u32,
 }
 
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Also review the near misses: images outside the hard set that one
+    /// model alone solves, with at most 3 transforms.
+    #[arg(long)]
+    pub near_misses: bool,
+    /// Port on 127.0.0.1 (default: any free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// The review CSV the decisions go to (default: <run dir>/review/review.csv).
+    #[arg(long, value_name = "CSV")]
+    pub file: Option<PathBuf>,
+    /// The reviewer's name, written with each decision (default: $USER).
+    #[arg(long)]
+    pub reviewer: Option<String>,
+    /// Merge these reviewers' CSV files into --output instead of serving:
+    /// agreements are kept, disagreements become flags and are reported.
+    #[arg(long, value_name = "CSV", num_args = 2.., requires = "output")]
+    pub merge: Vec<PathBuf>,
+    /// The merged CSV (with --merge).
+    #[arg(long, short, value_name = "CSV")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DedupeArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Compare every scanned image, not only the hard set.
+    #[arg(long)]
+    pub all: bool,
+    /// Images whose 64-bit perceptual hashes differ in at most this many
+    /// bits are copies.
+    #[arg(long, default_value_t = crate::dedupe::DEFAULT_MAX_DISTANCE)]
+    pub max_distance: u32,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The main job: fetch, scan, select and export in one go.
@@ -303,6 +342,22 @@ pub enum Command {
     /// With --rule or --labels the hard set is recomputed from the stored
     /// predictions in seconds; no model runs.
     Select(SelectArgs),
+    /// Review the hard set in a browser: keep, drop, relabel, flag.
+    ///
+    /// Reads plan.json, select/selection.json, scan/, select/duplicates.json
+    /// (if `dedupe` ran) and the sources; serves a page on 127.0.0.1 only and
+    /// writes its URL, with a random token, to stdout; writes each decision at
+    /// once to the review CSV (--file), which `select --labels` reads. A
+    /// restart resumes where the review stopped. With --merge, reads several
+    /// review CSVs and writes one (--output), reporting conflicts on stdout.
+    Review(ReviewArgs),
+    /// Group near-duplicate images of the hard set (or of every scanned image).
+    ///
+    /// Reads plan.json, select/selection.json and the sources; writes
+    /// select/duplicates.json (the groups, by perceptual hash) and a summary
+    /// to stdout. Under `[selection] duplicates = "keep-first"` the next
+    /// `select` keeps only the first copy of each group.
+    Dedupe(DedupeArgs),
     /// The paper's analyses of a finished run, from the stored records.
     ///
     /// Reads plan.json, scan/, select/ and the sources (for the contact sheet);

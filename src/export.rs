@@ -484,6 +484,12 @@ pub fn render_card(
             r.file, r.sha256, r.relabelled, r.dropped
         ));
     }
+    if selection.duplicates_dropped > 0 {
+        rule.push_str(&format!(
+            "; {} later copies of near-duplicate images left out (first copy in source order kept)",
+            selection.duplicates_dropped
+        ));
+    }
     let values: [(&str, String); 15] = [
         ("pretty_name", plan.name.clone()),
         ("size_category", size_category.into()),

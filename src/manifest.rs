@@ -270,6 +270,20 @@ impl<'de> Deserialize<'de> for SelectionRule {
 pub struct SelectionSection {
     #[serde(default)]
     pub rule: SelectionRule,
+    /// What becomes of a group of near-duplicate images found by `dedupe`.
+    #[serde(default)]
+    pub duplicates: DuplicatePolicy,
+}
+
+/// What `select` does with a group of near-duplicates (`dedupe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DuplicatePolicy {
+    /// Every copy stays in the hard set.
+    #[default]
+    KeepAll,
+    /// Only the first copy in source order (the manifest's sources, then row) stays.
+    KeepFirst,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

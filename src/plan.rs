@@ -39,6 +39,9 @@ pub struct Plan {
     pub grid: ZoomGrid,
     pub decode: DecodeLimits,
     pub selection: SelectionRule,
+    /// `[selection] duplicates`.
+    #[serde(default)]
+    pub duplicates: crate::manifest::DuplicatePolicy,
     #[serde(default)]
     pub scan_mode: ScanMode,
     /// `scan.dtype`: the number format the models computed in.
@@ -229,6 +232,7 @@ impl Plan {
             grid: manifest.zoom.grid(),
             decode: manifest.decode,
             selection: manifest.selection.rule.clone(),
+            duplicates: manifest.selection.duplicates,
             scan_mode: manifest.scan.mode,
             scan_dtype: manifest.scan.dtype,
             shard_size_bytes: manifest.build.shard_size_mb * 1_000_000,

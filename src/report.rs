@@ -17,8 +17,6 @@ use crate::zoom::Transform;
 
 /// Greedy picks behind the "36-crop" bound (protocol §3).
 pub const COVER_PICKS: usize = 36;
-/// A model "nearly" solved an image when it did so with at most this many transforms.
-pub const NEAR_MISS_TRANSFORMS: usize = 3;
 /// Hard images shown on the contact sheet.
 pub const SHEET_IMAGES: usize = 24;
 
@@ -97,7 +95,7 @@ pub struct Closest {
     /// Hard images this model solves under some transform (0 under `all-fail`).
     pub solves_hard: usize,
     /// Images outside the hard set that only this model solves, with at most
-    /// `NEAR_MISS_TRANSFORMS` transforms: it alone, and barely, kept them out.
+    /// `analysis::NEAR_MISS_TRANSFORMS` transforms: it alone, and barely, kept them out.
     pub near_misses: usize,
 }
 
@@ -276,11 +274,8 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
                     c.solves_hard += (s > 0) as usize;
                 }
             } else if exhaustive {
-                let solvers: Vec<usize> = (0..solved.len()).filter(|&m| solved[m] > 0).collect();
-                if let [m] = solvers[..] {
-                    if solved[m] <= NEAR_MISS_TRANSFORMS {
-                        closest[m].near_misses += 1;
-                    }
+                if let Some(m) = crate::analysis::near_miss_solver(&im.correct) {
+                    closest[m].near_misses += 1;
                 }
             }
         }
@@ -574,8 +569,9 @@ impl Report {
         out.push_str(&format!(
             "\nWhich models came closest: `solves hard` counts hard images a model solves under \
              some transform (0 for every model under `all-fail`); `near misses` counts images \
-             outside the hard set that only this model solves, with at most {NEAR_MISS_TRANSFORMS} \
-             transforms.\n\n| model | solves hard | near misses |\n|---|---:|---:|\n"
+             outside the hard set that only this model solves, with at most {} \
+             transforms.\n\n| model | solves hard | near misses |\n|---|---:|---:|\n",
+            crate::analysis::NEAR_MISS_TRANSFORMS
         ));
         for c in &h.closest {
             out.push_str(&format!(

@@ -78,6 +78,9 @@ pub struct RelabelSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Selection {
     pub rule: SelectionRule,
+    /// Later copies of near-duplicate groups left out (`duplicates = "keep-first"`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates_dropped: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relabel: Option<RelabelSummary>,
     pub bounds: Vec<BoundRow>,
@@ -129,67 +132,32 @@ impl Relabel {
         })
     }
 
+    /// Parse the CSV: `origin,row,labels` first, then optionally a review's
+    /// `decision,comment,reviewer` (see [`crate::review::decisions`]).
     pub fn parse(text: &str, file: &Path) -> Result<Relabel, SelectError> {
-        let err = |line: usize, message: String| SelectError::LabelsFile {
-            file: file.into(),
-            line,
-            message,
-        };
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
-        match lines.next() {
-            Some((_, h)) if h.replace(' ', "") == "origin,row,labels" => {}
-            _ => {
-                return Err(err(
-                    1,
-                    "the first line must be the header `origin,row,labels`".into(),
-                ))
-            }
-        }
-        let mut labels = BTreeMap::new();
-        for (n, line) in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let cols: Vec<&str> = line.splitn(3, ',').collect();
-            let [origin, row, list] = cols[..] else {
-                return Err(err(
-                    n,
-                    format!("expected `origin,row,labels`, found `{line}`"),
-                ));
-            };
-            let row: u64 = row
-                .trim()
-                .parse()
-                .map_err(|_| err(n, format!("row `{row}` is not a row number")))?;
-            let list = list.trim().trim_matches('"');
-            let mut ids = Vec::new();
-            for v in list.split_whitespace() {
-                match v.parse::<i64>() {
-                    Ok(l) if (0..crate::labels::NUM_CLASSES as i64).contains(&l) => ids.push(l),
-                    _ => {
-                        return Err(err(
-                            n,
-                            format!("label `{v}` is not an ImageNet-1k index 0..999"),
-                        ))
-                    }
-                }
-            }
-            ids.sort_unstable();
-            ids.dedup();
-            if labels
-                .insert((origin.trim().to_string(), row), ids)
-                .is_some()
-            {
-                return Err(err(n, format!("`{origin}` row {row} is listed twice")));
-            }
-        }
+        let reviews = crate::review::decisions::parse(text, file).map_err(|e| match e {
+            crate::review::decisions::ReviewError::Line {
+                file,
+                line,
+                message,
+            } => SelectError::LabelsFile {
+                file,
+                line,
+                message,
+            },
+            other => SelectError::LabelsFile {
+                file: file.into(),
+                line: 0,
+                message: other.to_string(),
+            },
+        })?;
         Ok(Relabel {
             file: file.into(),
             sha256: String::new(),
-            labels,
+            labels: reviews
+                .into_iter()
+                .map(|r| ((r.origin, r.row), r.labels))
+                .collect(),
         })
     }
 }
@@ -337,8 +305,20 @@ pub fn select(
             }
         }
     }
+    // Near-duplicates found by `dedupe`: under keep-first, the later copies
+    // of a group leave the hard set.
+    let mut duplicates_dropped = 0;
+    if plan.duplicates == crate::manifest::DuplicatePolicy::KeepFirst {
+        if let Some(d) = crate::dedupe::Duplicates::read(&plan.run_dir) {
+            let later = d.later_copies();
+            let before = hard.len();
+            hard.retain(|h| !later.contains(&(h.origin.clone(), h.row)));
+            duplicates_dropped = before - hard.len();
+        }
+    }
     Ok(Selection {
         rule: rule.clone(),
+        duplicates_dropped,
         relabel: relabel.map(|r| RelabelSummary {
             file: r.file.display().to_string(),
             sha256: r.sha256.clone(),
@@ -349,6 +329,10 @@ pub fn select(
         hard,
         scanned,
     })
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 pub fn selection_path(run_dir: &Path) -> PathBuf {

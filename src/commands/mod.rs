@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod context;
+mod dedupe;
 mod eval;
 mod export;
 mod fetch;
@@ -13,6 +14,7 @@ mod models;
 mod plan;
 mod predict;
 mod report;
+mod review;
 mod scan;
 mod select;
 mod status;
@@ -31,6 +33,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Merge(arg) => merge::run(arg),
         Command::Select(args) => select::run(args),
         Command::Report(arg) => report::run(arg),
+        Command::Review(args) => review::run(args),
+        Command::Dedupe(args) => dedupe::run(args),
         Command::Export(arg) => export::run(arg),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
