@@ -300,8 +300,9 @@ impl Plan {
     }
 
     /// Whether `other` describes the same run: same inputs (by lock hash),
-    /// grid, models, limits and settings; where the files sit may differ.
-    /// Units and row counts are derived from these and not compared.
+    /// grid, models, limits and scan settings; where the files sit may
+    /// differ. Units and row counts are derived from these, and the
+    /// selection settings only read the records: none is compared.
     pub fn same_run_as(&self, other: &Plan) -> bool {
         let strip = |p: &Plan| {
             let mut p = p.clone();
@@ -313,6 +314,10 @@ impl Plan {
             });
             p.tool_version.clear();
             p.units.clear();
+            // How the hard set is chosen from the records does not change
+            // the records: a new rule or duplicate policy keeps the scan.
+            p.selection = SelectionRule::default();
+            p.duplicates = Default::default();
             p.sources.iter_mut().for_each(|s| s.total_rows = 0);
             p
         };

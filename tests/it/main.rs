@@ -16,6 +16,7 @@ mod golden_vit;
 mod hub_server;
 mod pipeline;
 mod report;
+mod review;
 mod snapshots;
 mod sources;
 mod units;
