@@ -277,6 +277,19 @@ pub fn acquire(path: &Path, times: ClaimTimes) -> std::io::Result<Result<Claim, 
     }))
 }
 
+/// Remove the claim at `path` if its worker is gone (no heartbeat for the
+/// timeout, or its process on this host has exited): a worker killed after
+/// finishing its unit but before letting go of it leaves such a claim on a
+/// done unit. A live claim is left alone.
+pub fn clear_if_stale(path: &Path, times: ClaimTimes) {
+    if let Ok(c) = read(path) {
+        let timeout = c.timeout.unwrap_or(times.timeout);
+        if c.age >= timeout || owner_exited(&c.owner) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn start(path: &Path, token: String, times: ClaimTimes) -> Claim {
     let lost = Arc::new(AtomicBool::new(false));
     let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
@@ -408,6 +421,23 @@ mod tests {
         )));
         assert!(!owner_exited(&format!("elsewhere:{pid}:1f:0")));
         assert!(acquire(&path, times(60_000)).unwrap().is_ok());
+    }
+
+    #[test]
+    fn only_a_stale_claim_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("u00005.claim");
+        let claim = acquire(&live, times(60_000)).unwrap().unwrap();
+        clear_if_stale(&live, times(60_000));
+        assert!(live.exists(), "a live claim stays");
+        drop(claim);
+        let dead = dir.path().join("u00006.claim");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        std::fs::write(&dead, format!("{}:{pid}:1f:0\n0\n", this_host().unwrap())).unwrap();
+        clear_if_stale(&dead, times(60_000));
+        assert!(!dead.exists(), "a killed worker's claim goes");
     }
 
     #[test]

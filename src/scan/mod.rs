@@ -246,10 +246,11 @@ fn run_unit(
     opts: &ScanOptions,
 ) -> Result<UnitOutcome, ScanError> {
     let stats_path = unit_stats_path(&plan.run_dir, unit);
+    let claim_path = unit_claim_path(&plan.run_dir, unit);
     if let Ok(done) = crate::util::read_json::<ScanStats>(&stats_path) {
+        crate::claim::clear_if_stale(&claim_path, opts.claims);
         return Ok(UnitOutcome::Done(done, false));
     }
-    let claim_path = unit_claim_path(&plan.run_dir, unit);
     let io = |source| ScanError::Io {
         path: claim_path.clone(),
         source,
