@@ -78,6 +78,11 @@ pub struct PlanArgs {
     /// GPU the scan will run on): the cost table then gives GPU-hours.
     #[arg(long, value_name = "BENCH.json", num_args = 1..)]
     pub rates: Vec<PathBuf>,
+    /// Run directories of earlier scans (exhaustive ones show the most)
+    /// to project the first-hit and curate modes from; default: the
+    /// manifest's `scan.curate_from`.
+    #[arg(long, value_name = "RUN_DIR", num_args = 1..)]
+    pub sample: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -169,6 +169,95 @@ pub fn table(costs: &[ModelCost], bound: bool) -> String {
     out
 }
 
+/// `3.2 PFLOP`, `540 GFLOP`: three significant digits at most.
+fn flops(x: f64) -> String {
+    let units = ["", "k", "M", "G", "T", "P", "E", "Z"];
+    let mut v = x.max(0.0);
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {}FLOP", units[u])
+}
+
+/// One scan mode's projected cost per image (`None`: no sample to project
+/// it from) and what the figure rests on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeRow {
+    pub mode: &'static str,
+    pub per_image: Option<crate::curate::ModeCost>,
+    pub basis: String,
+}
+
+/// The scan modes side by side over `images` images: forward passes,
+/// FLOPs (two per multiply-add of each model's pass, `gmacs[m]`),
+/// GPU-hours where every model's architecture (`archs[m]`) has a rate,
+/// and each mode's saving against the first row (exhaustive).
+pub fn mode_table(
+    images: Option<u64>,
+    rows: &[ModeRow],
+    archs: &[String],
+    rates: &BTreeMap<String, Rate>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "mode\tforward passes\tFLOPs\tGPU-hours\tpasses saved\tFLOPs saved\tfrom"
+    );
+    let base = rows.first().and_then(|r| r.per_image.clone());
+    for row in rows {
+        let Some(c) = &row.per_image else {
+            let _ = writeln!(out, "{}\t?\t?\t?\t\t\t{}", row.mode, row.basis);
+            continue;
+        };
+        let (passes, tflop, hours) = match images {
+            Some(n) => {
+                let n = n as f64;
+                let hours: Option<f64> = c
+                    .per_model
+                    .iter()
+                    .zip(archs)
+                    .map(|(p, a)| Some(p * n / rates.get(a)?.crops_per_s / 3600.0))
+                    .sum();
+                (
+                    thousands((c.passes_per_image * n).round() as u64),
+                    flops(2e9 * c.cost_per_image * n),
+                    hours.map_or("?".into(), |h| format!("{h:.2}")),
+                )
+            }
+            None => ("?".into(), "?".into(), "?".into()),
+        };
+        let saved = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.1}x", a / b)
+            } else {
+                "-".into()
+            }
+        };
+        let (sp, sf) = match &base {
+            Some(b) => (
+                saved(b.passes_per_image, c.passes_per_image),
+                saved(b.cost_per_image, c.cost_per_image),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let _ = writeln!(
+            out,
+            "{}\t{passes}\t{tflop}\t{hours}\t{sp}\t{sf}\t{}",
+            row.mode, row.basis
+        );
+    }
+    out
+}
+
 /// A unit's size and, once done, what it took.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitProgress {
@@ -235,6 +324,54 @@ pub fn duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mode_table_scales_per_image_costs_and_compares_with_exhaustive() {
+        use crate::curate::ModeCost;
+        let rates: BTreeMap<String, Rate> = [
+            ("a".to_string(), rate(100.0)),
+            ("b".to_string(), rate(50.0)),
+        ]
+        .into();
+        let archs = ["a".to_string(), "b".to_string()];
+        let row = |mode, per_model: [f64; 2]| ModeRow {
+            mode,
+            per_image: Some(ModeCost {
+                passes_per_image: per_model.iter().sum(),
+                // Model a: 1 GMAC a pass, b: 3.
+                cost_per_image: per_model[0] + 3.0 * per_model[1],
+                per_model: per_model.to_vec(),
+            }),
+            basis: format!("{mode} basis"),
+        };
+        let rows = [
+            row("exhaustive", [10.0, 10.0]),
+            row("curate", [1.0, 0.5]),
+            ModeRow {
+                mode: "first-hit",
+                per_image: None,
+                basis: "no sample".into(),
+            },
+        ];
+        let t = mode_table(Some(3600), &rows, &archs, &rates);
+        // 3,600 images x 20 passes; 2 x 40 GMAC x 3,600 = 288 TFLOP; hours
+        // 36,000 / 100 / 3600 + 36,000 / 50 / 3600 = 0.1 + 0.2.
+        assert!(
+            t.contains("exhaustive\t72,000\t288 TFLOP\t0.30\t1.0x\t1.0x\texhaustive basis"),
+            "{t}"
+        );
+        // 1.5 passes and 2.5 GMAC an image: 13.3x fewer passes, 16.0x
+        // fewer FLOPs.
+        assert!(
+            t.contains("curate\t5,400\t18.0 TFLOP\t0.02\t13.3x\t16.0x\tcurate basis"),
+            "{t}"
+        );
+        assert!(t.contains("first-hit\t?\t?\t?\t\t\tno sample"), "{t}");
+        // Unknown rows: no totals; a model without a rate: no hours.
+        assert!(mode_table(None, &rows, &archs, &rates).contains("curate\t?\t?\t?\t13.3x"));
+        let one: BTreeMap<String, Rate> = [("a".to_string(), rate(100.0))].into();
+        assert!(mode_table(Some(1), &rows, &archs, &one).contains("curate\t2\t5.00 GFLOP\t?\t"));
+    }
 
     fn rate(r: f64) -> Rate {
         Rate {

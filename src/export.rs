@@ -470,10 +470,14 @@ pub fn render_card(
         .collect::<Vec<_>>()
         .join("\n");
     let mut rule = selection.rule.describe();
-    if plan.scan_mode == crate::manifest::ScanMode::FirstHit {
-        rule.push_str(
+    match plan.scan_mode {
+        crate::manifest::ScanMode::FirstHit => rule.push_str(
             " (first-hit scan: each model stopped at its first correct transform, in a fixed order)",
-        );
+        ),
+        crate::manifest::ScanMode::Curate => rule.push_str(
+            " (curate scan: (model, transform) pairs tried in a learned order, every model stopping at the first hit of any; an image no pair solves was tried under all of them)",
+        ),
+        crate::manifest::ScanMode::Exhaustive => {}
     }
     if plan.scan_dtype != crate::models::Precision::F32 {
         rule.push_str(&format!(" (models computed in {})", plan.scan_dtype));

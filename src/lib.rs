@@ -12,6 +12,7 @@ pub mod claim;
 pub mod cli;
 pub mod commands;
 pub mod cost;
+pub mod curate;
 pub mod dedupe;
 pub mod demo;
 pub mod download;

@@ -145,6 +145,22 @@ pub enum ScanMode {
     /// upper bounds, far fewer forward passes; no greedy cover, scale-group
     /// or anchor analyses.
     FirstHit,
+    /// For regenerating the hard set fastest: per image, (model, transform)
+    /// pairs are tried in an order learned from earlier runs' records and
+    /// the models' costs, and every model stops at the first hit of any.
+    /// An image no model solves is still tried under every pair, so the
+    /// hard set is the exhaustive scan's; only the `all-fail` rule applies.
+    Curate,
+}
+
+impl ScanMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanMode::Exhaustive => "exhaustive",
+            ScanMode::FirstHit => "first-hit",
+            ScanMode::Curate => "curate",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -157,6 +173,13 @@ pub struct ScanSection {
     /// close call, so the run records it and the card states it.
     #[serde(default)]
     pub dtype: crate::models::Precision,
+    /// `curate` mode: run directories of earlier scans (exhaustive ones
+    /// teach the most) whose records give each (model, transform) pair's
+    /// chance to solve an image; relative to the manifest. Without any, the
+    /// order is the fallback: transforms in first-hit order, cheaper models
+    /// first.
+    #[serde(default)]
+    pub curate_from: Vec<PathBuf>,
 }
 
 /// Which images are hard (protocol §3). Written as a string: `all-fail`,
@@ -462,6 +485,23 @@ impl Manifest {
             return Err(invalid(
                 "build".into(),
                 "shard_size_mb, row_group_rows, batch_size, unit_images and models_per_unit must be at least 1".into(),
+            ));
+        }
+        if self.scan.mode == ScanMode::Curate
+            && self
+                .build
+                .models_per_unit
+                .is_some_and(|n| n < self.models.len())
+        {
+            return Err(invalid(
+                "build.models_per_unit".into(),
+                "a curate scan stops every model at the first hit of any, so a unit must hold every model: drop models_per_unit".into(),
+            ));
+        }
+        if self.scan.mode == ScanMode::Curate && self.selection.rule != SelectionRule::AllFail {
+            return Err(invalid(
+                "selection.rule".into(),
+                "a curate scan only tells which images no model solves: use the rule all-fail, or scan with mode = \"exhaustive\" or \"first-hit\"".into(),
             ));
         }
         let z = &self.zoom;

@@ -44,6 +44,9 @@ pub struct Plan {
     pub duplicates: crate::manifest::DuplicatePolicy,
     #[serde(default)]
     pub scan_mode: ScanMode,
+    /// A curate scan's pair order (learned when the plan was made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curate: Option<crate::curate::CurateOrder>,
     /// `scan.dtype`: the number format the models computed in.
     #[serde(default)]
     pub scan_dtype: crate::models::Precision,
@@ -233,6 +236,7 @@ impl Plan {
             decode: manifest.decode,
             selection: manifest.selection.rule.clone(),
             duplicates: manifest.selection.duplicates,
+            curate: None,
             scan_mode: manifest.scan.mode,
             scan_dtype: manifest.scan.dtype,
             shard_size_bytes: manifest.build.shard_size_mb * 1_000_000,
@@ -275,6 +279,12 @@ impl Plan {
                 return Err(PlanError::Different {
                     run_dir: self.run_dir.clone(),
                 });
+            }
+            // A curate order, like the units, is kept from the first plan
+            // (the samples it was learned from may have grown since), so
+            // every worker of a run tries the same pairs.
+            if old.curate.is_some() {
+                self.curate = old.curate.clone();
             }
             if !old.units.is_empty() {
                 self.units = old.units.clone();
@@ -319,6 +329,7 @@ impl Plan {
             p.selection = SelectionRule::default();
             p.duplicates = Default::default();
             p.sources.iter_mut().for_each(|s| s.total_rows = 0);
+            p.curate = None;
             p
         };
         strip(self) == strip(other)
@@ -330,6 +341,16 @@ impl Plan {
 }
 
 impl Plan {
+    /// Each model's cost per forward pass, in billions of multiply-adds at
+    /// this grid's crop size (the architecture's published count, scaled
+    /// by the crop's area).
+    pub fn model_gmacs(&self) -> Vec<f64> {
+        self.models
+            .iter()
+            .map(|m| pass_gmacs(m.architecture, self.grid.crop_size))
+            .collect()
+    }
+
     /// Forward passes per model over the counted rows, with their GPU-hours
     /// where `rates` has the model's architecture.
     pub fn cost(
@@ -348,6 +369,12 @@ impl Plan {
             .collect();
         crate::cost::model_costs(&images, self.grid.len(), &models, rates)
     }
+}
+
+/// Billions of multiply-adds of one forward pass of `arch` on a `crop` px
+/// crop: the published 224 px count scaled by the crop's area.
+pub fn pass_gmacs(arch: crate::models::Architecture, crop: u32) -> f64 {
+    arch.spec().gmacs * (crop as f64 / 224.0).powi(2)
 }
 
 /// The cost of a manifest before anything is fetched: each source's `rows`

@@ -127,6 +127,21 @@ pub struct Report {
     /// Mean share of the centre anchor among the greedy picks (uniform = 1/9).
     pub centre_pick_share: f64,
     pub hard: HardSummary,
+    /// A curate scan: per source and model, the images that model solved
+    /// first (the pair that stopped the image was its).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first_solvers: Vec<FirstSolverRow>,
+}
+
+/// One (source, model) count of a curate scan.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FirstSolverRow {
+    pub origin: String,
+    pub model: String,
+    /// Images of the source it solved first.
+    pub images: usize,
+    /// Images of the source scanned.
+    pub scanned: usize,
 }
 
 pub struct Written {
@@ -167,6 +182,10 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
     // A first-hit scan stopped at each image's first correct transform: the
     // bounds hold, the transform-by-transform analyses do not.
     let exhaustive = plan.scan_mode == crate::manifest::ScanMode::Exhaustive;
+    // A curate scan stopped every model at the first hit of any: only the
+    // hard set and who solved first are known.
+    let curate = plan.scan_mode == crate::manifest::ScanMode::Curate;
+    let mut first_solvers = Vec::new();
     let names: Vec<String> = grid.transforms().iter().map(Transform::to_string).collect();
     let one_crop = grid.index_of(Transform::ONE_CROP);
     let hard_rows: BTreeSet<(&str, u64)> = selection
@@ -198,6 +217,24 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
             cover_bound: random_baseline(COVER_PICKS.min(grid.len()), classes),
             upper_bound: random_baseline(grid.len(), classes),
         });
+        if curate {
+            // Each solved image has exactly one correct pair: its stopper.
+            let mut counts = vec![0usize; models.len()];
+            for im in &images {
+                if let Some(m) = im.correct.iter().position(|c| c.iter().any(|&x| x)) {
+                    counts[m] += 1;
+                }
+            }
+            for (model, n) in models.iter().zip(counts) {
+                first_solvers.push(FirstSolverRow {
+                    origin: source.origin.clone(),
+                    model: model.clone(),
+                    images: n,
+                    scanned: images.len(),
+                });
+            }
+            continue;
+        }
         for (mi, model) in models.iter().enumerate() {
             let hits = Hits::from_rows(
                 images.iter().map(|im| im.correct[mi].as_slice()),
@@ -331,6 +368,7 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
             closest,
             contact_sheet,
         },
+        first_solvers,
     };
     let json = dir.join("report.json");
     crate::util::write_json(&json, &report).map_err(|source| ReportError::Io {
@@ -462,6 +500,44 @@ impl Report {
                  out.\n\n",
             );
         }
+        if self.scan_mode == crate::manifest::ScanMode::Curate {
+            out.push_str(&self.curate_section(plan));
+        } else {
+            self.bound_sections(plan, k, &mut out);
+        }
+        out.push_str(&self.hard_section());
+        out
+    }
+
+    /// What a curate scan can say, and what it cannot.
+    fn curate_section(&self, plan: &Plan) -> String {
+        let mut out = String::from(
+            "**Curate scan**: (model, transform) pairs were tried in a learned order and every \
+             model stopped at the first hit of any, so the hard set is exact but no model was \
+             run on every transform. Not given: Table 1 (1-crop, greedy-cover and all-transform \
+             bounds per model), scale groups and positional bias; scan exhaustively for them.\n\n",
+        );
+        if let Some(c) = &plan.curate {
+            out.push_str(&format!(
+                "Order learned from {} ({} sample images), {} pairs.\n\n",
+                c.learned_from,
+                c.sample_images,
+                c.pairs.len()
+            ));
+        }
+        out.push_str("## Who solved first\n\nPer source, the images each model solved first (the pair that stopped the image was its).\n\n| source | model | solved first | scanned |\n|---|---|---:|---:|\n");
+        for r in &self.first_solvers {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                r.origin, r.model, r.images, r.scanned
+            ));
+        }
+        out.push('\n');
+        out
+    }
+
+    /// Table 1, scale groups and positional bias.
+    fn bound_sections(&self, plan: &Plan, k: usize, out: &mut String) {
         out.push_str(&format!(
             "## Table 1: accuracy with 1, {k} (greedy) and {} (all) crops (%)\n\n\
              1-crop is `r1c1s256`. The {k}-crop bound takes the first {k} transforms of a greedy \
@@ -554,6 +630,11 @@ impl Report {
             }
             out.push('\n');
         }
+    }
+
+    /// Counts of the hard set, its labels, which models came closest.
+    fn hard_section(&self) -> String {
+        let mut out = String::new();
         let h = &self.hard;
         out.push_str(&format!(
             "## Hard set\n\n{} of {} scanned images are hard.\n\n| origin | hard |\n|---|---:|\n",

@@ -252,13 +252,21 @@ pub fn select(
 ) -> Result<Selection, SelectError> {
     let models = plan.model_names();
     rule.check(&models).map_err(SelectError::Rule)?;
-    if relabel.is_some() && plan.scan_mode == crate::manifest::ScanMode::FirstHit {
-        return Err(SelectError::Rule(
-            "revised labels need an exhaustive scan: this run's first-hit scan stopped at the first \
+    let mode = plan.scan_mode;
+    if relabel.is_some() && mode != crate::manifest::ScanMode::Exhaustive {
+        return Err(SelectError::Rule(format!(
+            "revised labels need an exhaustive scan: this run's {} scan stopped at the first \
              transform correct for the old labels, so what the other transforms predict is unknown; \
-             rescan with `[scan] mode = \"exhaustive\"`"
-                .into(),
-        ));
+             rescan with `[scan] mode = \"exhaustive\"`",
+            mode.name()
+        )));
+    }
+    if mode == crate::manifest::ScanMode::Curate && *rule != SelectionRule::AllFail {
+        return Err(SelectError::Rule(format!(
+            "`{rule}` needs to know which models fail every transform, and a curate scan stops \
+             every model at the first hit of any: use all-fail, or rescan with \
+             `[scan] mode = \"exhaustive\"` or \"first-hit\""
+        )));
     }
     let missing = missing_units(plan);
     if let Some(u) = missing.first() {
@@ -277,7 +285,13 @@ pub fn select(
         relabelled += r;
         dropped += d;
         scanned.insert(source.origin.clone(), images.len());
-        for (mi, m) in models.iter().enumerate() {
+        // A curate scan's per-model bounds would only count what was tried.
+        let bounded = if mode == crate::manifest::ScanMode::Curate {
+            &[][..]
+        } else {
+            &models[..]
+        };
+        for (mi, m) in bounded.iter().enumerate() {
             let hits = Hits::from_rows(
                 images.iter().map(|im| im.correct[mi].as_slice()),
                 plan.grid.len(),
@@ -376,6 +390,9 @@ impl Selection {
                 100.0 * b.upper_bound,
                 b.transforms
             ));
+        }
+        if self.bounds.is_empty() {
+            out.push_str("| (a curate scan gives no per-model bounds) | | | | |\n");
         }
         let total: usize = self.scanned.values().sum();
         out.push_str(&format!(

@@ -80,8 +80,17 @@ pub fn fetch_inputs(ctx: &Context) -> Result<Fetched> {
 /// same run already in the run directory; refuse to mix runs.
 pub fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     let fetched = fetch_inputs(ctx)?;
-    let fresh = Plan::new(&ctx.manifest, &fetched, limit);
+    let mut fresh = Plan::new(&ctx.manifest, &fetched, limit);
     let old = Plan::read(&fresh.run_dir).ok();
+    if fresh.scan_mode == crate::manifest::ScanMode::Curate {
+        match old.as_ref().and_then(|o| o.curate.as_ref()) {
+            Some(kept) => eprintln!(
+                "Curate order: the run's own, learned from {}",
+                kept.learned_from
+            ),
+            None => fresh.curate = Some(curate_order(ctx, &fresh)?),
+        }
+    }
     let plan = fresh
         .settle(old.as_ref())
         .with_context(|| format!("the manifest {}", ctx.label.display()))?;
@@ -96,6 +105,59 @@ pub fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
         plan.run_dir.display()
     );
     Ok(plan)
+}
+
+/// Sample outcomes from earlier runs (`dirs`, relative to the current
+/// directory or absolute) over `models` and `grid`, with a line per run
+/// saying where they came from.
+pub fn load_samples(
+    dirs: &[PathBuf],
+    models: &[String],
+    grid: &crate::zoom::ZoomGrid,
+) -> Result<(Vec<crate::curate::Outcome>, Vec<String>)> {
+    let mut samples = Vec::new();
+    let mut from = Vec::new();
+    for dir in dirs {
+        let s = crate::scan::sample_outcomes(dir, models, grid)
+            .with_context(|| format!("sample run {}", dir.display()))?;
+        from.push(format!("{} ({} images)", dir.display(), s.len()));
+        samples.extend(s);
+    }
+    Ok((samples, from))
+}
+
+/// `scan.curate_from`, relative to the manifest.
+pub fn curate_from(ctx: &Context) -> Vec<PathBuf> {
+    ctx.manifest
+        .scan
+        .curate_from
+        .iter()
+        .map(|d| ctx.manifest_dir.join(d))
+        .collect()
+}
+
+/// A curate scan's order, learned from the records of `scan.curate_from`
+/// and the models' costs.
+fn curate_order(ctx: &Context, plan: &Plan) -> Result<crate::curate::CurateOrder> {
+    let (samples, from) = load_samples(&curate_from(ctx), &plan.model_names(), &plan.grid)
+        .context("scan.curate_from")?;
+    let fallback = crate::analysis::first_hit_order(&plan.grid);
+    let pairs = crate::curate::order(&samples, &plan.model_gmacs(), &fallback);
+    let learned_from = if from.is_empty() {
+        "no sample (scan.curate_from is empty): transforms in first-hit order, cheaper models first"
+            .into()
+    } else {
+        from.join(", ")
+    };
+    eprintln!(
+        "Curate order: {} pairs, learned from {learned_from}",
+        pairs.len()
+    );
+    Ok(crate::curate::CurateOrder {
+        pairs,
+        learned_from,
+        sample_images: samples.len(),
+    })
 }
 
 /// `--dry-run`: the plan as text on stdout, from the manifest and its lock

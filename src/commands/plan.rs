@@ -1,11 +1,15 @@
 //! `plan`: fetch the inputs, count the rows, cut the scan into work units;
 //! prints the units (stdout) and the cost (stderr): forward passes per
 //! model and, with `--rates`, GPU-hours. `--dry-run` prints the plan and
-//! its cost from the manifest alone.
+//! its cost from the manifest alone. Both compare the scan modes:
+//! exhaustive exactly, first-hit and curate as expected from the outcomes
+//! of a sample of earlier runs' images.
 
 use anyhow::Result;
 
-use super::context::{load_context, prepare_plan, print_dry_run};
+use super::context::{
+    curate_from, load_context, load_samples, prepare_plan, print_dry_run, Context,
+};
 use super::status::{progress_line, unit_cells, unit_models};
 use crate::cli::PlanArgs;
 use crate::plan::Plan;
@@ -24,6 +28,27 @@ pub fn run(args: PlanArgs) -> Result<()> {
                 &costs,
                 ctx.manifest.scan.mode != crate::manifest::ScanMode::Exhaustive
             )
+        );
+        let images: Option<u64> = costs
+            .first()
+            .and_then(|c| c.passes)
+            .map(|p| p / ctx.manifest.zoom.grid().len().max(1) as u64);
+        let models: Vec<(String, crate::models::Architecture)> = ctx
+            .manifest
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.architecture))
+            .collect();
+        println!(
+            "\n{}",
+            modes(
+                &ctx,
+                &args.sample,
+                images,
+                &models,
+                &ctx.manifest.zoom.grid(),
+                &rates
+            )?
         );
         return Ok(());
     }
@@ -44,9 +69,88 @@ pub fn run(args: PlanArgs) -> Result<()> {
     );
     let bound = plan.scan_mode != crate::manifest::ScanMode::Exhaustive;
     eprint!("\n{}", crate::cost::table(&plan.cost(&rates), bound));
+    let models: Vec<(String, crate::models::Architecture)> = plan
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.architecture))
+        .collect();
+    let images = plan.sources.iter().map(|s| s.selected_count()).sum();
+    eprintln!(
+        "\n{}",
+        modes(
+            &ctx,
+            &args.sample,
+            Some(images),
+            &models,
+            &plan.grid,
+            &rates
+        )?
+    );
     let progress = crate::cost::project_run(&crate::scan::unit_progress(&plan));
     if progress.units_done > 0 {
         eprintln!("{}", progress_line(&progress));
     }
     Ok(())
+}
+
+/// The scan modes side by side: exhaustive from the counts, first-hit and
+/// curate from the sample runs' outcomes.
+fn modes(
+    ctx: &Context,
+    sample: &[std::path::PathBuf],
+    images: Option<u64>,
+    models: &[(String, crate::models::Architecture)],
+    grid: &crate::zoom::ZoomGrid,
+    rates: &std::collections::BTreeMap<String, crate::cost::Rate>,
+) -> Result<String> {
+    let dirs = if sample.is_empty() {
+        curate_from(ctx)
+    } else {
+        sample.to_vec()
+    };
+    let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+    let (samples, from) = load_samples(&dirs, &names, grid)?;
+    let gmacs: Vec<f64> = models
+        .iter()
+        .map(|(_, a)| crate::plan::pass_gmacs(*a, grid.crop_size))
+        .collect();
+    let archs: Vec<String> = models.iter().map(|(_, a)| a.name().to_string()).collect();
+    let fallback = crate::analysis::first_hit_order(grid);
+    let p = crate::curate::project(&samples, &gmacs, &fallback);
+    let sampled = if samples.is_empty() {
+        "needs a sample: --sample RUN_DIR (an earlier run's directory) or [scan] curate_from"
+            .to_string()
+    } else {
+        format!(
+            "expected from {} sample images: {}",
+            samples.len(),
+            from.join(", ")
+        )
+    };
+    let rows = [
+        crate::cost::ModeRow {
+            mode: "exhaustive",
+            per_image: Some(p.exhaustive),
+            basis: "every model, every transform".into(),
+        },
+        crate::cost::ModeRow {
+            mode: "first-hit",
+            per_image: p.first_hit,
+            basis: sampled.clone(),
+        },
+        crate::cost::ModeRow {
+            mode: "curate",
+            per_image: p.curate,
+            basis: if samples.is_empty() {
+                sampled
+            } else {
+                format!("{sampled}; order learned on half the sample, costed on the other half")
+            },
+        },
+    ];
+    Ok(format!(
+        "scan modes (FLOPs: 2 x each architecture's published multiply-adds at {} px)\n{}",
+        grid.crop_size,
+        crate::cost::mode_table(images, &rows, &archs, rates)
+    ))
 }

@@ -20,6 +20,10 @@ pub struct ArchSpec {
     /// (handed over in [`Extras::files`]).
     pub extra_files: &'static [&'static str],
     pub build: fn(VarBuilder<'static>, &Extras) -> candle_core::Result<Net>,
+    /// Multiply-adds of one 224 px forward pass, in billions (the published
+    /// counts): the cost a curate order weighs pairs by when no measured
+    /// rate is at hand.
+    pub gmacs: f64,
 }
 
 /// Every architecture the tool can build. Adding one = a file in this
@@ -30,66 +34,77 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         config_names: &["resnet18"],
         extra_files: &[],
         build: resnet::resnet18,
+        gmacs: 1.82,
     },
     ArchSpec {
         name: "resnet50",
         config_names: &["resnet50"],
         extra_files: &[],
         build: resnet::resnet50,
+        gmacs: 4.09,
     },
     ArchSpec {
         name: "alexnet",
         config_names: &["alexnet"],
         extra_files: &[],
         build: vgg::alexnet,
+        gmacs: 0.71,
     },
     ArchSpec {
         name: "vgg16",
         config_names: &["vgg16"],
         extra_files: &[],
         build: vgg::vgg16,
+        gmacs: 15.47,
     },
     ArchSpec {
         name: "vgg19",
         config_names: &["vgg19"],
         extra_files: &[],
         build: vgg::vgg19,
+        gmacs: 19.63,
     },
     ArchSpec {
         name: "vit_b_32",
         config_names: &["vit_b_32"],
         extra_files: &[],
         build: vit::vit_b_32,
+        gmacs: 4.41,
     },
     ArchSpec {
         name: "vit_base_patch32_224",
         config_names: &["vit_base_patch32_224"],
         extra_files: &[],
         build: vit::vit_base_patch32_224,
+        gmacs: 4.41,
     },
     ArchSpec {
         name: "tf_efficientnet_lite0",
         config_names: &["tf_efficientnet_lite0"],
         extra_files: &[],
         build: efficientnet::tf_efficientnet_lite0,
+        gmacs: 0.39,
     },
     ArchSpec {
         name: "efficientnet_b0",
         config_names: &["efficientnet_b0"],
         extra_files: &[],
         build: efficientnet::efficientnet_b0,
+        gmacs: 0.39,
     },
     ArchSpec {
         name: "convnext_base",
         config_names: &["convnext_base"],
         extra_files: &[],
         build: convnext::convnext_base,
+        gmacs: 15.36,
     },
     ArchSpec {
         name: "clip_vit_large_patch14",
         config_names: &["CLIPModel"],
         extra_files: &["tokenizer.json", "config.json"],
         build: clip::clip_vit_large_patch14,
+        gmacs: 80.7,
     },
 ];
 

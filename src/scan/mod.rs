@@ -2,12 +2,15 @@
 //! zoom transform, one work unit at a time, each under a claim. Each
 //! (image, model) becomes one [`ScanRecord`]; undecodable rows become
 //! counted skips. Two strategies share one unit scan ([`unit`]):
-//! [`exhaustive`] (every transform, fed by the parallel feed) and
-//! [`first_hit`] (each model stops at its first correct transform). A unit
+//! [`exhaustive`] (every transform, fed by the parallel feed),
+//! [`first_hit`] (each model stops at its first correct transform) and
+//! [`curate`] (every model stops at the first hit of any, pairs tried in a
+//! learned order). A unit
 //! writes its records under a temporary name, renames them when complete,
 //! then writes its stats: a unit with stats is done and is never run again,
 //! so a killed worker loses at most its current unit.
 
+mod curate;
 mod exhaustive;
 mod first_hit;
 mod unit;
@@ -43,6 +46,8 @@ pub enum ScanError {
     },
     #[error("cannot start the preprocessing threads: {0}")]
     Threads(String),
+    #[error("{0}")]
+    Plan(String),
     #[error("the scan is incomplete: {missing} unit(s) not done, the first {first}; run `imagenet-hard scan` (or the job array) again, and `imagenet-hard status` to see them all")]
     Incomplete { missing: usize, first: String },
 }
@@ -281,6 +286,7 @@ fn run_unit(
             let completed = match plan.scan_mode {
                 ScanMode::Exhaustive => exhaustive::scan(&mut scan, opts.threads),
                 ScanMode::FirstHit => first_hit::scan(&mut scan, opts.threads),
+                ScanMode::Curate => curate::scan(&mut scan, opts.threads),
             }?;
             scan.finish(completed)
         });
@@ -409,6 +415,48 @@ pub fn read_source_records(plan: &Plan, origin: &str) -> Result<Vec<ScanRecord>,
         if path.is_file() {
             out.extend(crate::records::read_records(&path)?);
         }
+    }
+    Ok(out)
+}
+
+/// The outcomes recorded by the run in `run_dir`, as samples for a curate
+/// order over `models` (by name) and `grid`: per image, per model and
+/// transform, solved or not where the pair was tried. Models or transforms
+/// that run lacks are `None`.
+pub fn sample_outcomes(
+    run_dir: &Path,
+    models: &[String],
+    grid: &crate::zoom::ZoomGrid,
+) -> Result<Vec<crate::curate::Outcome>, ScanError> {
+    let mut theirs = Plan::read(run_dir).map_err(|source| ScanError::Io {
+        path: Plan::path(run_dir),
+        source,
+    })?;
+    theirs.run_dir = run_dir.to_path_buf();
+    // Their transform index -> ours.
+    let ours: Vec<Option<usize>> = theirs
+        .grid
+        .transforms()
+        .iter()
+        .map(|&t| grid.index_of(t))
+        .collect();
+    let mut out = Vec::new();
+    for source in &theirs.sources {
+        let mut by_row: BTreeMap<u64, crate::curate::Outcome> = BTreeMap::new();
+        for rec in read_source_records(&theirs, &source.origin)? {
+            let Some(m) = models.iter().position(|n| *n == rec.model) else {
+                continue;
+            };
+            let image = by_row
+                .entry(rec.row)
+                .or_insert_with(|| vec![vec![None; grid.len()]; models.len()]);
+            for (k, (&p, &c)) in rec.pred.iter().zip(&rec.correct).enumerate() {
+                if let Some(Some(t)) = ours.get(k) {
+                    image[m][*t] = (p != NOT_TRIED).then_some(c);
+                }
+            }
+        }
+        out.extend(by_row.into_values());
     }
     Ok(out)
 }

@@ -3,6 +3,7 @@
 //! generated Hub cache and a loopback Hub stand-in.
 
 mod bad_input;
+mod curate;
 mod eval;
 mod feed;
 mod fixture;

@@ -1,0 +1,173 @@
+//! The curate strategy: per image, (model, transform) pairs are tried in
+//! the plan's learned order until one is correct, and then no model tries
+//! more. An image no pair solves has tried them all: the hard set is the
+//! exhaustive scan's. What is recorded does not depend on batching: pairs
+//! after an image's first hit are dropped, not recorded; pairs not tried
+//! are [`NOT_TRIED`].
+
+use rayon::prelude::*;
+use std::collections::VecDeque;
+
+use super::first_hit::NOT_TRIED;
+use super::unit::{Scanned, UnitScan};
+use super::ScanError;
+use crate::sources::Skip;
+use crate::zoom::{decode_for_zoom, zoom_view, RgbImage};
+
+/// An image being hunted along the pair order.
+struct Hunt {
+    scanned: Scanned,
+    img: Option<RgbImage>,
+    /// Position of the next pair to try.
+    next: usize,
+    done: bool,
+}
+
+/// Scan the unit; false when it stopped early (its claim was taken over).
+pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanError> {
+    let (plan, unit, source) = (scan.plan, scan.unit, scan.source);
+    let grid = &plan.grid;
+    // The plan's pairs over the unit's models (a curate unit holds them all).
+    let order: Vec<(usize, usize)> = plan
+        .curate
+        .as_ref()
+        .map(|c| c.pairs.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|&(m, t)| {
+            let local = unit.models.iter().position(|&u| u == m as usize)?;
+            Some((local, t as usize))
+        })
+        .collect();
+    if order.is_empty() {
+        return Err(ScanError::Plan(
+            "the plan has no curate order: make the plan again with `imagenet-hard plan`".into(),
+        ));
+    }
+    let transforms = grid.transforms();
+    let batch = plan.batch_size.max(1);
+    let crop = grid.crop_size as usize;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| ScanError::Threads(e.to_string()))?;
+    let mut rows = source
+        .reader()
+        .rows_in(source.unit_rows(unit.first, unit.end));
+    let mut live: VecDeque<Hunt> = VecDeque::new();
+    let mut exhausted = false;
+    let mut pixels: Vec<u8> = Vec::new();
+    loop {
+        if scan.stopped() {
+            return Ok(false);
+        }
+        // Keep `batch` unfinished images in flight.
+        while !exhausted && live.iter().filter(|h| !h.done).count() < batch {
+            let Some(outcome) = rows.next() else {
+                exhausted = true;
+                break;
+            };
+            let rec = match outcome? {
+                Ok(rec) => rec,
+                Err(skip) => {
+                    scan.skip(skip);
+                    continue;
+                }
+            };
+            let img = match decode_for_zoom(&rec.image, plan.decode, grid) {
+                Ok(img) => img,
+                Err(e) => {
+                    scan.skip(Skip {
+                        row: rec.row,
+                        reason: e.reason().into(),
+                        detail: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let image_bytes = rec.image.len() as u64;
+            live.push_back(Hunt {
+                scanned: scan.image(rec.row, rec.path, rec.labels, image_bytes, NOT_TRIED),
+                img: Some(img),
+                next: 0,
+                done: false,
+            });
+        }
+        if live.is_empty() {
+            break;
+        }
+        // Each unfinished image takes its next few pairs.
+        let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
+        let per = batch.div_ceil(active.len().max(1));
+        let mut answers: Vec<Vec<Option<u16>>> = vec![Vec::new(); live.len()];
+        for &li in &active {
+            answers[li] = vec![None; per.min(order.len() - live[li].next)];
+        }
+        // Run them model by model, in batches of at most `batch` crops.
+        let order_ref = &order;
+        for (mi, model) in scan.models.iter().enumerate() {
+            let jobs: Vec<(usize, usize, usize)> = active
+                .iter()
+                .flat_map(|&li| {
+                    let h = &live[li];
+                    (0..answers[li].len())
+                        .filter(move |&k| order_ref[h.next + k].0 == mi)
+                        .map(move |k| (li, k, order_ref[h.next + k].1))
+                })
+                .collect();
+            for chunk in jobs.chunks(batch) {
+                // Unfinished images keep their pixels.
+                let sources: Vec<(&RgbImage, usize)> = chunk
+                    .iter()
+                    .filter_map(|&(li, _, t)| live[li].img.as_ref().map(|img| (img, t)))
+                    .collect();
+                if sources.len() != chunk.len() {
+                    return Err(ScanError::Plan(
+                        "an unfinished image lost its pixels".into(),
+                    ));
+                }
+                let views: Vec<RgbImage> = pool.install(|| {
+                    sources
+                        .par_iter()
+                        .map(|&(img, t)| {
+                            zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill)
+                        })
+                        .collect()
+                });
+                pixels.clear();
+                for v in &views {
+                    pixels.extend_from_slice(&v.data);
+                }
+                let x = model.upload(&pixels, chunk.len(), crop)?;
+                let logits = model.finish(model.start(&x, &scan.norms[mi])?)?;
+                scan.stats.forward_passes += chunk.len() as u64;
+                for (c, &(li, k, _)) in chunk.iter().enumerate() {
+                    answers[li][k] = Some(scan.top1(&logits[c * 1000..(c + 1) * 1000]));
+                }
+            }
+        }
+        // Record each image's pairs in order, up to its first hit.
+        for &li in &active {
+            let h = &mut live[li];
+            for a in answers[li].iter() {
+                let Some(top) = *a else { break };
+                let (m, t) = order[h.next];
+                h.scanned.pred[m][t] = top;
+                h.next += 1;
+                if h.scanned.labels.contains(&(top as i64)) || h.next >= order.len() {
+                    h.done = true;
+                    break;
+                }
+            }
+            if h.done {
+                h.img = None;
+            }
+        }
+        // Records leave in row order.
+        while live.front().is_some_and(|h| h.done) {
+            let Some(h) = live.pop_front() else { break };
+            scan.emit(h.scanned)?;
+        }
+    }
+    Ok(true)
+}
