@@ -1,7 +1,8 @@
-//! The embedded demo, and the generators the tests share with it: synthetic
-//! images in several modes, a Parquet source in the Hugging Face layout, and
-//! a local Hub cache (`{models,datasets}--org--name/{blobs,refs,snapshots}`)
-//! holding them, so the demo runs the real Hub code offline.
+//! The embedded demo, and the generators the tests share with it: the
+//! demo's scenes and its trained classifier, synthetic images in several
+//! formats, a Parquet source in the Hugging Face layout, and a local Hub
+//! cache (`{models,datasets}--org--name/{blobs,refs,snapshots}`) holding
+//! them, so the demo runs the real Hub code offline.
 
 use arrow_array::builder::{BinaryBuilder, Int64Builder, StringBuilder, StructBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
@@ -19,7 +20,9 @@ use crate::models::Architecture;
 /// The demo manifest, built into the binary.
 pub const DEMO_MANIFEST: &str = include_str!("../manifests/demo.toml");
 pub const DEMO_DATASET: &str = "imagenet-hard/synthetic-demo";
-pub const DEMO_MODEL: &str = "imagenet-hard/synthetic-resnet18";
+pub const DEMO_MODEL: &str = "imagenet-hard/demo-shapes-cnn";
+/// A random-weight ResNet-18 the demo's cache also holds.
+pub const RESNET_REPO: &str = "imagenet-hard/synthetic-resnet18";
 /// Fixed commit id of the demo's generated repos.
 pub const DEMO_COMMIT: &str = "5f1f2bd6ea3cfb3a70c4ef8f0dbd1c4b2a65e0c7";
 
@@ -234,14 +237,103 @@ fn tempfile_path(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!(".{stem}.{}.tmp", std::process::id()))
 }
 
-/// Labels of the demo's twelve synthetic images.
-pub const DEMO_LABELS: [i64; 12] = [1, 1, 207, 1, 291, 1, 340, 1, 1, 388, 1, 417];
+/// Scenes in the demo's source.
+pub const DEMO_SCENES: u64 = 96;
+
+/// The demo's scenes as JPEG rows (quality 90), labelled with their
+/// object's class.
+pub fn demo_rows(n: u64) -> Vec<SyntheticRow> {
+    (0..n)
+        .map(|i| {
+            let scene = crate::scenes::scene(i);
+            let mut out = Cursor::new(Vec::new());
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+                .encode_image(&scene.image)
+                .expect("encoding to memory cannot fail");
+            SyntheticRow {
+                image: out.into_inner(),
+                path: format!("scene_{i:04}.jpg"),
+                label: scene.label,
+            }
+        })
+        .collect()
+}
+
+/// Put the demo's trained classifier in the cache, training it unless the
+/// cache holds weights from the same recipe. Prints the held-out accuracy.
+fn put_demo_classifier(cache_dir: &Path) -> anyhow::Result<()> {
+    use crate::models::shapes::{train, TrainConfig};
+    let cfg = TrainConfig::DEMO;
+    let recipe = format!("{cfg:?}");
+    let snapshot = cache_dir
+        .join(format!("models--{}", DEMO_MODEL.replace('/', "--")))
+        .join("snapshots")
+        .join(DEMO_COMMIT);
+    let trained: Option<serde_json::Value> =
+        std::fs::read_to_string(snapshot.join("training.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(t) = trained.filter(|t| t["recipe"] == recipe.as_str()) {
+        if snapshot.join("model.safetensors").exists() {
+            eprintln!(
+                "Demo classifier: trained earlier ({}), held-out accuracy {:.1}%",
+                snapshot.join("training.json").display(),
+                100.0 * t["held_out_accuracy"].as_f64().unwrap_or(0.0)
+            );
+            return Ok(());
+        }
+    }
+    eprintln!(
+        "Training the demo classifier (shapes_cnn, {} steps of {} generated {}px canvases)...",
+        cfg.steps, cfg.batch, cfg.side
+    );
+    let started = std::time::Instant::now();
+    let (tensors, report) = train(cfg, |step, loss| {
+        tracing::info!("training step {step}: loss {loss:.3}");
+    })?;
+    eprintln!(
+        "Demo classifier: loss {:.2} -> {:.2}; held-out accuracy {:.1}% on {} new canvases (7 labels, chance 14%), {:.0} s",
+        report.first_loss,
+        report.last_loss,
+        100.0 * report.held_out_accuracy,
+        report.held_out,
+        started.elapsed().as_secs_f64()
+    );
+    let tmp = tempfile_path(cache_dir, "demo-classifier");
+    std::fs::create_dir_all(cache_dir)?;
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    let bytes = std::fs::read(&tmp)?;
+    std::fs::remove_file(&tmp)?;
+    let config = serde_json::json!({"architecture": "shapes_cnn", "num_classes": 1000}).to_string();
+    let training = serde_json::to_string_pretty(&serde_json::json!({
+        "recipe": recipe,
+        "steps": report.steps,
+        "first_loss": report.first_loss,
+        "last_loss": report.last_loss,
+        "held_out": report.held_out,
+        "held_out_accuracy": report.held_out_accuracy,
+    }))?;
+    put_in_hub_cache(
+        cache_dir,
+        RepoKind::Model,
+        DEMO_MODEL,
+        DEMO_COMMIT,
+        &[
+            ("model.safetensors", &bytes),
+            ("config.json", config.as_bytes()),
+            ("training.json", training.as_bytes()),
+        ],
+    )?;
+    Ok(())
+}
 
 /// Create the demo's Hub cache under `run_dir/hub` and return a config that
-/// reads only from it (offline).
+/// reads only from it (offline): the generated scenes, the trained
+/// classifier, and a random-weight ResNet-18 (`imagenet-hard/synthetic-resnet18`)
+/// for trying `predict`, `eval` and MEMO offline.
 pub fn prepare_demo(run_dir: &Path) -> anyhow::Result<HubConfig> {
     let cache_dir = run_dir.join("hub");
-    let rows = synthetic_rows(&DEMO_LABELS);
+    let rows = demo_rows(DEMO_SCENES);
     let parquet = tempfile_path(&cache_dir, "demo-source");
     write_source_parquet(&parquet, &rows)?;
     let bytes = std::fs::read(&parquet)?;
@@ -253,13 +345,21 @@ pub fn prepare_demo(run_dir: &Path) -> anyhow::Result<HubConfig> {
         DEMO_COMMIT,
         &[("data/validation-00000-of-00001.parquet", &bytes)],
     )?;
-    put_synthetic_model(
-        &cache_dir,
-        DEMO_MODEL,
-        Architecture::find("resnet18").expect("registered"),
-        2023,
-        Head::Random,
-    )?;
+    put_demo_classifier(&cache_dir)?;
+    let resnet = cache_dir
+        .join(format!("models--{}", RESNET_REPO.replace('/', "--")))
+        .join("snapshots")
+        .join(DEMO_COMMIT)
+        .join("model.safetensors");
+    if !resnet.exists() {
+        put_synthetic_model(
+            &cache_dir,
+            RESNET_REPO,
+            Architecture::find("resnet18").expect("registered"),
+            2023,
+            Head::Random,
+        )?;
+    }
     Ok(HubConfig {
         cache_dir,
         endpoint: "http://127.0.0.1:9".into(),

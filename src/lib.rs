@@ -31,6 +31,7 @@ pub mod records;
 pub mod report;
 pub mod review;
 pub mod scan;
+pub mod scenes;
 pub mod select;
 pub mod sources;
 pub mod units;

@@ -42,7 +42,7 @@ pub fn load_context(arg: &ManifestArg) -> Result<Context> {
             let label = PathBuf::from("<built-in demo manifest>");
             let manifest = Manifest::parse(DEMO_MANIFEST, &label)?;
             let run_dir = manifest.run_dir();
-            eprintln!("No manifest given: running the built-in SYNTHETIC demo (generated images, random-weight ResNet-18).");
+            eprintln!("No manifest given: running the built-in SYNTHETIC demo (generated scenes, a small CNN trained on generated objects).");
             let cfg = prepare_demo(&run_dir).context("generating the demo's Hub cache")?;
             eprintln!(
                 "Demo inputs generated in the local Hub cache {}",

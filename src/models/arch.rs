@@ -6,7 +6,7 @@
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{clip, convnext, efficientnet, resnet, vgg, vit, Extras, Net};
+use super::{clip, convnext, efficientnet, resnet, shapes, vgg, vit, Extras, Net};
 
 /// One buildable architecture: its name, the names Hub configs give it,
 /// and how to build it from a checkpoint with its own tensor names.
@@ -105,6 +105,13 @@ pub static ARCHITECTURES: &[ArchSpec] = &[
         extra_files: &["tokenizer.json", "config.json"],
         build: clip::clip_vit_large_patch14,
         gmacs: 80.7,
+    },
+    ArchSpec {
+        name: "shapes_cnn",
+        config_names: &["shapes_cnn"],
+        extra_files: &[],
+        build: shapes::shapes_cnn,
+        gmacs: 0.046,
     },
 ];
 

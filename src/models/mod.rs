@@ -23,6 +23,7 @@ pub mod pth;
 pub mod registry;
 mod resnet;
 pub mod runtime;
+pub mod shapes;
 pub mod synthetic;
 pub mod vgg;
 pub mod vit;

@@ -16,23 +16,7 @@ use std::path::Path;
 use super::{Architecture, Extras, ModelError, Net};
 use crate::labels::NUM_CLASSES;
 
-/// splitmix64 stream.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 24 bits, exact in f32.
-    pub fn next_unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+pub use crate::util::SplitMix64;
 
 /// What the classification head does.
 #[derive(Debug, Clone, Copy, PartialEq)]

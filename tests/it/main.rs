@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod curate;
+mod demo;
 mod eval;
 mod feed;
 mod fixture;
