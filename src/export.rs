@@ -274,6 +274,8 @@ pub fn export(
 ) -> Result<ExportSummary, ExportError> {
     let dir = dataset_dir(&plan.run_dir);
     let data = dir.join("data");
+    // A writer killed mid-card leaves its temporary beside the card.
+    crate::util::remove_stale_temps(&dir).map_err(|e| ShardWriter::err(&dir, e))?;
     if data.exists() {
         // A previous export is replaced whole: stale shard families must not coexist.
         std::fs::remove_dir_all(&data).map_err(|e| ShardWriter::err(&data, e))?;

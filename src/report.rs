@@ -172,10 +172,12 @@ fn selection_labels(selection: &Selection) -> Result<Option<Relabel>, ReportErro
 /// Compute every analysis and write the report folder.
 pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError> {
     let dir = report_dir(&plan.run_dir);
-    std::fs::create_dir_all(&dir).map_err(|source| ReportError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| crate::util::remove_stale_temps(&dir).map(drop))
+        .map_err(|source| ReportError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     let relabel = selection_labels(selection)?;
     let models = plan.model_names();
     let grid = &plan.grid;

@@ -356,6 +356,12 @@ pub fn selection_path(run_dir: &Path) -> PathBuf {
 impl Selection {
     pub fn write(&self, run_dir: &Path) -> Result<(), SelectError> {
         let path = selection_path(run_dir);
+        if let Some(dir) = path.parent() {
+            crate::util::remove_stale_temps(dir).map_err(|source| SelectError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
         crate::util::write_json(&path, self).map_err(|source| SelectError::Io {
             path: path.clone(),
             source,

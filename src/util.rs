@@ -39,6 +39,27 @@ pub fn unique_temp(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{worker}.{n}.tmp"))
 }
 
+/// Remove the temporary files ([`unique_temp`] names) a killed writer left
+/// in `dir`; the outputs there are rewritten whole by the caller. Returns
+/// how many it removed.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") && e.file_type()?.is_file() {
+            std::fs::remove_file(e.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// `dir/.name.tmp` beside `path`.
 pub fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
@@ -147,6 +168,23 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let card = dir.path().join("README.md");
+        std::fs::write(&card, "card").unwrap();
+        std::fs::write(unique_temp(&card), "half a card").unwrap();
+        std::fs::write(dir.path().join(".gitattributes"), "kept").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".gitattributes", "README.md"]);
+        assert_eq!(remove_stale_temps(&dir.path().join("absent")).unwrap(), 0);
+    }
 
     /// The option numbers are mimalloc's: 15 holds the purge delay (v3's
     /// default 1000 ms) and 18 the OS tag (default 100), as `mi_option_e`
