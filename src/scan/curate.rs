@@ -8,11 +8,9 @@
 use rayon::prelude::*;
 use std::collections::VecDeque;
 
-use super::first_hit::NOT_TRIED;
 use super::unit::{Scanned, UnitScan};
 use super::ScanError;
-use crate::sources::Skip;
-use crate::zoom::{decode_for_zoom, zoom_view, RgbImage};
+use crate::zoom::{zoom_view, RgbImage};
 
 /// An image being hunted along the pair order.
 struct Hunt {
@@ -63,31 +61,12 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
         }
         // Keep `batch` unfinished images in flight.
         while !exhausted && live.iter().filter(|h| !h.done).count() < batch {
-            let Some(outcome) = rows.next() else {
+            let Some((scanned, img)) = scan.next_image(&mut rows)? else {
                 exhausted = true;
                 break;
             };
-            let rec = match outcome? {
-                Ok(rec) => rec,
-                Err(skip) => {
-                    scan.skip(skip);
-                    continue;
-                }
-            };
-            let img = match decode_for_zoom(&rec.image, plan.decode, grid) {
-                Ok(img) => img,
-                Err(e) => {
-                    scan.skip(Skip {
-                        row: rec.row,
-                        reason: e.reason().into(),
-                        detail: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let image_bytes = rec.image.len() as u64;
             live.push_back(Hunt {
-                scanned: scan.image(rec.row, rec.path, rec.labels, image_bytes, NOT_TRIED),
+                scanned,
                 img: Some(img),
                 next: 0,
                 done: false,

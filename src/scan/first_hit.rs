@@ -9,8 +9,7 @@ use std::collections::VecDeque;
 
 use super::unit::{Scanned, UnitScan};
 use super::ScanError;
-use crate::sources::Skip;
-use crate::zoom::{decode_for_zoom, zoom_view, RgbImage};
+use crate::zoom::{zoom_view, RgbImage};
 
 /// In a first-hit scan, the prediction of a transform that was not tried.
 pub const NOT_TRIED: u16 = u16::MAX;
@@ -56,31 +55,12 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
         }
         // Keep `batch` unfinished images in flight.
         while !exhausted && live.iter().filter(|h| !h.finished()).count() < batch {
-            let Some(outcome) = rows.next() else {
+            let Some((scanned, img)) = scan.next_image(&mut rows)? else {
                 exhausted = true;
                 break;
             };
-            let rec = match outcome? {
-                Ok(rec) => rec,
-                Err(skip) => {
-                    scan.skip(skip);
-                    continue;
-                }
-            };
-            let img = match decode_for_zoom(&rec.image, plan.decode, grid) {
-                Ok(img) => img,
-                Err(e) => {
-                    scan.skip(Skip {
-                        row: rec.row,
-                        reason: e.reason().into(),
-                        detail: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let image_bytes = rec.image.len() as u64;
             live.push_back(Hunt {
-                scanned: scan.image(rec.row, rec.path, rec.labels, image_bytes, NOT_TRIED),
+                scanned,
                 img: Some(img),
                 next: vec![0; n_models],
                 done: vec![false; n_models],

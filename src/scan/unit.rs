@@ -134,6 +134,38 @@ impl<'a> UnitScan<'a> {
         }
     }
 
+    /// The next image of `rows` that reads and decodes, as a fresh
+    /// [`Scanned`] with every transform `NOT_TRIED`, and its pixels; rows
+    /// that fail become counted skips. `None` at the end of the rows.
+    pub fn next_image(
+        &mut self,
+        rows: &mut crate::sources::Rows,
+    ) -> Result<Option<(Scanned, crate::zoom::RgbImage)>, ScanError> {
+        for outcome in rows.by_ref() {
+            let rec = match outcome? {
+                Ok(rec) => rec,
+                Err(skip) => {
+                    self.skip(skip);
+                    continue;
+                }
+            };
+            match crate::zoom::decode_for_zoom(&rec.image, self.plan.decode, &self.plan.grid) {
+                Ok(img) => {
+                    let bytes = rec.image.len() as u64;
+                    let scanned =
+                        self.image(rec.row, rec.path, rec.labels, bytes, super::NOT_TRIED);
+                    return Ok(Some((scanned, img)));
+                }
+                Err(e) => self.skip(Skip {
+                    row: rec.row,
+                    reason: e.reason().into(),
+                    detail: e.to_string(),
+                }),
+            }
+        }
+        Ok(None)
+    }
+
     /// The top-1 class of one crop's logits inside the source's subset.
     pub fn top1(&self, logits: &[f32]) -> u16 {
         masked_argmax(logits, &self.mask).unwrap_or(0) as u16
