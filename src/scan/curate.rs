@@ -5,12 +5,11 @@
 //! after an image's first hit are dropped, not recorded; pairs not tried
 //! are [`NOT_TRIED`].
 
-use rayon::prelude::*;
 use std::collections::VecDeque;
 
-use super::unit::{Scanned, UnitScan};
+use super::unit::{Scanned, UnitScan, ViewScorer};
 use super::ScanError;
-use crate::zoom::{zoom_view, RgbImage};
+use crate::zoom::RgbImage;
 
 /// An image being hunted along the pair order.
 struct Hunt {
@@ -24,7 +23,6 @@ struct Hunt {
 /// Scan the unit; false when it stopped early (its claim was taken over).
 pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanError> {
     let (plan, unit, source) = (scan.plan, scan.unit, scan.source);
-    let grid = &plan.grid;
     // The plan's pairs over the unit's models (a curate unit holds them all).
     let order: Vec<(usize, usize)> = plan
         .curate
@@ -42,19 +40,13 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
             "the plan has no curate order: make the plan again with `imagenet-hard plan`".into(),
         ));
     }
-    let transforms = grid.transforms();
     let batch = plan.batch_size.max(1);
-    let crop = grid.crop_size as usize;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| ScanError::Threads(e.to_string()))?;
+    let mut scorer = ViewScorer::new(threads)?;
     let mut rows = source
         .reader()
         .rows_in(source.unit_rows(unit.first, unit.end));
     let mut live: VecDeque<Hunt> = VecDeque::new();
     let mut exhausted = false;
-    let mut pixels: Vec<u8> = Vec::new();
     loop {
         if scan.stopped() {
             return Ok(false);
@@ -84,7 +76,7 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
         }
         // Run them model by model, in batches of at most `batch` crops.
         let order_ref = &order;
-        for (mi, model) in scan.models.iter().enumerate() {
+        for mi in 0..scan.models.len() {
             let jobs: Vec<(usize, usize, usize)> = active
                 .iter()
                 .flat_map(|&li| {
@@ -96,32 +88,18 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
                 .collect();
             for chunk in jobs.chunks(batch) {
                 // Unfinished images keep their pixels.
-                let sources: Vec<(&RgbImage, usize)> = chunk
+                let views: Vec<(&RgbImage, usize)> = chunk
                     .iter()
                     .filter_map(|&(li, _, t)| live[li].img.as_ref().map(|img| (img, t)))
                     .collect();
-                if sources.len() != chunk.len() {
+                if views.len() != chunk.len() {
                     return Err(ScanError::Plan(
                         "an unfinished image lost its pixels".into(),
                     ));
                 }
-                let views: Vec<RgbImage> = pool.install(|| {
-                    sources
-                        .par_iter()
-                        .map(|&(img, t)| {
-                            zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill)
-                        })
-                        .collect()
-                });
-                pixels.clear();
-                for v in &views {
-                    pixels.extend_from_slice(&v.data);
-                }
-                let x = model.upload(&pixels, chunk.len(), crop)?;
-                let logits = model.finish(model.start(&x, &scan.norms[mi])?)?;
-                scan.stats.forward_passes += chunk.len() as u64;
-                for (c, &(li, k, _)) in chunk.iter().enumerate() {
-                    answers[li][k] = Some(scan.top1(&logits[c * 1000..(c + 1) * 1000]));
+                let tops = scorer.top1(scan, mi, &views)?;
+                for (&(li, k, _), top) in chunk.iter().zip(tops) {
+                    answers[li][k] = Some(top);
                 }
             }
         }

@@ -4,12 +4,11 @@
 //! predictions after an image's first hit are dropped, not recorded; the
 //! transforms not tried are [`NOT_TRIED`].
 
-use rayon::prelude::*;
 use std::collections::VecDeque;
 
-use super::unit::{Scanned, UnitScan};
+use super::unit::{Scanned, UnitScan, ViewScorer};
 use super::ScanError;
-use crate::zoom::{zoom_view, RgbImage};
+use crate::zoom::RgbImage;
 
 /// In a first-hit scan, the prediction of a transform that was not tried.
 pub const NOT_TRIED: u16 = u16::MAX;
@@ -35,15 +34,9 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
     let (plan, unit, source) = (scan.plan, scan.unit, scan.source);
     let grid = &plan.grid;
     let order = crate::analysis::first_hit_order(grid);
-    let transforms = grid.transforms();
     let batch = plan.batch_size.max(1);
-    let crop = grid.crop_size as usize;
     let n_models = scan.models.len();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| ScanError::Threads(e.to_string()))?;
-    let mut pixels: Vec<u8> = Vec::new();
+    let mut scorer = ViewScorer::new(threads)?;
     let mut rows = source
         .reader()
         .rows_in(source.unit_rows(unit.first, unit.end));
@@ -77,7 +70,7 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
             // Each active image gets the next few transforms of its order.
             let per = batch.div_ceil(active.len());
             let mut jobs: Vec<(usize, usize)> = Vec::with_capacity(batch);
-            let mut sources: Vec<&RgbImage> = Vec::with_capacity(batch);
+            let mut views: Vec<(&RgbImage, usize)> = Vec::with_capacity(batch);
             for &li in &active {
                 // Unfinished images keep their pixels.
                 let Some(img) = live[li].img.as_ref() else {
@@ -87,30 +80,13 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
                     let pos = live[li].next[mi] + k;
                     if pos < order.len() && jobs.len() < batch {
                         jobs.push((li, order[pos]));
-                        sources.push(img);
+                        views.push((img, order[pos]));
                     }
                 }
             }
-            // The views are cut on the pool; their order is the jobs' order.
-            let views: Vec<RgbImage> = pool.install(|| {
-                jobs.par_iter()
-                    .zip(&sources)
-                    .map(|(&(_, t), img)| {
-                        zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill)
-                    })
-                    .collect()
-            });
-            drop(sources);
-            pixels.clear();
-            for v in &views {
-                pixels.extend_from_slice(&v.data);
-            }
-            let model = scan.models[mi];
-            let x = model.upload(&pixels, jobs.len(), crop)?;
-            let logits = model.finish(model.start(&x, &scan.norms[mi])?)?;
-            scan.stats.forward_passes += jobs.len() as u64;
-            for (k, &(li, t)) in jobs.iter().enumerate() {
-                let top = scan.top1(&logits[k * 1000..(k + 1) * 1000]);
+            let tops = scorer.top1(scan, mi, &views)?;
+            drop(views);
+            for (&(li, t), top) in jobs.iter().zip(tops) {
                 let h = &mut live[li];
                 if h.done[mi] {
                     continue; // hit earlier in this batch: later tries are not recorded

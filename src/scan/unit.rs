@@ -3,6 +3,7 @@
 //! the progress bar and lines, the records (written one per image and model
 //! in row order) and the end (records committed unless the claim was lost).
 
+use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
 use super::{unit_records_path, ScanError, ScanStats};
@@ -13,6 +14,7 @@ use crate::plan::{Plan, PlannedModel, PlannedSource};
 use crate::records::{RecordWriter, ScanRecord};
 use crate::sources::Skip;
 use crate::units::Unit;
+use crate::zoom::{zoom_view, RgbImage};
 
 /// A unit being scanned.
 pub(super) struct UnitScan<'a> {
@@ -251,5 +253,60 @@ impl Progress {
             crops as f64 / secs,
             crate::cost::duration(secs)
         );
+    }
+}
+
+/// Scores zoom views cut on demand, as the first-hit and curate strategies
+/// need them: the views are cut on a thread pool, go to the model as one
+/// batch, and come back as each crop's top-1.
+pub struct ViewScorer {
+    pool: rayon::ThreadPool,
+    pixels: Vec<u8>,
+}
+
+impl ViewScorer {
+    pub fn new(threads: usize) -> Result<ViewScorer, ScanError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| ScanError::Threads(e.to_string()))?;
+        Ok(ViewScorer {
+            pool,
+            pixels: Vec::new(),
+        })
+    }
+
+    /// Model `mi`'s top-1 on each `(image, transform index)` view, in order;
+    /// counts the forward passes.
+    pub fn top1(
+        &mut self,
+        scan: &mut UnitScan,
+        mi: usize,
+        views: &[(&RgbImage, usize)],
+    ) -> Result<Vec<u16>, ScanError> {
+        if views.is_empty() {
+            return Ok(Vec::new());
+        }
+        let grid = &scan.plan.grid;
+        let transforms = grid.transforms();
+        let cut: Vec<RgbImage> = self.pool.install(|| {
+            views
+                .par_iter()
+                .map(|&(img, t)| {
+                    zoom_view(img, transforms[t], grid.anchors, grid.crop_size, grid.fill)
+                })
+                .collect()
+        });
+        self.pixels.clear();
+        for v in &cut {
+            self.pixels.extend_from_slice(&v.data);
+        }
+        let model = scan.models[mi];
+        let x = model.upload(&self.pixels, views.len(), grid.crop_size as usize)?;
+        let logits = model.finish(model.start(&x, &scan.norms[mi])?)?;
+        scan.stats.forward_passes += views.len() as u64;
+        Ok((0..views.len())
+            .map(|k| scan.top1(&logits[k * 1000..(k + 1) * 1000]))
+            .collect())
     }
 }
