@@ -33,23 +33,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
             .first()
             .and_then(|c| c.passes)
             .map(|p| p / ctx.manifest.zoom.grid().len().max(1) as u64);
-        let models: Vec<(String, crate::models::Architecture)> = ctx
-            .manifest
-            .models
-            .iter()
-            .map(|m| (m.name.clone(), m.architecture))
-            .collect();
-        println!(
-            "\n{}",
-            modes(
-                &ctx,
-                &args.sample,
-                images,
-                &models,
-                &ctx.manifest.zoom.grid(),
-                &rates
-            )?
-        );
+        println!("\n{}", modes(&ctx, &args.sample, images, &rates)?);
         return Ok(());
     }
     let plan = prepare_plan(&ctx, run.limit)?;
@@ -69,23 +53,8 @@ pub fn run(args: PlanArgs) -> Result<()> {
     );
     let bound = plan.scan_mode != crate::manifest::ScanMode::Exhaustive;
     eprint!("\n{}", crate::cost::table(&plan.cost(&rates), bound));
-    let models: Vec<(String, crate::models::Architecture)> = plan
-        .models
-        .iter()
-        .map(|m| (m.name.clone(), m.architecture))
-        .collect();
     let images = plan.sources.iter().map(|s| s.selected_count()).sum();
-    eprintln!(
-        "\n{}",
-        modes(
-            &ctx,
-            &args.sample,
-            Some(images),
-            &models,
-            &plan.grid,
-            &rates
-        )?
-    );
+    eprintln!("\n{}", modes(&ctx, &args.sample, Some(images), &rates)?);
     let progress = crate::cost::project_run(&crate::scan::unit_progress(&plan));
     if progress.units_done > 0 {
         eprintln!("{}", progress_line(&progress));
@@ -93,16 +62,22 @@ pub fn run(args: PlanArgs) -> Result<()> {
     Ok(())
 }
 
-/// The scan modes side by side: exhaustive from the counts, first-hit and
-/// curate from the sample runs' outcomes.
+/// The scan modes side by side over `images` images of the manifest's
+/// models and grid: exhaustive from the counts, first-hit and curate from
+/// the sample runs' outcomes.
 fn modes(
     ctx: &Context,
     sample: &[std::path::PathBuf],
     images: Option<u64>,
-    models: &[(String, crate::models::Architecture)],
-    grid: &crate::zoom::ZoomGrid,
     rates: &std::collections::BTreeMap<String, crate::cost::Rate>,
 ) -> Result<String> {
+    let grid = &ctx.manifest.zoom.grid();
+    let models: Vec<(String, crate::models::Architecture)> = ctx
+        .manifest
+        .models
+        .iter()
+        .map(|m| (m.name.clone(), m.architecture))
+        .collect();
     let dirs = if sample.is_empty() {
         curate_from(ctx)
     } else {
