@@ -169,13 +169,7 @@ fn decisions_survive_a_killed_server_and_select_applies_them() {
 
     // `select --labels` applies the review; the card says so.
     let mstr = m.to_str().unwrap();
-    let out = fx.run(&["select", mstr, "--labels", review.to_str().unwrap()], &[]);
-    ok(&out);
-    assert!(
-        stderr(&out).contains("1 images relabelled, 1 dropped"),
-        "{}",
-        stderr(&out)
-    );
+    select_with_review(&fx, mstr, &review);
     ok(&fx.run(&["export", mstr], &[]));
     let card = std::fs::read_to_string(fx.path().join("run/dataset/README.md")).unwrap();
     assert!(
@@ -458,13 +452,7 @@ fn review_in_a_browser() {
         ]
     );
     let mstr = m.to_str().unwrap();
-    let out = fx.run(&["select", mstr, "--labels", review.to_str().unwrap()], &[]);
-    ok(&out);
-    assert!(
-        stderr(&out).contains("1 images relabelled, 1 dropped"),
-        "{}",
-        stderr(&out)
-    );
+    select_with_review(&fx, mstr, &review);
     let sel: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fx.path().join("run/select/selection.json")).unwrap(),
     )
@@ -477,4 +465,18 @@ fn review_in_a_browser() {
         .map(|h| (h["row"].as_u64().unwrap(), h["labels"][0].as_i64().unwrap()))
         .collect();
     assert_eq!(hard, [(2, 5), (5, 1)]);
+}
+
+/// `select --labels REVIEW`, which here relabels one image and drops one.
+fn select_with_review(fx: &Fixture, manifest: &str, review: &Path) {
+    let out = fx.run(
+        &["select", manifest, "--labels", review.to_str().unwrap()],
+        &[],
+    );
+    ok(&out);
+    assert!(
+        stderr(&out).contains("1 images relabelled, 1 dropped"),
+        "{}",
+        stderr(&out)
+    );
 }
