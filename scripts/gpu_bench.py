@@ -2,6 +2,7 @@
 """imagenet-hard beside PyTorch on the same GPU, same batch, one run.
 
   python3 scripts/gpu_bench.py --bin .gpu/imagenet-hard [--models all] [--out DIR]
+                               [--kernels auto|candle|cudnn[,...]] [--batches N] [--e2e ARCHS]
 
 For each study model (generated weights on both sides; speed does not
 depend on their values):
@@ -23,7 +24,17 @@ The photos are generated here (ImageNet-sized JPEGs, textured, seeded), so
 the machine needs nothing but this repository, the binary, torch,
 torchvision, transformers and Pillow. Prints a table of ratios last, writes
 every JSON under --out, and with the bench JSON files projects the GPU-hours
-of manifests/imagenet-hard.toml (`imagenet-hard plan --dry-run --rates`).
+of manifests/imagenet-hard.toml (`imagenet-hard plan --dry-run --rates`),
+once per --kernels entry.
+
+--kernels (default auto) is passed to every run of ours; a comma list
+(e.g. cudnn,candle) runs ours once per entry beside one PyTorch run per
+model, each row naming the kernels that actually ran (the bench JSON's
+"kernels"). Models not on the cuDNN path (NOT_ON_PATH) are not run again
+for cudnn: they would run candle's kernels. End to end runs the first
+entry only. --batches and --e2e shorten the run, and --reuse takes our
+model-only runs from the kernels step of scripts/gpu-check.sh instead of
+timing them again.
 
 --device cpu runs the same steps on the CPU with tiny settings: a smoke test
 of this script, not a measurement.
@@ -38,9 +49,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-from PIL import Image
+# numpy, torch and Pillow are imported by heavy_imports() when needed, so
+# --help and scripts/kernel_verdict.py (which reads MODELS) work without them.
+np = torch = Image = None
+
+
+def heavy_imports():
+    global np, torch, Image
+    import numpy as np
+    import torch
+    from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Our architecture name -> (model-only target ratio, batches per round).
@@ -54,6 +72,9 @@ MODELS = {
     "convnext_base": (0.7, 3),
     "clip_vit_large_patch14": (1.0, 3),
 }
+# Architectures `--kernels cudnn` runs on candle's kernels anyway (no plan
+# that ends in the logits: keep in step with channels_last::runnable).
+NOT_ON_PATH = {"clip_vit_large_patch14"}
 SCALES = [10, 16, 32, 48, 64, 96, 122, 128, 192, 224, 235, 240, 256, 288, 320, 348,
           384, 448, 460, 512, 573, 576, 640, 664, 672, 680, 686, 690, 700, 720, 768,
           798, 832, 896, 911, 1024]
@@ -150,7 +171,7 @@ def zoom_crops(path):
     return torch.from_numpy(out)
 
 
-class Photos(torch.utils.data.Dataset):
+class Photos:  # a map-style dataset for torch's DataLoader
     def __init__(self, files):
         self.files = files
 
@@ -158,6 +179,8 @@ class Photos(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
+        if torch is None:  # a worker that did not fork from main()
+            heavy_imports()
         return zoom_crops(self.files[i])
 
 
@@ -215,10 +238,11 @@ def make_photos(folder, n, seed=0):
     return files
 
 
-def ours(args, arch, folder, measure, batches, rounds, out_json):
+def ours(args, arch, folder, measure, batches, rounds, out_json, kernels="auto"):
     cmd = [args.bin, "bench", str(folder), "--model", "synthetic", "--arch", arch,
            "--device", args.device, "--dtype", args.dtype, "--batch-size", str(args.batch),
-           "--batches", str(batches), "--rounds", str(rounds), "--measure", measure]
+           "--batches", str(batches), "--rounds", str(rounds), "--measure", measure,
+           "--kernels", kernels]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     t = time.perf_counter()
@@ -227,11 +251,33 @@ def ours(args, arch, folder, measure, batches, rounds, out_json):
     with open(out_json.with_suffix(".log"), "w") as f:
         f.write(" ".join(cmd) + "\n" + p.stderr)
     if p.returncode != 0:
-        print(f"  ours {arch} {measure}: FAILED (exit {p.returncode}): {p.stderr.strip()[-400:]}", file=sys.stderr)
+        print(f"  ours {arch} {measure} --kernels {kernels}: FAILED (exit {p.returncode}): "
+              f"{p.stderr.strip()[-400:]}", file=sys.stderr)
         return None
     out_json.write_text(p.stdout)
-    print(f"  ours {arch} {measure}: {wall:.0f} s wall", file=sys.stderr)
-    return json.loads(p.stdout)
+    doc = json.loads(p.stdout)
+    print(f"  ours {arch} {measure} --kernels {kernels} (ran {doc.get('kernels', '?')}): {wall:.0f} s wall",
+          file=sys.stderr)
+    return doc
+
+
+def reuse(args, arch, kernels, out_json):
+    """Our model-only run of `arch` from --reuse, if there is one of this
+    batch size and dtype that ran what was asked; copied to out_json."""
+    if not args.reuse:
+        return None
+    f = pathlib.Path(args.reuse) / f"{arch}-{kernels}-{args.dtype}.json"
+    try:
+        doc = json.loads(f.read_text())
+        ok = (doc["batch_size"] == args.batch and doc["model_only"]["crops_per_s"] > 0
+              and kernels in ("auto", doc["kernels"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not ok:
+        return None
+    out_json.write_text(f.read_text())
+    print(f"  ours {arch} model --kernels {kernels} (ran {doc['kernels']}): reused {f}", file=sys.stderr)
+    return doc
 
 
 def main():
@@ -239,12 +285,27 @@ def main():
     ap.add_argument("--bin", default=str(REPO / ".gpu" / "imagenet-hard"))
     ap.add_argument("--models", default="all", help="comma-separated architectures, or all")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--kernels", default="auto",
+                    help="our kernels: auto, candle or cudnn, or a comma list of them (default auto)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batches", type=int, default=0,
+                    help="model-only forward passes per round (default: per model, MODELS)")
+    ap.add_argument("--e2e", default="resnet18,resnet50",
+                    help="architectures timed end to end (comma list, or none)")
     ap.add_argument("--photos", type=int, default=64, help="photos for the end-to-end runs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="our feed threads (default: every CPU)")
+    ap.add_argument("--reuse", metavar="DIR",
+                    help="take our model-only runs from DIR/ARCH-KERNELS-DTYPE.json where one of this "
+                         "batch size is there (scripts/gpu-check.sh's kernels step) instead of running them again")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-bench-out"))
     args = ap.parse_args()
+    kernels = [k for k in args.kernels.split(",") if k]
+    bad = [k for k in kernels if k not in ("auto", "candle", "cudnn")]
+    if bad or not kernels:
+        ap.error(f"--kernels: {args.kernels!r}: each must be auto, candle or cudnn")
+    heavy_imports()
+    start = time.perf_counter()
     smoke = args.device == "cpu"
     args.dtype = "f32" if smoke else "bf16"
     dtype = torch.float32 if smoke else torch.bfloat16
@@ -266,10 +327,11 @@ def main():
     for p in photos[: 2 if smoke else 16]:
         (feed_dir / p.name).write_bytes(p.read_bytes())
     workers = max(1, (os.cpu_count() or 2) - 1)
-    rows, rates = [], []
+    # rows: (arch, measure, kernels that ran, peer, ours, target)
+    rows, rates = [], {k: [] for k in kernels}
     for arch in archs:
         target, batches = MODELS[arch]
-        batches = 1 if smoke else batches
+        batches = 1 if smoke else (args.batches or batches)
         rounds = 1 if smoke else args.rounds
         t = time.perf_counter()
         try:
@@ -278,45 +340,67 @@ def main():
             print(f"  peer {arch}: FAILED: {e}", file=sys.stderr)
             peer = None
         print(f"  peer {arch}: {time.perf_counter() - t:.0f} s wall", file=sys.stderr)
-        mine = ours(args, arch, one, "model", batches, rounds, out / f"bench-{arch}.json")
-        rate = mine["model_only"]["crops_per_s"] if mine else None
-        if mine:
-            rates.append(out / f"bench-{arch}.json")
-        rows.append((arch, "model-only", peer, rate, target))
-        json.dump({"arch": arch, "peer_model_only": peer, "ours_model_only": rate},
-                  open(out / f"peer-{arch}.json", "w"))
-    e2e = [a for a in ("resnet18", "resnet50") if a in archs]
+        record = {"arch": arch, "peer_model_only": peer, "ours_model_only": None, "kernels": {}}
+        for k in kernels:
+            if k == "cudnn" and arch in NOT_ON_PATH:
+                print(f"  ours {arch} --kernels cudnn: not on the path (runs candle's kernels)", file=sys.stderr)
+                rows.append((arch, "model-only", "not on the path", peer, None, None))
+                continue
+            mine = reuse(args, arch, k, out / f"bench-{arch}-{k}.json") or \
+                ours(args, arch, one, "model", batches, rounds, out / f"bench-{arch}-{k}.json", k)
+            rate = mine["model_only"]["crops_per_s"] if mine else None
+            ran = mine.get("kernels", k) if mine else k
+            if mine:
+                rates[k].append(out / f"bench-{arch}-{k}.json")
+            rows.append((arch, "model-only", ran, peer, rate, target))
+            record["kernels"][k] = {"ran": ran, "crops_per_s": rate}
+            if record["ours_model_only"] is None:
+                record["ours_model_only"] = rate
+        json.dump(record, open(out / f"peer-{arch}.json", "w"))
+    e2e = [a for a in args.e2e.split(",") if a in archs]
+    k = kernels[0]
     for arch in e2e:
         files = photos
-        peer, crops = peer_end_to_end(arch, args.device, dtype, args.batch, files, 0 if smoke else workers)
+        t = time.perf_counter()
+        try:
+            peer, _ = peer_end_to_end(arch, args.device, dtype, args.batch, files, 0 if smoke else workers)
+        except Exception as e:  # reported, not fatal, as above
+            print(f"  peer {arch} end-to-end: FAILED: {e}", file=sys.stderr)
+            peer = None
+        print(f"  peer {arch} end-to-end: {time.perf_counter() - t:.0f} s wall", file=sys.stderr)
         mine = ours(args, arch, tmp / "photos", "model,end-to-end", 2 if smoke else 10, 1,
-                    out / f"bench-{arch}-e2e.json")
+                    out / f"bench-{arch}-{k}-e2e.json", k)
         if mine:
-            rates.append(out / f"bench-{arch}-e2e.json")
-            e = mine["end_to_end"]["crops_per_s"]
-            rows.append((arch, f"end-to-end vs DataLoader ({len(files)} photos)", peer, e, 1.0 if arch == "resnet18" else None))
-            rows.append((arch, "end-to-end vs our model-only", mine["model_only"]["crops_per_s"], e, 0.9 if arch == "resnet50" else None))
+            rates[k].append(out / f"bench-{arch}-{k}-e2e.json")
+            e, ran = mine["end_to_end"]["crops_per_s"], mine.get("kernels", k)
+            rows.append((arch, f"end-to-end vs DataLoader ({len(files)} photos)", ran, peer, e,
+                         1.0 if arch == "resnet18" else None))
+            rows.append((arch, "end-to-end vs our model-only", ran, mine["model_only"]["crops_per_s"], e,
+                         0.9 if arch == "resnet50" else None))
         else:
-            rows.append((arch, "end-to-end", peer, None, None))
-    feed = ours(args, archs[0], feed_dir, "feed", 1, 1, out / "bench-feed.json")
+            rows.append((arch, "end-to-end", k, peer, None, None))
+    feed = ours(args, archs[0], feed_dir, "feed", 1, 1, out / "bench-feed.json", k)
     print()
-    print(f"{'model':24} {'measure':44} {'peer':>10} {'ours':>10} {'ours/peer':>9} {'target':>7}")
-    for arch, what, peer, mine, target in rows:
+    print(f"{'model':24} {'measure':44} {'kernels':15} {'peer':>10} {'ours':>10} {'ours/peer':>9} {'target':>7}")
+    for arch, what, ran, peer, mine, target in rows:
         ratio = mine / peer if (peer and mine) else None
         verdict = "" if target is None or ratio is None else ("ok" if ratio >= target else "MISS")
         f = lambda v: f"{v:10.0f}" if v else f"{'-':>10}"
-        print(f"{arch:24} {what:44} {f(peer)} {f(mine)} {ratio if ratio else float('nan'):9.2f} "
+        print(f"{arch:24} {what:44} {ran:15} {f(peer)} {f(mine)} {ratio if ratio else float('nan'):9.2f} "
               f"{('>= ' + str(target)) if target else '':>7} {verdict}")
     if feed:
         print(f"feed: {feed['feed_1_thread']['crops_per_s']:.0f} crops/s on 1 thread, "
               f"{feed['feed']['crops_per_s']:.0f} on {feed['threads']} = {feed['feed_scaling']:.2f}x")
-    if rates:
+    for k, files in rates.items():
+        if not files:
+            continue
         p = subprocess.run([args.bin, "plan", "--dry-run", str(REPO / "manifests" / "imagenet-hard.toml"),
-                            "--rates", *map(str, rates)], capture_output=True, text=True,
+                            "--rates", *map(str, files)], capture_output=True, text=True,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
         cost = p.stdout[p.stdout.find("cost ("):] if "cost (" in p.stdout else p.stderr
-        (out / "projection.txt").write_text(cost)
-        print("\nProjected rebuild of manifests/imagenet-hard.toml on this GPU:\n" + cost)
+        (out / f"projection-{k}.txt").write_text(cost)
+        print(f"\nProjected rebuild of manifests/imagenet-hard.toml on this GPU, --kernels {k}:\n" + cost)
+    print(f"gpu_bench.py: {time.perf_counter() - start:.0f} s in all", file=sys.stderr)
 
 
 if __name__ == "__main__":

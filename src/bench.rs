@@ -268,6 +268,8 @@ pub struct BenchReport {
     pub batch_size: usize,
     pub dtype: crate::models::Precision,
     pub device: String,
+    /// The kernels the model ran on: `cudnn` (channels-last) or `candle`.
+    pub kernels: &'static str,
     pub threads: usize,
     pub preprocessing: Option<Throughput>,
     pub feed_1_thread: Option<Throughput>,
@@ -276,6 +278,91 @@ pub struct BenchReport {
     pub feed_scaling: Option<f64>,
     pub model_only: Option<Throughput>,
     pub end_to_end: Option<Throughput>,
+    /// `--parity`: the logits against other kernels on the same crops.
+    pub parity: Option<Parity>,
+}
+
+/// How far one model's logits are from another run of the same weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Agreement {
+    /// max |ours - theirs| / max |theirs|.
+    pub max_rel: f32,
+    /// Crops whose top-1 class is the same.
+    pub top1_agree: usize,
+}
+
+impl Agreement {
+    /// Logits `ours` against `theirs`, `classes` per crop. A value that is
+    /// not finite makes `max_rel` infinite.
+    pub fn of(ours: &[f32], theirs: &[f32], classes: usize) -> Agreement {
+        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let mut worst = 0f32;
+        for (a, b) in ours.iter().zip(theirs) {
+            let d = (a - b).abs();
+            worst = if d.is_finite() {
+                worst.max(d)
+            } else {
+                f32::INFINITY
+            };
+        }
+        if ours.len() != theirs.len() {
+            worst = f32::INFINITY;
+        }
+        let top1 = |row: &[f32]| {
+            (0..row.len())
+                .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+                .unwrap_or(0)
+        };
+        let top1_agree = ours
+            .chunks(classes.max(1))
+            .zip(theirs.chunks(classes.max(1)))
+            .filter(|(a, b)| top1(a) == top1(b))
+            .count();
+        Agreement {
+            max_rel: worst / scale,
+            top1_agree,
+        }
+    }
+}
+
+/// `bench --parity`: one batch of generated crops through the model, the
+/// CPU in f32 with candle's kernels, and (on the cuDNN path) candle's
+/// kernels on the same device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parity {
+    pub crops: usize,
+    pub against_cpu_f32: Agreement,
+    pub against_candle: Option<Agreement>,
+}
+
+/// Run `crops` generated 224 px crops (seeded bytes) through `model`, the
+/// CPU reference `cpu` and, if given, `candle` on the model's device.
+pub fn parity(
+    model: &Classifier,
+    cpu: &Classifier,
+    candle: Option<&Classifier>,
+    crops: usize,
+) -> Result<Parity, ModelError> {
+    const SIZE: usize = 224;
+    let mut rng = crate::util::SplitMix64(2024);
+    let pixels: Vec<u8> = (0..crops * SIZE * SIZE * 3)
+        .map(|_| (rng.next_u64() >> 56) as u8)
+        .collect();
+    let logits = |c: &Classifier| -> Result<Vec<f32>, ModelError> {
+        let norm = c.normaliser(crate::zoom::IMAGENET_MEAN, crate::zoom::IMAGENET_STD)?;
+        let x = c.upload(&pixels, crops, SIZE)?;
+        c.finish(c.start(&x, &norm)?)
+    };
+    let ours = logits(model)?;
+    let classes = ours.len() / crops.max(1);
+    Ok(Parity {
+        crops,
+        against_cpu_f32: Agreement::of(&ours, &logits(cpu)?, classes),
+        against_candle: match candle {
+            Some(c) => Some(Agreement::of(&ours, &logits(c)?, classes)),
+            None => None,
+        },
+    })
 }
 
 /// Time what `opts` names for `model` (called `name`) on `images`.
@@ -317,6 +404,11 @@ pub fn run(
         batch_size: batch,
         dtype: model.precision(),
         device: model.device_name().to_string(),
+        kernels: if model.channels_last() {
+            "cudnn"
+        } else {
+            "candle"
+        },
         threads,
         preprocessing,
         feed_1_thread,
@@ -324,6 +416,7 @@ pub fn run(
         feed_scaling,
         model_only,
         end_to_end,
+        parity: None,
     })
 }
 
@@ -340,5 +433,19 @@ mod tests {
             (t.seconds, t.images_per_s, t.crops_per_s),
             (3.0, 2.0 / 3.0, 216.0)
         );
+    }
+
+    #[test]
+    fn agreement_is_relative_to_the_reference_and_counts_top1() {
+        // Two crops of three classes; the second crop's top-1 moves.
+        let theirs = [1.0, 4.0, -2.0, 0.5, 0.4, 0.0];
+        let ours = [1.1, 4.0, -2.0, 0.3, 0.45, 0.0];
+        let a = Agreement::of(&ours, &theirs, 3);
+        assert!((a.max_rel - 0.2 / 4.0).abs() < 1e-6, "{a:?}");
+        assert_eq!(a.top1_agree, 1);
+        let nan = [f32::NAN, 4.0, -2.0, 0.5, 0.4, 0.0];
+        assert!(Agreement::of(&nan, &theirs, 3).max_rel.is_infinite());
+        assert!(Agreement::of(&ours[..3], &theirs, 3).max_rel.is_infinite());
+        assert_eq!(Agreement::of(&theirs, &theirs, 3).max_rel, 0.0);
     }
 }

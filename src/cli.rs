@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::eval::tta::{Aggregate, Tta};
-use crate::models::{DeviceChoice, Precision};
+use crate::models::{DeviceChoice, Kernels, Precision};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +39,11 @@ pub struct RunArgs {
     /// Where models run: auto, cpu, cuda (= cuda:0) or cuda:N.
     #[arg(long, default_value_t = DeviceChoice::Auto, value_name = "DEVICE")]
     pub device: DeviceChoice,
+    /// Kernels on a GPU: candle's, cudnn (channels-last: cuDNN, cuBLASLt
+    /// and ours; loads libcudnn.so.9, see docs/gpu.md), or auto (per model,
+    /// what the GPU check decided; candle's until it has).
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    pub kernels: Kernels,
     /// Threads that decode and zoom images ahead of the model (default:
     /// the CPUs this process may use, as its affinity mask and cgroup
     /// quota allow). Records are the same for any number.
@@ -117,6 +122,11 @@ pub struct ModelArgs {
     /// Where the model runs: auto, cpu, cuda (= cuda:0) or cuda:N.
     #[arg(long, default_value_t = DeviceChoice::Auto, value_name = "DEVICE")]
     pub device: DeviceChoice,
+    /// Kernels on a GPU: candle's, cudnn (channels-last: cuDNN, cuBLASLt
+    /// and ours; loads libcudnn.so.9, see docs/gpu.md), or auto (per model,
+    /// what the GPU check decided; candle's until it has).
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    pub kernels: Kernels,
     /// Number format the model computes in: bf16 (CUDA only) and f16 use a
     /// GPU's tensor cores (weights are read and BatchNorm folded in f32,
     /// then rounded); f16 on the CPU is slower than f32.
@@ -235,6 +245,11 @@ pub struct BenchArgs {
         default_value = "preprocessing,feed,model"
     )]
     pub measure: Vec<crate::bench::Measure>,
+    /// Also compare the model's logits on the same generated crops with
+    /// the CPU's (candle kernels, f32) and, on the cuDNN path, with
+    /// candle's kernels on the same device: the "parity" field of the JSON.
+    #[arg(long)]
+    pub parity: bool,
 }
 
 #[derive(Debug, Args)]

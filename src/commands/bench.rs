@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 
 use super::context::open_model;
 use crate::cli::BenchArgs;
+use crate::models::{Classifier, DeviceChoice, Kernels, Runtime};
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let BenchArgs {
@@ -16,6 +17,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rounds,
         threads,
         measure,
+        parity,
     } = args;
     // `--model synthetic --arch A`: generated weights, for devices
     // with no weights at hand (scripts/gpu-check.sh).
@@ -59,7 +61,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         batches,
         rounds,
     };
-    let report = crate::bench::run(&classifier, &resolved.name, &files, &opts)?;
+    let mut report = crate::bench::run(&classifier, &resolved.name, &files, &opts)?;
+    if parity {
+        // The same weights with candle's kernels: on the CPU in f32, and on
+        // this device when the model runs on the cuDNN path.
+        let load = |rt: Runtime| {
+            Classifier::load(
+                resolved.architecture,
+                &resolved.weights,
+                &resolved.extras,
+                &rt.with_kernels(Kernels::Candle)?,
+            )
+        };
+        let cpu = load(Runtime::new(DeviceChoice::Cpu)?)?;
+        let candle = if classifier.channels_last() {
+            Some(load(
+                Runtime::new(model.device)?.with_precision(model.dtype)?,
+            )?)
+        } else {
+            None
+        };
+        report.parity = Some(crate::bench::parity(
+            &classifier,
+            &cpu,
+            candle.as_ref(),
+            batch_size.min(16),
+        )?);
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

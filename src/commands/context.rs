@@ -193,7 +193,9 @@ pub fn resolve_model_args(args: &ModelArgs) -> Result<(ResolvedModel, Runtime)> 
     let resolved = resolve_model(&args.model, args.arch.as_deref(), &args.revision, &hub)?;
     Ok((
         resolved,
-        Runtime::new(args.device)?.with_precision(args.dtype)?,
+        Runtime::new(args.device)?
+            .with_precision(args.dtype)?
+            .with_kernels(args.kernels)?,
     ))
 }
 pub fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {

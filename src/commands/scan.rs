@@ -68,7 +68,8 @@ pub fn scan_units(plan: &Plan, args: &RunArgs, ids: &[usize], wait: bool) -> Res
     let threads = opts.threads;
     let rt = Runtime::new(args.device)?
         .with_precision(plan.scan_dtype)
-        .with_context(|| format!("scan.dtype = \"{}\" in the manifest", plan.scan_dtype))?;
+        .with_context(|| format!("scan.dtype = \"{}\" in the manifest", plan.scan_dtype))?
+        .with_kernels(args.kernels)?;
     eprintln!(
         "Scanning on {} ({}, {threads} preprocessing threads): {} of {} unit(s), {} model(s) x {} transforms per image",
         rt.describe(),

@@ -16,6 +16,9 @@ pub struct Classifier {
     device: Device,
     device_name: String,
     precision: Precision,
+    /// The net runs channels-last (`--kernels cudnn`): it takes NCHW crops
+    /// as a permuted view of NHWC data, with no copy.
+    channels_last: bool,
 }
 
 impl Classifier {
@@ -41,13 +44,23 @@ impl Classifier {
                 message: other.to_string(),
             },
         })?;
-        let net = (arch.spec().build)(vb.set_dtype(rt.precision().dtype()), extras).map_err(err)?;
+        let vb = vb.set_dtype(rt.precision().dtype());
+        let channels_last = rt.channels_last(arch.name());
+        let net = if channels_last {
+            super::channels_last::build(arch, vb).map_err(|e| match e {
+                super::channels_last::BuildError::Cudnn(e) => ModelError::Device(e.to_string()),
+                super::channels_last::BuildError::Candle(e) => err(e),
+            })?
+        } else {
+            (arch.spec().build)(vb, extras).map_err(err)?
+        };
         Ok(Classifier {
             arch,
             net,
             device: rt.device().clone(),
             device_name: rt.describe().to_string(),
             precision: rt.precision(),
+            channels_last,
         })
     }
 
@@ -57,6 +70,11 @@ impl Classifier {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Whether it runs on the channels-last cuDNN path.
+    pub fn channels_last(&self) -> bool {
+        self.channels_last
     }
 
     /// Where it runs: `cpu` or `cuda:N`.
@@ -116,9 +134,14 @@ impl Classifier {
                 .lut
                 .index_select(&levels.flatten_all()?, 0)?
                 .reshape((n, h, w, c))?
-                .permute((0, 3, 1, 2))?
                 .to_dtype(self.precision.dtype())?
-                .contiguous()?;
+                .permute((0, 3, 1, 2))?;
+            // A channels-last net reads the NHWC data through the view.
+            let x = if self.channels_last {
+                x
+            } else {
+                x.contiguous()?
+            };
             self.net.forward(&x)
         };
         go().map(Started).map_err(|e| self.forward_error(e))

@@ -16,7 +16,7 @@ use super::{Extras, Net};
 use crate::labels::NUM_CLASSES;
 
 /// timm's LayerNorm / LayerNorm2d epsilon for ConvNeXt.
-const LN_EPS: f64 = 1e-6;
+pub(crate) const LN_EPS: f64 = 1e-6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvNextConfig {

@@ -104,7 +104,7 @@ impl Padding {
         }
     }
 
-    fn pads(self, h: usize, w: usize, k: usize, s: usize) -> Pads {
+    pub(crate) fn pads(self, h: usize, w: usize, k: usize, s: usize) -> Pads {
         let (top, bottom) = self.one_dim(h, k, s);
         let (left, right) = self.one_dim(w, k, s);
         [top, bottom, left, right]
@@ -170,7 +170,7 @@ impl EfficientNetConfig {
 
 /// timm `make_divisible(v, 8)`: nearest multiple of 8, at least 8, and
 /// never more than 10% below `v`.
-fn make_divisible(v: f64) -> usize {
+pub(crate) fn make_divisible(v: f64) -> usize {
     const DIVISOR: usize = 8;
     let mut new_v = DIVISOR.max((v + DIVISOR as f64 / 2.0) as usize / DIVISOR * DIVISOR);
     if (new_v as f64) < 0.9 * v {
@@ -180,7 +180,7 @@ fn make_divisible(v: f64) -> usize {
 }
 
 /// timm `round_channels`.
-fn round_channels(channels: usize, multiplier: f64) -> usize {
+pub(crate) fn round_channels(channels: usize, multiplier: f64) -> usize {
     if multiplier == 0.0 {
         channels
     } else {
@@ -328,7 +328,7 @@ pub struct EfficientNet {
 }
 
 /// Blocks per stage after depth scaling (timm `decode_arch_def`, `ceil`).
-fn stage_depths(cfg: &EfficientNetConfig) -> Vec<usize> {
+pub(crate) fn stage_depths(cfg: &EfficientNetConfig) -> Vec<usize> {
     let last = cfg.stages.len().saturating_sub(1);
     cfg.stages
         .iter()

@@ -8,11 +8,15 @@
 //!   forward passes. [`registry`]: models known by name and their pins.
 //! - `kernels`: our own CPU convolutions (inference, and the trainable
 //!   one MEMO adapts through) and channels-last helpers.
+//! - [`channels_last`]: the cuDNN kernel path (`--kernels cudnn`): each
+//!   study model as a layer plan over NHWC tensors, on cuDNN, cuBLASLt and
+//!   our CUDA kernels.
 //! - [`adapt`]: MEMO's adaptable ResNet; [`synthetic`]: generated weights;
 //!   [`pth`]: the PyTorch checkpoint reader.
 
 pub mod adapt;
 pub mod arch;
+pub mod channels_last;
 pub mod classifier;
 pub mod clip;
 pub mod convnext;
@@ -29,6 +33,7 @@ pub mod vgg;
 pub mod vit;
 
 pub use arch::{ArchSpec, Architecture, ARCHITECTURES};
+pub use channels_last::Kernels;
 pub use classifier::{var_builder, Classifier, Normaliser, Started};
 pub use net::{EvalPreprocess, Extras, Net};
 pub use registry::{lookup, registry, RegistryEntry, WeightSource};

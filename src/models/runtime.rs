@@ -6,6 +6,8 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+use super::channels_last::Kernels;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{file}: cannot load {arch} weights: {message}")]
@@ -120,6 +122,7 @@ pub struct Runtime {
     /// `cpu` or `cuda:N`.
     name: String,
     precision: Precision,
+    kernels: Kernels,
 }
 
 impl Runtime {
@@ -159,6 +162,7 @@ impl Runtime {
             device,
             name,
             precision: Precision::F32,
+            kernels: Kernels::Auto,
         })
     }
 
@@ -177,6 +181,28 @@ impl Runtime {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The same device, models running on `kernels` there. `cudnn` needs
+    /// CUDA; `auto` and `candle` run anywhere (on the CPU both are our
+    /// CPU kernels).
+    pub fn with_kernels(self, kernels: Kernels) -> Result<Runtime, ModelError> {
+        if kernels == Kernels::Cudnn && !self.device.is_cuda() {
+            return Err(ModelError::Device(
+                "--kernels cudnn runs on CUDA only: use --device cuda, or --kernels auto / candle on the CPU"
+                    .into(),
+            ));
+        }
+        Ok(Runtime { kernels, ..self })
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Whether `arch` runs on the channels-last cuDNN path here.
+    pub fn channels_last(&self, arch: &str) -> bool {
+        self.device.is_cuda() && self.kernels.channels_last_for(arch)
     }
 
     /// The candle device models are loaded on.
@@ -209,6 +235,23 @@ mod tests {
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU0"] {
             let e = bad.parse::<DeviceChoice>().unwrap_err();
             assert!(e.contains("cuda:N"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cudnn_kernels_need_a_gpu() {
+        let cpu = Runtime::new(DeviceChoice::Cpu).unwrap();
+        let e = cpu
+            .clone()
+            .with_kernels(Kernels::Cudnn)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--kernels cudnn runs on CUDA only"), "{e}");
+        for k in [Kernels::Auto, Kernels::Candle] {
+            let rt = cpu.clone().with_kernels(k).unwrap();
+            assert_eq!(rt.kernels(), k);
+            assert!(!rt.channels_last("resnet50"));
         }
     }
 

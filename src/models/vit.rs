@@ -33,7 +33,7 @@ impl Config {
         image_size: 224,
     };
 
-    fn tokens(&self) -> usize {
+    pub(crate) fn tokens(&self) -> usize {
         (self.image_size / self.patch).pow(2) + 1
     }
 }
@@ -92,7 +92,7 @@ pub const TIMM: Naming = Naming {
     head: "head",
 };
 
-const LN_EPS: f64 = 1e-6;
+pub(crate) const LN_EPS: f64 = 1e-6;
 
 struct Block {
     norm1: LayerNorm,

@@ -141,6 +141,32 @@ fn logits_against_reference(
     build: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy,
     dtype: DType,
 ) -> (Vec<f32>, Vec<f32>, usize) {
+    logits_of_other_net(doc, build, build, dtype)
+}
+
+/// [`logits_parity`] for a second implementation of the same network:
+/// `weights` (the reference port) names the tensors the generator fills,
+/// `net` is the implementation under test, reading those tensors.
+pub fn logits_parity_of(
+    doc: &str,
+    weights: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy,
+    net: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy,
+) {
+    let (ours, expected, _) = logits_of_other_net(doc, weights, net, DType::F32);
+    let worst = relative_gap(&ours, &expected);
+    eprintln!("{doc}: max |ours - reference| / max |logit| = {worst:.2e}");
+    assert!(
+        worst < 1e-4,
+        "{doc}: max |ours - reference| / max |logit| = {worst}"
+    );
+}
+
+fn logits_of_other_net(
+    doc: &str,
+    weights_of: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy,
+    build: impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy,
+    dtype: DType,
+) -> (Vec<f32>, Vec<f32>, usize) {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden(doc)).unwrap()).unwrap();
     let (batch, size) = (
@@ -150,7 +176,7 @@ fn logits_against_reference(
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("w.safetensors");
     write_weights_with(
-        build,
+        weights_of,
         doc["weight_seed"].as_u64().unwrap(),
         Head::Random,
         &weights,

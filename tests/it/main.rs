@@ -10,6 +10,7 @@ mod feed;
 mod fixture;
 mod fuzz_smoke;
 mod golden;
+mod golden_channels_last;
 mod golden_clip;
 mod golden_effnet;
 mod golden_memo;

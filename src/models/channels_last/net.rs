@@ -1,0 +1,347 @@
+//! A layer plan bound to a checkpoint's tensors and executed: weights are
+//! read in f32, folded (BatchNorm into convolutions, layer scale and query
+//! scaling into linear layers, flatten order into columns), laid out for
+//! the kernels (KRSC filters) and rounded once to the model's dtype. The
+//! forward pass walks the plan, one op per step, dropping each value after
+//! its last reader.
+
+use candle_core::{DType, IndexOp, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::geometry::OIHW_TO_KRSC;
+use super::ops::{ConvOp, GateOp, LinearOp, PoolOp};
+use super::program::{ConvWeights, DenseWeights, Fold, Op, Program, Shape};
+
+/// One step with its tensors.
+enum Bound {
+    ToNhwc,
+    Conv {
+        op: Op,
+        weight: Tensor,
+        bias: Tensor,
+    },
+    Pad([usize; 4]),
+    Pool(PoolOp),
+    Gate(usize),
+    LayerNorm {
+        weight: Tensor,
+        bias: Tensor,
+        eps: f32,
+    },
+    Linear {
+        op: Op,
+        weight: Tensor,
+        bias: Tensor,
+    },
+    Tokens {
+        class_token: Tensor,
+        pos_embed: Tensor,
+    },
+    Attention(usize),
+    ClassToken,
+    Flatten,
+}
+
+/// A model on the channels-last path: NCHW crops in (a permuted view of
+/// NHWC data costs nothing), logits out.
+pub struct ChannelsLastNet {
+    program: Program,
+    steps: Vec<Bound>,
+    last_use: Vec<usize>,
+}
+
+/// Read a convolution's weight and bias in f32 and fold its BatchNorm:
+/// `w * s`, `(b - mean) * s + beta` with `s = gamma / sqrt(var + eps)`.
+fn conv_weights(
+    vb: &VarBuilder,
+    cw: &ConvWeights,
+    dims: (usize, usize, usize, usize),
+) -> Result<(Tensor, Tensor)> {
+    let c_out = dims.0;
+    let mut w = vb.get(dims, &cw.weight)?;
+    let mut b = match &cw.bias {
+        Some(name) => vb.get(c_out, name)?,
+        None => Tensor::zeros(c_out, DType::F32, w.device())?,
+    };
+    if let Some((bn, eps)) = &cw.bn {
+        let get = |t: &str| vb.get(c_out, &format!("{bn}.{t}"));
+        let (gamma, beta, mean, var) = (
+            get("weight")?,
+            get("bias")?,
+            get("running_mean")?,
+            get("running_var")?,
+        );
+        let scale = (gamma / (var + *eps)?.sqrt()?)?;
+        w = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        b = ((b - mean)? * &scale)?.add(&beta)?;
+    }
+    Ok((w, b))
+}
+
+/// Read a linear layer's `[out, in]` matrix and bias in f32, stacked and
+/// folded as the plan says.
+fn dense_weights(
+    vb: &VarBuilder,
+    dw: &DenseWeights,
+    c_in: usize,
+    c_out: usize,
+) -> Result<(Tensor, Tensor)> {
+    let part = c_out / dw.weights.len().max(1);
+    let read = |name: &String| -> Result<Tensor> {
+        // A 1x1 convolution's `[out, in, 1, 1]` is the same matrix.
+        vb.get((part, c_in), name)
+            .or_else(|_| vb.get((part, c_in, 1, 1), name)?.reshape((part, c_in)))
+    };
+    let ws = dw.weights.iter().map(read).collect::<Result<Vec<_>>>()?;
+    let mut w = Tensor::cat(&ws, 0)?;
+    let mut b = if dw.biases.is_empty() {
+        Tensor::zeros(c_out, DType::F32, w.device())?
+    } else {
+        let bs = dw
+            .biases
+            .iter()
+            .map(|n| vb.get(part, n))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&bs, 0)?
+    };
+    for fold in &dw.folds {
+        match fold {
+            Fold::NchwColumns { c, h, w: wd } => {
+                w = w
+                    .reshape((c_out, *c, *h, *wd))?
+                    .permute((0, 2, 3, 1))?
+                    .reshape((c_out, c_in))?;
+            }
+            Fold::ScaleRows { rows, factor } => {
+                let scale: Vec<f32> = (0..c_out)
+                    .map(|i| if i < *rows { *factor as f32 } else { 1.0 })
+                    .collect();
+                let scale = Tensor::from_vec(scale, c_out, w.device())?;
+                w = w.broadcast_mul(&scale.reshape((c_out, 1))?)?;
+                b = (b * scale)?;
+            }
+            Fold::LayerScale(name) => {
+                let gamma = vb.get(c_out, name)?;
+                w = w.broadcast_mul(&gamma.reshape((c_out, 1))?)?;
+                b = (b * gamma)?;
+            }
+        }
+    }
+    Ok((w, b))
+}
+
+impl ChannelsLastNet {
+    /// Bind `program` to the tensors under `vb`, in `vb`'s dtype.
+    pub fn new(program: Program, vb: VarBuilder) -> Result<ChannelsLastNet> {
+        let dtype = vb.dtype();
+        let vb = vb.set_dtype(DType::F32);
+        let cast = |t: Tensor| t.to_dtype(dtype)?.contiguous();
+        let mut steps = Vec::with_capacity(program.steps.len());
+        for (i, step) in program.steps.iter().enumerate() {
+            let input = program.shape(step.input);
+            steps.push(match &step.op {
+                Op::ToNhwc => Bound::ToNhwc,
+                Op::Conv {
+                    geometry: g,
+                    weights,
+                    ..
+                } => {
+                    let dims = (g.c_out, g.c_in / g.groups, g.kernel[0], g.kernel[1]);
+                    let (w, b) = conv_weights(&vb, weights, dims)?;
+                    Bound::Conv {
+                        op: step.op.clone(),
+                        weight: cast(w.permute(OIHW_TO_KRSC)?)?,
+                        bias: cast(b)?,
+                    }
+                }
+                Op::Pad(p) => Bound::Pad(*p),
+                Op::MaxPool { k, stride, pad } => Bound::Pool(PoolOp::Max {
+                    k: *k,
+                    stride: *stride,
+                    pad: *pad,
+                }),
+                Op::AvgPool { out } => Bound::Pool(PoolOp::Avg { out: *out }),
+                Op::Gate { gate } => Bound::Gate(*gate),
+                Op::LayerNorm { weight, bias, eps } => {
+                    let d = input.last();
+                    Bound::LayerNorm {
+                        weight: cast(vb.get(d, weight)?)?,
+                        bias: cast(vb.get(d, bias)?)?,
+                        eps: *eps as f32,
+                    }
+                }
+                Op::Linear {
+                    c_in,
+                    c_out,
+                    weights,
+                    ..
+                } => {
+                    let (w, b) = dense_weights(&vb, weights, *c_in, *c_out)?;
+                    Bound::Linear {
+                        op: step.op.clone(),
+                        weight: cast(w)?,
+                        bias: cast(b)?,
+                    }
+                }
+                Op::Tokens {
+                    class_token,
+                    pos_embed,
+                } => {
+                    let Shape::Tokens { t, d } = step.shape else {
+                        candle_core::bail!("step {i}: tokens without a token shape");
+                    };
+                    let cls = vb.get_unchecked(class_token)?;
+                    let pos = vb.get_unchecked(pos_embed)?;
+                    if cls.elem_count() != d || pos.elem_count() != t * d {
+                        candle_core::bail!(
+                            "{class_token} {:?} / {pos_embed} {:?}: expected {d} and {t}x{d} values",
+                            cls.shape(),
+                            pos.shape()
+                        );
+                    }
+                    Bound::Tokens {
+                        class_token: cast(cls.reshape((1, 1, d))?)?,
+                        pos_embed: cast(pos.reshape((1, t, d))?)?,
+                    }
+                }
+                Op::Attention { heads } => Bound::Attention(*heads),
+                Op::ClassToken => Bound::ClassToken,
+                Op::Flatten => Bound::Flatten,
+            });
+        }
+        let last_use = program.last_use();
+        Ok(ChannelsLastNet {
+            program,
+            steps,
+            last_use,
+        })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    fn step(&self, i: usize, values: &[Option<Tensor>]) -> Result<Tensor> {
+        let value = |v: usize| -> Result<&Tensor> {
+            values[v]
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::msg(format!("value {v} dropped too early")))
+        };
+        let x = value(self.program.steps[i].input)?;
+        match &self.steps[i] {
+            // A permuted view of NHWC data is contiguous again here: free.
+            Bound::ToNhwc => x.permute((0, 2, 3, 1))?.contiguous(),
+            Bound::Conv { op, weight, bias } => {
+                let Op::Conv {
+                    geometry,
+                    act,
+                    residual,
+                    ..
+                } = op
+                else {
+                    unreachable!("bound from a conv step")
+                };
+                let op = ConvOp {
+                    geometry: *geometry,
+                    act: *act,
+                    residual: residual.map(value).transpose()?.cloned(),
+                };
+                x.apply_op3_no_bwd(weight, bias, &op)
+            }
+            Bound::Pad([top, bottom, left, right]) => x
+                .pad_with_zeros(1, *top, *bottom)?
+                .pad_with_zeros(2, *left, *right)?
+                .contiguous(),
+            Bound::Pool(op) => x.apply_op1_no_bwd(op),
+            Bound::Gate(g) => x.apply_op2_no_bwd(value(*g)?, &GateOp),
+            Bound::LayerNorm { weight, bias, eps } => {
+                candle_nn::ops::layer_norm(x, weight, bias, *eps)
+            }
+            Bound::Linear { op, weight, bias } => {
+                let Op::Linear {
+                    c_in,
+                    c_out,
+                    act,
+                    residual,
+                    ..
+                } = op
+                else {
+                    unreachable!("bound from a linear step")
+                };
+                let dims = x.dims().to_vec();
+                let rows = x.elem_count() / c_in;
+                let residual = match residual {
+                    Some(r) => Some(value(*r)?.reshape((rows, *c_out))?),
+                    None => None,
+                };
+                let op = LinearOp {
+                    act: *act,
+                    residual,
+                };
+                let y = x
+                    .reshape((rows, *c_in))?
+                    .apply_op3_no_bwd(weight, bias, &op)?;
+                let mut out = dims;
+                if let Some(last) = out.last_mut() {
+                    *last = *c_out;
+                }
+                y.reshape(out)
+            }
+            Bound::Tokens {
+                class_token,
+                pos_embed,
+            } => {
+                let (n, h, w, d) = x.dims4()?;
+                let patches = x.reshape((n, h * w, d))?;
+                let cls = class_token.broadcast_as((n, 1, d))?;
+                Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(pos_embed)
+            }
+            Bound::Attention(heads) => attention(x, *heads),
+            Bound::ClassToken => x.i((.., 0))?.contiguous(),
+            Bound::Flatten => x.flatten_from(1),
+        }
+    }
+}
+
+/// Softmax attention over `[n, t, 3 d]` tokens holding q (already scaled),
+/// k and v: the scores stay in the model's dtype (candle's softmax kernel
+/// accumulates in f32); cuBLAS makes both products.
+fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, t, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let qkv = qkv
+        .reshape((n, t, 3, heads, d / heads))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let scores = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+    scores
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((n, t, d))?
+        .contiguous()
+}
+
+impl Module for ChannelsLastNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut values: Vec<Option<Tensor>> = vec![None; self.steps.len() + 1];
+        values[0] = Some(x.clone());
+        for i in 0..self.steps.len() {
+            let y = self
+                .step(i, &values)
+                .map_err(|e| e.context(format!("{} step {i}", self.program.arch)))?;
+            values[i + 1] = Some(y);
+            // Drop what no later step reads (the output is read below).
+            for (v, slot) in values.iter_mut().enumerate().take(i + 1) {
+                if self.last_use[v] <= i {
+                    *slot = None;
+                }
+            }
+        }
+        values
+            .pop()
+            .flatten()
+            .ok_or_else(|| candle_core::Error::msg("an empty plan"))
+    }
+}

@@ -1,0 +1,116 @@
+//! The channels-last (cuDNN) path's layer plans, executed on the CPU
+//! through the ops' reference implementations, against the same PyTorch
+//! logits as the candle ports: every plan's weight folding (BatchNorm,
+//! layer scale, query scaling, flatten order), KRSC filters, fused
+//! residuals and pooling. What a GPU adds is the kernels alone, which
+//! `scripts/gpu-check.sh` compares on the device.
+
+use candle_nn::VarBuilder;
+use imagenet_hard::models::channels_last::net::ChannelsLastNet;
+use imagenet_hard::models::channels_last::program::{self, Program};
+use imagenet_hard::models::convnext::{self, ConvNextConfig};
+use imagenet_hard::models::efficientnet::{self, EfficientNetConfig};
+use imagenet_hard::models::vgg::{AlexNet, AlexNetConfig, Vgg, VggConfig};
+use imagenet_hard::models::vit::{self, Config, TIMM, TORCHVISION};
+use imagenet_hard::models::{Architecture, Extras, Net};
+
+use crate::golden::logits_parity_of;
+
+fn channels_last(
+    plan: impl Fn() -> Program + Copy,
+) -> impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy {
+    move |vb| Ok(Box::new(ChannelsLastNet::new(plan(), vb)?) as Net)
+}
+
+fn registered(name: &str) -> impl Fn(VarBuilder<'static>) -> candle_core::Result<Net> + Copy {
+    let arch = Architecture::find(name).unwrap();
+    move |vb| (arch.spec().build)(vb, &Extras::default())
+}
+
+#[test]
+fn channels_last_resnets_match_pytorch() {
+    logits_parity_of(
+        "resnet/resnet18.json",
+        registered("resnet18"),
+        channels_last(|| program::resnet("resnet18", 224).unwrap()),
+    );
+    logits_parity_of(
+        "resnet/resnet50.json",
+        registered("resnet50"),
+        channels_last(|| program::resnet("resnet50", 224).unwrap()),
+    );
+}
+
+#[test]
+fn channels_last_alexnet_and_vgg_match_pytorch() {
+    // 160 and 288 px take the adaptive pools' uneven and repeated bins;
+    // AlexNet's first linear layer reads its columns in channels-last order.
+    let alex = AlexNetConfig::TORCHVISION.narrowed(8);
+    for size in [160, 224, 288] {
+        logits_parity_of(
+            &format!("vgg/alexnet_w8_{size}.json"),
+            move |vb| Ok(Box::new(AlexNet::new(alex, vb)?) as Net),
+            channels_last(move || program::alexnet(alex, size).unwrap()),
+        );
+    }
+    let vgg = VggConfig::VGG16.narrowed(8);
+    for size in [160, 224] {
+        logits_parity_of(
+            &format!("vgg/vgg16_w8_{size}.json"),
+            move |vb| Ok(Box::new(Vgg::new(vgg, vb)?) as Net),
+            channels_last(move || program::vgg("vgg16", vgg, size).unwrap()),
+        );
+    }
+}
+
+#[test]
+fn channels_last_efficientnets_match_timm() {
+    let b0 = || EfficientNetConfig::efficientnet(0.25, 0.5);
+    logits_parity_of(
+        "effnet/efficientnet_w025_d05_s64.json",
+        move |vb| Ok(Box::new(efficientnet::build(&b0(), vb)?) as Net),
+        channels_last(move || program::efficientnet("efficientnet_b0", &b0(), 64).unwrap()),
+    );
+    // "SAME" padding: asymmetric pads become pad steps at 57 px.
+    let lite = || EfficientNetConfig::tf_efficientnet_lite(0.25, 0.5);
+    logits_parity_of(
+        "effnet/tf_efficientnet_lite_w025_d05_s57.json",
+        move |vb| Ok(Box::new(efficientnet::build(&lite(), vb)?) as Net),
+        channels_last(move || program::efficientnet("tf_efficientnet_lite0", &lite(), 57).unwrap()),
+    );
+}
+
+#[test]
+fn channels_last_convnext_matches_timm() {
+    let cfg = ConvNextConfig {
+        depths: [1, 1, 2, 1],
+        dims: [40, 80, 160, 320],
+    };
+    logits_parity_of(
+        "effnet/convnext_d1121_atto_dims_s64.json",
+        move |vb| Ok(Box::new(convnext::build(&cfg, vb)?) as Net),
+        channels_last(move || program::convnext("convnext_base", &cfg, 64).unwrap()),
+    );
+}
+
+#[test]
+fn channels_last_vits_match_pytorch() {
+    const SMALL: Config = Config {
+        dim: 64,
+        depth: 2,
+        heads: 4,
+        mlp_dim: 256,
+        patch: 32,
+        image_size: 224,
+    };
+    logits_parity_of(
+        "vit/torchvision_small.json",
+        |vb| vit::build(SMALL, &TORCHVISION, vb),
+        channels_last(|| program::vit("vit_b_32", SMALL, &TORCHVISION).unwrap()),
+    );
+    logits_parity_of(
+        "vit/timm_small.json",
+        |vb| vit::build(SMALL, &TIMM, vb),
+        channels_last(|| program::vit("vit_base_patch32_224", SMALL, &TIMM).unwrap()),
+    );
+}
