@@ -47,7 +47,7 @@ impl Classifier {
         let vb = vb.set_dtype(rt.precision().dtype());
         let channels_last = rt.channels_last(arch.name());
         let net = if channels_last {
-            super::channels_last::build(arch, vb).map_err(|e| match e {
+            super::channels_last::build(arch, vb, extras).map_err(|e| match e {
                 super::channels_last::BuildError::Cudnn(e) => ModelError::Device(e.to_string()),
                 super::channels_last::BuildError::Candle(e) => err(e),
             })?

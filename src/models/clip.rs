@@ -133,7 +133,41 @@ pub fn clip_vit_large_patch14(
     vb: VarBuilder<'static>,
     extras: &Extras,
 ) -> candle_core::Result<Net> {
-    let cfg = match extras.files.get("config.json") {
+    let cfg = config_of(extras)?;
+    let image = Box::new(ImageEncoder::new(vb.clone(), &cfg.vision_config)?);
+    imagenet_zero_shot(vb, extras, &cfg, image)
+}
+
+/// The same classifier with its image tower on the channels-last path
+/// (`--kernels cudnn`); the text tower makes the head as before.
+pub fn clip_vit_large_patch14_channels_last(
+    vb: VarBuilder<'static>,
+    extras: &Extras,
+) -> candle_core::Result<Net> {
+    use super::channels_last::{net::ChannelsLastNet, program};
+    let cfg = config_of(extras)?;
+    let plan = program::clip_image_tower("clip_vit_large_patch14", tower(&cfg.vision_config))
+        .map_err(candle_core::Error::wrap)?;
+    let image = Box::new(ChannelsLastNet::new(plan, vb.clone())?);
+    imagenet_zero_shot(vb, extras, &cfg, image)
+}
+
+/// The shape of an image tower, for its channels-last plan.
+pub fn tower(v: &ClipVisionConfig) -> super::channels_last::program::ClipTower {
+    super::channels_last::program::ClipTower {
+        dim: v.embed_dim,
+        depth: v.num_hidden_layers,
+        heads: v.num_attention_heads,
+        mlp_dim: v.intermediate_size,
+        patch: v.patch_size,
+        image_size: v.image_size,
+        projection_dim: v.projection_dim,
+    }
+}
+
+/// The repo's `config.json` when it is handed over, else ViT-L/14.
+fn config_of(extras: &Extras) -> candle_core::Result<ClipConfig> {
+    Ok(match extras.files.get("config.json") {
         Some(path) => {
             let bad = |m: String| candle_core::Error::msg(format!("{}: {m}", path.display()));
             let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
@@ -147,13 +181,24 @@ pub fn clip_vit_large_patch14(
             .map_err(bad)?
         }
         None => vit_large_patch14(),
-    };
-    zero_shot(
+    })
+}
+
+/// A zero-shot classifier over the 1000 ImageNet classes and OpenAI's
+/// prompt ensemble, on `image`.
+fn imagenet_zero_shot(
+    vb: VarBuilder<'static>,
+    extras: &Extras,
+    cfg: &ClipConfig,
+    image: Box<dyn Module + Send + Sync>,
+) -> candle_core::Result<Net> {
+    zero_shot_with_image(
         vb,
         extras,
-        &cfg,
+        cfg,
         &CLASS_NAMES.lines().collect::<Vec<_>>(),
         &TEMPLATES.lines().collect::<Vec<_>>(),
+        image,
     )
 }
 
@@ -229,7 +274,9 @@ impl TextEncoder {
 
 /// `100 * normalize(image embedding) @ head^T`.
 pub struct ZeroShot {
-    image: ImageEncoder,
+    /// Crops to unnormalised embeddings: [`ImageEncoder`], or the tower on
+    /// the channels-last path.
+    image: Box<dyn Module + Send + Sync>,
     /// (classes, projection_dim), rows L2-normalised.
     head: Tensor,
 }
@@ -251,7 +298,19 @@ pub fn zero_shot(
     class_names: &[&str],
     templates: &[&str],
 ) -> candle_core::Result<Net> {
-    let image = ImageEncoder::new(vb.clone(), &cfg.vision_config)?;
+    let image = Box::new(ImageEncoder::new(vb.clone(), &cfg.vision_config)?);
+    zero_shot_with_image(vb, extras, cfg, class_names, templates, image)
+}
+
+/// [`zero_shot`] on a given image encoder.
+pub fn zero_shot_with_image(
+    vb: VarBuilder<'static>,
+    extras: &Extras,
+    cfg: &ClipConfig,
+    class_names: &[&str],
+    templates: &[&str],
+    image: Box<dyn Module + Send + Sync>,
+) -> candle_core::Result<Net> {
     let fingerprint = Arc::new(Mutex::new(Sha256::new()));
     let text_vb = VarBuilder::from_backend(
         Box::new(Fingerprint {

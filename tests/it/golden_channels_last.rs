@@ -6,8 +6,10 @@
 //! `scripts/gpu-check.sh` compares on the device.
 
 use candle_nn::VarBuilder;
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use imagenet_hard::models::channels_last::net::ChannelsLastNet;
 use imagenet_hard::models::channels_last::program::{self, Program};
+use imagenet_hard::models::clip::ImageEncoder;
 use imagenet_hard::models::convnext::{self, ConvNextConfig};
 use imagenet_hard::models::efficientnet::{self, EfficientNetConfig};
 use imagenet_hard::models::vgg::{AlexNet, AlexNetConfig, Vgg, VggConfig};
@@ -112,5 +114,37 @@ fn channels_last_vits_match_pytorch() {
         "vit/timm_small.json",
         |vb| vit::build(SMALL, &TIMM, vb),
         channels_last(|| program::vit("vit_base_patch32_224", SMALL, &TIMM).unwrap()),
+    );
+}
+
+#[test]
+fn channels_last_clip_image_tower_matches_transformers() {
+    let path = crate::golden::golden("clip/tiny_image.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let c = &doc["config"];
+    let cfg = imagenet_hard::models::clip::config_from_json(
+        &c["text"],
+        &c["vision"],
+        &c["projection_dim"],
+    )
+    .unwrap();
+    let (text, vision) = (cfg.text_config.clone(), cfg.vision_config.clone());
+    let (text, vision) = (&*Box::leak(Box::new(text)), &*Box::leak(Box::new(vision)));
+    // The text tower's tensors come first in the generator's stream.
+    let weights = move |vb: VarBuilder<'static>| -> candle_core::Result<Net> {
+        ClipTextTransformer::new(vb.pp("text_model"), text)?;
+        candle_nn::linear_no_bias(
+            text.embed_dim,
+            text.projection_dim,
+            vb.pp("text_projection"),
+        )?;
+        Ok(Box::new(ImageEncoder::new(vb, vision)?) as Net)
+    };
+    let tower = imagenet_hard::models::clip::tower(vision);
+    logits_parity_of(
+        path.to_str().unwrap(),
+        weights,
+        channels_last(move || program::clip_image_tower("clip_vit_large_patch14", tower).unwrap()),
     );
 }

@@ -132,7 +132,7 @@ pub(super) fn conv(
     }
 }
 
-fn conv_as<T: CudaDType + DeviceRepr>(
+fn conv_as<T: CudaDType + DeviceRepr + 'static>(
     op: &ConvOp,
     data: DataType,
     x: (&CudaStorage, &Layout),
@@ -237,7 +237,7 @@ fn conv_as<T: CudaDType + DeviceRepr>(
 
 /// The address of a contiguous tensor's first element, and the guard that
 /// records its use on `stream` when dropped.
-fn device_ptr<'a, T: CudaDType>(
+fn device_ptr<'a, T: CudaDType + 'static>(
     (s, l): (&'a CudaStorage, &Layout),
     stream: &'a CudaStream,
 ) -> Result<(u64, SyncOnDrop<'a>)> {
@@ -281,7 +281,9 @@ impl Call<'_> {
                     descs: HashMap::new(),
                     relu: self.cudnn.activation(cudnn::ACTIVATION_RELU)?,
                     workspace: None,
-                    handle: self.cudnn.handle(self.stream.cu_stream() as *mut c_void)?,
+                    // SAFETY: the device's stream, which the device (and so
+                    // every tensor this handle works on) keeps alive.
+                    handle: unsafe { self.cudnn.handle(self.stream.cu_stream() as *mut c_void) }?,
                 }),
             };
             // cuDNN fuses ReLU (and identity, with one algorithm only): ReLU alone here.

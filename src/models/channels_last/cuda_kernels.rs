@@ -22,14 +22,6 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/channels_last_kernels.
 /// The name candle caches the loaded module under, per device.
 const MODULE: &str = "imagenet_hard_channels_last";
 
-/// Every kernel's name without its dtype suffix.
-const KERNELS: [&str; 4] = [
-    "bias_act",
-    "max_pool_nhwc",
-    "adaptive_avg_pool_nhwc",
-    "gate_nhwc",
-];
-
 /// Threads per block: enough to hide latency, small enough for several
 /// blocks per SM.
 const THREADS: u32 = 256;
@@ -276,6 +268,14 @@ fn gate_typed<T: CudaDType + DeviceRepr>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kernel's name without its dtype suffix.
+    const KERNELS: [&str; 4] = [
+        "bias_act",
+        "max_pool_nhwc",
+        "adaptive_avg_pool_nhwc",
+        "gate_nhwc",
+    ];
 
     /// The `.entry` names the PTX defines.
     fn entries(ptx: &str) -> Vec<&str> {

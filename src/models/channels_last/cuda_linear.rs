@@ -22,7 +22,9 @@ use std::sync::{Mutex, OnceLock};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys};
 use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
+};
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage};
 
@@ -408,14 +410,26 @@ struct Inputs<'a> {
     r: Option<(&'a CudaStorage, &'a Layout)>,
 }
 
+/// A contiguous tensor's values: exactly its elements, from its offset.
+fn view<'a, T: CudaDType + 'a>((s, l): (&'a CudaStorage, &Layout)) -> Result<CudaView<'a, T>> {
+    let start = l.start_offset();
+    let end = start + l.shape().elem_count();
+    let slice = s.as_cuda_slice::<T>()?;
+    if end > slice.len() {
+        candle_core::bail!(
+            "cuda_linear::linear: {:?} at offset {start} overruns a buffer of {}",
+            l.shape(),
+            slice.len()
+        );
+    }
+    Ok(slice.slice(start..end))
+}
+
 fn linear_typed<T: CudaDType + DeviceRepr>(p: &Problem, inp: &Inputs) -> Result<CudaStorage> {
     let dev = &inp.x.0.device;
     let stream = dev.cuda_stream();
-    let view = |(s, l): (&CudaStorage, &Layout)| -> Result<_> {
-        Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..))
-    };
-    let (x, w, bias) = (view(inp.x)?, view(inp.w)?, view(inp.b)?);
-    let r = inp.r.map(view).transpose()?;
+    let (x, w, bias) = (view::<T>(inp.x)?, view::<T>(inp.w)?, view::<T>(inp.b)?);
+    let r = inp.r.map(view::<T>).transpose()?;
     let len = p.rows * p.m;
     // SAFETY: every element is written by the product before it is read.
     let mut out = unsafe { dev.alloc::<T>(len) }?;
@@ -428,7 +442,8 @@ fn linear_typed<T: CudaDType + DeviceRepr>(p: &Problem, inp: &Inputs) -> Result<
         let (w_ptr, _w_guard) = w.device_ptr(&stream);
         let (mut bias_ptr, _b_guard) = bias.device_ptr(&stream);
         // A bias off 16-byte alignment (a view into a larger buffer) is
-        // copied: no cuBLASLt preference describes the bias's alignment.
+        // copied (`bias` holds exactly its m values): no cuBLASLt
+        // preference describes the bias's alignment.
         let aligned_bias: Option<CudaSlice<T>>;
         let _ab_guard;
         if bias_ptr % 16 != 0 {

@@ -279,13 +279,18 @@ impl Cudnn {
         })
     }
 
-    /// A handle working on `stream` (a `CUstream`) of the context current on this thread.
-    pub fn handle(&'static self, stream: *mut c_void) -> Result<CudnnHandle, StatusError> {
+    /// A handle working on `stream`, in the CUDA context current on this
+    /// thread.
+    ///
+    /// # Safety
+    /// `stream` is a `CUstream` of that context (or a special stream such
+    /// as the per-thread one) that outlives the handle.
+    pub unsafe fn handle(&'static self, stream: *mut c_void) -> Result<CudnnHandle, StatusError> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: out-pointer to a local.
         self.check("cudnnCreate", unsafe { (self.create)(&mut raw) })?;
         let handle = CudnnHandle { cudnn: self, raw };
-        // SAFETY: a live handle; the stream outlives it (the device holds it).
+        // SAFETY: a live handle; the caller vouches for the stream.
         self.check("cudnnSetStream", unsafe { (self.set_stream)(raw, stream) })?;
         Ok(handle)
     }

@@ -91,7 +91,7 @@ impl ConvGeometry {
         if self.kernel.contains(&0) || self.stride.contains(&0) || self.dilation.contains(&0) {
             return bad("kernel, stride and dilation must be positive".into());
         }
-        if self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+        if !self.c_in.is_multiple_of(self.groups) || !self.c_out.is_multiple_of(self.groups) {
             return bad(format!(
                 "{} groups do not divide {} input and {} output channels",
                 self.groups, self.c_in, self.c_out

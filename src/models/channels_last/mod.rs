@@ -71,18 +71,9 @@ impl std::fmt::Display for Kernels {
     }
 }
 
-/// Whether `arch` has a plan that ends in the 1000 logits. CLIP's plan is
-/// its image tower alone: its zero-shot head is not wired to the path yet,
-/// so CLIP keeps candle's kernels under every switch.
+/// Whether `arch` has a plan on this path (all but the demo's small CNN).
 pub fn runnable(arch: &str) -> bool {
-    let Some(a) = crate::models::Architecture::find(arch) else {
-        return false;
-    };
-    matches!(
-        program::for_arch(a.name()),
-        Some(Ok(p)) if p.steps.last().map(|s| s.shape)
-            == Some(program::Shape::Vector { d: crate::labels::NUM_CLASSES })
-    )
+    crate::models::Architecture::find(arch).is_some_and(|a| program::for_arch(a.name()).is_some())
 }
 
 /// Why a model could not be built on the path.
@@ -95,23 +86,30 @@ pub enum BuildError {
 }
 
 /// `arch` on the channels-last path, its weights under `vb` (in `vb`'s
-/// dtype, on its device). On a GPU, cuDNN is loaded first, so a missing
-/// library is named before any weight is read.
+/// dtype, on its device); CLIP's image tower under its zero-shot head. On
+/// a GPU, cuDNN is loaded first, so a missing library is named before any
+/// weight is read.
 pub fn build(
     arch: crate::models::Architecture,
     vb: candle_nn::VarBuilder<'static>,
+    extras: &crate::models::Extras,
 ) -> Result<crate::models::Net, BuildError> {
-    let Some(program) = program::for_arch(arch.name()).filter(|_| runnable(arch.name())) else {
+    let Some(program) = program::for_arch(arch.name()) else {
         return Err(candle_core::Error::msg(format!(
             "{} has no plan on the cuDNN path: run it with --kernels candle",
             arch.name()
         ))
         .into());
     };
-    let program = program.map_err(candle_core::Error::wrap)?;
     if vb.device().is_cuda() {
         cudnn::Cudnn::load()?;
     }
+    if arch.name() == "clip_vit_large_patch14" {
+        return Ok(crate::models::clip::clip_vit_large_patch14_channels_last(
+            vb, extras,
+        )?);
+    }
+    let program = program.map_err(candle_core::Error::wrap)?;
     Ok(Box::new(net::ChannelsLastNet::new(program, vb)?))
 }
 
@@ -124,10 +122,9 @@ pub enum Decision {
     Candle,
 }
 
-/// Per model, what `--kernels auto` runs, from `scripts/gpu-check.sh`'s
-/// verdict table (the card and date it ran on beside each row). A model
-/// missing here has not been through the check on a GPU yet and keeps
-/// candle's kernels.
+/// Per model, what `--kernels auto` runs, from `scripts/kernel_verdict.py`'s
+/// rows (the card, date and speed-up beside each). A model missing here has
+/// not been through the check on a GPU yet and keeps candle's kernels.
 pub const DECISIONS: &[(&str, Decision, &str)] = &[];
 
 /// The decision for `arch`, if the GPU check made one.
