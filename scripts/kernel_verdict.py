@@ -185,7 +185,7 @@ def report(d, bench, archs, gpu, date, out=sys.stdout):
           "FAIL speed = parity holds, under target; FAIL parity; FAIL run = a run failed or is missing", file=out)
     for a in archs:
         if a in NOT_ON_PATH:
-            print(f"{a}: not on the path (candle's kernels under every switch)", file=out)
+            print(f"{a}: not in the kernel check (auto keeps candle's kernels)", file=out)
     print(file=out)
     for r in rows:
         print(f"DECISION {r['arch']} {r['decision'] or 'candle'} ({'' if r['decision'] else 'undecided: '}{r['why']})",
@@ -272,7 +272,7 @@ def self_test():
         assert '("resnet50", Decision::Cudnn, "H200, 2026-12-06, 3.0x candle"),' in text
         assert '("alexnet", Decision::Candle, "H200, 2026-12-06, 0.80x candle"),' in text
         assert '("vgg16", Decision::Candle, "H200, 2026-12-06, parity failed, 2.0x candle"),' in text
-        assert "// resnet18: undecided" in text and "clip_vit_large_patch14: not on the path" in text
+        assert "// resnet18: undecided" in text and "clip_vit_large_patch14: not in the kernel check" in text
         assert "DECISION resnet18 candle (undecided: " in text
         # The command line: exit 1 (parity failures, missing runs); 0 over
         # resnet50 alone; no crash over an empty folder.
