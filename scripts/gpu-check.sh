@@ -15,7 +15,7 @@
 #    batch $BATCH, default 128) with --parity (its logits against the CPU's
 #    f32 and candle's kernels on this GPU), candle's kernels for the speed,
 #    and f32 at batch 8 held tightly to the CPU; scripts/kernel_verdict.py
-#    prints the table, a DECISION per model and the rows for DECISIONS in
+#    prints the table, a DECISION per model and the rows for GPU_DECISIONS in
 #    src/models/channels_last/mod.rs. First, so a short window still yields
 #    it; ONLY_KERNELS=1 stops after it;
 # 3. the demo build runs on the CPU and on the GPU; their scan records must

@@ -15,12 +15,12 @@ and gpu.txt (nvidia-smi's name of the card). --bench is scripts/gpu_bench.py's
 --out: its peer-ARCH.json gives PyTorch eager's crops/s, where present.
 
 Prints one table, a line `DECISION arch cudnn|candle (why)` per model and
-the rows for DECISIONS in src/models/channels_last/mod.rs. A model runs
+the rows for GPU_DECISIONS in src/models/channels_last/mod.rs. A model runs
 cudnn only if parity holds, bf16 against the CPU's f32 and against candle's
 kernels (max_rel < 3e-2, the same top-1 on at least n-1 of n crops), f32
 against the CPU (max_rel < 1e-3, every top-1 the same), AND the cuDNN path
 is faster than candle's kernels. A run that failed or is missing is a FAIL
-with its stderr's tail, and no DECISIONS row (the model stays undecided).
+with its stderr's tail, and no GPU_DECISIONS row (the model stays undecided).
 
 PASS in the table: parity holds and the cuDNN path reaches its target
 against PyTorch eager (gpu_bench.py's MODELS; parity alone where PyTorch was
@@ -165,7 +165,7 @@ def gpu_name(d, given):
 
 
 def report(d, bench, archs, gpu, date, out=sys.stdout):
-    """Print the table, the decisions and the DECISIONS rows; return the
+    """Print the table, the decisions and the GPU_DECISIONS rows; return the
     per-model results."""
     rows = [judge_safely(d, bench, a) for a in archs if a not in NOT_ON_PATH]
     f = lambda v, spec: "-" if v is None else format(v, spec)
@@ -190,13 +190,13 @@ def report(d, bench, archs, gpu, date, out=sys.stdout):
     for r in rows:
         print(f"DECISION {r['arch']} {r['decision'] or 'candle'} ({'' if r['decision'] else 'undecided: '}{r['why']})",
               file=out)
-    print("\n// DECISIONS rows for src/models/channels_last/mod.rs:", file=out)
+    print("\n// GPU_DECISIONS rows for src/models/channels_last/mod.rs:", file=out)
     for r in rows:
         if r["decision"] is None:
             print(f"// {r['arch']}: undecided (a run failed), no row", file=out)
             continue
         note = ("" if r["parity_ok"] else "parity failed, ") + f"{x(r['speedup'])} candle"
-        dec = "Cudnn" if r["decision"] == "cudnn" else "Candle"
+        dec = "ChannelsLast" if r["decision"] == "cudnn" else "Candle"
         print(f'("{r["arch"]}", Decision::{dec}, "{gpu}, {date}, {note}"),', file=out)
     return rows
 
@@ -269,7 +269,7 @@ def self_test():
         assert "f32 vs CPU f32 inf" in rows["vit_b_32"]["why"], rows["vit_b_32"]["why"]
         assert "panicked" in rows["efficientnet_b0"]["why"]
         assert "no JSON" in rows["convnext_base"]["why"]
-        assert '("resnet50", Decision::Cudnn, "H200, 2026-12-06, 3.0x candle"),' in text
+        assert '("resnet50", Decision::ChannelsLast, "H200, 2026-12-06, 3.0x candle"),' in text
         assert '("alexnet", Decision::Candle, "H200, 2026-12-06, 0.80x candle"),' in text
         assert '("vgg16", Decision::Candle, "H200, 2026-12-06, parity failed, 2.0x candle"),' in text
         assert "// resnet18: undecided" in text and "clip_vit_large_patch14: not in the kernel check" in text

@@ -268,7 +268,8 @@ pub struct BenchReport {
     pub batch_size: usize,
     pub dtype: crate::models::Precision,
     pub device: String,
-    /// The kernels the model ran on: `cudnn` (channels-last) or `candle`.
+    /// The kernels the model ran on: `cudnn` (channels-last on a GPU),
+    /// `fused` (channels-last on the CPU) or `candle`.
     pub kernels: &'static str,
     pub threads: usize,
     pub preprocessing: Option<Throughput>,
@@ -404,11 +405,7 @@ pub fn run(
         batch_size: batch,
         dtype: model.precision(),
         device: model.device_name().to_string(),
-        kernels: if model.channels_last() {
-            "cudnn"
-        } else {
-            "candle"
-        },
+        kernels: model.kernels_name(),
         threads,
         preprocessing,
         feed_1_thread,

@@ -39,9 +39,9 @@ pub struct RunArgs {
     /// Where models run: auto, cpu, cuda (= cuda:0) or cuda:N.
     #[arg(long, default_value_t = DeviceChoice::Auto, value_name = "DEVICE")]
     pub device: DeviceChoice,
-    /// Kernels on a GPU: candle's, cudnn (channels-last: cuDNN, cuBLASLt
-    /// and ours; loads libcudnn.so.9, see docs/gpu.md), or auto (per model,
-    /// what the GPU check decided; candle's until it has).
+    /// Kernels: candle's, fused (the channels-last plans: on a GPU cuDNN,
+    /// cuBLASLt and ours, loading libcudnn.so.9, see docs/gpu.md; on the CPU
+    /// our fused kernels), or auto (per model, what was measured faster).
     #[arg(long, value_enum, default_value_t = Kernels::Auto)]
     pub kernels: Kernels,
     /// Threads that decode and zoom images ahead of the model (default:
@@ -122,9 +122,9 @@ pub struct ModelArgs {
     /// Where the model runs: auto, cpu, cuda (= cuda:0) or cuda:N.
     #[arg(long, default_value_t = DeviceChoice::Auto, value_name = "DEVICE")]
     pub device: DeviceChoice,
-    /// Kernels on a GPU: candle's, cudnn (channels-last: cuDNN, cuBLASLt
-    /// and ours; loads libcudnn.so.9, see docs/gpu.md), or auto (per model,
-    /// what the GPU check decided; candle's until it has).
+    /// Kernels: candle's, fused (the channels-last plans: on a GPU cuDNN,
+    /// cuBLASLt and ours, loading libcudnn.so.9, see docs/gpu.md; on the CPU
+    /// our fused kernels), or auto (per model, what was measured faster).
     #[arg(long, value_enum, default_value_t = Kernels::Auto)]
     pub kernels: Kernels,
     /// Number format the model computes in: bf16 (CUDA only) and f16 use a

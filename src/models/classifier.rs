@@ -72,9 +72,19 @@ impl Classifier {
         self.precision
     }
 
-    /// Whether it runs on the channels-last cuDNN path.
+    /// Whether it runs on the channels-last path.
     pub fn channels_last(&self) -> bool {
         self.channels_last
+    }
+
+    /// The kernels it runs on: `cudnn` (the channels-last path on a GPU),
+    /// `fused` (on the CPU) or `candle`.
+    pub fn kernels_name(&self) -> &'static str {
+        match (self.channels_last, self.device.is_cuda()) {
+            (true, true) => "cudnn",
+            (true, false) => "fused",
+            (false, _) => "candle",
+        }
     }
 
     /// Where it runs: `cpu` or `cuda:N`.

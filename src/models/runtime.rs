@@ -183,16 +183,8 @@ impl Runtime {
         self.precision
     }
 
-    /// The same device, models running on `kernels` there. `cudnn` needs
-    /// CUDA; `auto` and `candle` run anywhere (on the CPU both are our
-    /// CPU kernels).
+    /// The same device, models running on `kernels` there.
     pub fn with_kernels(self, kernels: Kernels) -> Result<Runtime, ModelError> {
-        if kernels == Kernels::Cudnn && !self.device.is_cuda() {
-            return Err(ModelError::Device(
-                "--kernels cudnn runs on CUDA only: use --device cuda, or --kernels auto / candle on the CPU"
-                    .into(),
-            ));
-        }
         Ok(Runtime { kernels, ..self })
     }
 
@@ -200,9 +192,9 @@ impl Runtime {
         self.kernels
     }
 
-    /// Whether `arch` runs on the channels-last cuDNN path here.
+    /// Whether `arch` runs on the channels-last path here.
     pub fn channels_last(&self, arch: &str) -> bool {
-        self.device.is_cuda() && self.kernels.channels_last_for(arch)
+        self.kernels.channels_last_for(arch, self.device.is_cuda())
     }
 
     /// The candle device models are loaded on.
@@ -239,20 +231,14 @@ mod tests {
     }
 
     #[test]
-    fn cudnn_kernels_need_a_gpu() {
+    fn the_kernel_switch_reaches_the_runtime() {
         let cpu = Runtime::new(DeviceChoice::Cpu).unwrap();
-        let e = cpu
-            .clone()
-            .with_kernels(Kernels::Cudnn)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("--kernels cudnn runs on CUDA only"), "{e}");
-        for k in [Kernels::Auto, Kernels::Candle] {
-            let rt = cpu.clone().with_kernels(k).unwrap();
-            assert_eq!(rt.kernels(), k);
-            assert!(!rt.channels_last("resnet50"));
-        }
+        assert_eq!(cpu.kernels(), Kernels::Auto);
+        let fused = cpu.clone().with_kernels(Kernels::Fused).unwrap();
+        assert!(fused.channels_last("resnet50"));
+        assert!(!fused.channels_last("shapes_cnn"));
+        let candle = cpu.with_kernels(Kernels::Candle).unwrap();
+        assert!(!candle.channels_last("resnet50"));
     }
 
     #[test]

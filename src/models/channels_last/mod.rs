@@ -12,9 +12,12 @@
 //! machine without it. On the CPU the ops run plain references, which is
 //! how the tests hold every plan to the candle models.
 //!
-//! [`Kernels`] is the switch; [`DECISIONS`] says, per model, what `auto`
-//! runs: what the GPU check measured, never a guess.
+//! On the CPU the same plans run our fused CPU kernels ([`cpu`]).
+//!
+//! [`Kernels`] is the switch; [`GPU_DECISIONS`] and [`CPU_DECISIONS`] say,
+//! per model, what `auto` runs: what was measured, never a guess.
 
+pub mod cpu;
 pub mod cudnn;
 pub mod geometry;
 pub mod net;
@@ -30,18 +33,22 @@ mod cuda_linear;
 
 use serde::{Deserialize, Serialize};
 
-/// Which kernels a model runs on a GPU.
+/// Which kernels a model runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// Per model, what the GPU check decided (docs/gpu.md); candle's
-    /// kernels where it has not decided.
+    /// Per model and device, what was measured faster (docs/gpu.md,
+    /// docs/speed.md); candle's kernels where nothing was decided.
     #[default]
     Auto,
-    /// candle's kernels (im2col + GEMM, NCHW).
+    /// candle's kernels (on a GPU im2col + GEMM, NCHW; on the CPU our NCHW
+    /// convolution).
     Candle,
-    /// Our channels-last path: cuDNN, cuBLASLt and our kernels.
-    Cudnn,
+    /// The channels-last plans with fused epilogues: cuDNN, cuBLASLt and our
+    /// kernels on a GPU (also spelled `cudnn`), our fused kernels on the CPU.
+    #[value(alias = "cudnn")]
+    #[serde(alias = "cudnn")]
+    Fused,
 }
 
 impl Kernels {
@@ -49,18 +56,20 @@ impl Kernels {
         match self {
             Kernels::Auto => "auto",
             Kernels::Candle => "candle",
-            Kernels::Cudnn => "cudnn",
+            Kernels::Fused => "fused",
         }
     }
 
-    /// Whether `arch` runs on the channels-last path under this switch,
-    /// on a CUDA device.
-    pub fn channels_last_for(self, arch: &str) -> bool {
+    /// Whether `arch` runs on the channels-last path under this switch, on
+    /// a GPU (`gpu`) or the CPU.
+    pub fn channels_last_for(self, arch: &str, gpu: bool) -> bool {
         let planned = runnable(arch);
         match self {
             Kernels::Candle => false,
-            Kernels::Cudnn => planned,
-            Kernels::Auto => planned && decision(arch) == Some(Decision::Cudnn),
+            Kernels::Fused => planned,
+            Kernels::Auto => {
+                planned && decision(arch, gpu).is_some_and(|d| d == Decision::ChannelsLast)
+            }
         }
     }
 }
@@ -113,23 +122,29 @@ pub fn build(
     Ok(Box::new(net::ChannelsLastNet::new(program, vb)?))
 }
 
-/// What the GPU check decided for one model.
+/// What a measurement decided for one model on one kind of device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Parity held and it was faster than candle's kernels.
-    Cudnn,
+    /// Parity held and the channels-last path was faster.
+    ChannelsLast,
     /// It failed parity or was slower: candle's kernels stay.
     Candle,
 }
 
-/// Per model, what `--kernels auto` runs, from `scripts/kernel_verdict.py`'s
-/// rows (the card, date and speed-up beside each). A model missing here has
-/// not been through the check on a GPU yet and keeps candle's kernels.
-pub const DECISIONS: &[(&str, Decision, &str)] = &[];
+/// Per model, what `--kernels auto` runs on a GPU: the rows
+/// `scripts/kernel_verdict.py` prints from `scripts/gpu-check.sh` (the card,
+/// date and speed-up beside each). A model missing here has not passed the
+/// check on a GPU and keeps candle's kernels.
+pub const GPU_DECISIONS: &[(&str, Decision, &str)] = &[];
 
-/// The decision for `arch`, if the GPU check made one.
-pub fn decision(arch: &str) -> Option<Decision> {
-    DECISIONS
+/// Per model, what `--kernels auto` runs on the CPU: from
+/// `scripts/bench.py --kernels` (fused against candle, same run; docs/speed.md).
+pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[];
+
+/// The decision for `arch` on a GPU or the CPU, if one was measured.
+pub fn decision(arch: &str, gpu: bool) -> Option<Decision> {
+    let table = if gpu { GPU_DECISIONS } else { CPU_DECISIONS };
+    table
         .iter()
         .find(|(a, _, _)| *a == arch)
         .map(|(_, d, _)| *d)
@@ -140,22 +155,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_switch_defaults_to_what_the_check_decided() {
+    fn the_switch_defaults_to_what_was_measured() {
         assert_eq!(Kernels::default(), Kernels::Auto);
-        // Nothing has passed the check on a GPU yet: auto is candle's path.
         for a in crate::models::Architecture::all() {
-            assert_eq!(
-                Kernels::Auto.channels_last_for(a.name()),
-                decision(a.name()) == Some(Decision::Cudnn)
-            );
-            assert!(!Kernels::Candle.channels_last_for(a.name()));
+            for gpu in [false, true] {
+                assert_eq!(
+                    Kernels::Auto.channels_last_for(a.name(), gpu),
+                    runnable(a.name()) && decision(a.name(), gpu) == Some(Decision::ChannelsLast)
+                );
+                assert!(!Kernels::Candle.channels_last_for(a.name(), gpu));
+            }
         }
-        assert!(Kernels::Cudnn.channels_last_for("resnet50"));
-        assert!(!Kernels::Cudnn.channels_last_for("shapes_cnn"));
-        assert!(!Kernels::Cudnn.channels_last_for("no-such-net"));
-        for (arch, _, note) in DECISIONS {
+        assert!(Kernels::Fused.channels_last_for("resnet50", true));
+        assert!(Kernels::Fused.channels_last_for("resnet50", false));
+        assert!(!Kernels::Fused.channels_last_for("shapes_cnn", true));
+        assert!(!Kernels::Fused.channels_last_for("no-such-net", false));
+        for (arch, _, note) in GPU_DECISIONS.iter().chain(CPU_DECISIONS) {
             assert!(crate::models::Architecture::find(arch).is_some(), "{arch}");
             assert!(!note.is_empty(), "{arch}: say where it was measured");
         }
+        // `cudnn` is the path's name on a GPU.
+        use clap::ValueEnum;
+        assert_eq!(Kernels::from_str("cudnn", false), Ok(Kernels::Fused));
     }
 }

@@ -1,9 +1,10 @@
 //! The path's operations as candle custom ops over channels-last tensors.
 //! On CUDA each runs our kernels (`cuda_conv`: cuDNN; `cuda_kernels`: our
-//! own; `cuda_linear`: cuBLASLt). On the CPU each runs a plain reference,
-//! written for clarity rather than speed: the tests execute whole plans
-//! through these references and hold them to the candle models, so what
-//! the GPU check compares on the device is the kernels alone.
+//! own; `cuda_linear`: cuBLASLt). On the CPU, f32 convolutions and linear
+//! layers run our fused CPU kernels (`cpu`); everything else (half
+//! formats, pools, gates) a plain reference written for clarity. The tests
+//! execute whole plans on the CPU and hold them to PyTorch's logits, so
+//! what the GPU check compares on the device is the CUDA kernels alone.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape};
@@ -81,6 +82,26 @@ fn from_f32(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
     })
 }
 
+/// A contiguous f32 tensor's values, in place.
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("channels-last ops take contiguous f32 inputs here"),
+    }
+}
+
+/// `f` on the residual's f32 values (read in place), or on `None`.
+fn with_residual<R>(r: &Option<Tensor>, f: impl FnOnce(Option<&[f32]>) -> R) -> Result<R> {
+    let Some(t) = r else {
+        return Ok(f(None));
+    };
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => Ok(f(Some(contiguous(s, layout)?))),
+        _ => candle_core::bail!("the residual is not on the CPU"),
+    }
+}
+
 /// The residual tensor's values, checked to have `len` of them.
 fn residual_values(r: &Option<Tensor>, len: usize) -> Result<Option<Vec<f32>>> {
     match r {
@@ -127,6 +148,20 @@ impl CustomOp3 for ConvOp {
                 xl.shape(),
                 wl.shape()
             );
+        }
+        if let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (xs, ws, bs) {
+            let (x, wt, bias) = (
+                contiguous(xs, xl)?,
+                contiguous(ws, wl)?,
+                contiguous(bs, bl)?,
+            );
+            let fast = with_residual(&self.residual, |r| {
+                super::cpu::conv(g, x, (n, h, w), wt, bias, r, self.act)
+            })?;
+            if let Some(y) = fast {
+                let (oh, ow) = g.out_hw(h, w).map_err(candle_core::Error::wrap)?;
+                return Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, g.c_out))));
+            }
         }
         if g.stride[0] != g.stride[1] || g.pad[0] != g.pad[1] || g.dilation[0] != g.dilation[1] {
             candle_core::bail!("conv {g}: the reference takes equal strides, pads and dilations");
@@ -283,6 +318,17 @@ impl CustomOp3 for LinearOp {
                 wl.shape(),
                 bl.shape()
             );
+        }
+        if let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (xs, ws, bs) {
+            let (x, wt, bias) = (
+                contiguous(xs, xl)?,
+                contiguous(ws, wl)?,
+                contiguous(bs, bl)?,
+            );
+            let y = with_residual(&self.residual, |r| {
+                super::cpu::linear(x, wt, bias, r, self.act, (rows, k, m))
+            })?;
+            return Ok((CpuStorage::F32(y), Shape::from((rows, m))));
         }
         let x = Tensor::from_vec(to_f32(xs, xl)?, (rows, k), &Device::Cpu)?;
         let wt = Tensor::from_vec(to_f32(ws, wl)?, (m, k), &Device::Cpu)?;

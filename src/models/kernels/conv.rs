@@ -413,7 +413,7 @@ fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 /// # Safety
 /// Each pointer must cover its matrix under its strides, `dst` unaliased.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn matmul(
+pub(in crate::models) unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     (dst_rs, dst_cs): (isize, isize),

@@ -1,0 +1,342 @@
+//! The channels-last ops on the CPU in f32: the fused plans the GPU runs,
+//! with our own loops around the `gemm` crate's products. A convolution is
+//! one product per block of output pixels (NHWC im2col into a per-thread
+//! buffer; a 1x1 stride-1 convolution reads the input rows directly), a
+//! depthwise convolution a direct loop over channels, a linear layer one
+//! product; the bias, residual and activation are applied to each block
+//! while it is still in cache. Other formats take the references in `ops`.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+use super::geometry::ConvGeometry;
+use super::program::Act;
+use crate::models::kernels::conv::matmul;
+
+thread_local! {
+    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rows of a block: enough for an efficient product, few enough that the
+/// block's columns stay in cache.
+fn block_rows(k: usize, total: usize) -> usize {
+    (65_536 / k.max(1)).clamp(32, 512).min(total.max(1))
+}
+
+/// The activation, with an erf good to 1.5e-7 (Abramowitz and Stegun
+/// 7.1.26), the f32 rounding of exact GELU's own error.
+#[inline]
+pub fn act_fast(act: Act, x: f32) -> f32 {
+    match act {
+        Act::Gelu => 0.5 * x * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2)),
+        other => other.apply(x),
+    }
+}
+
+#[inline]
+fn erf_fast(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * (-x * x).exp();
+    if x < 0.0 {
+        -y
+    } else {
+        y
+    }
+}
+
+/// `out[i] = act(out[i] + bias[i % c] + residual[i])` over whole rows.
+fn epilogue(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act) {
+    let c = bias.len();
+    match residual {
+        Some(r) => {
+            for (row, rrow) in out.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
+                for ((v, b), r) in row.iter_mut().zip(bias).zip(rrow) {
+                    *v = act_fast(act, *v + b + r);
+                }
+            }
+        }
+        None => {
+            for row in out.chunks_exact_mut(c) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = act_fast(act, *v + b);
+                }
+            }
+        }
+    }
+}
+
+/// `out[rows, m] = act(x[rows, k] w[m, k]^T + bias [+ residual])`.
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Act,
+    (rows, k, m): (usize, usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0f32; rows * m];
+    let threads = rayon::current_num_threads();
+    if rows < 64 * threads {
+        // Few rows (a head, a small batch): one product, parallel inside.
+        // SAFETY: out [rows, m], x [rows, k], w^T read as [k, m] with strides (1, k).
+        unsafe {
+            matmul(
+                (rows, m, k),
+                out.as_mut_ptr(),
+                (m as isize, 1),
+                x.as_ptr(),
+                (k as isize, 1),
+                w.as_ptr(),
+                (1, k as isize),
+                false,
+                true,
+            )
+        };
+        out.par_chunks_mut(m * 16)
+            .enumerate()
+            .for_each(|(i, o)| epilogue(o, bias, residual.map(|r| &r[i * m * 16..]), act));
+        return out;
+    }
+    let block = block_rows(k, rows);
+    out.par_chunks_mut(block * m)
+        .enumerate()
+        .for_each(|(bi, o)| {
+            let r0 = bi * block;
+            let n = o.len() / m;
+            // SAFETY: as above, on rows r0..r0 + n.
+            unsafe {
+                matmul(
+                    (n, m, k),
+                    o.as_mut_ptr(),
+                    (m as isize, 1),
+                    x[r0 * k..].as_ptr(),
+                    (k as isize, 1),
+                    w.as_ptr(),
+                    (1, k as isize),
+                    false,
+                    false,
+                )
+            };
+            epilogue(o, bias, residual.map(|r| &r[r0 * m..]), act);
+        });
+    out
+}
+
+/// The NHWC input `x` `[n, h, w, c]` and where output pixel `p` of an
+/// `oh x ow` map reads it.
+struct Input<'a> {
+    x: &'a [f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Input<'_> {
+    /// Output pixel `p`'s image, row and column.
+    fn pixel(&self, p: usize) -> (usize, usize, usize) {
+        let per = self.oh * self.ow;
+        (p / per, (p % per) / self.ow, p % self.ow)
+    }
+
+    /// The input channels at (b, iy, ix), or `None` outside the image.
+    fn at(&self, b: usize, iy: isize, ix: isize) -> Option<&[f32]> {
+        (iy >= 0 && ix >= 0 && (iy as usize) < self.h && (ix as usize) < self.w).then(|| {
+            let at = ((b * self.h + iy as usize) * self.w + ix as usize) * self.c;
+            &self.x[at..at + self.c]
+        })
+    }
+}
+
+/// `act(conv(x) + bias [+ residual])` for f32 NHWC `x` `[n, h, w, c_in]`
+/// and KRSC `wt`; `None` for a grouped (not depthwise) geometry.
+pub fn conv(
+    g: &ConvGeometry,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    wt: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Act,
+) -> Option<Vec<f32>> {
+    let (oh, ow) = g.out_hw(h, w).ok()?;
+    let input = Input {
+        x,
+        h,
+        w,
+        c: g.c_in,
+        oh,
+        ow,
+    };
+    if g.groups == 1 {
+        return Some(dense_conv(g, &input, n, wt, bias, residual, act));
+    }
+    if g.groups == g.c_in && g.c_out == g.c_in {
+        return Some(depthwise(g, &input, n, wt, bias, residual, act));
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dense_conv(
+    g: &ConvGeometry,
+    input: &Input,
+    n: usize,
+    wt: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Act,
+) -> Vec<f32> {
+    let (m, c) = (g.c_out, g.c_in);
+    let pixels = n * input.oh * input.ow;
+    let [kh, kw] = g.kernel;
+    let k = kh * kw * c;
+    // A 1x1 stride-1 convolution is a linear layer over the pixels.
+    if g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] {
+        return linear(input.x, wt, bias, residual, act, (pixels, c, m));
+    }
+    let mut out = vec![0f32; pixels * m];
+    let block = block_rows(k, pixels);
+    let one_block = |bi: usize, o: &mut [f32], parallel: bool| {
+        let p0 = bi * block;
+        let rows = o.len() / m;
+        COLUMNS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < rows * k {
+                buf.resize(rows * k, 0.0);
+            }
+            let cols = &mut buf[..rows * k];
+            // im2col in (kh, kw, c) order: the KRSC weight's row order.
+            for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+                let (b, oy, ox) = input.pixel(p0 + r);
+                for i in 0..kh {
+                    let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
+                    for j in 0..kw {
+                        let ix =
+                            (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
+                        let dst = &mut col[(i * kw + j) * c..][..c];
+                        match input.at(b, iy, ix) {
+                            Some(src) => dst.copy_from_slice(src),
+                            None => dst.fill(0.0),
+                        }
+                    }
+                }
+            }
+            // SAFETY: o [rows, m], cols [rows, k], wt^T read as [k, m].
+            unsafe {
+                matmul(
+                    (rows, m, k),
+                    o.as_mut_ptr(),
+                    (m as isize, 1),
+                    cols.as_ptr(),
+                    (k as isize, 1),
+                    wt.as_ptr(),
+                    (1, k as isize),
+                    false,
+                    parallel,
+                )
+            };
+        });
+        epilogue(o, bias, residual.map(|r| &r[p0 * m..]), act);
+    };
+    let blocks = pixels.div_ceil(block);
+    if blocks < rayon::current_num_threads() {
+        // Too few blocks to share: each product runs in parallel itself.
+        out.chunks_mut(block * m)
+            .enumerate()
+            .for_each(|(bi, o)| one_block(bi, o, true));
+    } else {
+        out.par_chunks_mut(block * m)
+            .enumerate()
+            .for_each(|(bi, o)| one_block(bi, o, false));
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn depthwise(
+    g: &ConvGeometry,
+    input: &Input,
+    n: usize,
+    wt: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Act,
+) -> Vec<f32> {
+    let c = g.c_in;
+    let [kh, kw] = g.kernel;
+    // KRSC [c, kh, kw, 1] to one row of c taps per (i, j): the inner loop
+    // runs over channels, contiguous in both the input and the taps.
+    let mut taps = vec![0f32; kh * kw * c];
+    for ch in 0..c {
+        for t in 0..kh * kw {
+            taps[t * c + ch] = wt[ch * kh * kw + t];
+        }
+    }
+    let (oh, ow) = (input.oh, input.ow);
+    let mut out = vec![0f32; n * oh * ow * c];
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
+        let (b, oy) = (row / oh, row % oh);
+        for ox in 0..ow {
+            let acc = &mut o[ox * c..][..c];
+            acc.fill(0.0);
+            for i in 0..kh {
+                let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
+                for j in 0..kw {
+                    let ix = (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
+                    if let Some(src) = input.at(b, iy, ix) {
+                        let tap = &taps[(i * kw + j) * c..][..c];
+                        for ((a, s), t) in acc.iter_mut().zip(src).zip(tap) {
+                            *a += s * t;
+                        }
+                    }
+                }
+            }
+        }
+        epilogue(o, bias, residual.map(|r| &r[row * ow * c..]), act);
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_gelu_is_within_f32_rounding_of_exact() {
+        for i in -800..800 {
+            let x = i as f32 / 100.0;
+            let (fast, exact) = (act_fast(Act::Gelu, x), Act::Gelu.apply(x));
+            assert!(
+                (fast - exact).abs() <= 4e-7 * x.abs().max(1.0),
+                "{x}: {fast} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn linear_blocks_and_the_single_product_agree() {
+        let mut rng = crate::util::SplitMix64(3);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_unit() - 0.5).collect() };
+        // Enough rows for the blocked path, and few for the single product.
+        for rows in [5, 700] {
+            let (k, m) = (37, 19);
+            let (x, w, b, r) = (rand(rows * k), rand(m * k), rand(m), rand(rows * m));
+            let y = linear(&x, &w, &b, Some(&r), Act::Silu, (rows, k, m));
+            for i in 0..rows {
+                for j in 0..m {
+                    let dot: f64 = (0..k).map(|t| (x[i * k + t] * w[j * k + t]) as f64).sum();
+                    let want = Act::Silu.apply(dot as f32 + b[j] + r[i * m + j]);
+                    assert!(
+                        (y[i * m + j] - want).abs() < 1e-5,
+                        "{rows} rows: ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+}
