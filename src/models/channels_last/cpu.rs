@@ -302,6 +302,79 @@ fn depthwise(
     out
 }
 
+/// `k x k` max-pool (stride, zero padding never chosen) or PyTorch's
+/// adaptive average pool over f32 NHWC `x` `[n, h, w, c]`, one output row
+/// per task.
+pub fn pool(
+    op: &super::ops::PoolOp,
+    x: &[f32],
+    (n, h, w, c): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    use super::ops::PoolOp;
+    let Ok((oh, ow)) = op.out_hw(h, w) else {
+        return Vec::new();
+    };
+    let mut out = vec![0f32; n * oh * ow * c];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
+        let (b, oy) = (row / oh, row % oh);
+        let image = &x[b * h * w * c..][..h * w * c];
+        for ox in 0..ow {
+            let acc = &mut o[ox * c..][..c];
+            match *op {
+                PoolOp::Max { k, stride, pad } => {
+                    acc.fill(f32::NEG_INFINITY);
+                    for i in 0..k {
+                        let Some(iy) = (oy * stride + i).checked_sub(pad).filter(|&y| y < h) else {
+                            continue;
+                        };
+                        for j in 0..k {
+                            let Some(ix) = (ox * stride + j).checked_sub(pad).filter(|&v| v < w)
+                            else {
+                                continue;
+                            };
+                            let src = &image[(iy * w + ix) * c..][..c];
+                            for (a, v) in acc.iter_mut().zip(src) {
+                                *a = a.max(*v);
+                            }
+                        }
+                    }
+                }
+                PoolOp::Avg { out: (oh_, ow_) } => {
+                    let (y0, y1) = PoolOp::avg_bin(oy, oh_, h);
+                    let (x0, x1) = PoolOp::avg_bin(ox, ow_, w);
+                    acc.fill(0.0);
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            let src = &image[(iy * w + ix) * c..][..c];
+                            for (a, v) in acc.iter_mut().zip(src) {
+                                *a += v;
+                            }
+                        }
+                    }
+                    let scale = 1.0 / ((y1 - y0) * (x1 - x0)) as f32;
+                    acc.iter_mut().for_each(|a| *a *= scale);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `x * gate` over f32 NHWC `x` `[n, h, w, c]` with `gate` `[n, c]`.
+pub fn gate(x: &[f32], g: &[f32], (n, hw, c): (usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; n * hw * c];
+    out.par_chunks_mut(c).enumerate().for_each(|(p, o)| {
+        let (src, gate) = (&x[p * c..][..c], &g[(p / hw) * c..][..c]);
+        for ((o, v), s) in o.iter_mut().zip(src).zip(gate) {
+            *o = v * s;
+        }
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,6 +209,10 @@ impl CustomOp1 for PoolOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, h, w, c) = l.shape().dims4()?;
         let (oh, ow) = self.out_hw(h, w)?;
+        if let CpuStorage::F32(_) = s {
+            let y = super::cpu::pool(self, contiguous(s, l)?, (n, h, w, c));
+            return Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, c))));
+        }
         let x = to_f32(s, l)?;
         let mut y = vec![0f32; n * oh * ow * c];
         let at = |b: usize, iy: usize, ix: usize, ch: usize| x[((b * h + iy) * w + ix) * c + ch];
@@ -275,6 +279,10 @@ impl CustomOp2 for GateOp {
         let (n, h, w, c) = xl.shape().dims4()?;
         if gl.shape().dims4()? != (n, 1, 1, c) {
             candle_core::bail!("gate {:?} for input {:?}", gl.shape(), xl.shape());
+        }
+        if let (CpuStorage::F32(_), CpuStorage::F32(_)) = (xs, gs) {
+            let y = super::cpu::gate(contiguous(xs, xl)?, contiguous(gs, gl)?, (n, h * w, c));
+            return Ok((CpuStorage::F32(y), xl.shape().clone()));
         }
         let (mut x, g) = (to_f32(xs, xl)?, to_f32(gs, gl)?);
         for (i, v) in x.iter_mut().enumerate() {
@@ -505,5 +513,39 @@ mod tests {
         };
         let y = x.apply_op3_no_bwd(&w, &b, &op).unwrap();
         assert_eq!(values(&y), [2.0, 3.0, 0.0]);
+    }
+
+    /// Half formats take the references: f16 through the convolution, the
+    /// pool and the gate stays within f16 rounding of the f32 kernels.
+    #[test]
+    fn half_formats_take_the_references() {
+        use candle_core::DType;
+        let mut rng = crate::util::SplitMix64(11);
+        let v: Vec<f32> = (0..2 * 6 * 6 * 4).map(|_| rng.next_unit() - 0.5).collect();
+        let x = t(&v, &[2, 6, 6, 4]);
+        let w = t(&v[..4 * 3 * 3 * 4], &[4, 3, 3, 4]);
+        let b = t(&[0.1, -0.2, 0.3, 0.0], &[4]);
+        let run = |dtype: DType| {
+            let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let op = ConvOp {
+                geometry: ConvGeometry::square(4, 4, 3, 1, 1),
+                act: Act::Silu,
+                residual: Some(cast(&x)),
+            };
+            let y = cast(&x)
+                .apply_op3_no_bwd(&cast(&w), &cast(&b), &op)
+                .unwrap();
+            let pooled = y.apply_op1_no_bwd(&PoolOp::Avg { out: (1, 1) }).unwrap();
+            let gated = y.apply_op2_no_bwd(&pooled, &GateOp).unwrap();
+            values(&gated.to_dtype(DType::F32).unwrap())
+        };
+        let (full, half) = (run(DType::F32), run(DType::F16));
+        let worst = full
+            .iter()
+            .zip(&half)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-2, "{worst}");
+        assert!(full.iter().any(|v| v.abs() > 0.05));
     }
 }
