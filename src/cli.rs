@@ -1,6 +1,15 @@
-//! Command-line arguments (clap). Parsing only: `app` does the work.
+//! Command-line arguments (clap). Parsing only: `commands` does the work.
 
 use clap::{Args, Parser, Subcommand};
+
+/// A count that must be at least 1 (as a manifest's `batch_size` must).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
 use std::path::PathBuf;
 
 use crate::eval::tta::{Aggregate, Tta};
@@ -168,8 +177,8 @@ pub struct EvalArgs {
     /// ImageNet-Hard rule.
     #[arg(long)]
     pub subset_by_origin: bool,
-    /// Crops per forward pass.
-    #[arg(long, default_value_t = 32)]
+    /// Crops per forward pass (at least 1).
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Write the results (config, model, dataset revision, metrics) as JSON.
     #[arg(long, value_name = "FILE")]
@@ -223,8 +232,8 @@ pub struct BenchArgs {
     pub images: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Crops per forward pass.
-    #[arg(long, default_value_t = 16)]
+    /// Crops per forward pass (at least 1).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Forward passes per round in the model-only measurement.
     #[arg(long, default_value_t = 4)]
@@ -410,7 +419,7 @@ pub enum Command {
     /// Reads the images of IMAGES (a folder of .jpg/.png) and the model's
     /// weights; writes JSON on stdout: preprocessing on one thread (decode,
     /// every zoom view, normalise), the feed on 1 and on --threads threads,
-    /// model-only (forward passes) and, with --end-to-end, the scan's path;
+    /// model-only (forward passes) and, with --measure end-to-end, the scan's path;
     /// medians over --rounds. `--model synthetic --arch A` generates weights.
     Bench(BenchArgs),
     /// List the registered models and the architectures the tool can build.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub enum CostError {
     #[error("{0}: {1}")]
     Read(PathBuf, String),
-    #[error("{0}: not an `imagenet-hard bench` JSON document ({1}); make one with `imagenet-hard bench IMAGES --model synthetic --arch A --device cuda --dtype bf16 --end-to-end`")]
+    #[error("{0}: not an `imagenet-hard bench` JSON document ({1}); make one with `imagenet-hard bench IMAGES --model synthetic --arch A --device cuda --dtype bf16 --measure model,end-to-end`")]
     NotBench(PathBuf, String),
 }
 

@@ -141,7 +141,12 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// keeps flat. `MIMALLOC_PURGE_DELAY` in the environment still decides
 /// when set.
 pub fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    keep_freed_memory_unless(std::env::var_os("MIMALLOC_PURGE_DELAY").is_some());
+}
+
+/// [`keep_freed_memory`] when the environment has not set the delay.
+fn keep_freed_memory_unless(environment_decides: bool) {
+    if !environment_decides {
         // SAFETY: sets one of mimalloc's integer options; -1 = never purge.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
@@ -188,19 +193,26 @@ mod tests {
 
     /// The option numbers are mimalloc's: 15 holds the purge delay (v3's
     /// default 1000 ms) and 18 the OS tag (default 100), as `mi_option_e`
-    /// lays them out.
+    /// lays them out; keeping freed memory sets the delay to -1 (never),
+    /// unless the environment decides.
     #[test]
     fn purge_delay_is_the_option_we_set() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
             return;
         }
-        // SAFETY: reads two integer options.
-        let (delay, os_tag) = unsafe {
+        // SAFETY: reads and sets integer options; this is the only test
+        // that touches them.
+        let read = || unsafe {
             (
                 libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
                 libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY + 3),
             )
         };
-        assert_eq!((delay, os_tag), (1000, 100));
+        assert_eq!(read(), (1000, 100));
+        keep_freed_memory_unless(true);
+        assert_eq!(read(), (1000, 100), "the environment's delay is left alone");
+        keep_freed_memory_unless(false);
+        assert_eq!(read(), (-1, 100), "freed memory is kept");
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
     }
 }

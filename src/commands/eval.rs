@@ -41,7 +41,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let opts = EvalOptions {
         tta: args.tta,
         aggregate: args.aggregate.unwrap_or_default(),
-        batch_size: args.batch_size.max(1),
+        batch_size: args.batch_size,
         limit: args.limit,
         subset_by_origin: args.subset_by_origin,
     };

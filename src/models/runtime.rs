@@ -241,18 +241,24 @@ mod tests {
         assert!(!candle.channels_last("resnet50"));
     }
 
+    /// Without the `cuda` feature the error says to rebuild; with it, a
+    /// device this process cannot see is named with how to list them.
     #[test]
-    fn a_gpu_needs_the_cuda_build() {
-        if candle_core::utils::cuda_is_available() {
-            return;
-        }
-        let e = Runtime::new(DeviceChoice::Cuda(1))
+    fn a_gpu_needs_the_cuda_build_and_a_device() {
+        let e = Runtime::new(DeviceChoice::Cuda(99))
             .err()
-            .unwrap()
+            .expect("no machine here has 100 GPUs")
             .to_string();
-        assert!(
-            e.contains("--device cuda:1") && e.contains("--features cuda"),
-            "{e}"
-        );
+        if candle_core::utils::cuda_is_available() {
+            assert!(
+                e.contains("cannot open CUDA device 99") && e.contains("CUDA_VISIBLE_DEVICES"),
+                "{e}"
+            );
+        } else {
+            assert!(
+                e.contains("--device cuda:99") && e.contains("--features cuda"),
+                "{e}"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Scan stage: every image of every source through every model under every
 //! zoom transform, one work unit at a time, each under a claim. Each
 //! (image, model) becomes one [`ScanRecord`]; undecodable rows become
-//! counted skips. Two strategies share one unit scan ([`unit`]):
+//! counted skips. Three strategies share one unit scan ([`unit`]):
 //! [`exhaustive`] (every transform, fed by the parallel feed),
 //! [`first_hit`] (each model stops at its first correct transform) and
 //! [`curate`] (every model stops at the first hit of any, pairs tried in a

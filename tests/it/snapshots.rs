@@ -76,3 +76,94 @@ fn dataset_card_of_the_fixture_build() {
         .replace(env!("CARGO_PKG_VERSION"), "[version]");
     insta::assert_snapshot!("card-fixture", card);
 }
+
+/// Every long flag of `command` (and `--help` / `--version`).
+fn flags_of(command: &clap::Command) -> Vec<String> {
+    let mut flags: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    flags.extend(["--help".into(), "--version".into()]);
+    flags
+}
+
+/// The `--flag` words of `text` (a flag ends at the first character that
+/// cannot be part of one).
+fn mentioned_flags(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, _) in text.match_indices("--") {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '-') {
+            continue;
+        }
+        let name: String = text[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+            .collect();
+        let name = name.trim_end_matches('-');
+        if !name.is_empty() && name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) {
+            found.push(format!("--{name}"));
+        }
+    }
+    found
+}
+
+/// Every `--flag` a command's help mentions exists: on that command, or
+/// (when the help points at another command) on some command.
+#[test]
+fn every_flag_a_help_mentions_exists() {
+    let fx = Fixture::new();
+    let cli = imagenet_hard::cli::Cli::command();
+    let all: Vec<String> = cli.get_subcommands().flat_map(flags_of).collect();
+    for sub in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+        let out = fx.run(&[sub.get_name(), "--help"], &[]);
+        ok(&out);
+        let own = flags_of(sub);
+        for flag in mentioned_flags(&stdout(&out)) {
+            assert!(
+                own.contains(&flag) || all.contains(&flag),
+                "`{} --help` mentions {flag}, which no command has",
+                sub.get_name()
+            );
+        }
+    }
+}
+
+/// Command lines suggested in the source (`imagenet-hard CMD ... --flag`,
+/// in error messages and help) name flags that CMD has.
+#[test]
+fn suggested_command_lines_use_real_flags() {
+    let cli = imagenet_hard::cli::Cli::command();
+    let mut checked = 0;
+    for entry in walkdir::WalkDir::new(repo().join("src")) {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        for (i, _) in text.match_indices("imagenet-hard ") {
+            let rest = &text[i + "imagenet-hard ".len()..];
+            let line: String = rest
+                .chars()
+                .take_while(|c| !matches!(c, '`' | '"' | '\n' | ')' | ';'))
+                .collect();
+            let name: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase())
+                .collect();
+            let Some(sub) = cli.get_subcommands().find(|c| c.get_name() == name) else {
+                continue;
+            };
+            let own = flags_of(sub);
+            for flag in mentioned_flags(&line) {
+                assert!(
+                    own.contains(&flag),
+                    "{}: `imagenet-hard {line}` uses {flag}, which `{name}` does not have",
+                    entry.path().display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} suggested flags found");
+}
