@@ -3,9 +3,9 @@
 Each study model is built by torchvision (CLIP's image tower by transformers)
 with its random init (seed 0) and saved once as a checkpoint our binary reads:
 torchvision's own tensor names where our loader takes them, timm's names for
-EfficientNet-B0 and ConvNeXt-Base (ours reads timm names for those; the
-renaming below is checked name by name and shape by shape against
-tests/golden/effnet/state_dicts.json). So every runtime runs the same network
+VGG-16, EfficientNet-B0 and ConvNeXt-Base (ours reads timm names for those;
+the renaming below is checked name by name and shape by shape against the
+golden tests' lists, tests/golden/{vgg/tensors,effnet/state_dicts}.json). So every runtime runs the same network
 with the same weights. CLIP is the exception: ours runs `--model synthetic`
 (generated weights of the same ViT-L/14 image tower, with its zero-shot head)
 and the peers a transformers CLIPVisionModelWithProjection with random
@@ -60,7 +60,7 @@ class Study:
 
 STUDY = [
     Study("alexnet", "torchvision", batches=12),
-    Study("vgg16", "torchvision", batches=2, e2e_scales="every 9th"),
+    Study("vgg16", "timm", batches=2, e2e_scales="every 9th"),
     Study("resnet18", "torchvision", batches=6),
     Study("resnet50", "torchvision", batches=3, e2e_scales="every 3rd"),
     Study("vit_b_32", "torchvision", batches=3, e2e_scales="every 3rd"),
@@ -136,15 +136,32 @@ def _convnext_to_timm(sd: dict) -> dict:
     return out
 
 
-TO_TIMM = {"efficientnet_b0": _effnet_to_timm, "convnext_base": _convnext_to_timm}
+def _vgg_to_timm(sd: dict) -> dict:
+    """torchvision VGG names -> timm's (`vgg16.tv_in1k`): the first two
+    fully connected layers become a 7x7 and a 1x1 convolution, which at
+    224 px (a 7x7 map) compute the same products."""
+    out = {k: v for k, v in sd.items() if k.startswith("features.")}
+    fc1 = sd["classifier.0.weight"]
+    out["pre_logits.fc1.weight"] = fc1.reshape(fc1.shape[0], -1, 7, 7)
+    out["pre_logits.fc1.bias"] = sd["classifier.0.bias"]
+    out["pre_logits.fc2.weight"] = sd["classifier.3.weight"][:, :, None, None]
+    out["pre_logits.fc2.bias"] = sd["classifier.3.bias"]
+    out["head.fc.weight"], out["head.fc.bias"] = sd["classifier.6.weight"], sd["classifier.6.bias"]
+    return out
+
+
+TO_TIMM = {"efficientnet_b0": _effnet_to_timm, "convnext_base": _convnext_to_timm, "vgg16": _vgg_to_timm}
+# The names and shapes our loader reads, from the golden tests.
+TIMM_NAMES = {"efficientnet_b0": STATE_DICTS, "convnext_base": STATE_DICTS,
+              "vgg16": ROOT / "tests/golden/vgg/tensors.json"}
 
 
 def timm_state_dict(arch: str, model: torch.nn.Module) -> dict:
     """`model`'s weights under timm's names, checked against the names and
-    shapes our loader reads (tests/golden/effnet/state_dicts.json)."""
+    shapes our loader reads (tests/golden/{effnet/state_dicts,vgg/tensors}.json)."""
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     out = {k: v.contiguous() for k, v in TO_TIMM[arch](sd).items()}
-    want = {k: tuple(s) for k, s in json.loads(STATE_DICTS.read_text())[arch]}
+    want = {k: tuple(s) for k, s in json.loads(TIMM_NAMES[arch].read_text())[arch]}
     got = {k: tuple(v.shape) for k, v in out.items()}
     if want != got:
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))

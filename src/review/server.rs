@@ -185,9 +185,12 @@ impl<'a> Session<'a> {
             },
             (tiny_http::Method::Get, "/api/view") => {
                 match (item, q.get("t").and_then(|t| t.parse::<Transform>().ok())) {
-                    (Some(k), Some(t)) => match self.view(k, t) {
-                        Ok(png) => reply(200, "image/png", png),
-                        Err(e) => error(500, &e),
+                    (Some(k), Some(t)) => match self.in_grid(t) {
+                        Err(e) => error(400, &e),
+                        Ok(t) => match self.view(k, t) {
+                            Ok(png) => reply(200, "image/png", png),
+                            Err(e) => error(500, &e),
+                        },
                     },
                     _ => error(400, "give i=ITEM and t=rRcCsS"),
                 }
@@ -195,9 +198,12 @@ impl<'a> Session<'a> {
             (tiny_http::Method::Get, "/api/top5") => {
                 let t = q.get("t").and_then(|t| t.parse::<Transform>().ok());
                 match (item, q.get("m"), t) {
-                    (Some(k), Some(m), Some(t)) => match self.top5(k, m, t) {
-                        Ok(v) => json(&v),
-                        Err(e) => error(500, &e),
+                    (Some(k), Some(m), Some(t)) => match self.in_grid(t) {
+                        Err(e) => error(400, &e),
+                        Ok(t) => match self.top5(k, m, t) {
+                            Ok(v) => json(&v),
+                            Err(e) => error(500, &e),
+                        },
                     },
                     _ => error(400, "give i=ITEM, m=MODEL and t=rRcCsS"),
                 }
@@ -271,6 +277,20 @@ impl<'a> Session<'a> {
         Err(format!(
             "{} row {} is no longer readable",
             it.origin, it.row
+        ))
+    }
+
+    /// `t` if it is one of this run's views, else what the grid holds.
+    fn in_grid(&self, t: Transform) -> Result<Transform, String> {
+        let g = &self.plan.grid;
+        if t.row < g.anchors && t.col < g.anchors && g.scales.contains(&t.scale) {
+            return Ok(t);
+        }
+        let scales: Vec<String> = g.scales.iter().map(|s| s.to_string()).collect();
+        Err(format!(
+            "t={t} is not a view of this run: rows and columns 0..{}, scales {}",
+            g.anchors.saturating_sub(1),
+            scales.join(", ")
         ))
     }
 

@@ -540,3 +540,35 @@ fn a_file_that_no_longer_matches_the_lock_is_refused() {
     std::fs::write(&lock, text.replace(&sha, &"f".repeat(64))).unwrap();
     error_case(&fx, &m, &["locked.lock", "does not match"]);
 }
+
+/// A batch of no crops is refused on the command line as in a manifest.
+#[test]
+fn a_batch_size_of_zero_is_refused_everywhere() {
+    let fx = Fixture::new();
+    for args in [
+        &[
+            "eval",
+            "output/none",
+            "--model",
+            "resnet18",
+            "--batch-size",
+            "0",
+        ][..],
+        &[
+            "bench",
+            "output/none",
+            "--model",
+            "synthetic",
+            "--batch-size",
+            "0",
+        ][..],
+    ] {
+        let out = fx.run(args, &[]);
+        assert!(!out.status.success(), "{args:?}");
+        let e = stderr(&out);
+        assert!(
+            e.contains("--batch-size") && e.contains("must be at least 1"),
+            "{args:?}: {e}"
+        );
+    }
+}

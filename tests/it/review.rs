@@ -126,6 +126,35 @@ fn decisions_survive_a_killed_server_and_select_applies_them() {
         .to_str()
         .unwrap()
         .starts_with("image/"));
+    // A view of the run's grid is served; one outside it is a 400 that
+    // names the grid.
+    let inside = said["transforms"][0].as_str().unwrap().to_string();
+    for (t, want) in [
+        (inside.as_str(), 200),
+        ("r9c9s256", 400),
+        ("r1c1s0", 400),
+        ("r1c1s100000", 400),
+    ] {
+        for route in ["view?i=0", "top5?i=0&m=nope"] {
+            let mut r = ureq::get(format!(
+                "{}/api/{route}&t={t}&token={}",
+                server.base, server.token
+            ))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+            let status = r.status().as_u16();
+            let body = String::from_utf8_lossy(&r.body_mut().read_to_vec().unwrap()).into_owned();
+            if want == 400 {
+                assert_eq!(status, 400, "{route} {t}");
+                assert!(body.contains("not a view of this run"), "{body}");
+            } else if route.starts_with("view") {
+                assert_eq!(status, 200, "{route} {t}: {body}");
+            }
+        }
+    }
 
     assert_eq!(
         server.decide(serde_json::json!({"i": 0, "decision": "keep"})),
