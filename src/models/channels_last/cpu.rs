@@ -17,10 +17,12 @@ thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Rows of a block: enough for an efficient product, few enough that the
-/// block's columns stay in cache.
+/// Rows of a convolution's im2col block: one block per thread, so each
+/// thread packs the weights once, but no more columns than 16 MiB.
 fn block_rows(k: usize, total: usize) -> usize {
-    (65_536 / k.max(1)).clamp(32, 512).min(total.max(1))
+    const MAX_COLUMNS: usize = 1 << 22;
+    let per_thread = total.div_ceil(rayon::current_num_threads().max(1));
+    per_thread.min(MAX_COLUMNS / k.max(1)).max(1)
 }
 
 /// The activation in f32 as the epilogues compute it: `exp` by range
@@ -146,7 +148,9 @@ fn epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Ac
     }
 }
 
-/// `out[rows, m] = act(x[rows, k] w[m, k]^T + bias [+ residual])`.
+/// `out[rows, m] = act(x[rows, k] w[m, k]^T + bias [+ residual])`: one
+/// product over every row (the weights packed once, the threads sharing
+/// it), then the epilogue over groups of rows in parallel.
 pub fn linear(
     x: &[f32],
     w: &[f32],
@@ -156,50 +160,27 @@ pub fn linear(
     (rows, k, m): (usize, usize, usize),
 ) -> Vec<f32> {
     let mut out = vec![0f32; rows * m];
-    let threads = rayon::current_num_threads();
-    if rows < 64 * threads {
-        // Few rows (a head, a small batch): one product, parallel inside.
-        // SAFETY: out [rows, m], x [rows, k], w^T read as [k, m] with strides (1, k).
-        unsafe {
-            matmul(
-                (rows, m, k),
-                out.as_mut_ptr(),
-                (m as isize, 1),
-                x.as_ptr(),
-                (k as isize, 1),
-                w.as_ptr(),
-                (1, k as isize),
-                false,
-                true,
-            )
-        };
-        out.par_chunks_mut(m * 16)
-            .enumerate()
-            .for_each(|(i, o)| epilogue(o, bias, residual.map(|r| &r[i * m * 16..]), act));
+    if out.is_empty() {
         return out;
     }
-    let block = block_rows(k, rows);
-    out.par_chunks_mut(block * m)
+    // SAFETY: out [rows, m], x [rows, k], w^T read as [k, m] with strides (1, k).
+    unsafe {
+        matmul(
+            (rows, m, k),
+            out.as_mut_ptr(),
+            (m as isize, 1),
+            x.as_ptr(),
+            (k as isize, 1),
+            w.as_ptr(),
+            (1, k as isize),
+            false,
+            true,
+        )
+    };
+    const ROWS: usize = 16;
+    out.par_chunks_mut(m * ROWS)
         .enumerate()
-        .for_each(|(bi, o)| {
-            let r0 = bi * block;
-            let n = o.len() / m;
-            // SAFETY: as above, on rows r0..r0 + n.
-            unsafe {
-                matmul(
-                    (n, m, k),
-                    o.as_mut_ptr(),
-                    (m as isize, 1),
-                    x[r0 * k..].as_ptr(),
-                    (k as isize, 1),
-                    w.as_ptr(),
-                    (1, k as isize),
-                    false,
-                    false,
-                )
-            };
-            epilogue(o, bias, residual.map(|r| &r[r0 * m..]), act);
-        });
+        .for_each(|(i, o)| epilogue(o, bias, residual.map(|r| &r[i * m * ROWS..]), act));
     out
 }
 
