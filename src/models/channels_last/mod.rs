@@ -139,7 +139,48 @@ pub const GPU_DECISIONS: &[(&str, Decision, &str)] = &[];
 
 /// Per model, what `--kernels auto` runs on the CPU: from
 /// `scripts/bench.py --kernels` (fused against candle, same run; docs/speed.md).
-pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[];
+pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[
+    (
+        "efficientnet_b0",
+        Decision::ChannelsLast,
+        "2 cores, 2026-12-06: 94 vs 17 crops/s",
+    ),
+    (
+        "convnext_base",
+        Decision::ChannelsLast,
+        "2 cores, 2026-12-06: 5.3 vs 3.0 crops/s",
+    ),
+    (
+        "vit_b_32",
+        Decision::ChannelsLast,
+        "2 cores, 2026-12-06: 16.9 vs 13.4 crops/s",
+    ),
+    (
+        "vit_base_patch32_224",
+        Decision::ChannelsLast,
+        "the network of vit_b_32 under timm's names",
+    ),
+    (
+        "resnet50",
+        Decision::Candle,
+        "2 cores, 2026-12-06: 18.1 vs 19.2 crops/s",
+    ),
+    (
+        "resnet18",
+        Decision::Candle,
+        "2 cores, 2026-12-06: 24.3 vs 37.8 crops/s",
+    ),
+    (
+        "vgg16",
+        Decision::Candle,
+        "2 cores, 2026-12-06: 2.5 vs 4.9 crops/s",
+    ),
+    (
+        "alexnet",
+        Decision::Candle,
+        "2 cores, 2026-12-06: 48 vs 58 crops/s",
+    ),
+];
 
 /// The decision for `arch` on a GPU or the CPU, if one was measured.
 pub fn decision(arch: &str, gpu: bool) -> Option<Decision> {
