@@ -160,7 +160,7 @@ pub struct Duplicates {
 
 impl Duplicates {
     pub fn path(run_dir: &Path) -> PathBuf {
-        run_dir.join("select").join("duplicates.json")
+        crate::run_dir::RunDir::of(run_dir).duplicates()
     }
 
     /// The groups of a run, if `dedupe` ran.

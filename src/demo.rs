@@ -332,7 +332,7 @@ fn put_demo_classifier(cache_dir: &Path) -> anyhow::Result<()> {
 /// classifier, and a random-weight ResNet-18 (`imagenet-hard/synthetic-resnet18`)
 /// for trying `predict`, `eval` and MEMO offline.
 pub fn prepare_demo(run_dir: &Path) -> anyhow::Result<HubConfig> {
-    let cache_dir = run_dir.join("hub");
+    let cache_dir = crate::run_dir::RunDir::of(run_dir).demo_hub();
     let rows = demo_rows(DEMO_SCENES);
     let parquet = tempfile_path(&cache_dir, "demo-source");
     write_source_parquet(&parquet, &rows)?;

@@ -40,7 +40,7 @@ pub enum ExportError {
 
 /// Where the dataset folder goes inside the run directory.
 pub fn dataset_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("dataset")
+    crate::run_dir::RunDir::of(run_dir).dataset()
 }
 
 /// Shard index of each item so shards hold about equal bytes: with

@@ -26,6 +26,23 @@ pub enum ManifestError {
         key: String,
         message: String,
     },
+    #[error("manifest {file}: {count} problems:\n{list}")]
+    Several {
+        file: PathBuf,
+        count: usize,
+        /// One line per problem: its key and what to do.
+        list: String,
+    },
+}
+
+/// One problem of a manifest: its key and what to do about it.
+pub type Problem = (String, String);
+
+/// A name of letters, digits, '-', '_', '.' or '/'.
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -459,22 +476,50 @@ impl Manifest {
     }
 
     /// Checks that need more than types: every key that is wrong is named.
+    /// Every problem of the manifest at once, each naming its key: a
+    /// manifest with three mistakes takes one run to fix, not three.
     pub fn validate(&self, file: &Path) -> Result<(), ManifestError> {
-        let invalid = |key: String, message: String| ManifestError::Invalid {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let mut problems = self.problems(base).into_iter();
+        let Some((key, message)) = problems.next() else {
+            return Ok(());
+        };
+        let rest: Vec<Problem> = problems.collect();
+        if rest.is_empty() {
+            return Err(ManifestError::Invalid {
+                file: file.to_path_buf(),
+                key,
+                message,
+            });
+        }
+        let mut all = vec![(key, message)];
+        all.extend(rest);
+        Err(ManifestError::Several {
             file: file.to_path_buf(),
-            key,
-            message,
-        };
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-        };
+            count: all.len(),
+            list: all
+                .iter()
+                .map(|(k, m)| format!("  `{k}`: {m}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        })
+    }
+
+    /// Every problem, as (key, message), in the manifest's order; local
+    /// paths are taken relative to `base`.
+    pub fn problems(&self, base: &Path) -> Vec<Problem> {
+        let mut out = Vec::new();
+        self.build_problems(&mut out);
+        self.zoom_problems(&mut out);
+        self.source_problems(base, &mut out);
+        self.model_problems(base, &mut out);
+        out
+    }
+
+    fn build_problems(&self, out: &mut Vec<Problem>) {
+        let mut bad = |key: &str, message: &str| out.push((key.into(), message.into()));
         if !name_ok(&self.build.name) || self.build.name.contains('/') {
-            return Err(invalid(
-                "build.name".into(),
-                "use letters, digits, '-', '_' or '.'".into(),
-            ));
+            bad("build.name", "use letters, digits, '-', '_' or '.'");
         }
         if self.build.shard_size_mb == 0
             || self.build.row_group_rows == 0
@@ -482,10 +527,10 @@ impl Manifest {
             || self.build.unit_images == Some(0)
             || self.build.models_per_unit == Some(0)
         {
-            return Err(invalid(
-                "build".into(),
-                "shard_size_mb, row_group_rows, batch_size, unit_images and models_per_unit must be at least 1".into(),
-            ));
+            bad(
+                "build",
+                "shard_size_mb, row_group_rows, batch_size, unit_images and models_per_unit must be at least 1",
+            );
         }
         if self.scan.mode == ScanMode::Curate
             && self
@@ -493,161 +538,131 @@ impl Manifest {
                 .models_per_unit
                 .is_some_and(|n| n < self.models.len())
         {
-            return Err(invalid(
-                "build.models_per_unit".into(),
-                "a curate scan stops every model at the first hit of any, so a unit must hold every model: drop models_per_unit".into(),
-            ));
+            bad(
+                "build.models_per_unit",
+                "a curate scan stops every model at the first hit of any, so a unit must hold every model: drop models_per_unit",
+            );
         }
         if self.scan.mode == ScanMode::Curate && self.selection.rule != SelectionRule::AllFail {
-            return Err(invalid(
-                "selection.rule".into(),
-                "a curate scan only tells which images no model solves: use the rule all-fail, or scan with mode = \"exhaustive\" or \"first-hit\"".into(),
-            ));
+            bad(
+                "selection.rule",
+                "a curate scan only tells which images no model solves: use the rule all-fail, or scan with mode = \"exhaustive\" or \"first-hit\"",
+            );
         }
+        let model_names: Vec<String> = self.models.iter().map(|m| m.name.clone()).collect();
+        if let Err(m) = self.selection.rule.check(&model_names) {
+            out.push(("selection.rule".into(), m));
+        }
+    }
+
+    fn zoom_problems(&self, out: &mut Vec<Problem>) {
+        let mut bad = |key: &str, message: &str| out.push((key.into(), message.into()));
         let z = &self.zoom;
         if z.scales.is_empty() || z.scales.contains(&0) {
-            return Err(invalid(
-                "zoom.scales".into(),
-                "give at least one scale, all above 0".into(),
-            ));
-        }
-        if z.scales.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(invalid(
-                "zoom.scales".into(),
-                "list the scales in ascending order without repeats".into(),
-            ));
+            bad("zoom.scales", "give at least one scale, all above 0");
+        } else if z.scales.windows(2).any(|w| w[0] >= w[1]) {
+            bad(
+                "zoom.scales",
+                "list the scales in ascending order without repeats",
+            );
         }
         if z.anchors == 0 || z.crop_size == 0 {
-            return Err(invalid(
-                "zoom".into(),
-                "anchors and crop_size must be at least 1".into(),
-            ));
+            bad("zoom", "anchors and crop_size must be at least 1");
         }
+    }
+
+    fn source_problems(&self, base: &Path, out: &mut Vec<Problem>) {
         if self.sources.is_empty() {
-            return Err(invalid(
-                "source".into(),
-                "add at least one [[source]] table".into(),
-            ));
+            out.push(("source".into(), "add at least one [[source]] table".into()));
         }
-        if self.models.is_empty() {
-            return Err(invalid(
-                "model".into(),
-                "add at least one [[model]] table".into(),
-            ));
-        }
-        let base = file.parent().unwrap_or(Path::new("."));
         let mut origins = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
-            let key = |k: &str| format!("source[{i}].{k}");
+            let mut bad =
+                |k: &str, message: String| out.push((format!("source[{i}].{k}"), message));
             if !name_ok(&s.origin) {
-                return Err(invalid(
-                    key("origin"),
-                    "use letters, digits, '-', '_', '.' or '/'".into(),
-                ));
-            }
-            if !origins.insert(s.origin.as_str()) {
-                return Err(invalid(
-                    key("origin"),
-                    format!("`{}` is used by two sources", s.origin),
-                ));
+                bad("origin", "use letters, digits, '-', '_', '.' or '/'".into());
+            } else if !origins.insert(s.origin.as_str()) {
+                bad("origin", format!("`{}` is used by two sources", s.origin));
             }
             if s.format != Format::Parquet && (s.image_column.is_some() || s.label_column.is_some())
             {
-                return Err(invalid(
-                    key("image_column"),
+                bad(
+                    "image_column",
                     "image_column and label_column apply to Parquet sources only; \
                      other formats take the label from the `.cls` member or the class folder"
                         .into(),
-                ));
+                );
             }
             if s.format == Format::Folder && (s.hub.is_some() || s.path.len() != 1) {
-                return Err(invalid(
-                    key("path"),
+                bad(
+                    "path",
                     "a `folder` source names exactly one local folder in `path`".into(),
-                ));
+                );
+                continue;
             }
             match (&s.hub, s.path.is_empty()) {
-                (Some(h), true) => check_hub(h, &key("hub")).map_err(|(k, m)| invalid(k, m))?,
+                (Some(h), true) => {
+                    if let Err(p) = check_hub(h, &format!("source[{i}].hub")) {
+                        out.push(p);
+                    }
+                }
                 (None, false) => {
+                    let (want, is) = if s.format == Format::Folder {
+                        ("folder", Path::is_dir as fn(&Path) -> bool)
+                    } else {
+                        ("file", Path::is_file as fn(&Path) -> bool)
+                    };
                     for p in &s.path {
                         let full = base.join(p);
-                        let ok = if s.format == Format::Folder {
-                            full.is_dir()
-                        } else {
-                            full.is_file()
-                        };
-                        if !ok {
-                            return Err(invalid(
-                                key("path"),
-                                format!(
-                                    "{} does not exist or is not a {}",
-                                    full.display(),
-                                    if s.format == Format::Folder {
-                                        "folder"
-                                    } else {
-                                        "file"
-                                    }
-                                ),
-                            ));
+                        if !is(&full) {
+                            bad(
+                                "path",
+                                format!("{} does not exist or is not a {want}", full.display()),
+                            );
                         }
                     }
                 }
-                _ => {
-                    return Err(invalid(
-                        key("hub"),
-                        "give exactly one of `hub` or `path`".into(),
-                    ))
-                }
+                _ => bad("hub", "give exactly one of `hub` or `path`".into()),
             }
         }
-        let model_names: Vec<String> = self.models.iter().map(|m| m.name.clone()).collect();
-        self.selection
-            .rule
-            .check(&model_names)
-            .map_err(|m| invalid("selection.rule".into(), m))?;
+    }
+
+    fn model_problems(&self, base: &Path, out: &mut Vec<Problem>) {
+        if self.models.is_empty() {
+            out.push(("model".into(), "add at least one [[model]] table".into()));
+        }
         let mut names = BTreeSet::new();
         for (i, m) in self.models.iter().enumerate() {
             let key = |k: &str| format!("model[{i}].{k}");
+            let mut bad = |k: &str, message: String| out.push((key(k), message));
             if !name_ok(&m.name) || m.name.contains('/') {
-                return Err(invalid(
-                    key("name"),
-                    "use letters, digits, '-', '_' or '.'".into(),
-                ));
-            }
-            if !names.insert(m.name.as_str()) {
-                return Err(invalid(
-                    key("name"),
-                    format!("`{}` is used by two models", m.name),
-                ));
+                bad("name", "use letters, digits, '-', '_' or '.'".into());
+            } else if !names.insert(m.name.as_str()) {
+                bad("name", format!("`{}` is used by two models", m.name));
             }
             if m.std.iter().any(|&s| s <= 0.0) {
-                return Err(invalid(key("std"), "every std must be above 0".into()));
+                bad("std", "every std must be above 0".into());
             }
-            match (&m.hub, &m.url, &m.path) {
-                (Some(h), None, None) => {
-                    check_hub(h, &key("hub")).map_err(|(k, m)| invalid(k, m))?
-                }
-                (None, Some(u), None) => {
-                    check_url(u, &key("url")).map_err(|(k, m)| invalid(k, m))?
-                }
+            let checked = match (&m.hub, &m.url, &m.path) {
+                (Some(h), None, None) => check_hub(h, &key("hub")),
+                (None, Some(u), None) => check_url(u, &key("url")),
                 (None, None, Some(p)) => {
                     let full = base.join(p);
-                    if !full.is_file() {
-                        return Err(invalid(
-                            key("path"),
-                            format!("{} does not exist", full.display()),
-                        ));
+                    if full.is_file() {
+                        Ok(())
+                    } else {
+                        Err((key("path"), format!("{} does not exist", full.display())))
                     }
                 }
-                _ => {
-                    return Err(invalid(
-                        key("hub"),
-                        "give exactly one of `hub`, `url` or `path`".into(),
-                    ))
-                }
+                _ => Err((
+                    key("hub"),
+                    "give exactly one of `hub`, `url` or `path`".into(),
+                )),
+            };
+            if let Err(p) = checked {
+                out.push(p);
             }
         }
-        Ok(())
     }
 
     /// The run directory: `build.output_dir`, else `output/<name>`.
@@ -737,6 +752,31 @@ hub = { repo = "timm/resnet18.tv_in1k", revision = "main", files = ["model.safet
         let m = Manifest::parse(text, Path::new("m.toml"))?;
         m.validate(Path::new("m.toml"))?;
         Ok(m)
+    }
+
+    /// Three mistakes, one run: every problem is named at once.
+    #[test]
+    fn every_problem_is_named_in_one_run() {
+        let text = MINIMAL
+            .replace("name = \"t\"", "name = \"t\"\nbatch_size = 0")
+            .replace(
+                "architecture = \"resnet18\"\nhub = { repo = \"timm/resnet18.tv_in1k\", revision = \"main\", files = [\"model.safetensors\"] }",
+                "architecture = \"resnet18\"\nstd = [0.2, 0.0, 0.2]\npath = \"no-such-weights.safetensors\"",
+            );
+        let e = check(&text).unwrap_err().to_string();
+        assert!(e.contains("3 problems"), "{e}");
+        for key in ["`build`", "`model[0].std`", "`model[0].path`"] {
+            assert!(e.contains(key), "{key} missing from:\n{e}");
+        }
+        assert!(
+            e.contains("no-such-weights.safetensors does not exist"),
+            "{e}"
+        );
+        // One mistake keeps the one-line form.
+        let one = check(&MINIMAL.replace("name = \"t\"", "name = \"t\"\nbatch_size = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(one.starts_with("manifest m.toml: `build`:"), "{one}");
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl Plan {
     }
 
     pub fn path(run_dir: &Path) -> PathBuf {
-        run_dir.join("plan.json")
+        crate::run_dir::RunDir::of(run_dir).plan()
     }
 
     pub fn write(&self) -> std::io::Result<()> {

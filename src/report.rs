@@ -150,7 +150,7 @@ pub struct Written {
 }
 
 pub fn report_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("report")
+    crate::run_dir::RunDir::of(run_dir).report()
 }
 
 /// The labels the selection used, read again and checked by hash.

@@ -350,7 +350,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 pub fn selection_path(run_dir: &Path) -> PathBuf {
-    run_dir.join("select").join("selection.json")
+    crate::run_dir::RunDir::of(run_dir).selection()
 }
 
 impl Selection {
@@ -366,7 +366,7 @@ impl Selection {
             path: path.clone(),
             source,
         })?;
-        let md = run_dir.join("select").join("bounds.md");
+        let md = crate::run_dir::RunDir::of(run_dir).bounds();
         crate::util::write_atomic(&md, self.bounds_table().as_bytes())
             .map_err(|source| SelectError::Io { path: md, source })
     }

@@ -50,7 +50,7 @@ pub fn load_context(arg: &ManifestArg) -> Result<Context> {
             );
             manifest.validate(&label)?;
             Ok(Context {
-                lock_file: run_dir.join("demo.lock"),
+                lock_file: crate::run_dir::RunDir::of(&run_dir).demo_lock(),
                 manifest,
                 label,
                 manifest_dir: PathBuf::from("."),

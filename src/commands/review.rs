@@ -34,7 +34,7 @@ pub fn run(args: ReviewArgs) -> Result<()> {
     let path = args
         .file
         .clone()
-        .unwrap_or_else(|| plan.run_dir.join("review").join("review.csv"));
+        .unwrap_or_else(|| crate::run_dir::RunDir::of(&plan.run_dir).review_file());
     let file = ReviewFile::open(&path)?;
     let reviewed = file.all().count();
     let reviewer = args

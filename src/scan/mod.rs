@@ -17,6 +17,7 @@ mod unit;
 
 pub use first_hit::NOT_TRIED;
 
+use crate::run_dir::RunDir;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,27 +72,27 @@ pub struct ScanStats {
 }
 
 fn unit_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("scan").join("units")
+    RunDir::of(run_dir).units()
 }
 
 /// A unit's scan records.
 pub fn unit_records_path(run_dir: &Path, unit: &Unit) -> PathBuf {
-    unit_dir(run_dir).join(format!("{}.parquet", unit.name()))
+    RunDir::of(run_dir).unit_records(&unit.name())
 }
 
 /// A unit's stats: present iff the unit is done.
 pub fn unit_stats_path(run_dir: &Path, unit: &Unit) -> PathBuf {
-    unit_dir(run_dir).join(format!("{}.stats.json", unit.name()))
+    RunDir::of(run_dir).unit_stats(&unit.name())
 }
 
 /// The error of a unit's last failed attempt.
 pub fn unit_error_path(run_dir: &Path, unit: &Unit) -> PathBuf {
-    unit_dir(run_dir).join(format!("{}.error.txt", unit.name()))
+    RunDir::of(run_dir).unit_error(&unit.name())
 }
 
 /// A unit's claim: held by the worker scanning it.
 pub fn unit_claim_path(run_dir: &Path, unit: &Unit) -> PathBuf {
-    unit_dir(run_dir).join(format!("{}.claim", unit.name()))
+    RunDir::of(run_dir).unit_claim(&unit.name())
 }
 
 /// Where a unit stands.
