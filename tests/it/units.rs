@@ -43,8 +43,14 @@ pub fn dataset_files(run: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// The dataset of one uninterrupted single-process build of the fixture.
+/// The dataset of one uninterrupted single-process build of the fixture,
+/// built once for every test that compares against it.
 pub fn reference_dataset() -> BTreeMap<String, Vec<u8>> {
+    static REFERENCE: std::sync::OnceLock<BTreeMap<String, Vec<u8>>> = std::sync::OnceLock::new();
+    REFERENCE.get_or_init(build_reference_dataset).clone()
+}
+
+fn build_reference_dataset() -> BTreeMap<String, Vec<u8>> {
     let fx = Fixture::new();
     fx.fill_cache();
     let m = fx.write_manifest(imagenet_hard::demo::DEMO_COMMIT);
