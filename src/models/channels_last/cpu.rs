@@ -94,35 +94,48 @@ fn apply(v: &mut [f32], act: Act) {
     }
 }
 
-/// `out[i] = act(out[i] + bias[i % c] + residual[i])` over whole rows,
-/// compiled for AVX-512 or AVX2 + FMA too and chosen at run time (the
-/// baseline target has 4-wide vectors only).
-fn epilogue(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { epilogue_avx512(out, bias, residual, act) };
+/// `$name(args)` calls `$any(args)` compiled for AVX-512, else for AVX2 +
+/// FMA, else for the baseline, chosen at run time: the baseline x86-64
+/// target has 4-wide vectors only, and these loops are what the fused
+/// kernels spend their time in besides the products.
+macro_rules! widest_vectors {
+    ($(#[$doc:meta])* fn $name:ident / $avx512:ident / $avx2:ident => $any:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { $avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { $avx2($($arg),*) };
+                }
+            }
+            $any($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { epilogue_avx2(out, bias, residual, act) };
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $avx512($($arg: $ty),*) {
+            $any($($arg),*)
         }
-    }
-    epilogue_any(out, bias, residual, act)
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) {
+            $any($($arg),*)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn epilogue_avx512(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act) {
-    epilogue_any(out, bias, residual, act)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn epilogue_avx2(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act) {
-    epilogue_any(out, bias, residual, act)
+widest_vectors! {
+    /// `out[i] = act(out[i] + bias[i % c] + residual[i])` over whole rows.
+    fn epilogue / epilogue_avx512 / epilogue_avx2
+        => epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act)
 }
 
 #[inline(always)]
@@ -347,46 +360,16 @@ fn depthwise(
     out
 }
 
-/// One output row of a depthwise convolution (before its epilogue), for
-/// the widest vectors the CPU has.
-fn depthwise_row(o: &mut [f32], at: (usize, usize), input: &Input, taps: &[f32], g: &ConvGeometry) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { depthwise_row_avx512(o, at, input, taps, g) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { depthwise_row_avx2(o, at, input, taps, g) };
-        }
-    }
-    depthwise_row_any(o, at, input, taps, g)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn depthwise_row_avx512(
-    o: &mut [f32],
-    at: (usize, usize),
-    input: &Input,
-    taps: &[f32],
-    g: &ConvGeometry,
-) {
-    depthwise_row_any(o, at, input, taps, g)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn depthwise_row_avx2(
-    o: &mut [f32],
-    at: (usize, usize),
-    input: &Input,
-    taps: &[f32],
-    g: &ConvGeometry,
-) {
-    depthwise_row_any(o, at, input, taps, g)
+widest_vectors! {
+    /// One output row of a depthwise convolution, before its epilogue.
+    fn depthwise_row / depthwise_row_avx512 / depthwise_row_avx2
+        => depthwise_row_any(
+            o: &mut [f32],
+            at: (usize, usize),
+            input: &Input,
+            taps: &[f32],
+            g: &ConvGeometry
+        )
 }
 
 #[inline(always)]

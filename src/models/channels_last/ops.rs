@@ -90,6 +90,26 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+type Input3<'a> = (&'a CpuStorage, &'a Layout);
+
+/// The values of an op's three inputs in place, when all are f32 (the
+/// fused CPU kernels' format); `None` sends the op to the references.
+#[allow(clippy::type_complexity)]
+fn all_f32<'a>(
+    x: Input3<'a>,
+    w: Input3<'a>,
+    b: Input3<'a>,
+) -> Result<Option<(&'a [f32], &'a [f32], &'a [f32])>> {
+    match (x.0, w.0, b.0) {
+        (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => Ok(Some((
+            contiguous(x.0, x.1)?,
+            contiguous(w.0, w.1)?,
+            contiguous(b.0, b.1)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
 /// `f` on the residual's f32 values (read in place), or on `None`.
 fn with_residual<R>(r: &Option<Tensor>, f: impl FnOnce(Option<&[f32]>) -> R) -> Result<R> {
     let Some(t) = r else {
@@ -149,12 +169,7 @@ impl CustomOp3 for ConvOp {
                 wl.shape()
             );
         }
-        if let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (xs, ws, bs) {
-            let (x, wt, bias) = (
-                contiguous(xs, xl)?,
-                contiguous(ws, wl)?,
-                contiguous(bs, bl)?,
-            );
+        if let Some((x, wt, bias)) = all_f32((xs, xl), (ws, wl), (bs, bl))? {
             let fast = with_residual(&self.residual, |r| {
                 super::cpu::conv(g, x, (n, h, w), wt, bias, r, self.act)
             })?;
@@ -327,12 +342,7 @@ impl CustomOp3 for LinearOp {
                 bl.shape()
             );
         }
-        if let (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) = (xs, ws, bs) {
-            let (x, wt, bias) = (
-                contiguous(xs, xl)?,
-                contiguous(ws, wl)?,
-                contiguous(bs, bl)?,
-            );
+        if let Some((x, wt, bias)) = all_f32((xs, xl), (ws, wl), (bs, bl))? {
             let y = with_residual(&self.residual, |r| {
                 super::cpu::linear(x, wt, bias, r, self.act, (rows, k, m))
             })?;
