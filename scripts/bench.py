@@ -1,29 +1,46 @@
 #!/usr/bin/env python3
-"""Our scan beside the paper's Python pipeline, on the same machine, images,
-weights, batch size and thread count; prints ours/reference ratios and writes
-them as JSON.
+"""Our scan beside the CPU runtimes a user could pick instead (PyTorch eager,
+ONNX Runtime, OpenVINO where it installs), on the same machine, images,
+weights, batch size and thread count, for every study model; prints our
+speed over each peer's and writes it all as JSON.
 
-  pip install torch torchvision pillow pyarrow numpy      # CPU wheels are enough
+  python3 -m venv scripts/.venv
+  scripts/.venv/bin/pip install torch torchvision onnxruntime onnx onnxscript \\
+      openvino transformers pillow pyarrow numpy   # CPU is enough; openvino and
+                                                   # transformers (CLIP) optional
   cargo build --release
-  python3 scripts/bench.py --arch resnet50 --images 2 --runs 3
+  scripts/.venv/bin/python scripts/bench.py --arch all --threads 2 --runs 3
+  scripts/.venv/bin/python scripts/bench.py --arch resnet50 --images 2 --scales paper
 
-Measured, each as the median of --runs; every run times ours and then the
-reference back to back, so drift of the machine between runs hits both:
-  end-to-end  the 324-transform scan of N images from encoded bytes to
-              predictions. Ours: `imagenet-hard scan` on a Parquet source
-              (its unit stats time the scan; model loading excluded). The
-              reference: PIL decode, Resize(S, bicubic) + crop for every
-              transform, ToTensor + Normalize, torchvision model in eval mode.
-  model-only  forward passes on random batches of 224 px crops.
-  preprocess  decode + every zoom view + normalise, no model.
-Weights: torchvision's random init (seed 0), saved once as .pth and loaded by
-both sides, so the two run the same network.
+Measured, each as the median of --runs; every run times ours and then each
+peer back to back, so drift of the machine between runs hits all alike:
+  model-only  forward passes on one batch of 224 px crops, --batches times
+              (after a warm-up). Ours: `imagenet-hard bench --measure model`.
+  end-to-end  the zoom scan of --images images from encoded bytes to
+              predictions. Ours: `imagenet-hard scan` on a Parquet source (its
+              unit stats time the scan; model loading excluded). The peers:
+              PIL decode, Resize(S, bicubic) + crop for every transform,
+              ToTensor + Normalize, then the runtime, batch by batch (the
+              paper's pipeline; only the runtime differs between peers).
+              The grid is the paper's 324 transforms (36 scales x 9 anchors),
+              or for the slow models an evenly spread subset of its scales
+              (--scales; the table says which).
+  preprocess  (--measure preprocess) decode + every zoom view + normalise,
+              one thread, no model: ours against PIL.
+On a shared machine each run waits for other processes to go idle first,
+and a run during which they took more than --max-others of the CPU time
+(/proc/stat less our own) is measured again, up to --retries times.
+Weights and peers: see scripts/bench_peers.py (torchvision's random init,
+saved once and loaded by every runtime; CLIP's image tower with generated
+weights, since speed does not depend on the values).
 """
 import argparse
+import gc
 import io
 import json
 import os
 import pathlib
+import platform
 import shutil
 import statistics
 import subprocess
@@ -38,12 +55,22 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_peers  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAPER_SCALES = [10, 16, 32, 48, 64, 96, 122, 128, 192, 224, 235, 240, 256, 288, 320, 348, 384, 448, 460, 512,
                 573, 576, 640, 664, 672, 680, 686, 690, 700, 720, 768, 798, 832, 896, 911, 1024]
 CROP = 224
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-TRANSFORMS = [(r, c, s) for r in range(3) for c in range(3) for s in PAPER_SCALES]
+PEERS = ["torch", "ORT", "OpenVINO"]
+
+
+def transforms(scales):
+    return [(r, c, s) for r in range(3) for c in range(3) for s in scales]
+
+
+TRANSFORMS = transforms(PAPER_SCALES)
 
 
 def picture(i: int, w: int = 500, h: int = 375) -> bytes:
@@ -72,19 +99,20 @@ def to_input(view: Image.Image) -> torch.Tensor:
     return TF.normalize(TF.to_tensor(view), MEAN, STD)
 
 
-def reference_end_to_end(model, blobs, batch: int) -> float:
+def reference_end_to_end(run, blobs, batch: int, grid=TRANSFORMS) -> float:
+    """The paper's pipeline with `run` (a peer: float32 NCHW batch -> logits)."""
     start = time.perf_counter()
     with torch.inference_mode():
         pending = []
         for blob in blobs:
             img = Image.open(io.BytesIO(blob)).convert("RGB")
-            for t in TRANSFORMS:
+            for t in grid:
                 pending.append(to_input(zoom(img, *t)))
                 if len(pending) == batch:
-                    model(torch.stack(pending)).argmax(1)
+                    np.asarray(run(torch.stack(pending))).argmax(1)
                     pending = []
         if pending:
-            model(torch.stack(pending)).argmax(1)
+            np.asarray(run(torch.stack(pending))).argmax(1)
     return time.perf_counter() - start
 
 
@@ -97,24 +125,260 @@ def reference_preprocess(blobs) -> float:
     return time.perf_counter() - start
 
 
-def reference_model_only(model, batch: int, batches: int) -> float:
+def reference_model_only(run, batch: int, batches: int) -> float:
+    """`batches` forward passes of one random batch (after one warm-up pass)."""
     x = torch.randn(batch, 3, CROP, CROP, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        model(x)
+        run(x)
         start = time.perf_counter()
         for _ in range(batches):
-            model(x)
+            run(x)
     return time.perf_counter() - start
+
+
+def e2e_scales(study, choice: str):
+    """The end-to-end grid's scales for `study` (None: no end-to-end)."""
+    if choice == "none" or study.e2e_scales is False:
+        return None
+    if choice == "default":
+        choice = study.e2e_scales or "paper"
+    if choice == "paper":
+        return PAPER_SCALES
+    if choice.startswith("every "):  # every 3rd / 9th of the paper's scales
+        k = int(choice.split()[1].rstrip("stndrh"))
+        return PAPER_SCALES[::k]
+    return [int(s) for s in choice.split(",")]
+
+
+class Ours:
+    """Runs our binary: `bench --measure model` and `scan`."""
+
+    def __init__(self, args, work: pathlib.Path):
+        self.args, self.work = args, work
+        self.env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+        self.kernels = ["--kernels", args.kernels] if args.kernels else []
+
+    def version(self) -> str:
+        """The binary's version, its build time and the work tree's commit."""
+        v = subprocess.run([self.args.bin, "--version"], capture_output=True, text=True).stdout.strip()
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(self.args.bin)))
+        git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+        dirty = " + changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+        return f"{v} (built {built}, tree {git('rev-parse', '--short', 'HEAD')}{dirty})"
+
+    def bench(self, weights, arch: str, batch: int, batches: int, measure: str = "model") -> dict:
+        model = ["--model", str(weights) if weights else "synthetic", "--arch", arch]
+        out = subprocess.run(
+            [self.args.bin, "bench", str(self.work / "images"), *model, "--device", "cpu", *self.kernels,
+             "--batch-size", str(batch), "--batches", str(batches), "--rounds", "1",
+             "--measure", measure, "--threads", str(self.args.threads)],
+            capture_output=True, text=True, env=self.env)
+        if out.returncode != 0:
+            raise RuntimeError(f"imagenet-hard bench failed ({out.returncode}): {out.stderr[-2000:]}")
+        return json.loads(out.stdout)
+
+    def scan(self, weights, arch: str, batch: int, scales, tag: str) -> float:
+        run = self.work / f"run-{tag}"
+        shutil.rmtree(run, ignore_errors=True)
+        manifest = self.work / f"bench-{tag}.toml"
+        manifest.write_text(
+            f'[build]\nname = "bench"\noutput_dir = "{run}"\nbatch_size = {batch}\n\n'
+            f'[zoom]\nscales = {json.dumps(scales)}\n\n'
+            f'[[source]]\norigin = "bench"\npath = ["source.parquet"]\n\n'
+            f'[[model]]\nname = "{arch}"\narchitecture = "{arch}"\npath = "{weights.name}"\n')
+        out = subprocess.run([self.args.bin, "scan", str(manifest), "--device", "cpu", *self.kernels,
+                              "--threads", str(self.args.threads)],
+                             capture_output=True, text=True, env=self.env)
+        if out.returncode != 0:
+            raise RuntimeError(f"imagenet-hard scan failed ({out.returncode}): {out.stderr[-2000:]}")
+        stats = [json.loads(p.read_text()) for p in (run / "scan" / "units").glob("*.stats.json")]
+        shutil.rmtree(run, ignore_errors=True)
+        return sum(s["seconds"] for s in stats)
+
+
+class Others:
+    """How much CPU time processes other than this benchmark (and its
+    children) take: the machine's busy time from /proc/stat (steal
+    included) less our own from os.times(). A run during which others took
+    more than --max-others of the machine is measured again; before each
+    run we wait (up to --wait-quiet seconds) until the machine is idle."""
+    TICK = os.sysconf("SC_CLK_TCK")
+    CPUS = os.cpu_count() or 1
+
+    @classmethod
+    def _sample(cls):
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)  # user nice system irq softirq steal
+        t = os.times()
+        return time.perf_counter(), busy / cls.TICK, t.user + t.system + t.children_user + t.children_system
+
+    def __init__(self):
+        self.start = self._sample()
+
+    def share(self) -> float:
+        """Others' CPU time since construction over the machine's (wall x CPUs)."""
+        wall, busy, ours = (b - a for a, b in zip(self.start, self._sample()))
+        return max(0.0, busy - ours) / max(wall * self.CPUS, 1e-9)
+
+    @classmethod
+    def wait_quiet(cls, limit: float, log, threshold: float = 0.05) -> float:
+        """Wait until others take under `threshold` of the machine over 2 s,
+        at most `limit` seconds; returns the last share seen."""
+        deadline, told = time.time() + limit, False
+        while True:
+            probe = cls()
+            time.sleep(2)
+            share = probe.share()
+            if share < threshold or time.time() >= deadline:
+                return share
+            if not told:
+                log(f"  the machine is busy (others use {100 * share:.0f}% of it); waiting up to {limit:.0f} s")
+                told = True
+            time.sleep(8)
+
+
+def measured(args, log, what: str, once):
+    """`once()` as one run of the interleaved measurement, repeated (up to
+    --retries times) while other processes took more than --max-others of
+    the machine during it; returns its result and the share others took."""
+    for attempt in range(args.retries + 1):
+        Others.wait_quiet(args.wait_quiet, log)
+        probe = Others()
+        out = once()
+        share = probe.share()
+        if share <= args.max_others or attempt == args.retries:
+            return out, share
+        log(f"  {what}: other processes took {100 * share:.0f}% of the machine during it; measuring again")
+
+
+def bench_model(study, args, ours: Ours, work: pathlib.Path, blobs, log) -> dict:
+    """Every measurement of one study model, ours and each peer back to back per run."""
+    arch = study.arch
+    batch = min(args.batch, study.batch) if study.batch else args.batch
+    batches = args.batches or study.batches
+    scales = e2e_scales(study, args.scales) if "end-to-end" in args.measure else None
+    if scales is not None and study.ours_weights == "synthetic":
+        scales = None  # our scan needs a weights file
+    result = {"arch": arch, "batch": batch, "batches": batches, "ours_weights": study.ours_weights}
+    t = time.perf_counter()
+    try:
+        model = bench_peers.build(arch)
+    except Exception as e:  # e.g. transformers missing for CLIP
+        log(f"{arch}: cannot build the reference model ({e!r:.200}); skipped")
+        return {**result, "skipped": f"{e!r:.300}"}
+    weights = bench_peers.save_weights(study, model, work)
+    log(f"{arch}: built and saved in {time.perf_counter() - t:.0f} s; batch {batch}, "
+        f"{batches} batches a model-only round"
+        + (f", end to end on {len(blobs)} images x {9 * len(scales)} transforms" if scales else ", model-only"))
+    peers, failed = bench_peers.make_peers(model, work, arch, batch, args.threads,
+                                           [p for p in args.peers if p != "torch"], log)
+    result["peers"] = {p.name: p.detail for p in peers}
+    result["failed"] = failed
+    if scales:
+        result["e2e_scales"] = scales
+    grid = transforms(scales) if scales else None
+    fwd = {"ours": []} | {p.name: [] for p in peers}
+    e2e = {"ours": []} | {p.name: [] for p in peers} if grid else {}
+    benches = []
+    others = {"model_only": [], "end_to_end": []}
+
+    def model_only_run():
+        bench = ours.bench(weights, arch, batch, batches)
+        return [bench, bench["model_only"]["seconds"]] + [reference_model_only(p, batch, batches) for p in peers]
+
+    def e2e_run(k):
+        return [ours.scan(weights, arch, batch, scales, f"{arch}-{k}")] + [
+            reference_end_to_end(p, blobs, batch, grid) for p in peers]
+
+    for k in range(args.runs):
+        (bench, *seconds), share = measured(args, log, f"run {k + 1} model-only", model_only_run)
+        benches.append(bench)
+        others["model_only"].append(share)
+        for name, sec in zip(fwd, seconds):
+            fwd[name].append(sec)
+        line = ", ".join(f"{n} {batch * batches / s[-1]:.2f}" for n, s in fwd.items())
+        log(f"  run {k + 1}/{args.runs} model-only crops/s: {line} (others {100 * share:.0f}%)")
+        if grid:
+            seconds, share = measured(args, log, f"run {k + 1} end-to-end", lambda: e2e_run(k))
+            others["end_to_end"].append(share)
+            for name, sec in zip(e2e, seconds):
+                e2e[name].append(sec)
+            crops = len(blobs) * len(grid)
+            line = ", ".join(f"{n} {crops / s[-1]:.2f}" for n, s in e2e.items())
+            log(f"  run {k + 1}/{args.runs} end-to-end crops/s: {line} (others {100 * share:.0f}%)")
+    med = statistics.median
+    result["model_only"] = {
+        "crops": batch * batches, "seconds": fwd,
+        "crops_per_s": {n: batch * batches / med(s) for n, s in fwd.items()},
+    }
+    if grid:
+        crops = len(blobs) * len(grid)
+        result["end_to_end"] = {
+            "images": len(blobs), "transforms": len(grid), "crops": crops, "seconds": e2e,
+            "crops_per_s": {n: crops / med(s) for n, s in e2e.items()},
+        }
+    result["others_share"] = others
+    result["ours_kernels"] = benches[0].get("kernels") if benches else None
+    result["ours_bench"] = benches
+    del peers, model
+    gc.collect()
+    return result
+
+
+def table(results, metric: str, peers) -> list[str]:
+    cols = ["ours"] + peers
+    head = (f"{'model':24s}" + "".join(f"{c:>10s}" for c in cols)
+            + "".join(f"{'ours/' + c:>15s}" for c in peers) + f"{'ours/fastest':>14s}")
+    lines = [head]
+    for r in results:
+        if metric not in r:
+            continue
+        rate = r[metric]["crops_per_s"]
+        have = [p for p in peers if p in rate]
+        fastest = max(have, key=lambda p: rate[p]) if have else None
+        cells = "".join(f"{rate[c]:10.2f}" if c in rate else f"{'-':>10s}" for c in cols)
+        ratios = "".join(f"{rate['ours'] / rate[p]:15.2f}" if p in rate else f"{'-':>15s}" for p in peers)
+        best = f"{rate['ours'] / rate[fastest]:9.2f} ({fastest})" if fastest else ""
+        name = r["arch"]
+        if metric == "end_to_end":
+            name += f" ({r[metric]['transforms']}t)"
+        elif r["batch"] != results[0]["batch"]:
+            name += f" (b{r['batch']})"
+        lines.append(f"{name:24s}{cells}{ratios}  {best}")
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50", "vit_b_32"])
-    ap.add_argument("--images", type=int, default=2)
+    names = [s.arch for s in bench_peers.STUDY]
+    ap.add_argument("--arch", default="resnet50",
+                    help=f"comma-separated study models, or all: {', '.join(names)}")
+    ap.add_argument("--images", type=int, default=1, help="images of the end-to-end scan")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--batches", type=int, default=4, help="forward passes per model-only round")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--batch", type=int, default=16, help="crops per forward pass (CLIP: at most 4)")
+    ap.add_argument("--batches", type=int,
+                    help="forward passes per model-only round (default: per model, see bench_peers.STUDY)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads of every runtime: ours (RAYON_NUM_THREADS and --threads), "
+                         "torch.set_num_threads, ORT intra-op, OpenVINO INFERENCE_NUM_THREADS")
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
+    ap.add_argument("--measure", default="model,end-to-end",
+                    help="comma-separated: model, end-to-end, preprocess")
+    ap.add_argument("--model-only", action="store_true", help="same as --measure model")
+    ap.add_argument("--scales", default="default",
+                    help="scales of the end-to-end grid: default (per model: the paper's 36, or every 3rd / "
+                         "9th of them for the slow models), paper, 'every 3rd', 'every 9th', a list "
+                         "(128,256,448), or none")
+    ap.add_argument("--kernels", choices=["auto", "candle", "fused", "cudnn"],
+                    help="passed to our binary's --kernels (default: the binary's, auto); the table "
+                         "says which kernels each model ran on")
+    ap.add_argument("--max-others", type=float, default=0.05,
+                    help="a run during which other processes took more than this share of the machine's "
+                         "CPU time is measured again (default 0.05)")
+    ap.add_argument("--retries", type=int, default=3, help="at most this many repeats of a disturbed run")
+    ap.add_argument("--wait-quiet", type=float, default=300,
+                    help="before each run, wait up to this many seconds for other processes to go idle")
     ap.add_argument("--bin", default=str(ROOT / "target/release/imagenet-hard"))
     ap.add_argument("--out", default=str(ROOT / "output/bench"))
     ap.add_argument("--memory", type=int, metavar="N",
@@ -122,82 +386,98 @@ def main() -> None:
     args = ap.parse_args()
     if args.memory:
         return memory(args)
+    archs = names if args.arch == "all" else args.arch.split(",")
+    for a in archs:
+        if a not in bench_peers.BY_ARCH:
+            ap.error(f"unknown --arch {a}; one of {', '.join(names)} or all")
+    args.peers = [p for p in PEERS if p in args.peers.split(",")]
+    args.measure = ["model"] if args.model_only else args.measure.split(",")
     torch.set_num_threads(args.threads)
     work = pathlib.Path(args.out)
     (work / "images").mkdir(parents=True, exist_ok=True)
     blobs = [picture(i) for i in range(args.images)]
     for i, b in enumerate(blobs):
         (work / "images" / f"{i:04d}.jpg").write_bytes(b)
-    table = pa.table({
+    pq.write_table(pa.table({
         "image": pa.array([{"bytes": b, "path": f"{i:04d}.jpg"} for i, b in enumerate(blobs)],
                           pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         "label": pa.array([1] * len(blobs), pa.int64()),
-    })
-    pq.write_table(table, work / "source.parquet")
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, args.arch)(weights=None).eval()
-    weights = work / f"{args.arch}.pth"
-    torch.save(model.state_dict(), weights)
+    }), work / "source.parquet")
 
-    # Each run times ours and then the reference, back to back, so a machine
-    # that slows down or speeds up between runs moves both sides alike.
-    ours_e2e, ours_pre, ours_fwd, benches = [], [], [], []
-    ref_e2e, ref_pre, ref_fwd = [], [], []
-    for k in range(args.runs):
-        # Ours, end to end: the real scan, timed by its own unit stats.
-        run = work / f"run-{k}"
-        shutil.rmtree(run, ignore_errors=True)
-        manifest = work / f"bench-{k}.toml"
-        manifest.write_text(
-            f'[build]\nname = "bench"\noutput_dir = "{run}"\nbatch_size = {args.batch}\n\n'
-            f'[[source]]\norigin = "bench"\npath = ["source.parquet"]\n\n'
-            f'[[model]]\nname = "{args.arch}"\narchitecture = "{args.arch}"\npath = "{weights.name}"\n')
-        subprocess.run([args.bin, "scan", str(manifest), "--device", "cpu"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        stats = [json.loads(p.read_text()) for p in (run / "scan" / "units").glob("*.stats.json")]
-        ours_e2e.append(sum(s["seconds"] for s in stats))
-        # Ours, model only and preprocessing only: one round of `imagenet-hard bench`.
-        bench = json.loads(subprocess.run(
-            [args.bin, "bench", str(work / "images"), "--model", str(weights), "--arch", args.arch,
-             "--device", "cpu", "--batch-size", str(args.batch), "--batches", str(args.batches),
-             "--rounds", "1"],
-            check=True, capture_output=True, text=True).stdout)
-        benches.append(bench)
-        ours_fwd.append(bench["model_only"]["seconds"])
-        ours_pre.append(bench["preprocessing"]["seconds"])
-        ref_e2e.append(reference_end_to_end(model, blobs, args.batch))
-        ref_pre.append(reference_preprocess(blobs))
-        ref_fwd.append(reference_model_only(model, args.batch, args.batches))
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
 
-    n, crops = len(blobs), len(blobs) * len(TRANSFORMS)
-    fwd_crops = args.batch * args.batches
-    med = statistics.median
-    rows = [
-        ("end-to-end images/s", n / med(ours_e2e), n / med(ref_e2e)),
-        ("end-to-end crops/s", crops / med(ours_e2e), crops / med(ref_e2e)),
-        ("model-only crops/s", fwd_crops / med(ours_fwd), fwd_crops / med(ref_fwd)),
-        ("preprocess transforms/s", crops / med(ours_pre), crops / med(ref_pre)),
-    ]
-    print(f"{args.arch}, {n} images x {len(TRANSFORMS)} transforms, batch {args.batch}, "
-          f"{args.threads} threads, median of {args.runs} runs (torch {torch.__version__})")
-    print(f"{'metric':26s} {'ours':>10s} {'reference':>10s} {'ours/ref':>9s}")
-    for name, ours, ref in rows:
-        print(f"{name:26s} {ours:10.2f} {ref:10.2f} {ours / ref:9.2f}")
-    # Per crop: preprocessing time over model time.
-    share = (med(ours_pre) / crops) / (med(ours_fwd) / fwd_crops)
-    print(f"our preprocessing = {100 * share:.1f}% of our model time per crop")
-    result = {
-        "arch": args.arch, "images": n, "transforms": len(TRANSFORMS), "batch": args.batch,
-        "threads": args.threads, "runs": args.runs, "torch": torch.__version__,
-        "ours": {"end_to_end_seconds": ours_e2e, "preprocess_seconds": ours_pre,
-                 "model_only_seconds": ours_fwd, "bench": benches},
-        "reference": {"end_to_end_seconds": ref_e2e, "preprocess_seconds": ref_pre, "model_only_seconds": ref_fwd},
-        "ratios": {name: ours / ref for name, ours, ref in rows},
-    }
-    (work / f"bench-{args.arch}.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {work / f'bench-{args.arch}.json'}", file=sys.stderr)
+    ours = Ours(args, work)
+    versions = bench_peers.versions() | {"ours": ours.version(), "python": platform.python_version()}
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    load_before = os.getloadavg()
+    started = time.time()
+    header = (f"{args.threads} threads, batch {args.batch}, median of {args.runs} runs; {cpu}, "
+              f"{os.cpu_count()} CPUs; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    log(header + f"; load {load_before[0]:.2f}")
+    for p in ("ORT", "OpenVINO"):
+        if p in args.peers and "unavailable" in versions["onnxruntime" if p == "ORT" else "openvino"]:
+            log(f"{p} is not installed here ({versions['onnxruntime' if p == 'ORT' else 'openvino']}); "
+                f"going on without it")
+    result = {"threads": args.threads, "batch": args.batch, "runs": args.runs, "images": args.images,
+              "cpu": cpu, "versions": versions, "kernels": args.kernels, "load_before": load_before,
+              "models": []}
+    if "preprocess" in args.measure:
+        ours_pre, ref_pre = [], []
+        for _ in range(args.runs):
+            ours_pre.append(ours.bench(None, "resnet18", args.batch, 1, "preprocessing")
+                            ["preprocessing"]["seconds"])
+            ref_pre.append(reference_preprocess(blobs))
+        n = len(blobs) * len(TRANSFORMS)
+        result["preprocess"] = {"transforms": n, "ours_seconds": ours_pre, "pil_seconds": ref_pre}
+        log(f"preprocess transforms/s (one thread): ours {n / statistics.median(ours_pre):.0f}, "
+            f"PIL {n / statistics.median(ref_pre):.0f}")
+    label = "all" if args.arch == "all" else "-".join(archs)
+    for a in archs:
+        r = bench_model(bench_peers.BY_ARCH[a], args, ours, work, blobs, log)
+        result["models"].append(r)
+        (work / f"bench-{label}.json").write_text(json.dumps(result, indent=2))  # after each model
+    result["load_after"] = os.getloadavg()
+    result["wall_seconds"] = time.time() - started
+    (work / f"bench-{label}.json").write_text(json.dumps(result, indent=2))
 
-
+    peers = args.peers
+    print(header)
+    kernels = ", ".join(f"{r['arch']} {r.get('ours_kernels')}" for r in result["models"] if "skipped" not in r)
+    print(f"(our kernels: {kernels}; "
+          f"load average {load_before[0]:.2f} before, {result['load_after'][0]:.2f} after; "
+          f"{result['wall_seconds'] / 60:.0f} min)")
+    ran = [r for r in result["models"] if "skipped" not in r]
+    if ran:
+        print(f"\nmodel-only crops/s (one batch of {args.batch} crops, 224 px)")
+        print("\n".join(table(ran, "model_only", peers)))
+        if any("end_to_end" in r for r in ran):
+            print(f"\nend-to-end crops/s ({args.images} image(s) x (N t) transforms: the paper's 324, "
+                  f"or 9 anchors x every 3rd / 9th of its 36 scales; the peers preprocess with PIL)")
+            print("\n".join(table(ran, "end_to_end", peers)))
+    for r in result["models"]:
+        notes = []
+        if "skipped" in r:
+            notes.append(f"skipped: {r['skipped']}")
+        for p, why in r.get("failed", {}).items():
+            notes.append(f"{p} failed: {why}")
+        if r.get("ours_weights") == "synthetic":
+            notes.append("ours ran generated weights of the same network, the peers random ones "
+                         "(speed does not depend on the values); model-only only")
+        worst = max(r.get("others_share", {}).get("model_only", []) + r.get("others_share", {}).get("end_to_end", []),
+                    default=0.0)
+        if worst > args.max_others:
+            notes.append(f"other processes took up to {100 * worst:.0f}% of the machine during a kept run "
+                         f"(after {args.retries} retries): treat its numbers with care")
+        if "OpenVINO" in r.get("peers", {}):
+            notes.append(f"OpenVINO {r['peers']['OpenVINO']}")
+        if notes:
+            print(f"{r['arch']}: " + "; ".join(notes))
+    if "preprocess" in result:
+        p = result["preprocess"]
+        print(f"preprocess transforms/s, one thread: ours {p['transforms'] / statistics.median(p['ours_seconds']):.0f}, "
+              f"PIL {p['transforms'] / statistics.median(p['pil_seconds']):.0f}")
+    log(f"wrote {work / f'bench-{label}.json'}")
 def memory(args) -> None:
     """Peak RSS of `imagenet-hard scan` on N and then 10N images: it must stay
     flat (records stream to disk, rows stream from the source one row group
@@ -232,3 +512,4 @@ def memory(args) -> None:
 
 if __name__ == "__main__":
     main()
+

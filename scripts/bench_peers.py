@@ -198,7 +198,13 @@ def build(arch: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if arch == "clip_vit_large_patch14":
         return ClipImageTower().eval()
-    return getattr(torchvision.models, arch)(weights=None).eval()
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    if arch == "vit_b_32":
+        # torchvision zeroes ViT's head, so every logit would be 0 and the
+        # peers' agreement with torch's logits would prove nothing.
+        with torch.no_grad():
+            model.heads.head.weight.normal_(0.0, 0.02)
+    return model
 
 
 def save_weights(study: Study, model: torch.nn.Module, work: pathlib.Path) -> pathlib.Path | None:
