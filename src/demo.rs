@@ -288,7 +288,11 @@ fn put_demo_classifier(cache_dir: &Path) -> anyhow::Result<()> {
         cfg.steps, cfg.batch, cfg.side
     );
     let started = std::time::Instant::now();
-    let (tensors, report) = train(cfg, |step, loss| {
+    let data = crate::models::shapes::TrainingData {
+        classes: crate::scenes::training_classes(),
+        canvas: &crate::scenes::training_canvas,
+    };
+    let (tensors, report) = train(cfg, &data, |step, loss| {
         tracing::info!("training step {step}: loss {loss:.3}");
     })?;
     eprintln!(

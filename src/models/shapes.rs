@@ -6,9 +6,9 @@
 //! it, but only when the object is large enough to make out.
 //!
 //! [`train`] fits it with candle's autograd (the differentiable CPU
-//! convolution MEMO uses, and AdamW) on generated canvases
-//! ([`crate::scenes::training_canvas`]): seeded data, seeded initial
-//! weights, one thread order, so the same weights on every run.
+//! convolution MEMO uses, and AdamW) on the canvases a [`TrainingData`]
+//! makes (the demo hands in its generated scenes): seeded data, seeded
+//! initial weights, one thread order, so the same weights on every run.
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::{Linear, Module, Optimizer, VarBuilder};
@@ -171,15 +171,23 @@ impl Params {
     }
 }
 
+/// Where training canvases come from: canvas `seed` of `side x side`
+/// pixels and its label, an index into `classes` (ImageNet classes). The
+/// model knows nothing of the demo's world; the demo hands it in.
+pub struct TrainingData<'a> {
+    pub classes: Vec<i64>,
+    pub canvas: &'a dyn Fn(u64, u32) -> (image::RgbImage, usize),
+}
+
 /// Canvases `first..first + n` as a normalised batch and their ImageNet
 /// labels.
-fn batch(first: u64, n: usize, side: u32) -> Result<(Tensor, Tensor)> {
-    let classes = crate::scenes::training_classes();
+fn batch(data: &TrainingData, first: u64, n: usize, side: u32) -> Result<(Tensor, Tensor)> {
+    let classes = &data.classes;
     let plane = (side * side) as usize;
     let mut pixels = vec![0f32; n * 3 * plane];
     let mut labels = Vec::with_capacity(n);
     for (i, out) in pixels.chunks_exact_mut(3 * plane).enumerate() {
-        let (img, label) = crate::scenes::training_canvas(first + i as u64, side);
+        let (img, label) = (data.canvas)(first + i as u64, side);
         let img = crate::zoom::RgbImage {
             width: side,
             height: side,
@@ -199,6 +207,7 @@ fn batch(first: u64, n: usize, side: u32) -> Result<(Tensor, Tensor)> {
 /// `progress` hears (step, loss) now and then.
 pub fn train(
     cfg: TrainConfig,
+    data: &TrainingData,
     mut progress: impl FnMut(usize, f32),
 ) -> Result<(HashMap<String, Tensor>, TrainReport)> {
     let params = Params::init(cfg.seed)?;
@@ -214,6 +223,7 @@ pub fn train(
     let (mut first, mut last) = (0f32, 0f32);
     for step in 0..cfg.steps {
         let (x, y) = batch(
+            data,
             cfg.seed.wrapping_mul(1 << 20) + (step * cfg.batch) as u64,
             cfg.batch,
             cfg.side,
@@ -242,7 +252,7 @@ pub fn train(
         .collect::<Vec<_>>()
         .chunks(cfg.batch.max(1))
     {
-        let (x, y) = batch(held_seed + chunk[0] as u64, chunk.len(), cfg.side)?;
+        let (x, y) = batch(data, held_seed + chunk[0] as u64, chunk.len(), cfg.side)?;
         let pred = params.forward(&x)?.argmax(D::Minus1)?;
         correct += pred
             .eq(&y)?
@@ -266,12 +276,36 @@ pub fn train(
 mod tests {
     use super::*;
 
+    /// Learnable canvases of the model's own: a bright square in one of
+    /// four places tells the label.
+    fn squares(seed: u64, side: u32) -> (image::RgbImage, usize) {
+        let label = (seed % 4) as usize;
+        let (qx, qy) = ((label % 2) as u32 * side / 2, (label / 2) as u32 * side / 2);
+        let img = image::RgbImage::from_fn(side, side, |x, y| {
+            let inside = (qx..qx + side / 2).contains(&x) && (qy..qy + side / 2).contains(&y);
+            let n = ((x * 7 + y * 13 + seed as u32) % 23) as u8;
+            if inside {
+                image::Rgb([230, 200 - n, 40])
+            } else {
+                image::Rgb([30 + n, 60, 90])
+            }
+        });
+        (img, label)
+    }
+
+    fn data() -> TrainingData<'static> {
+        TrainingData {
+            classes: vec![1, 2, 3, 4],
+            canvas: &squares,
+        }
+    }
+
     /// The training graph and the inference network compute the same
     /// logits from the same weights.
     #[test]
     fn training_and_inference_graphs_agree() {
         let params = Params::init(7).unwrap();
-        let (x, _) = batch(0, 3, 64).unwrap();
+        let (x, _) = batch(&data(), 0, 3, 64).unwrap();
         let train = params.forward(&x).unwrap();
         let vb = VarBuilder::from_tensors(params.tensors(), DType::F32, &Device::Cpu);
         let net = shapes_cnn(vb, &Extras::default()).unwrap();
@@ -298,8 +332,8 @@ mod tests {
             held_out: 16,
             ..TrainConfig::DEMO
         };
-        let (a, ra) = train(cfg, |_, _| {}).unwrap();
-        let (b, _) = train(cfg, |_, _| {}).unwrap();
+        let (a, ra) = train(cfg, &data(), |_, _| {}).unwrap();
+        let (b, _) = train(cfg, &data(), |_, _| {}).unwrap();
         assert!(ra.last_loss < ra.first_loss, "{ra:?}");
         for (name, t) in &a {
             let same = t
