@@ -271,6 +271,7 @@ def bench_model(study, args, ours: Ours, work: pathlib.Path, blobs, log) -> dict
     log(f"{arch}: built and saved in {time.perf_counter() - t:.0f} s; batch {batch}, "
         f"{batches} batches a model-only round"
         + (f", end to end on {len(blobs)} images x {9 * len(scales)} transforms" if scales else ", model-only"))
+    Others.wait_quiet(args.wait_quiet, log)  # OpenVINO's hint is chosen by timing
     peers, failed = bench_peers.make_peers(model, work, arch, batch, args.threads,
                                            [p for p in args.peers if p != "torch"], log)
     result["peers"] = {p.name: p.detail for p in peers}

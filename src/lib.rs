@@ -30,6 +30,7 @@ pub mod plot;
 pub mod records;
 pub mod report;
 pub mod review;
+pub mod review_csv;
 pub mod run_dir;
 pub mod scan;
 pub mod scenes;

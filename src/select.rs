@@ -133,10 +133,10 @@ impl Relabel {
     }
 
     /// Parse the CSV: `origin,row,labels` first, then optionally a review's
-    /// `decision,comment,reviewer` (see [`crate::review::decisions`]).
+    /// `decision,comment,reviewer` (see [`crate::review_csv`]).
     pub fn parse(text: &str, file: &Path) -> Result<Relabel, SelectError> {
-        let reviews = crate::review::decisions::parse(text, file).map_err(|e| match e {
-            crate::review::decisions::ReviewError::Line {
+        let reviews = crate::review_csv::parse(text, file).map_err(|e| match e {
+            crate::review_csv::ReviewError::Line {
                 file,
                 line,
                 message,

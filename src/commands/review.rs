@@ -5,9 +5,9 @@ use anyhow::{bail, Context as _, Result};
 
 use super::context::{load_context, read_plan};
 use crate::cli::ReviewArgs;
-use crate::review::decisions::{merge, parse, to_csv, ReviewFile};
 use crate::review::server::{random_token, Session};
 use crate::review::Workbench;
+use crate::review_csv::{merge, parse, to_csv, ReviewFile};
 
 pub fn run(args: ReviewArgs) -> Result<()> {
     if !args.merge.is_empty() {

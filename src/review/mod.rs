@@ -1,11 +1,10 @@
 //! The curation workbench: the hard set (and, if asked, the near misses)
 //! served as a local web page for a person to review, one image at a time,
 //! with what every model said; each decision goes to the review CSV at once
-//! (`decisions`). `select --labels` then applies the review.
+//! ([`crate::review_csv`]). `select --labels` then applies the review.
 //!
 //! This file gathers the items from a finished run; `server` serves them.
 
-pub mod decisions;
 pub mod server;
 
 use serde::Serialize;

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Mutex;
 
-use super::decisions::{Decision, Review, ReviewFile};
 use super::Workbench;
 use crate::models::{Classifier, Runtime};
 use crate::plan::Plan;
+use crate::review_csv::{Decision, Review, ReviewFile};
 use crate::zoom::{decode_rgb, normalise_chw, zoom_view, Transform};
 
 const PAGE: &str = include_str!("page/index.html");
