@@ -2,6 +2,7 @@
 //! with Pillow and PyTorch, and the whole pipeline run offline against a
 //! generated Hub cache and a loopback Hub stand-in.
 
+mod architecture;
 mod bad_input;
 mod curate;
 mod demo;

@@ -1,0 +1,105 @@
+//! ARCHITECTURE.md's layers, held against the code: every `crate::X` path
+//! in a module's files names a module on a lower layer (or its own), and
+//! only `commands` (and `demo`, for `scenes`) reach behind the demo's
+//! boundary.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Module -> layer, from the "## Layers" list of ARCHITECTURE.md.
+fn layers(repo: &Path) -> BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(repo.join("ARCHITECTURE.md")).unwrap();
+    let section = text
+        .split("## Layers")
+        .nth(1)
+        .expect("ARCHITECTURE.md has a Layers section");
+    let mut out = BTreeMap::new();
+    for line in section.lines().take_while(|l| !l.starts_with("## ")) {
+        let Some(rest) = line.strip_prefix("- ") else {
+            continue;
+        };
+        let Some((n, modules)) = rest.split_once(':') else {
+            continue;
+        };
+        let Ok(n) = n.trim().parse::<usize>() else {
+            continue;
+        };
+        for m in modules.split(',') {
+            out.insert(m.trim().trim_matches('`').to_string(), n);
+        }
+    }
+    out
+}
+
+/// The modules each top-level module's files name as `crate::X`.
+fn imports(src: &Path) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(src) {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let rel = path.strip_prefix(src).unwrap();
+        let module = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if module == "main" || module == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(path).unwrap();
+        for (i, _) in text.match_indices("crate::") {
+            let name: String = text[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != module {
+                out.entry(module.clone())
+                    .or_default()
+                    .push((name, rel.display().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_runs_back_up_a_layer() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let layers = layers(repo);
+    assert!(layers.len() >= 30, "{layers:?}");
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for (module, used) in imports(&repo.join("src")) {
+        checked += used.len();
+        let Some(&own) = layers.get(&module) else {
+            wrong.push(format!("{module}: not on any layer in ARCHITECTURE.md"));
+            continue;
+        };
+        for (name, file) in used {
+            let Some(&theirs) = layers.get(&name) else {
+                wrong.push(format!("{file}: crate::{name} is not on any layer"));
+                continue;
+            };
+            if theirs > own {
+                wrong.push(format!(
+                    "{file}: {module} (layer {own}) imports {name} (layer {theirs})"
+                ));
+            }
+            let behind = ["scenes", "demo", "fuzzing"].contains(&name.as_str());
+            let allowed = module == "commands" || (module == "demo" && name == "scenes");
+            if behind && !allowed {
+                wrong.push(format!(
+                    "{file}: {module} reaches behind the demo's boundary ({name})"
+                ));
+            }
+        }
+    }
+    assert!(checked >= 200, "only {checked} crate:: paths found");
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
