@@ -13,7 +13,9 @@ use imagenet_hard::models::clip::ImageEncoder;
 use imagenet_hard::models::convnext::{self, ConvNextConfig};
 use imagenet_hard::models::efficientnet::{self, EfficientNetConfig};
 use imagenet_hard::models::vgg::{AlexNet, AlexNetConfig, Vgg, VggConfig};
-use imagenet_hard::models::vit::{self, Config, TIMM, TORCHVISION};
+use imagenet_hard::models::vit::{self, TIMM, TORCHVISION};
+
+use crate::golden_vit::SMALL;
 use imagenet_hard::models::{Architecture, Extras, Net};
 
 use crate::golden::logits_parity_of;
@@ -97,14 +99,6 @@ fn channels_last_convnext_matches_timm() {
 
 #[test]
 fn channels_last_vits_match_pytorch() {
-    const SMALL: Config = Config {
-        dim: 64,
-        depth: 2,
-        heads: 4,
-        mlp_dim: 256,
-        patch: 32,
-        image_size: 224,
-    };
     logits_parity_of(
         "vit/torchvision_small.json",
         |vb| vit::build(SMALL, &TORCHVISION, vb),

@@ -9,7 +9,7 @@ use imagenet_hard::models::vit::{build, Config, Naming, TIMM, TORCHVISION};
 use imagenet_hard::models::Architecture;
 
 /// The reduced shape of the CI references (`SMALL` in the script).
-const SMALL: Config = Config {
+pub const SMALL: Config = Config {
     dim: 64,
     depth: 2,
     heads: 4,
