@@ -161,12 +161,41 @@ fn epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Ac
     }
 }
 
+/// A layer's `[m, k]` weight matrix (`m` outputs, `k` inputs) in one of two
+/// orders: the checkpoint's rows, or output-fastest columns, which
+/// `net` lays out once at load for the CPU so that no product packs (copies)
+/// the weights again on every call: the `gemm` crate reads an operand in
+/// place when its vectorised dimension (here the outputs) is contiguous.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    pub values: &'a [f32],
+    pub order: WeightOrder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightOrder {
+    /// `w[o * k + i]`: as read from the checkpoint (KRSC for a convolution).
+    Rows,
+    /// `w[i * m + o]`: the output channel fastest (RSCK for a convolution).
+    Columns,
+}
+
+impl Weights<'_> {
+    /// Element strides of `w^T` read as `[k, m]`.
+    fn transposed_strides(&self, k: usize, m: usize) -> (isize, isize) {
+        match self.order {
+            WeightOrder::Rows => (1, k as isize),
+            WeightOrder::Columns => (m as isize, 1),
+        }
+    }
+}
+
 /// `out[rows, m] = act(x[rows, k] w[m, k]^T + bias [+ residual])`: one
-/// product over every row (the weights packed once, the threads sharing
-/// it), then the epilogue over groups of rows in parallel.
+/// product over every row (the threads sharing it), then the epilogue over
+/// groups of rows in parallel.
 pub fn linear(
     x: &[f32],
-    w: &[f32],
+    w: Weights,
     bias: &[f32],
     residual: Option<&[f32]>,
     act: Act,
@@ -176,7 +205,8 @@ pub fn linear(
     if out.is_empty() {
         return out;
     }
-    // SAFETY: out [rows, m], x [rows, k], w^T read as [k, m] with strides (1, k).
+    assert!(x.len() >= rows * k && w.values.len() >= m * k, "linear: operands too short");
+    // SAFETY: out [rows, m], x [rows, k], w^T read as [k, m]; lengths checked.
     unsafe {
         matmul(
             (rows, m, k),
@@ -184,8 +214,8 @@ pub fn linear(
             (m as isize, 1),
             x.as_ptr(),
             (k as isize, 1),
-            w.as_ptr(),
-            (1, k as isize),
+            w.values.as_ptr(),
+            w.transposed_strides(k, m),
             false,
             true,
         )
@@ -226,12 +256,13 @@ impl Input<'_> {
 }
 
 /// `act(conv(x) + bias [+ residual])` for f32 NHWC `x` `[n, h, w, c_in]`
-/// and KRSC `wt`; `None` for a grouped (not depthwise) geometry.
+/// and KRSC (or, dense only, RSCK) `wt`; `None` for a grouped (not
+/// depthwise) geometry.
 pub fn conv(
     g: &ConvGeometry,
     x: &[f32],
     (n, h, w): (usize, usize, usize),
-    wt: &[f32],
+    wt: Weights,
     bias: &[f32],
     residual: Option<&[f32]>,
     act: Act,
@@ -248,8 +279,8 @@ pub fn conv(
     if g.groups == 1 {
         return Some(dense_conv(g, &input, n, wt, bias, residual, act));
     }
-    if g.groups == g.c_in && g.c_out == g.c_in {
-        return Some(depthwise(g, &input, n, wt, bias, residual, act));
+    if g.groups == g.c_in && g.c_out == g.c_in && wt.order == WeightOrder::Rows {
+        return Some(depthwise(g, &input, n, wt.values, bias, residual, act));
     }
     None
 }
@@ -259,7 +290,7 @@ fn dense_conv(
     g: &ConvGeometry,
     input: &Input,
     n: usize,
-    wt: &[f32],
+    wt: Weights,
     bias: &[f32],
     residual: Option<&[f32]>,
     act: Act,
@@ -272,6 +303,7 @@ fn dense_conv(
     if g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] {
         return linear(input.x, wt, bias, residual, act, (pixels, c, m));
     }
+    assert!(wt.values.len() >= m * k, "conv {g}: weights too short");
     let mut out = vec![0f32; pixels * m];
     let block = block_rows(k, pixels);
     let one_block = |bi: usize, o: &mut [f32], parallel: bool| {
@@ -299,7 +331,8 @@ fn dense_conv(
                     }
                 }
             }
-            // SAFETY: o [rows, m], cols [rows, k], wt^T read as [k, m].
+            // SAFETY: o [rows, m], cols [rows, k], wt^T read as [k, m]
+            // (`dense_conv` checked the weights' length).
             unsafe {
                 matmul(
                     (rows, m, k),
@@ -307,8 +340,8 @@ fn dense_conv(
                     (m as isize, 1),
                     cols.as_ptr(),
                     (k as isize, 1),
-                    wt.as_ptr(),
-                    (1, k as isize),
+                    wt.values.as_ptr(),
+                    wt.transposed_strides(k, m),
                     false,
                     parallel,
                 )
@@ -519,15 +552,29 @@ mod tests {
         for rows in [5, 700] {
             let (k, m) = (37, 19);
             let (x, w, b, r) = (rand(rows * k), rand(m * k), rand(m), rand(rows * m));
-            let y = linear(&x, &w, &b, Some(&r), Act::Silu, (rows, k, m));
-            for i in 0..rows {
-                for j in 0..m {
-                    let dot: f64 = (0..k).map(|t| (x[i * k + t] * w[j * k + t]) as f64).sum();
-                    let want = Act::Silu.apply(dot as f32 + b[j] + r[i * m + j]);
-                    assert!(
-                        (y[i * m + j] - want).abs() < 1e-5,
-                        "{rows} rows: ({i}, {j})"
-                    );
+            // The same matrix with the output channel fastest.
+            let columns: Vec<f32> = (0..k * m).map(|i| w[(i % m) * k + i / m]).collect();
+            for wt in [
+                Weights {
+                    values: &w,
+                    order: WeightOrder::Rows,
+                },
+                Weights {
+                    values: &columns,
+                    order: WeightOrder::Columns,
+                },
+            ] {
+                let y = linear(&x, wt, &b, Some(&r), Act::Silu, (rows, k, m));
+                for i in 0..rows {
+                    for j in 0..m {
+                        let dot: f64 = (0..k).map(|t| (x[i * k + t] * w[j * k + t]) as f64).sum();
+                        let want = Act::Silu.apply(dot as f32 + b[j] + r[i * m + j]);
+                        assert!(
+                            (y[i * m + j] - want).abs() < 1e-5,
+                            "{rows} rows, {:?}: ({i}, {j})",
+                            wt.order
+                        );
+                    }
                 }
             }
         }

@@ -153,7 +153,7 @@ pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[
     (
         "vit_b_32",
         Decision::ChannelsLast,
-        "2 cores, 2026-12-06: 16.9 vs 13.4 crops/s",
+        "2 cores, 2026-12-06: 20.6 vs 13.4 crops/s (weights in product order)",
     ),
     (
         "vit_base_patch32_224",
@@ -162,23 +162,23 @@ pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[
     ),
     (
         "resnet50",
-        Decision::Candle,
-        "2 cores, 2026-12-06: 18.1 vs 19.2 crops/s",
+        Decision::ChannelsLast,
+        "2 cores, 2026-12-06: 19.2 vs 18.1 crops/s (weights in product order)",
     ),
     (
         "resnet18",
         Decision::Candle,
-        "2 cores, 2026-12-06: 24.3 vs 37.8 crops/s",
+        "2 cores, 2026-12-06: 34.7 vs 36.3 crops/s (weights in product order)",
     ),
     (
         "vgg16",
-        Decision::Candle,
-        "2 cores, 2026-12-06: 2.5 vs 4.9 crops/s",
+        Decision::ChannelsLast,
+        "2 cores, 2026-12-06: 5.6 vs 5.0 crops/s (weights in product order)",
     ),
     (
         "alexnet",
-        Decision::Candle,
-        "2 cores, 2026-12-06: 48 vs 58 crops/s",
+        Decision::ChannelsLast,
+        "2 cores, 2026-12-06: 99 vs 59 crops/s (weights in product order)",
     ),
 ];
 

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, La
 use candle_core::{Result, Tensor};
 
 use super::geometry::ConvGeometry;
+use super::cpu::{WeightOrder, Weights};
 use super::program::Act;
 
 /// `act(conv(x, w) + bias [+ residual])`. Inputs: `x` `[n, h, w, c]`, `w`
@@ -92,20 +93,45 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 
 type Input3<'a> = (&'a CpuStorage, &'a Layout);
 
+/// An f32 weight `[m, ...]` in place: contiguous (the checkpoint's rows),
+/// or the output-fastest view `net::outputs_fastest` makes (strides `1`
+/// for the outputs, the rest contiguous times `m`); `None` otherwise.
+fn weight_values<'a>(s: &'a CpuStorage, l: &Layout) -> Option<Weights<'a>> {
+    let CpuStorage::F32(v) = s else { return None };
+    if let Some((start, end)) = l.contiguous_offsets() {
+        return Some(Weights {
+            values: &v[start..end],
+            order: WeightOrder::Rows,
+        });
+    }
+    let dims = l.dims();
+    let m = *dims.first()?;
+    let mut want = vec![1usize; dims.len()];
+    let mut stride = m;
+    for i in (1..dims.len()).rev() {
+        want[i] = stride;
+        stride *= dims[i];
+    }
+    let start = l.start_offset();
+    (l.stride() == want.as_slice() && v.len() >= start + stride).then(|| Weights {
+        values: &v[start..start + stride],
+        order: WeightOrder::Columns,
+    })
+}
+
 /// The values of an op's three inputs in place, when all are f32 (the
-/// fused CPU kernels' format); `None` sends the op to the references.
+/// fused CPU kernels' format) and laid out as they take them; `None` sends
+/// the op to the references.
 #[allow(clippy::type_complexity)]
 fn all_f32<'a>(
     x: Input3<'a>,
     w: Input3<'a>,
     b: Input3<'a>,
-) -> Result<Option<(&'a [f32], &'a [f32], &'a [f32])>> {
-    match (x.0, w.0, b.0) {
-        (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => Ok(Some((
-            contiguous(x.0, x.1)?,
-            contiguous(w.0, w.1)?,
-            contiguous(b.0, b.1)?,
-        ))),
+) -> Result<Option<(&'a [f32], Weights<'a>, &'a [f32])>> {
+    match (x.0, weight_values(w.0, w.1), b.0) {
+        (CpuStorage::F32(_), Some(wt), CpuStorage::F32(_)) => {
+            Ok(Some((contiguous(x.0, x.1)?, wt, contiguous(b.0, b.1)?)))
+        }
         _ => Ok(None),
     }
 }
