@@ -266,21 +266,8 @@ pub struct ExportSummary {
     pub download_size: u64,
 }
 
-/// Write the hard set of `selection` (sorted by source order, then row).
-pub fn export(
-    plan: &Plan,
-    selection: &Selection,
-    stats: &[ScanStats],
-) -> Result<ExportSummary, ExportError> {
-    let dir = dataset_dir(&plan.run_dir);
-    let data = dir.join("data");
-    // A writer killed mid-card leaves its temporary beside the card.
-    crate::util::remove_stale_temps(&dir).map_err(|e| ShardWriter::err(&dir, e))?;
-    if data.exists() {
-        // A previous export is replaced whole: stale shard families must not coexist.
-        std::fs::remove_dir_all(&data).map_err(|e| ShardWriter::err(&data, e))?;
-    }
-    std::fs::create_dir_all(&data).map_err(|e| ShardWriter::err(&data, e))?;
+/// The hard images in export order: source order, then row.
+fn export_order<'a>(plan: &Plan, selection: &'a Selection) -> Vec<&'a HardImage> {
     let order: BTreeMap<&str, usize> = plan
         .sources
         .iter()
@@ -294,10 +281,85 @@ pub fn export(
             h.row,
         )
     });
+    hard
+}
+
+/// An empty `data/` folder under `dir`: a previous export is replaced
+/// whole (stale shard families must not coexist), and a writer killed
+/// mid-card left its temporary beside the card.
+fn fresh_data_dir(dir: &Path) -> Result<PathBuf, ExportError> {
+    let data = dir.join("data");
+    crate::util::remove_stale_temps(dir).map_err(|e| ShardWriter::err(dir, e))?;
+    if data.exists() {
+        std::fs::remove_dir_all(&data).map_err(|e| ShardWriter::err(&data, e))?;
+    }
+    std::fs::create_dir_all(&data).map_err(|e| ShardWriter::err(&data, e))?;
+    Ok(data)
+}
+
+/// Copy one source's hard rows (`hard`, in row order, each with its shard
+/// in `shards`) from the source into the writer; every wanted row must
+/// still be there.
+fn copy_source_rows(
+    source: &crate::plan::PlannedSource,
+    hard: &[&HardImage],
+    shards: &[usize],
+    writer: &mut ShardWriter,
+) -> Result<(), ExportError> {
+    let wanted: BTreeSet<u64> = hard.iter().map(|h| h.row).collect();
+    let vanished = |row: u64, reason: String| ExportError::Vanished {
+        origin: source.origin.clone(),
+        row,
+        reason,
+    };
+    let mut found = BTreeSet::new();
+    for outcome in source.reader().rows_in(wanted.clone()) {
+        let rec = match outcome? {
+            Ok(rec) if wanted.contains(&rec.row) => rec,
+            Err(skip) if wanted.contains(&skip.row) => return Err(vanished(skip.row, skip.reason)),
+            _ => continue,
+        };
+        let next = found.len();
+        let path = rec.path.clone().unwrap_or_else(|| {
+            format!(
+                "{}_{:08}.{}",
+                crate::util::file_stem(&source.origin),
+                rec.row,
+                image_extension(&rec.image)
+            )
+        });
+        // Labels come from the selection, so a re-labelled selection exports its labels.
+        let row = HardRow {
+            image: rec.image,
+            path,
+            labels: hard[next].labels.clone(),
+            origin: source.origin.clone(),
+        };
+        writer.push(shards[next], row)?;
+        found.insert(rec.row);
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    match wanted.difference(&found).next() {
+        Some(missing) => Err(vanished(*missing, "row not found".into())),
+        None => Ok(()),
+    }
+}
+
+/// Write the hard set of `selection` (sorted by source order, then row).
+pub fn export(
+    plan: &Plan,
+    selection: &Selection,
+    stats: &[ScanStats],
+) -> Result<ExportSummary, ExportError> {
+    let dir = dataset_dir(&plan.run_dir);
+    let data = fresh_data_dir(&dir)?;
+    let hard = export_order(plan, selection);
     let sizes: Vec<u64> = hard.iter().map(|h| h.image_bytes).collect();
     let (count, assign) = plan_shards(&sizes, plan.shard_size_bytes);
     let mut writer = ShardWriter {
-        dir: data.clone(),
+        dir: data,
         count,
         row_group_rows: plan.row_group_rows,
         current: None,
@@ -306,61 +368,15 @@ pub fn export(
     };
     let mut next = 0usize;
     for source in &plan.sources {
-        let wanted: BTreeSet<u64> = hard
+        let n = hard[next..]
             .iter()
-            .filter(|h| h.origin == source.origin)
-            .map(|h| h.row)
-            .collect();
-        if wanted.is_empty() {
-            continue;
+            .take_while(|h| h.origin == source.origin)
+            .count();
+        if n > 0 {
+            let range = next..next + n;
+            copy_source_rows(source, &hard[range.clone()], &assign[range], &mut writer)?;
         }
-        let reader = source.reader();
-        let mut found = BTreeSet::new();
-        for outcome in reader.rows_in(wanted.clone()) {
-            let rec = match outcome? {
-                Ok(rec) if wanted.contains(&rec.row) => rec,
-                Ok(_) => continue,
-                Err(skip) if wanted.contains(&skip.row) => {
-                    return Err(ExportError::Vanished {
-                        origin: source.origin.clone(),
-                        row: skip.row,
-                        reason: skip.reason,
-                    })
-                }
-                Err(_) => continue,
-            };
-            let h = hard[next];
-            let path = rec.path.clone().unwrap_or_else(|| {
-                format!(
-                    "{}_{:08}.{}",
-                    crate::util::file_stem(&source.origin),
-                    rec.row,
-                    image_extension(&rec.image)
-                )
-            });
-            // Labels come from the selection, so a re-labelled selection exports its labels.
-            writer.push(
-                assign[next],
-                HardRow {
-                    image: rec.image,
-                    path,
-                    labels: h.labels.clone(),
-                    origin: source.origin.clone(),
-                },
-            )?;
-            found.insert(rec.row);
-            next += 1;
-            if found.len() == wanted.len() {
-                break;
-            }
-        }
-        if let Some(missing) = wanted.difference(&found).next() {
-            return Err(ExportError::Vanished {
-                origin: source.origin.clone(),
-                row: *missing,
-                reason: "row not found".into(),
-            });
-        }
+        next += n;
     }
     writer.close()?;
     let shards = writer.written;
@@ -442,60 +458,9 @@ pub fn render_card(
         plan.grid.crop_size,
         plan.grid.fill
     );
-    let mut skip_lines = Vec::new();
-    for s in stats {
-        for (reason, n) in &s.skipped {
-            skip_lines.push(format!("| {} | {} | {} |", s.origin, reason, n));
-        }
-    }
-    let skips = if skip_lines.is_empty() {
-        "None: every row was scanned.".to_string()
-    } else {
-        format!(
-            "| origin | reason | rows |\n|---|---|---:|\n{}",
-            skip_lines.join("\n")
-        )
-    };
-    let terms = plan
-        .sources
-        .iter()
-        .map(|s| {
-            format!(
-                "- `{}` ({}): {}",
-                s.origin,
-                s.provenance,
-                s.terms
-                    .as_deref()
-                    .unwrap_or("see the source dataset's own card")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut rule = selection.rule.describe();
-    match plan.scan_mode {
-        crate::manifest::ScanMode::FirstHit => rule.push_str(
-            " (first-hit scan: each model stopped at its first correct transform, in a fixed order)",
-        ),
-        crate::manifest::ScanMode::Curate => rule.push_str(
-            " (curate scan: (model, transform) pairs tried in a learned order, every model stopping at the first hit of any; an image no pair solves was tried under all of them)",
-        ),
-        crate::manifest::ScanMode::Exhaustive => {}
-    }
-    if plan.scan_dtype != crate::models::Precision::F32 {
-        rule.push_str(&format!(" (models computed in {})", plan.scan_dtype));
-    }
-    if let Some(r) = &selection.relabel {
-        rule.push_str(&format!(
-            "; labels revised from `{}` (sha256 {}): {} images relabelled, {} dropped",
-            r.file, r.sha256, r.relabelled, r.dropped
-        ));
-    }
-    if selection.duplicates_dropped > 0 {
-        rule.push_str(&format!(
-            "; {} later copies of near-duplicate images left out (first copy in source order kept)",
-            selection.duplicates_dropped
-        ));
-    }
+    let skips = skips_table(stats);
+    let terms = terms_list(plan);
+    let rule = card_rule(plan, selection);
     let values: [(&str, String); 15] = [
         ("pretty_name", plan.name.clone()),
         ("size_category", size_category.into()),
@@ -523,6 +488,73 @@ pub fn render_card(
         card = card.replace(&format!("{{{{{k}}}}}"), &v);
     }
     card
+}
+
+/// The card's table of rows the scan skipped, per origin and reason.
+fn skips_table(stats: &[ScanStats]) -> String {
+    let mut skip_lines = Vec::new();
+    for s in stats {
+        for (reason, n) in &s.skipped {
+            skip_lines.push(format!("| {} | {} | {} |", s.origin, reason, n));
+        }
+    }
+    if skip_lines.is_empty() {
+        "None: every row was scanned.".to_string()
+    } else {
+        format!(
+            "| origin | reason | rows |\n|---|---|---:|\n{}",
+            skip_lines.join("\n")
+        )
+    }
+}
+
+/// The card's list of each source's terms.
+fn terms_list(plan: &Plan) -> String {
+    plan.sources
+        .iter()
+        .map(|s| {
+            format!(
+                "- `{}` ({}): {}",
+                s.origin,
+                s.provenance,
+                s.terms
+                    .as_deref()
+                    .unwrap_or("see the source dataset's own card")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The selection rule as the card states it: the scan mode, precision,
+/// relabelling and near-duplicates that shaped it.
+fn card_rule(plan: &Plan, selection: &Selection) -> String {
+    let mut rule = selection.rule.describe();
+    match plan.scan_mode {
+        crate::manifest::ScanMode::FirstHit => rule.push_str(
+            " (first-hit scan: each model stopped at its first correct transform, in a fixed order)",
+        ),
+        crate::manifest::ScanMode::Curate => rule.push_str(
+            " (curate scan: (model, transform) pairs tried in a learned order, every model stopping at the first hit of any; an image no pair solves was tried under all of them)",
+        ),
+        crate::manifest::ScanMode::Exhaustive => {}
+    }
+    if plan.scan_dtype != crate::models::Precision::F32 {
+        rule.push_str(&format!(" (models computed in {})", plan.scan_dtype));
+    }
+    if let Some(r) = &selection.relabel {
+        rule.push_str(&format!(
+            "; labels revised from `{}` (sha256 {}): {} images relabelled, {} dropped",
+            r.file, r.sha256, r.relabelled, r.dropped
+        ));
+    }
+    if selection.duplicates_dropped > 0 {
+        rule.push_str(&format!(
+            "; {} later copies of near-duplicate images left out (first copy in source order kept)",
+            selection.duplicates_dropped
+        ));
+    }
+    rule
 }
 
 #[cfg(test)]

@@ -444,88 +444,109 @@ pub fn resolve_model(
     revision: &str,
     hub: &Hub,
 ) -> Result<ResolvedModel, ModelRefError> {
-    use crate::models::{lookup, registry, Architecture, EvalPreprocess, WeightSource};
-    let parse_arch = |a: &str| {
-        Architecture::find(a).ok_or_else(|| {
-            ModelRefError::UnknownArch(a.into(), crate::models::Architecture::known())
-        })
-    };
-    if let Some(entry) = lookup(model) {
-        let (weights, files, provenance) = match &entry.source {
-            WeightSource::Hub(h) => {
-                let (LockedRepo { commit, .. }, mut paths) =
-                    fetch_hub(hub, RepoKind::Model, h, None, Path::new("-"))?;
-                let weights = paths.remove(0);
-                (weights, paths, format!("{}@{}", h.repo, commit))
-            }
-            WeightSource::Url(u) => (
-                fetch_url(hub, u, None, Path::new("-"))?.0,
-                Vec::new(),
-                u.url.clone(),
-            ),
-        };
-        let files = files
-            .into_iter()
-            .map(|p| {
-                (
-                    p.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    p,
-                )
-            })
-            .collect();
-        return Ok(ResolvedModel {
-            name: entry.name.into(),
-            architecture: entry.architecture,
-            weights,
-            extras: crate::models::Extras {
-                files,
-                cache_dir: Some(hub.tool_cache_dir()),
-            },
-            eval: entry.eval,
-            provenance,
-        });
+    if let Some(entry) = crate::models::lookup(model) {
+        return registry_model(&entry, hub);
     }
     let local = Path::new(model);
     if local.is_file() {
         let a = arch.ok_or_else(|| {
             ModelRefError::NeedArch(model.into(), crate::models::Architecture::known())
         })?;
-        let architecture = parse_arch(a)?;
-        // Files the architecture needs besides the weights (a tokenizer, a
-        // config) are taken from the weights' folder.
-        let folder = local.parent().unwrap_or(Path::new("."));
-        let files = architecture
-            .spec()
-            .extra_files
-            .iter()
-            .map(|f| (f.to_string(), folder.join(f)))
-            .filter(|(_, p)| p.is_file())
-            .collect();
-        return Ok(ResolvedModel {
-            name: local
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| model.into()),
-            architecture,
-            weights: local.into(),
-            extras: crate::models::Extras {
-                files,
-                cache_dir: None,
-            },
-            eval: EvalPreprocess::TORCHVISION,
-            provenance: local.display().to_string(),
-        });
+        return local_model(local, parse_arch(a)?);
     }
     if !crate::hub::is_repo_id(model) {
-        let names = registry()
+        let names = crate::models::registry()
             .iter()
             .map(|e| e.name)
             .collect::<Vec<_>>()
             .join(", ");
         return Err(ModelRefError::Unknown(model.into(), names));
     }
+    hub_model(model, arch, revision, hub)
+}
+
+fn parse_arch(a: &str) -> Result<crate::models::Architecture, ModelRefError> {
+    crate::models::Architecture::find(a)
+        .ok_or_else(|| ModelRefError::UnknownArch(a.into(), crate::models::Architecture::known()))
+}
+
+/// A registry entry's weights and extra files, fetched at its pin.
+fn registry_model(
+    entry: &crate::models::RegistryEntry,
+    hub: &Hub,
+) -> Result<ResolvedModel, ModelRefError> {
+    use crate::models::WeightSource;
+    let (weights, files, provenance) = match &entry.source {
+        WeightSource::Hub(h) => {
+            let (LockedRepo { commit, .. }, mut paths) =
+                fetch_hub(hub, RepoKind::Model, h, None, Path::new("-"))?;
+            let weights = paths.remove(0);
+            (weights, paths, format!("{}@{}", h.repo, commit))
+        }
+        WeightSource::Url(u) => (
+            fetch_url(hub, u, None, Path::new("-"))?.0,
+            Vec::new(),
+            u.url.clone(),
+        ),
+    };
+    let files = files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            (name.unwrap_or_default(), p)
+        })
+        .collect();
+    Ok(ResolvedModel {
+        name: entry.name.into(),
+        architecture: entry.architecture,
+        weights,
+        extras: crate::models::Extras {
+            files,
+            cache_dir: Some(hub.tool_cache_dir()),
+        },
+        eval: entry.eval,
+        provenance,
+    })
+}
+
+/// A local weights file; the files its architecture needs besides the
+/// weights (a tokenizer, a config) are taken from the weights' folder.
+fn local_model(
+    local: &Path,
+    architecture: crate::models::Architecture,
+) -> Result<ResolvedModel, ModelRefError> {
+    let folder = local.parent().unwrap_or(Path::new("."));
+    let files = architecture
+        .spec()
+        .extra_files
+        .iter()
+        .map(|f| (f.to_string(), folder.join(f)))
+        .filter(|(_, p)| p.is_file())
+        .collect();
+    Ok(ResolvedModel {
+        name: local
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| local.display().to_string()),
+        architecture,
+        weights: local.into(),
+        extras: crate::models::Extras {
+            files,
+            cache_dir: None,
+        },
+        eval: crate::models::EvalPreprocess::TORCHVISION,
+        provenance: local.display().to_string(),
+    })
+}
+
+/// A Hub repo whose `config.json` names the architecture (unless `arch`
+/// does) and, for timm, the preprocessing.
+fn hub_model(
+    model: &str,
+    arch: Option<&str>,
+    revision: &str,
+    hub: &Hub,
+) -> Result<ResolvedModel, ModelRefError> {
     let commit = hub.resolve_commit(RepoKind::Model, model, revision)?;
     let config_path = hub.file(RepoKind::Model, model, &commit, "config.json")?;
     let cfg_err = |message: String| ModelRefError::Config {

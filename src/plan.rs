@@ -8,7 +8,7 @@ use crate::fetch::Fetched;
 use crate::labels::{ClassSubset, LabelConvention};
 use crate::manifest::{Manifest, ScanMode, SelectionRule};
 use crate::models::Architecture;
-use crate::sources::{sample_rows, Container, Format, Selection, Source, SourceError};
+use crate::sources::{sample_rows, Container, Format, Source, SourceError, Wanted};
 use crate::units::{images_per_unit, split, Unit};
 use crate::zoom::{DecodeLimits, ZoomGrid};
 
@@ -46,7 +46,7 @@ pub struct Plan {
     pub scan_mode: ScanMode,
     /// A curate scan's pair order (learned when the plan was made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub curate: Option<crate::curate::CurateOrder>,
+    pub curate: Option<crate::pair_order::CurateOrder>,
     /// `scan.dtype`: the number format the models computed in.
     #[serde(default)]
     pub scan_dtype: crate::models::Precision,
@@ -107,26 +107,26 @@ impl PlannedModel {
 
 impl PlannedSource {
     /// The rows `limit` selects, from the counted total.
-    pub fn selection(&self) -> Selection {
+    pub fn wanted(&self) -> Wanted {
         match self.limit {
-            None => Selection::All,
+            None => Wanted::All,
             Some(n) => sample_rows(self.total_rows, n),
         }
     }
 
     /// How many rows the scan takes from this source.
     pub fn selected_count(&self) -> u64 {
-        match self.selection() {
-            Selection::All => self.total_rows,
-            Selection::Rows(r) => r.len() as u64,
+        match self.wanted() {
+            Wanted::All => self.total_rows,
+            Wanted::Rows(r) => r.len() as u64,
         }
     }
 
     /// The row numbers of positions `[first, end)` of the selected rows.
     pub fn unit_rows(&self, first: u64, end: u64) -> std::collections::BTreeSet<u64> {
-        match self.selection() {
-            Selection::All => (first..end.min(self.total_rows)).collect(),
-            Selection::Rows(r) => r
+        match self.wanted() {
+            Wanted::All => (first..end.min(self.total_rows)).collect(),
+            Wanted::Rows(r) => r
                 .into_iter()
                 .skip(first as usize)
                 .take(end.saturating_sub(first) as usize)
@@ -377,6 +377,14 @@ pub fn pass_gmacs(arch: crate::models::Architecture, crop: u32) -> f64 {
     arch.spec().gmacs * (crop as f64 / 224.0).powi(2)
 }
 
+/// The rows a source is cut to: the smaller of its own limit and the run's.
+fn row_limit(own: Option<u64>, run: Option<u64>) -> Option<u64> {
+    match (own, run) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The cost of a manifest before anything is fetched: each source's `rows`
 /// (cut to its limit) stands for its count.
 pub fn dry_run_cost(
@@ -387,15 +395,9 @@ pub fn dry_run_cost(
     let images: Vec<Option<u64>> = manifest
         .sources
         .iter()
-        .map(|s| {
-            let take = match (s.limit, limit) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match (s.rows, take) {
-                (Some(r), Some(t)) => Some(r.min(t)),
-                (r, t) => r.or(t),
-            }
+        .map(|s| match (s.rows, row_limit(s.limit, limit)) {
+            (Some(r), Some(t)) => Some(r.min(t)),
+            (r, t) => r.or(t),
         })
         .collect();
     let models: Vec<(String, String)> = manifest
@@ -406,170 +408,311 @@ pub fn dry_run_cost(
     crate::cost::model_costs(&images, manifest.zoom.grid().len(), &models, rates)
 }
 
+/// What `build --dry-run` shows, as values: every source and model with
+/// where it comes from and each file to fetch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    pub manifest: PathBuf,
+    pub build: String,
+    pub run_dir: PathBuf,
+    pub grid: ZoomGrid,
+    pub sources: Vec<DrySource>,
+    pub models: Vec<DryModel>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrySource {
+    pub origin: String,
+    /// "format F, labels L, classes S (N)[, limit ...]".
+    pub description: String,
+    pub from: Location,
+    pub terms: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryModel {
+    pub name: String,
+    pub architecture: String,
+    pub from: Location,
+}
+
+/// Where a source's or model's files come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Location {
+    Hub(HubFetch),
+    Url { url: String, sha256: String },
+    Local(Vec<PathBuf>),
+    Nothing,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubFetch {
+    /// "dataset" or "model".
+    pub kind: &'static str,
+    pub repo: String,
+    pub revision: String,
+    pub gated: bool,
+    pub files: Vec<FetchFile>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchFile {
+    /// A named file and its known sha256.
+    File {
+        path: String,
+        sha256: Option<String>,
+    },
+    /// A pattern and the files the lock lists for it (none before a fetch).
+    Pattern {
+        pattern: String,
+        locked: Vec<crate::fetch::LockedFile>,
+    },
+}
+
+impl Location {
+    /// Files and patterns to fetch.
+    fn counts(&self) -> (usize, usize) {
+        match self {
+            Location::Hub(h) => h.files.iter().fold((0, 0), |(f, p), file| match file {
+                FetchFile::File { .. } => (f + 1, p),
+                FetchFile::Pattern { locked, .. } => (f + locked.len(), p + 1),
+            }),
+            Location::Url { .. } => (1, 0),
+            Location::Local(_) | Location::Nothing => (0, 0),
+        }
+    }
+}
+
+/// A Hub repository's files as the dry run lists them: patterns matched
+/// against the lock where it has the repository at this revision.
+fn hub_fetch(
+    h: &crate::hub::HubFiles,
+    kind: &'static str,
+    lock: Option<&crate::fetch::Lock>,
+) -> HubFetch {
+    let locked = lock.and_then(|l| {
+        l.repos
+            .iter()
+            .find(|r| r.id == h.repo && r.revision == h.revision)
+    });
+    let files = h
+        .files
+        .iter()
+        .map(|f| {
+            if !crate::fetch::is_pattern(f) {
+                return FetchFile::File {
+                    path: f.clone(),
+                    sha256: h.sha256.get(f).cloned(),
+                };
+            }
+            let names: Vec<&str> = locked
+                .map(|r| r.files.iter().map(|lf| lf.path.as_str()).collect())
+                .unwrap_or_default();
+            let matched = match glob::Pattern::new(f) {
+                Ok(p) => crate::fetch::matching(&p, &names)
+                    .into_iter()
+                    .filter_map(|m| locked?.files.iter().find(|lf| lf.path == m).cloned())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            FetchFile::Pattern {
+                pattern: f.clone(),
+                locked: matched,
+            }
+        })
+        .collect();
+    HubFetch {
+        kind,
+        repo: h.repo.clone(),
+        revision: h.revision.clone(),
+        gated: h.gated,
+        files,
+    }
+}
+
 /// The plan before anything is fetched (`build --dry-run`): each source and
 /// model with every file to fetch, pins, gates and limits. Files matched by
 /// a pattern are listed from the lock when it has them.
+pub fn dry_run(
+    manifest: &Manifest,
+    label: &Path,
+    lock: Option<&crate::fetch::Lock>,
+    limit: Option<u64>,
+) -> DryRun {
+    let sources = manifest
+        .sources
+        .iter()
+        .map(|s| {
+            let subset = s.class_subset();
+            DrySource {
+                origin: s.origin.clone(),
+                description: format!(
+                    "format {}, labels {}, classes {} ({}){}",
+                    s.format.name(),
+                    s.labels.name(),
+                    subset.name(),
+                    subset.class_count(),
+                    row_limit(s.limit, limit)
+                        .map(|n| format!(", limit {n} rows spread over the source"))
+                        .unwrap_or_default()
+                ),
+                from: match &s.hub {
+                    Some(h) => Location::Hub(hub_fetch(h, "dataset", lock)),
+                    None => Location::Local(s.path.clone()),
+                },
+                terms: s.terms.clone(),
+            }
+        })
+        .collect();
+    let models = manifest
+        .models
+        .iter()
+        .map(|m| DryModel {
+            name: m.name.clone(),
+            architecture: m.architecture.name().to_string(),
+            from: match (&m.hub, &m.url, &m.path) {
+                (Some(h), _, _) => Location::Hub(hub_fetch(h, "model", lock)),
+                (None, Some(u), _) => Location::Url {
+                    url: u.url.clone(),
+                    sha256: u.sha256.clone(),
+                },
+                (None, None, Some(p)) => Location::Local(vec![p.clone()]),
+                _ => Location::Nothing,
+            },
+        })
+        .collect();
+    DryRun {
+        manifest: label.to_path_buf(),
+        build: manifest.build.name.clone(),
+        run_dir: manifest.run_dir(),
+        grid: manifest.zoom.grid(),
+        sources,
+        models,
+    }
+}
+
+/// `dry_run` as the text `build --dry-run` prints.
 pub fn dry_run_text(
     manifest: &Manifest,
     label: &Path,
     lock: Option<&crate::fetch::Lock>,
     limit: Option<u64>,
 ) -> String {
-    use crate::hub::HubFiles;
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let grid = manifest.zoom.grid();
-    let _ = writeln!(out, "manifest  {}", label.display());
-    let _ = writeln!(
-        out,
-        "build     {} -> {}",
-        manifest.build.name,
-        manifest.run_dir().display()
-    );
-    let _ = writeln!(
-        out,
-        "zoom      {} scales x {}x{} anchors = {} transforms per image, crop {} px",
-        grid.scales.len(),
-        grid.anchors,
-        grid.anchors,
-        grid.len(),
-        grid.crop_size
-    );
-    let mut n_files = 0usize;
-    let mut n_patterns = 0usize;
-    let hub_lines = |out: &mut String, h: &HubFiles, kind: &str| -> (usize, usize) {
-        let (mut n_files, mut n_patterns) = (0, 0);
-        let prefix = if kind == "dataset" { "datasets/" } else { "" };
-        let pinned = crate::hub::is_commit_sha(&h.revision);
-        let _ = writeln!(
+    dry_run(manifest, label, lock, limit).to_string()
+}
+
+impl std::fmt::Display for HubFetch {
+    fn fmt(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let pinned = crate::hub::is_commit_sha(&self.revision);
+        writeln!(
             out,
-            "    hub {kind} {}@{}{}",
-            h.repo,
-            h.revision,
+            "    hub {} {}@{}{}",
+            self.kind,
+            self.repo,
+            self.revision,
             if pinned {
                 ""
             } else {
                 "  (not a commit: the lock pins what the first fetch resolves)"
             }
-        );
-        if h.gated {
-            let _ = writeln!(
+        )?;
+        if self.gated {
+            let prefix = if self.kind == "dataset" {
+                "datasets/"
+            } else {
+                ""
+            };
+            writeln!(
                 out,
                 "    gated: accept the terms at https://huggingface.co/{prefix}{} and set HF_TOKEN",
-                h.repo
-            );
+                self.repo
+            )?;
         }
-        let locked = lock.and_then(|l| {
-            l.repos
-                .iter()
-                .find(|r| r.id == h.repo && r.revision == h.revision)
-        });
-        for f in &h.files {
-            if crate::fetch::is_pattern(f) {
-                n_patterns += 1;
-                let files: Vec<&str> = locked
-                    .map(|r| r.files.iter().map(|lf| lf.path.as_str()).collect())
-                    .unwrap_or_default();
-                let matched: Vec<&crate::fetch::LockedFile> = match glob::Pattern::new(f) {
-                    Ok(p) => crate::fetch::matching(&p, &files)
-                        .into_iter()
-                        .filter_map(|m| locked?.files.iter().find(|lf| lf.path == m))
-                        .collect(),
-                    Err(_) => Vec::new(),
-                };
-                if matched.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "      {f}  (pattern: matched against the repo's files at fetch)"
-                    );
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "      {f}  (pattern: {} files in the lock)",
-                        matched.len()
-                    );
-                    for lf in matched {
-                        n_files += 1;
-                        let _ = writeln!(
+        for f in &self.files {
+            match f {
+                FetchFile::File { path, sha256 } => {
+                    let sha = sha256.as_ref().map(|s| format!("  sha256 {s}"));
+                    writeln!(out, "      {path}{}", sha.unwrap_or_default())?;
+                }
+                FetchFile::Pattern { pattern, locked } if locked.is_empty() => writeln!(
+                    out,
+                    "      {pattern}  (pattern: matched against the repo's files at fetch)"
+                )?,
+                FetchFile::Pattern { pattern, locked } => {
+                    let n = locked.len();
+                    writeln!(out, "      {pattern}  (pattern: {n} files in the lock)")?;
+                    for lf in locked {
+                        writeln!(
                             out,
                             "      {}  {} bytes  sha256 {}",
                             lf.path, lf.size, lf.sha256
-                        );
+                        )?;
                     }
                 }
-            } else {
-                n_files += 1;
-                let sha = h
-                    .sha256
-                    .get(f)
-                    .map(|s| format!("  sha256 {s}"))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "      {f}{sha}");
             }
         }
-        (n_files, n_patterns)
-    };
-    let _ = writeln!(out, "sources   {}", manifest.sources.len());
-    for s in &manifest.sources {
-        let subset = s.class_subset();
-        let take = match (s.limit, limit) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let _ = writeln!(
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Location::Hub(h) => write!(out, "{h}"),
+            Location::Url { url, sha256 } => writeln!(out, "    url {url}  sha256 {sha256}"),
+            Location::Local(paths) => paths
+                .iter()
+                .try_for_each(|p| writeln!(out, "    local {}", p.display())),
+            Location::Nothing => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for DryRun {
+    fn fmt(&self, out: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let g = &self.grid;
+        writeln!(out, "manifest  {}", self.manifest.display())?;
+        writeln!(
             out,
-            "  {}  format {}, labels {}, classes {} ({}){}",
-            s.origin,
-            s.format.name(),
-            s.labels.name(),
-            subset.name(),
-            subset.class_count(),
-            take.map(|n| format!(", limit {n} rows spread over the source"))
-                .unwrap_or_default()
-        );
-        match &s.hub {
-            Some(h) => {
-                let (f, p) = hub_lines(&mut out, h, "dataset");
-                n_files += f;
-                n_patterns += p;
-            }
-            None => {
-                for p in &s.path {
-                    let _ = writeln!(out, "    local {}", p.display());
-                }
+            "build     {} -> {}",
+            self.build,
+            self.run_dir.display()
+        )?;
+        writeln!(
+            out,
+            "zoom      {} scales x {}x{} anchors = {} transforms per image, crop {} px",
+            g.scales.len(),
+            g.anchors,
+            g.anchors,
+            g.len(),
+            g.crop_size
+        )?;
+        writeln!(out, "sources   {}", self.sources.len())?;
+        for s in &self.sources {
+            writeln!(out, "  {}  {}", s.origin, s.description)?;
+            write!(out, "{}", s.from)?;
+            if let Some(t) = &s.terms {
+                writeln!(out, "    terms: {t}")?;
             }
         }
-        if let Some(t) = &s.terms {
-            let _ = writeln!(out, "    terms: {t}");
+        writeln!(out, "models    {}", self.models.len())?;
+        for m in &self.models {
+            writeln!(out, "  {}  architecture {}", m.name, m.architecture)?;
+            write!(out, "{}", m.from)?;
         }
-    }
-    let _ = writeln!(out, "models    {}", manifest.models.len());
-    for m in &manifest.models {
-        let _ = writeln!(out, "  {}  architecture {}", m.name, m.architecture.name());
-        match (&m.hub, &m.url, &m.path) {
-            (Some(h), _, _) => {
-                let (f, p) = hub_lines(&mut out, h, "model");
-                n_files += f;
-                n_patterns += p;
-            }
-            (None, Some(u), _) => {
-                n_files += 1;
-                let _ = writeln!(out, "    url {}  sha256 {}", u.url, u.sha256);
-            }
-            (None, None, Some(p)) => {
-                let _ = writeln!(out, "    local {}", p.display());
-            }
-            _ => {}
-        }
-    }
-    let _ = writeln!(
-        out,
-        "to fetch  {n_files} files{}; nothing was downloaded (dry run)",
-        if n_patterns > 0 {
-            format!(" and {n_patterns} patterns")
+        let origins = self.sources.iter().map(|s| &s.from);
+        let (files, patterns) = origins
+            .chain(self.models.iter().map(|m| &m.from))
+            .map(Location::counts)
+            .fold((0, 0), |(f, p), (a, b)| (f + a, p + b));
+        let patterns = if patterns > 0 {
+            format!(" and {patterns} patterns")
         } else {
             String::new()
-        }
-    );
-    out
+        };
+        writeln!(
+            out,
+            "to fetch  {files} files{patterns}; nothing was downloaded (dry run)"
+        )
+    }
 }

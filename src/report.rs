@@ -12,7 +12,7 @@ use crate::analysis::{
     anchor_bounds, anchor_counts, greedy_cover, random_baseline, scale_groups, GroupBound, Hits,
 };
 use crate::plan::Plan;
-use crate::select::{load_source, Relabel, SelectError, Selection};
+use crate::select::{load_source, Relabel, ScannedImage, SelectError, Selection};
 use crate::zoom::Transform;
 
 /// Greedy picks behind the "36-crop" bound (protocol §3).
@@ -169,38 +169,208 @@ fn selection_labels(selection: &Selection) -> Result<Option<Relabel>, ReportErro
     Ok(Some(relabel))
 }
 
-/// Compute every analysis and write the report folder.
+/// The report's values before anything is drawn or written: the JSON's
+/// content and the heatmaps its `bias` rows name.
+pub struct Analysis {
+    pub report: Report,
+    pub heatmaps: Vec<Heatmap>,
+}
+
+/// One positional-bias picture: what `plot::bias_heatmap` draws into `png`.
+pub struct Heatmap {
+    pub png: String,
+    pub title: String,
+    pub subtitle: String,
+    pub bounds: Vec<Vec<f64>>,
+    pub counts: Vec<Vec<usize>>,
+    pub picks: usize,
+}
+
+/// Compute every analysis, then write the report folder.
 pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError> {
-    let dir = report_dir(&plan.run_dir);
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| crate::util::remove_stale_temps(&dir).map(drop))
-        .map_err(|source| ReportError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+    let analysis = analyse(plan, selection)?;
+    write(plan, selection, &analysis)
+}
+
+/// Per-model tables of one run, filled source by source.
+#[derive(Default)]
+struct Tables {
+    table1: Vec<Table1Row>,
+    scale_rows: Vec<ScaleRow>,
+    bias: Vec<BiasRow>,
+    heatmaps: Vec<Heatmap>,
+    centre_shares: Vec<f64>,
+    first_solvers: Vec<FirstSolverRow>,
+}
+
+/// What every model's rows are computed against.
+struct Context<'a> {
+    plan: &'a Plan,
+    models: Vec<String>,
+    names: Vec<String>,
+    one_crop: Option<usize>,
+    /// A first-hit scan stopped at each image's first correct transform:
+    /// the bounds hold, the transform-by-transform analyses do not.
+    exhaustive: bool,
+}
+
+impl Tables {
+    /// A curate scan stopped every model at the first hit of any: only who
+    /// solved each image first is known (its one correct pair).
+    fn add_first_solvers(&mut self, cx: &Context, origin: &str, images: &[ScannedImage]) {
+        let mut counts = vec![0usize; cx.models.len()];
+        for im in images {
+            if let Some(m) = im.correct.iter().position(|c| c.iter().any(|&x| x)) {
+                counts[m] += 1;
+            }
+        }
+        for (model, n) in cx.models.iter().zip(counts) {
+            self.first_solvers.push(FirstSolverRow {
+                origin: origin.to_string(),
+                model: model.clone(),
+                images: n,
+                scanned: images.len(),
+            });
+        }
+    }
+
+    /// Table 1's row of model `mi` on one source and, for an exhaustive
+    /// scan, its scale groups and positional bias.
+    fn add_model(&mut self, cx: &Context, origin: &str, mi: usize, images: &[ScannedImage]) {
+        let grid = &cx.plan.grid;
+        let model = &cx.models[mi];
+        let hits = Hits::from_rows(
+            images.iter().map(|im| im.correct[mi].as_slice()),
+            grid.len(),
+        );
+        let cover = cx.exhaustive.then(|| greedy_cover(&hits));
+        self.table1.push(Table1Row {
+            origin: origin.to_string(),
+            model: model.clone(),
+            images: images.len(),
+            one_crop: cx.one_crop.map(|t| hits.bound([t])),
+            cover_bound: cover.as_ref().map(|c| c.bound_at(COVER_PICKS)),
+            upper_bound: hits.upper_bound(),
+            cover_size: cover.as_ref().map(|c| c.picks.len()),
+            cover_picks: cover
+                .iter()
+                .flat_map(|c| c.picks.iter().take(COVER_PICKS))
+                .map(|&t| cx.names[t].clone())
+                .collect(),
+        });
+        let Some(cover) = cover else { return };
+        self.scale_rows.push(ScaleRow {
+            origin: origin.to_string(),
+            model: model.clone(),
+            groups: scale_groups(&hits, grid),
+        });
+        let bounds = anchor_bounds(&hits, grid);
+        let first: Vec<usize> = cover.picks.iter().take(COVER_PICKS).copied().collect();
+        let counts = anchor_counts(&first, grid);
+        let n = bounds.len();
+        let centre = bounds[n / 2][n / 2];
+        if !first.is_empty() {
+            self.centre_shares
+                .push(counts[n / 2][n / 2] as f64 / first.len() as f64);
+        }
+        let png = format!(
+            "bias-{}-{}.png",
+            crate::util::file_stem(origin),
+            crate::util::file_stem(model)
+        );
+        self.heatmaps.push(Heatmap {
+            png: png.clone(),
+            title: format!("{model} on {origin}"),
+            subtitle: format!(
+                "per-anchor upper bound (rows top to bottom) over {} scales, {} images; first {} greedy picks",
+                grid.scales.len(),
+                images.len(),
+                first.len()
+            ),
+            bounds: bounds.clone(),
+            counts: counts.clone(),
+            picks: first.len(),
+        });
+        self.bias.push(BiasRow {
+            origin: origin.to_string(),
+            model: model.clone(),
+            minus_centre: bounds
+                .iter()
+                .map(|r| r.iter().map(|v| v - centre).collect())
+                .collect(),
+            anchor_bounds: bounds,
+            pick_counts: counts,
+            png,
+        });
+    }
+}
+
+/// Per model: hard images it solves under some transform, and (exhaustive
+/// scans) the images outside the hard set that it alone barely solves.
+fn count_closest(
+    closest: &mut [Closest],
+    images: &[ScannedImage],
+    is_hard: impl Fn(u64) -> bool,
+    exhaustive: bool,
+) {
+    for im in images {
+        if is_hard(im.row) {
+            for (c, row) in closest.iter_mut().zip(&im.correct) {
+                c.solves_hard += row.iter().any(|&x| x) as usize;
+            }
+        } else if exhaustive {
+            if let Some(m) = crate::analysis::near_miss_solver(&im.correct) {
+                closest[m].near_misses += 1;
+            }
+        }
+    }
+}
+
+/// The 20 labels most hard images carry: (index, name, images), most first.
+fn top_labels(selection: &Selection) -> Vec<(i64, String, usize)> {
+    let mut label_counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for h in &selection.hard {
+        for &l in &h.labels {
+            *label_counts.entry(l).or_default() += 1;
+        }
+    }
+    let mut top: Vec<(i64, String, usize)> = label_counts
+        .into_iter()
+        .map(|(l, n)| {
+            (
+                l,
+                crate::labels::class_name(l).unwrap_or("?").to_string(),
+                n,
+            )
+        })
+        .collect();
+    top.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    top.truncate(20);
+    top
+}
+
+/// Every analysis of the run as values, from the stored records (nothing
+/// is written).
+pub fn analyse(plan: &Plan, selection: &Selection) -> Result<Analysis, ReportError> {
     let relabel = selection_labels(selection)?;
-    let models = plan.model_names();
     let grid = &plan.grid;
-    // A first-hit scan stopped at each image's first correct transform: the
-    // bounds hold, the transform-by-transform analyses do not.
-    let exhaustive = plan.scan_mode == crate::manifest::ScanMode::Exhaustive;
-    // A curate scan stopped every model at the first hit of any: only the
-    // hard set and who solved first are known.
+    let cx = Context {
+        plan,
+        models: plan.model_names(),
+        names: grid.transforms().iter().map(Transform::to_string).collect(),
+        one_crop: grid.index_of(Transform::ONE_CROP),
+        exhaustive: plan.scan_mode == crate::manifest::ScanMode::Exhaustive,
+    };
     let curate = plan.scan_mode == crate::manifest::ScanMode::Curate;
-    let mut first_solvers = Vec::new();
-    let names: Vec<String> = grid.transforms().iter().map(Transform::to_string).collect();
-    let one_crop = grid.index_of(Transform::ONE_CROP);
     let hard_rows: BTreeSet<(&str, u64)> = selection
         .hard
         .iter()
         .map(|h| (h.origin.as_str(), h.row))
         .collect();
-    let mut files = Vec::new();
-    let mut table1 = Vec::new();
+    let mut tables = Tables::default();
     let mut random = Vec::new();
-    let mut scale_rows = Vec::new();
-    let mut bias = Vec::new();
-    let mut closest: Vec<Closest> = models
+    let mut closest: Vec<Closest> = cx
+        .models
         .iter()
         .map(|m| Closest {
             model: m.clone(),
@@ -208,7 +378,6 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
             near_misses: 0,
         })
         .collect();
-    let mut centre_shares = Vec::new();
     for source in &plan.sources {
         let (images, _, _) = load_source(plan, source, relabel.as_ref())?;
         let classes = source.class_subset.class_count();
@@ -220,131 +389,17 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
             upper_bound: random_baseline(grid.len(), classes),
         });
         if curate {
-            // Each solved image has exactly one correct pair: its stopper.
-            let mut counts = vec![0usize; models.len()];
-            for im in &images {
-                if let Some(m) = im.correct.iter().position(|c| c.iter().any(|&x| x)) {
-                    counts[m] += 1;
-                }
-            }
-            for (model, n) in models.iter().zip(counts) {
-                first_solvers.push(FirstSolverRow {
-                    origin: source.origin.clone(),
-                    model: model.clone(),
-                    images: n,
-                    scanned: images.len(),
-                });
-            }
+            tables.add_first_solvers(&cx, &source.origin, &images);
             continue;
         }
-        for (mi, model) in models.iter().enumerate() {
-            let hits = Hits::from_rows(
-                images.iter().map(|im| im.correct[mi].as_slice()),
-                grid.len(),
-            );
-            let cover = exhaustive.then(|| greedy_cover(&hits));
-            table1.push(Table1Row {
-                origin: source.origin.clone(),
-                model: model.clone(),
-                images: images.len(),
-                one_crop: one_crop.map(|t| hits.bound([t])),
-                cover_bound: cover.as_ref().map(|c| c.bound_at(COVER_PICKS)),
-                upper_bound: hits.upper_bound(),
-                cover_size: cover.as_ref().map(|c| c.picks.len()),
-                cover_picks: cover
-                    .iter()
-                    .flat_map(|c| c.picks.iter().take(COVER_PICKS))
-                    .map(|&t| names[t].clone())
-                    .collect(),
-            });
-            let Some(cover) = cover else { continue };
-            scale_rows.push(ScaleRow {
-                origin: source.origin.clone(),
-                model: model.clone(),
-                groups: scale_groups(&hits, grid),
-            });
-            let bounds = anchor_bounds(&hits, grid);
-            let first: Vec<usize> = cover.picks.iter().take(COVER_PICKS).copied().collect();
-            let counts = anchor_counts(&first, grid);
-            let n = bounds.len();
-            let centre = bounds[n / 2][n / 2];
-            if !first.is_empty() {
-                centre_shares.push(counts[n / 2][n / 2] as f64 / first.len() as f64);
-            }
-            let png = format!(
-                "bias-{}-{}.png",
-                crate::util::file_stem(&source.origin),
-                crate::util::file_stem(model)
-            );
-            crate::plot::bias_heatmap(
-                &dir.join(&png),
-                &format!("{model} on {}", source.origin),
-                &format!(
-                    "per-anchor upper bound (rows top to bottom) over {} scales, {} images; first {} greedy picks",
-                    grid.scales.len(),
-                    images.len(),
-                    first.len()
-                ),
-                &bounds,
-                &counts,
-                first.len(),
-            )?;
-            files.push(dir.join(&png));
-            bias.push(BiasRow {
-                origin: source.origin.clone(),
-                model: model.clone(),
-                minus_centre: bounds
-                    .iter()
-                    .map(|r| r.iter().map(|v| v - centre).collect())
-                    .collect(),
-                anchor_bounds: bounds,
-                pick_counts: counts,
-                png,
-            });
+        for mi in 0..cx.models.len() {
+            tables.add_model(&cx, &source.origin, mi, &images);
         }
-        for im in &images {
-            let solved: Vec<usize> = im
-                .correct
-                .iter()
-                .map(|c| c.iter().filter(|&&x| x).count())
-                .collect();
-            if hard_rows.contains(&(source.origin.as_str(), im.row)) {
-                for (c, &s) in closest.iter_mut().zip(&solved) {
-                    c.solves_hard += (s > 0) as usize;
-                }
-            } else if exhaustive {
-                if let Some(m) = crate::analysis::near_miss_solver(&im.correct) {
-                    closest[m].near_misses += 1;
-                }
-            }
-        }
+        let origin = source.origin.as_str();
+        let is_hard = |row| hard_rows.contains(&(origin, row));
+        count_closest(&mut closest, &images, is_hard, cx.exhaustive);
     }
-    let mut label_counts: BTreeMap<i64, usize> = BTreeMap::new();
-    for h in &selection.hard {
-        for &l in &h.labels {
-            *label_counts.entry(l).or_default() += 1;
-        }
-    }
-    let mut top_labels: Vec<(i64, String, usize)> = label_counts
-        .into_iter()
-        .map(|(l, n)| {
-            (
-                l,
-                crate::labels::class_name(l).unwrap_or("?").to_string(),
-                n,
-            )
-        })
-        .collect();
-    top_labels.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-    top_labels.truncate(20);
-    let contact_sheet = if selection.hard.is_empty() {
-        None
-    } else {
-        let name = "hard-contact-sheet.png".to_string();
-        write_contact_sheet(plan, selection, &dir.join(&name))?;
-        files.push(dir.join(&name));
-        Some(name)
-    };
+    let shares = &tables.centre_shares;
     let report = Report {
         name: plan.name.clone(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -353,37 +408,63 @@ pub fn report(plan: &Plan, selection: &Selection) -> Result<Written, ReportError
         scan_dtype: plan.scan_dtype,
         transforms: grid.len(),
         cover_picks: COVER_PICKS,
-        table1,
+        table1: tables.table1,
         random,
-        scale_groups: scale_rows,
-        bias,
-        centre_pick_share: if centre_shares.is_empty() {
+        scale_groups: tables.scale_rows,
+        bias: tables.bias,
+        centre_pick_share: if shares.is_empty() {
             0.0
         } else {
-            centre_shares.iter().sum::<f64>() / centre_shares.len() as f64
+            shares.iter().sum::<f64>() / shares.len() as f64
         },
         hard: HardSummary {
             total: selection.hard.len(),
             scanned: selection.scanned.values().sum(),
             per_origin: selection.hard_per_origin(),
-            top_labels,
+            top_labels: top_labels(selection),
             closest,
-            contact_sheet,
+            contact_sheet: (!selection.hard.is_empty()).then(|| CONTACT_SHEET.to_string()),
         },
-        first_solvers,
+        first_solvers: tables.first_solvers,
     };
+    Ok(Analysis {
+        report,
+        heatmaps: tables.heatmaps,
+    })
+}
+
+/// The contact sheet's file name in the report folder.
+const CONTACT_SHEET: &str = "hard-contact-sheet.png";
+
+/// Draw the analysis' pictures and write `report.json` and `report.md`.
+pub fn write(
+    plan: &Plan,
+    selection: &Selection,
+    analysis: &Analysis,
+) -> Result<Written, ReportError> {
+    let dir = report_dir(&plan.run_dir);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| crate::util::remove_stale_temps(&dir).map(drop))
+        .map_err(io(&dir))?;
+    let mut files = Vec::new();
+    for h in &analysis.heatmaps {
+        let path = dir.join(&h.png);
+        crate::plot::bias_heatmap(&path, &h.title, &h.subtitle, &h.bounds, &h.counts, h.picks)?;
+        files.push(path);
+    }
+    if let Some(name) = &analysis.report.hard.contact_sheet {
+        write_contact_sheet(plan, selection, &dir.join(name))?;
+        files.push(dir.join(name));
+    }
     let json = dir.join("report.json");
-    crate::util::write_json(&json, &report).map_err(|source| ReportError::Io {
-        path: json.clone(),
-        source,
-    })?;
+    crate::util::write_json(&json, &analysis.report).map_err(io(&json))?;
     let md = dir.join("report.md");
-    crate::util::write_atomic(&md, report.markdown(plan).as_bytes()).map_err(|source| {
-        ReportError::Io {
-            path: md.clone(),
-            source,
-        }
-    })?;
+    let text = analysis.report.markdown(plan);
+    crate::util::write_atomic(&md, text.as_bytes()).map_err(io(&md))?;
     files.push(json);
     files.push(md);
     Ok(Written { dir, files })

@@ -215,31 +215,15 @@ fn logits_in_batches(
     Ok(out)
 }
 
-/// Run `predictor` (named `model_name`, from `model_provenance`, with its
-/// evaluation view `pre`) over `shards`; each scored image also goes to
-/// `per_sample`, in dataset order.
-pub fn evaluate(
-    predictor: Predictor,
-    model_name: &str,
-    model_provenance: &str,
-    pre: EvalPreprocess,
-    shards: &Shards,
+/// The MEMO settings a predictor and options call for, or why they do not
+/// fit: an adaptable model needs a MEMO view set and a MEMO-sized crop, and
+/// a MEMO view set needs an adaptable model.
+fn memo_setup(
+    predictor: &Predictor,
     opts: &EvalOptions,
-    mut per_sample: Option<&mut PerSampleWriter>,
-) -> Result<EvalReport, EvalError> {
-    let source = Source {
-        container: Container::Parquet {
-            files: shards.files.clone(),
-            image_column: "image".into(),
-            label_column: "label".into(),
-            origin_column: Some("origin".into()),
-        },
-        labels: LabelConvention::Imagenet1kIndex,
-        limit: opts.limit,
-    };
-    let batch = opts.batch_size.max(1);
-    let crop = opts.tta.crop_size(&pre) as usize;
-    let memo = match predictor {
+    crop: usize,
+) -> Result<Option<MemoConfig>, EvalError> {
+    match predictor {
         Predictor::Memo { config, .. } => {
             if !opts.tta.is_memo() {
                 return Err(EvalError::Setup(format!(
@@ -253,64 +237,75 @@ pub fn evaluate(
                     augment::VIEW_SIZE
                 )));
             }
-            Some(config)
+            Ok(Some(*config))
         }
-        Predictor::Fixed(_) if opts.tta.is_memo() => {
-            return Err(EvalError::Setup(format!(
-                "--tta {} adapts the model per image; it needs a ResNet loaded for adaptation",
-                opts.tta.name()
-            )))
-        }
-        Predictor::Fixed(_) => None,
-    };
-    let pools = opts.tta != Tta::None && !opts.tta.is_memo();
-    let mut report = EvalReport {
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        model: model_name.into(),
-        model_provenance: model_provenance.into(),
-        dataset: shards.dataset.clone(),
-        dataset_revision: shards.revision.clone(),
-        files: shards.names.clone(),
-        config: EvalConfig {
-            tta: opts.tta,
-            aggregate: pools.then_some(opts.aggregate),
-            limit: opts.limit,
-            batch_size: batch,
-            views_per_image: memo.map_or(opts.tta.views_per_image(), |m| m.views),
-            crop_size: crop as u32,
-            memo,
-            subset_by_origin: opts.subset_by_origin,
-            precision: match &predictor {
-                Predictor::Fixed(c) => c.precision(),
-                Predictor::Memo { .. } => crate::models::Precision::F32,
-            },
+        Predictor::Fixed(_) if opts.tta.is_memo() => Err(EvalError::Setup(format!(
+            "--tta {} adapts the model per image; it needs a ResNet loaded for adaptation",
+            opts.tta.name()
+        ))),
+        Predictor::Fixed(_) => Ok(None),
+    }
+}
+
+/// The shards read as a source: the image, label and origin columns.
+fn shards_source(shards: &Shards, limit: Option<u64>) -> Source {
+    Source {
+        container: Container::Parquet {
+            files: shards.files.clone(),
+            image_column: "image".into(),
+            label_column: "label".into(),
+            origin_column: Some("origin".into()),
         },
-        preprocess: pre,
-        overall: Score::default(),
-        per_origin: BTreeMap::new(),
-        skipped: BTreeMap::new(),
-    };
-    let subset_of = |origin: &str| {
-        if opts.subset_by_origin {
+        labels: LabelConvention::Imagenet1kIndex,
+        limit,
+    }
+}
+
+/// One evaluation in progress: the report so far, the crops waiting for a
+/// forward pass and their images.
+struct Run<'a, 'w> {
+    report: EvalReport,
+    per_sample: Option<&'w mut PerSampleWriter>,
+    opts: &'a EvalOptions,
+    pre: EvalPreprocess,
+    crop: usize,
+    batch: usize,
+    /// Views are pooled into one score (TTA other than none and MEMO).
+    pools: bool,
+    input: Vec<f32>,
+    pending: Vec<Pending>,
+    bar: indicatif::ProgressBar,
+}
+
+impl Run<'_, '_> {
+    fn plane(&self) -> usize {
+        3 * self.crop * self.crop
+    }
+
+    /// The classes an origin's images are scored over.
+    fn subset_of(&self, origin: &str) -> ClassSubset {
+        if self.opts.subset_by_origin {
             origin_subset(origin)
         } else {
             ClassSubset::Imagenet1k
         }
-    };
-    // Score one image from its class scores.
-    let mut record = |report: &mut EvalReport, p: Pending, scores: Vec<f32>, seconds: f64| {
-        let top5 = top_k(&restrict(scores, subset_of(&p.origin)), 5);
+    }
+
+    /// Score one image from its class scores.
+    fn record(&mut self, p: Pending, scores: Vec<f32>, seconds: f64) -> Result<(), EvalError> {
+        let top5 = top_k(&restrict(scores, self.subset_of(&p.origin)), 5);
         let hit1 = top5
             .first()
             .is_some_and(|&c| p.labels.contains(&(c as i64)));
         let hit5 = top5.iter().any(|&c| p.labels.contains(&(c as i64)));
-        report.overall.add(hit1, hit5, seconds);
-        report
+        self.report.overall.add(hit1, hit5, seconds);
+        self.report
             .per_origin
             .entry(p.origin.clone())
             .or_default()
             .add(hit1, hit5, seconds);
-        match per_sample.as_deref_mut() {
+        self.bar.inc(1);
+        match self.per_sample.as_deref_mut() {
             Some(w) => w.write(&Sample {
                 id: p.id,
                 origin: p.origin,
@@ -321,63 +316,180 @@ pub fn evaluate(
             }),
             None => Ok(()),
         }
-    };
-    let plane = 3 * crop * crop;
-    let mut input: Vec<f32> = Vec::with_capacity(batch * plane);
-    let mut pending: Vec<Pending> = Vec::new();
-    let bar = crate::util::progress(source.row_count_hint().unwrap_or(0), "eval");
-    type Record<'r> =
-        dyn FnMut(&mut EvalReport, Pending, Vec<f32>, f64) -> Result<(), EvalError> + 'r;
-    let flush = |model: &Classifier,
-                 input: &mut Vec<f32>,
-                 pending: &mut Vec<Pending>,
-                 report: &mut EvalReport,
-                 record: &mut Record|
-     -> Result<(), EvalError> {
-        let n: usize = pending.iter().map(|p| p.views).sum();
+    }
+
+    /// Queue an image's views; run the model once a batch is full.
+    fn push(
+        &mut self,
+        model: &Classifier,
+        mut p: Pending,
+        views: &[crate::zoom::RgbImage],
+        started: Instant,
+    ) -> Result<(), EvalError> {
+        let plane = self.plane();
+        for view in views {
+            let start = self.input.len();
+            self.input.resize(start + plane, 0.0);
+            normalise_chw(view, self.pre.mean, self.pre.std, &mut self.input[start..]);
+        }
+        p.views = views.len();
+        p.seconds = started.elapsed().as_secs_f64();
+        self.pending.push(p);
+        if self.input.len() >= self.batch * plane {
+            self.flush(model)?;
+        }
+        Ok(())
+    }
+
+    /// Run the model on the queued views and score their images.
+    fn flush(&mut self, model: &Classifier) -> Result<(), EvalError> {
+        let n: usize = self.pending.iter().map(|p| p.views).sum();
         if n == 0 {
             return Ok(());
         }
         let started = Instant::now();
-        let logits = logits_in_batches(model, input, n, crop, batch)?;
+        let logits = logits_in_batches(model, &self.input, n, self.crop, self.batch)?;
         let per_view = started.elapsed().as_secs_f64() / n as f64;
         let classes = logits.len() / n;
         let mut offset = 0;
-        for p in pending.drain(..) {
+        for p in std::mem::take(&mut self.pending) {
             let own = &logits[offset * classes..(offset + p.views) * classes];
             offset += p.views;
             // Without TTA the logits rank the classes themselves.
-            let scores = if pools {
+            let scores = if self.pools {
                 let views: Vec<&[f32]> = own.chunks_exact(classes).collect();
-                aggregate(&views, opts.aggregate)
+                aggregate(&views, self.opts.aggregate)
             } else {
                 own.to_vec()
             };
             let seconds = p.seconds + per_view * p.views as f64;
-            record(report, p, scores, seconds)?;
-            bar.inc(1);
+            self.record(p, scores, seconds)?;
         }
-        input.clear();
+        self.input.clear();
         Ok(())
+    }
+
+    /// One MEMO episode: adapt on the image's augmented views, predict its
+    /// test view, score it.
+    #[allow(clippy::too_many_arguments)]
+    fn memo(
+        &mut self,
+        net: &AdaptResNet,
+        cfg: MemoConfig,
+        img: &crate::zoom::RgbImage,
+        test_view: &crate::zoom::RgbImage,
+        index: usize,
+        mut p: Pending,
+        started: Instant,
+    ) -> Result<(), EvalError> {
+        let kind = match self.opts.tta {
+            Tta::MemoAugmix => MemoViews::AugMix,
+            _ => MemoViews::Zoom,
+        };
+        let (mean, std) = (self.pre.mean, self.pre.std);
+        let mut rng = augment::Rng::for_image(cfg.seed, index as u64);
+        let views = augment::memo_views(kind, img, cfg.views, &mut rng, mean, std);
+        let mut test = vec![0f32; self.plane()];
+        normalise_chw(test_view, mean, std, &mut test);
+        let classes: Option<Vec<u32>> = match self.subset_of(&p.origin) {
+            ClassSubset::Imagenet1k => None,
+            s => Some(s.indices().into_iter().map(|i| i as u32).collect()),
+        };
+        let step = MemoStep {
+            prior_strength: cfg.prior_strength,
+            lr: cfg.lr,
+        };
+        let episode = net.memo_episode(&views, &test, self.crop, classes.as_deref(), step)?;
+        p.views = 1;
+        let seconds = started.elapsed().as_secs_f64();
+        self.record(p, episode.logits, seconds)
+    }
+}
+
+/// The report's header and empty scores for one evaluation.
+fn empty_report(
+    (model_name, model_provenance): (&str, &str),
+    pre: EvalPreprocess,
+    shards: &Shards,
+    config: EvalConfig,
+) -> EvalReport {
+    EvalReport {
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        model: model_name.into(),
+        model_provenance: model_provenance.into(),
+        dataset: shards.dataset.clone(),
+        dataset_revision: shards.revision.clone(),
+        files: shards.names.clone(),
+        config,
+        preprocess: pre,
+        overall: Score::default(),
+        per_origin: BTreeMap::new(),
+        skipped: BTreeMap::new(),
+    }
+}
+
+/// Run `predictor` (named `model_name`, from `model_provenance`, with its
+/// evaluation view `pre`) over `shards`; each scored image also goes to
+/// `per_sample`, in dataset order.
+pub fn evaluate(
+    predictor: Predictor,
+    model_name: &str,
+    model_provenance: &str,
+    pre: EvalPreprocess,
+    shards: &Shards,
+    opts: &EvalOptions,
+    per_sample: Option<&mut PerSampleWriter>,
+) -> Result<EvalReport, EvalError> {
+    let source = shards_source(shards, opts.limit);
+    let batch = opts.batch_size.max(1);
+    let crop = opts.tta.crop_size(&pre) as usize;
+    let memo = memo_setup(&predictor, opts, crop)?;
+    let pools = opts.tta != Tta::None && !opts.tta.is_memo();
+    let config = EvalConfig {
+        tta: opts.tta,
+        aggregate: pools.then_some(opts.aggregate),
+        limit: opts.limit,
+        batch_size: batch,
+        views_per_image: memo.map_or(opts.tta.views_per_image(), |m| m.views),
+        crop_size: crop as u32,
+        memo,
+        subset_by_origin: opts.subset_by_origin,
+        precision: match &predictor {
+            Predictor::Fixed(c) => c.precision(),
+            Predictor::Memo { .. } => crate::models::Precision::F32,
+        },
+    };
+    let report = empty_report((model_name, model_provenance), pre, shards, config);
+    let mut run = Run {
+        report,
+        per_sample,
+        opts,
+        pre,
+        crop,
+        batch,
+        pools,
+        input: Vec::with_capacity(batch * 3 * crop * crop),
+        pending: Vec::new(),
+        bar: crate::util::progress(source.row_count_hint().unwrap_or(0), "eval"),
     };
     for (index, outcome) in source.rows().enumerate() {
         let started = Instant::now();
         let rec = match outcome? {
             Ok(r) => r,
             Err(skip) => {
-                *report.skipped.entry(skip.reason).or_default() += 1;
+                *run.report.skipped.entry(skip.reason).or_default() += 1;
                 continue;
             }
         };
         let img = match decode_rgb(&rec.image, DecodeLimits::default()) {
             Ok(i) => i,
             Err(e) => {
-                *report.skipped.entry(e.reason().into()).or_default() += 1;
+                *run.report.skipped.entry(e.reason().into()).or_default() += 1;
                 continue;
             }
         };
         let origin = rec.origin.unwrap_or_else(|| "unknown".into());
-        let mut p = Pending {
+        let p = Pending {
             id: rec
                 .path
                 .filter(|p| !p.is_empty())
@@ -389,49 +501,17 @@ pub fn evaluate(
         };
         let test_view = opts.tta.views(&img, &pre);
         match predictor {
-            Predictor::Memo { net, config: cfg } => {
-                let kind = match opts.tta {
-                    Tta::MemoAugmix => MemoViews::AugMix,
-                    _ => MemoViews::Zoom,
-                };
-                let mut rng = augment::Rng::for_image(cfg.seed, index as u64);
-                let views = augment::memo_views(kind, &img, cfg.views, &mut rng, pre.mean, pre.std);
-                let mut test = vec![0f32; plane];
-                normalise_chw(&test_view[0], pre.mean, pre.std, &mut test);
-                let classes: Option<Vec<u32>> = match subset_of(&p.origin) {
-                    ClassSubset::Imagenet1k => None,
-                    s => Some(s.indices().into_iter().map(|i| i as u32).collect()),
-                };
-                let step = MemoStep {
-                    prior_strength: cfg.prior_strength,
-                    lr: cfg.lr,
-                };
-                let episode = net.memo_episode(&views, &test, crop, classes.as_deref(), step)?;
-                p.views = 1;
-                let seconds = started.elapsed().as_secs_f64();
-                record(&mut report, p, episode.logits, seconds)?;
-                bar.inc(1);
+            Predictor::Memo { net, config } => {
+                run.memo(net, config, &img, &test_view[0], index, p, started)?
             }
-            Predictor::Fixed(model) => {
-                for view in &test_view {
-                    let start = input.len();
-                    input.resize(start + plane, 0.0);
-                    normalise_chw(view, pre.mean, pre.std, &mut input[start..]);
-                }
-                p.views = test_view.len();
-                p.seconds = started.elapsed().as_secs_f64();
-                pending.push(p);
-                if input.len() >= batch * plane {
-                    flush(model, &mut input, &mut pending, &mut report, &mut record)?;
-                }
-            }
+            Predictor::Fixed(model) => run.push(model, p, &test_view, started)?,
         }
     }
     if let Predictor::Fixed(model) = predictor {
-        flush(model, &mut input, &mut pending, &mut report, &mut record)?;
+        run.flush(model)?;
     }
-    bar.finish_and_clear();
-    Ok(report)
+    run.bar.finish_and_clear();
+    Ok(run.report)
 }
 
 impl EvalReport {

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use super::unit::{Scanned, UnitScan, ViewScorer};
+use super::driver::{Scanned, UnitScan, ViewScorer};
 use super::ScanError;
 use crate::zoom::RgbImage;
 
@@ -20,18 +20,18 @@ struct Hunt {
     done: bool,
 }
 
-/// Scan the unit; false when it stopped early (its claim was taken over).
-pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanError> {
-    let (plan, unit, source) = (scan.plan, scan.unit, scan.source);
-    // The plan's pairs over the unit's models (a curate unit holds them all).
-    let order: Vec<(usize, usize)> = plan
+/// The plan's (model, transform) pairs over the unit's models (a curate
+/// unit holds them all), models numbered within the unit.
+fn pair_order(scan: &UnitScan) -> Result<Vec<(usize, usize)>, ScanError> {
+    let order: Vec<(usize, usize)> = scan
+        .plan
         .curate
         .as_ref()
         .map(|c| c.pairs.as_slice())
         .unwrap_or_default()
         .iter()
         .filter_map(|&(m, t)| {
-            let local = unit.models.iter().position(|&u| u == m as usize)?;
+            let local = scan.unit.models.iter().position(|&u| u == m as usize)?;
             Some((local, t as usize))
         })
         .collect();
@@ -40,8 +40,81 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
             "the plan has no curate order: make the plan again with `imagenet-hard plan`".into(),
         ));
     }
-    let batch = plan.batch_size.max(1);
+    Ok(order)
+}
+
+/// Each unfinished image's next few pairs (`batch` crops shared among
+/// them), run model by model in batches of at most `batch` crops: per
+/// image in `live`, the top-1 class of each pair taken (empty if done).
+fn score_round(
+    scan: &mut UnitScan,
+    scorer: &mut ViewScorer,
+    live: &VecDeque<Hunt>,
+    order: &[(usize, usize)],
+    batch: usize,
+) -> Result<Vec<Vec<Option<u16>>>, ScanError> {
+    let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
+    let per = batch.div_ceil(active.len().max(1));
+    let mut answers: Vec<Vec<Option<u16>>> = vec![Vec::new(); live.len()];
+    for &li in &active {
+        answers[li] = vec![None; per.min(order.len() - live[li].next)];
+    }
+    for mi in 0..scan.models.len() {
+        let jobs: Vec<(usize, usize, usize)> = active
+            .iter()
+            .flat_map(|&li| {
+                let h = &live[li];
+                (0..answers[li].len())
+                    .filter(move |&k| order[h.next + k].0 == mi)
+                    .map(move |k| (li, k, order[h.next + k].1))
+            })
+            .collect();
+        for chunk in jobs.chunks(batch) {
+            // Unfinished images keep their pixels.
+            let views: Vec<(&RgbImage, usize)> = chunk
+                .iter()
+                .filter_map(|&(li, _, t)| live[li].img.as_ref().map(|img| (img, t)))
+                .collect();
+            if views.len() != chunk.len() {
+                return Err(ScanError::Plan(
+                    "an unfinished image lost its pixels".into(),
+                ));
+            }
+            let tops = scorer.top1(scan, mi, &views)?;
+            for (&(li, k, _), top) in chunk.iter().zip(tops) {
+                answers[li][k] = Some(top);
+            }
+        }
+    }
+    Ok(answers)
+}
+
+/// Record each image's answered pairs in order, up to its first hit; an
+/// image that hit (or ran out of pairs) is done and drops its pixels.
+fn record(live: &mut VecDeque<Hunt>, answers: &[Vec<Option<u16>>], order: &[(usize, usize)]) {
+    for (h, answers) in live.iter_mut().zip(answers) {
+        for a in answers {
+            let Some(top) = *a else { break };
+            let (m, t) = order[h.next];
+            h.scanned.pred[m][t] = top;
+            h.next += 1;
+            if h.scanned.labels.contains(&(top as i64)) || h.next >= order.len() {
+                h.done = true;
+                break;
+            }
+        }
+        if h.done {
+            h.img = None;
+        }
+    }
+}
+
+/// Scan the unit; false when it stopped early (its claim was taken over).
+pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanError> {
+    let order = pair_order(scan)?;
+    let batch = scan.plan.batch_size.max(1);
     let mut scorer = ViewScorer::new(threads)?;
+    let (unit, source) = (scan.unit, scan.source);
     let mut rows = source
         .reader()
         .rows_in(source.unit_rows(unit.first, unit.end));
@@ -67,59 +140,8 @@ pub(super) fn scan(scan: &mut UnitScan, threads: usize) -> Result<bool, ScanErro
         if live.is_empty() {
             break;
         }
-        // Each unfinished image takes its next few pairs.
-        let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
-        let per = batch.div_ceil(active.len().max(1));
-        let mut answers: Vec<Vec<Option<u16>>> = vec![Vec::new(); live.len()];
-        for &li in &active {
-            answers[li] = vec![None; per.min(order.len() - live[li].next)];
-        }
-        // Run them model by model, in batches of at most `batch` crops.
-        let order_ref = &order;
-        for mi in 0..scan.models.len() {
-            let jobs: Vec<(usize, usize, usize)> = active
-                .iter()
-                .flat_map(|&li| {
-                    let h = &live[li];
-                    (0..answers[li].len())
-                        .filter(move |&k| order_ref[h.next + k].0 == mi)
-                        .map(move |k| (li, k, order_ref[h.next + k].1))
-                })
-                .collect();
-            for chunk in jobs.chunks(batch) {
-                // Unfinished images keep their pixels.
-                let views: Vec<(&RgbImage, usize)> = chunk
-                    .iter()
-                    .filter_map(|&(li, _, t)| live[li].img.as_ref().map(|img| (img, t)))
-                    .collect();
-                if views.len() != chunk.len() {
-                    return Err(ScanError::Plan(
-                        "an unfinished image lost its pixels".into(),
-                    ));
-                }
-                let tops = scorer.top1(scan, mi, &views)?;
-                for (&(li, k, _), top) in chunk.iter().zip(tops) {
-                    answers[li][k] = Some(top);
-                }
-            }
-        }
-        // Record each image's pairs in order, up to its first hit.
-        for &li in &active {
-            let h = &mut live[li];
-            for a in answers[li].iter() {
-                let Some(top) = *a else { break };
-                let (m, t) = order[h.next];
-                h.scanned.pred[m][t] = top;
-                h.next += 1;
-                if h.scanned.labels.contains(&(top as i64)) || h.next >= order.len() {
-                    h.done = true;
-                    break;
-                }
-            }
-            if h.done {
-                h.img = None;
-            }
-        }
+        let answers = score_round(scan, &mut scorer, &live, &order, batch)?;
+        record(&mut live, &answers, &order);
         // Records leave in row order.
         while live.front().is_some_and(|h| h.done) {
             let Some(h) = live.pop_front() else { break };

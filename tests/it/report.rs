@@ -168,6 +168,31 @@ fn report_and_reselection_match_the_hand_worked_numbers() {
     let top = heat.height() - 40 - 3 * 150;
     let (tl, tm) = (heat.get_pixel(25, top + 5), heat.get_pixel(175, top + 5));
     assert!(tl[0] < tm[0] && tl[1] < tm[1], "{tl:?} vs {tm:?}");
+    // The analysis is a value: computed again in-process it equals the JSON
+    // written, names the heatmaps drawn, and writes nothing itself.
+    // (The plan names its run directory as the binary saw it, relative to
+    // the fixture.)
+    let mut plan = imagenet_hard::plan::Plan::read(&run).unwrap();
+    plan.run_dir = run.clone();
+    let selection = imagenet_hard::select::Selection::read(&run).unwrap();
+    std::fs::remove_dir_all(run.join("report")).unwrap();
+    let analysis = imagenet_hard::report::analyse(&plan, &selection).unwrap();
+    assert!(
+        !run.join("report").exists(),
+        "analyse wrote the report folder"
+    );
+    assert_eq!(serde_json::to_value(&analysis.report).unwrap(), report);
+    let drawn: Vec<&str> = analysis.heatmaps.iter().map(|h| h.png.as_str()).collect();
+    assert_eq!(
+        drawn,
+        [
+            "bias-tiny-source-always-3.png",
+            "bias-tiny-source-always-7.png"
+        ]
+    );
+    assert_eq!(analysis.heatmaps[0].picks, 2);
+    imagenet_hard::report::write(&plan, &selection, &analysis).unwrap();
+    assert_eq!(json(&run.join("report/report.json")), report);
     let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     for needle in [
         "## Table 1",
