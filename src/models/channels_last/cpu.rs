@@ -205,7 +205,10 @@ pub fn linear(
     if out.is_empty() {
         return out;
     }
-    assert!(x.len() >= rows * k && w.values.len() >= m * k, "linear: operands too short");
+    assert!(
+        x.len() >= rows * k && w.values.len() >= m * k,
+        "linear: operands too short"
+    );
     // SAFETY: out [rows, m], x [rows, k], w^T read as [k, m]; lengths checked.
     unsafe {
         matmul(

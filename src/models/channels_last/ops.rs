@@ -10,8 +10,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape};
 use candle_core::{Result, Tensor};
 
-use super::geometry::ConvGeometry;
 use super::cpu::{WeightOrder, Weights};
+use super::geometry::ConvGeometry;
 use super::program::Act;
 
 /// `act(conv(x, w) + bias [+ residual])`. Inputs: `x` `[n, h, w, c]`, `w`
