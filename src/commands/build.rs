@@ -13,8 +13,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let plan = prepare_plan(&ctx, args.limit)?;
     let all: Vec<usize> = (0..plan.units.len()).collect();
-    super::scan::scan_units(&plan, &args, &all, true)?;
-    super::merge::merge(&plan)?;
+    super::shared::scan_units(&plan, &args, &all, true)?;
+    super::shared::merge(&plan)?;
     eprintln!(
         "Run directory: {} (plan.json, scan/, select/, dataset/, report/)",
         plan.run_dir.display()

@@ -114,7 +114,7 @@ pub fn load_samples(
     dirs: &[PathBuf],
     models: &[String],
     grid: &crate::zoom::ZoomGrid,
-) -> Result<(Vec<crate::curate::Outcome>, Vec<String>)> {
+) -> Result<(Vec<crate::pair_order::Outcome>, Vec<String>)> {
     let mut samples = Vec::new();
     let mut from = Vec::new();
     for dir in dirs {
@@ -138,11 +138,11 @@ pub fn curate_from(ctx: &Context) -> Vec<PathBuf> {
 
 /// A curate scan's order, learned from the records of `scan.curate_from`
 /// and the models' costs.
-fn curate_order(ctx: &Context, plan: &Plan) -> Result<crate::curate::CurateOrder> {
+fn curate_order(ctx: &Context, plan: &Plan) -> Result<crate::pair_order::CurateOrder> {
     let (samples, from) = load_samples(&curate_from(ctx), &plan.model_names(), &plan.grid)
         .context("scan.curate_from")?;
     let fallback = crate::analysis::first_hit_order(&plan.grid);
-    let pairs = crate::curate::order(&samples, &plan.model_gmacs(), &fallback);
+    let pairs = crate::pair_order::order(&samples, &plan.model_gmacs(), &fallback);
     let learned_from = if from.is_empty() {
         "no sample (scan.curate_from is empty): transforms in first-hit order, cheaper models first"
             .into()
@@ -153,7 +153,7 @@ fn curate_order(ctx: &Context, plan: &Plan) -> Result<crate::curate::CurateOrder
         "Curate order: {} pairs, learned from {learned_from}",
         pairs.len()
     );
-    Ok(crate::curate::CurateOrder {
+    Ok(crate::pair_order::CurateOrder {
         pairs,
         learned_from,
         sample_images: samples.len(),

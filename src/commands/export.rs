@@ -9,5 +9,5 @@ pub fn run(arg: ManifestArg) -> Result<()> {
     let ctx = load_context(&arg)?;
     let plan = read_plan(&ctx)?;
     let selection = crate::select::Selection::read(&plan.run_dir)?;
-    super::merge::export(&plan, &selection)
+    super::shared::export(&plan, &selection)
 }

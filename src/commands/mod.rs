@@ -17,6 +17,7 @@ mod report;
 mod review;
 mod scan;
 mod select;
+mod shared;
 mod status;
 mod zoom;
 

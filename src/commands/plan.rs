@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::context::{
     curate_from, load_context, load_samples, prepare_plan, print_dry_run, Context,
 };
-use super::status::{progress_line, unit_cells, unit_models};
+use super::shared::{progress_line, unit_cells, unit_models};
 use crate::cli::PlanArgs;
 use crate::plan::Plan;
 
@@ -91,7 +91,7 @@ fn modes(
         .collect();
     let archs: Vec<String> = models.iter().map(|(_, a)| a.name().to_string()).collect();
     let fallback = crate::analysis::first_hit_order(grid);
-    let p = crate::curate::project(&samples, &gmacs, &fallback);
+    let p = crate::pair_order::project(&samples, &gmacs, &fallback);
     let sampled = if samples.is_empty() {
         "needs a sample: --sample RUN_DIR (an earlier run's directory) or [scan] curate_from"
             .to_string()

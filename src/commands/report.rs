@@ -9,5 +9,5 @@ pub fn run(arg: ManifestArg) -> Result<()> {
     let ctx = load_context(&arg)?;
     let plan = read_plan(&ctx)?;
     let selection = crate::select::Selection::read(&plan.run_dir)?;
-    super::merge::report(&plan, &selection)
+    super::shared::report(&plan, &selection)
 }

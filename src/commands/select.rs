@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use super::context::{load_context, read_plan};
-use super::merge::{report, select};
+use super::shared::{report, select};
 use crate::cli::SelectArgs;
 
 pub fn run(args: SelectArgs) -> Result<()> {

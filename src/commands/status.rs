@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use super::context::{load_context, read_plan};
+use super::shared::{progress_line, unit_cells, unit_models};
 use crate::cli::ManifestArg;
 use crate::plan::Plan;
 
@@ -15,36 +16,6 @@ pub fn run(arg: ManifestArg) -> Result<()> {
     Ok(())
 }
 
-/// Units done and the time left, as measured on the finished units.
-pub fn progress_line(p: &crate::cost::RunProjection) -> String {
-    use crate::cost::duration;
-    format!(
-        "{} of {} units done in {} of scanning; {}",
-        p.units_done,
-        p.units,
-        duration(p.seconds_spent),
-        match p.seconds_left {
-            Some(s) if p.units_done < p.units => format!(
-                "about {} left on one worker at the finished units' pace",
-                duration(s)
-            ),
-            Some(_) => "nothing left".into(),
-            None => "no estimate yet: some model group has no finished unit".into(),
-        }
-    )
-}
-/// A unit's id, origin and row run, tab-separated.
-pub fn unit_cells(u: &crate::units::Unit) -> String {
-    format!("{}\t{}\t{}..{}", u.name(), u.origin, u.first, u.end)
-}
-/// A unit's model names, comma-separated.
-pub fn unit_models(plan: &Plan, u: &crate::units::Unit) -> String {
-    u.models
-        .iter()
-        .map(|&m| plan.models[m].name.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 fn print_status(plan: &Plan) {
     use crate::cost::duration;
     use crate::scan::{unit_state, UnitState};

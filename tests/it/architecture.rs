@@ -103,3 +103,79 @@ fn no_import_runs_back_up_a_layer() {
     assert!(checked >= 200, "only {checked} crate:: paths found");
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// The command files of src/commands/ and what each names as `super::X`
+/// (or `crate::commands::X`).
+fn command_imports(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_stem().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for prefix in ["super::", "crate::commands::"] {
+            for (i, _) in text.match_indices(prefix) {
+                let name: String = text[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.push((file.clone(), name));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What commands do alike lives in `context` and `shared`; a command never
+/// calls another command's file.
+fn commands_calling_commands(dir: &Path) -> Vec<String> {
+    const SHARED: [&str; 2] = ["context", "shared"];
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        })
+        .collect();
+    command_imports(dir)
+        .into_iter()
+        .filter(|(file, name)| {
+            file != "mod"
+                && !SHARED.contains(&file.as_str())
+                && !SHARED.contains(&name.as_str())
+                && names.contains(name)
+        })
+        .map(|(file, name)| format!("src/commands/{file}.rs calls the `{name}` command"))
+        .collect()
+}
+
+#[test]
+fn commands_never_call_each_other() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/commands");
+    let imports = command_imports(&dir);
+    assert!(
+        imports.len() >= 15,
+        "only {} super:: paths found",
+        imports.len()
+    );
+    let wrong = commands_calling_commands(&dir);
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // A planted call is caught.
+    let planted = tempfile::tempdir().unwrap();
+    std::fs::write(planted.path().join("shared.rs"), "pub fn merge() {}").unwrap();
+    std::fs::write(planted.path().join("report.rs"), "fn run() {}").unwrap();
+    std::fs::write(
+        planted.path().join("build.rs"),
+        "use super::shared::merge;\nfn run() { super::report::run() }",
+    )
+    .unwrap();
+    assert_eq!(
+        commands_calling_commands(planted.path()),
+        vec!["src/commands/build.rs calls the `report` command"]
+    );
+}
