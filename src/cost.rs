@@ -193,7 +193,7 @@ fn flops(x: f64) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModeRow {
     pub mode: &'static str,
-    pub per_image: Option<crate::curate::ModeCost>,
+    pub per_image: Option<crate::pair_order::ModeCost>,
     pub basis: String,
 }
 
@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn the_mode_table_scales_per_image_costs_and_compares_with_exhaustive() {
-        use crate::curate::ModeCost;
+        use crate::pair_order::ModeCost;
         let rates: BTreeMap<String, Rate> = [
             ("a".to_string(), rate(100.0)),
             ("b".to_string(), rate(50.0)),

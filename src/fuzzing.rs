@@ -6,7 +6,7 @@
 use std::ops::ControlFlow;
 
 use crate::labels::LabelConvention;
-use crate::sources::{Container, Selection, Source};
+use crate::sources::{Container, Source, Wanted};
 use crate::zoom::{decode_for_zoom, zoom_views, DecodeLimits, ZoomGrid};
 
 /// Decode untrusted image bytes and cut zoom views from them.
@@ -74,7 +74,7 @@ pub fn webdataset(data: &[u8]) {
             limit: None,
         };
         let _ = source.total_rows();
-        let _ = source.visit(&Selection::All, &mut |_| ControlFlow::Continue(()));
+        let _ = source.visit(&Wanted::All, &mut |_| ControlFlow::Continue(()));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::unit::{Scanned, UnitScan};
+use super::driver::{Scanned, UnitScan};
 use super::ScanError;
 use crate::feed::{self, Event, FeedOptions};
 use crate::models::Started;

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::unit::{Scanned, UnitScan, ViewScorer};
+use super::driver::{Scanned, UnitScan, ViewScorer};
 use super::ScanError;
 use crate::zoom::RgbImage;
 

@@ -11,9 +11,9 @@
 //! so a killed worker loses at most its current unit.
 
 mod curate;
+mod driver;
 mod exhaustive;
 mod first_hit;
-mod unit;
 
 pub use first_hit::NOT_TRIED;
 
@@ -30,7 +30,7 @@ use crate::plan::Plan;
 use crate::records::{RecordsError, ScanRecord};
 use crate::sources::{Skip, SourceError};
 use crate::units::Unit;
-use unit::UnitScan;
+use driver::UnitScan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -428,7 +428,7 @@ pub fn sample_outcomes(
     run_dir: &Path,
     models: &[String],
     grid: &crate::zoom::ZoomGrid,
-) -> Result<Vec<crate::curate::Outcome>, ScanError> {
+) -> Result<Vec<crate::pair_order::Outcome>, ScanError> {
     let mut theirs = Plan::read(run_dir).map_err(|source| ScanError::Io {
         path: Plan::path(run_dir),
         source,
@@ -443,7 +443,7 @@ pub fn sample_outcomes(
         .collect();
     let mut out = Vec::new();
     for source in &theirs.sources {
-        let mut by_row: BTreeMap<u64, crate::curate::Outcome> = BTreeMap::new();
+        let mut by_row: BTreeMap<u64, crate::pair_order::Outcome> = BTreeMap::new();
         for rec in read_source_records(&theirs, &source.origin)? {
             let Some(m) = models.iter().position(|n| *n == rec.model) else {
                 continue;

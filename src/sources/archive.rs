@@ -10,8 +10,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use super::{
-    class_folder_row, oversize_skip, read_member, safe_member_path, RawOutcome, Selection, Sink,
-    Skip, SourceError,
+    class_folder_row, oversize_skip, read_member, safe_member_path, RawOutcome, Sink, Skip,
+    SourceError, Wanted,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,7 +63,7 @@ pub(crate) fn count(files: &[PathBuf]) -> Result<u64, SourceError> {
                     .count() as u64
             }
             kind => {
-                walk_tar(file, kind, &Selection::All, 0, false, &mut |_, _| {
+                walk_tar(file, kind, &Wanted::All, 0, false, &mut |_, _| {
                     ControlFlow::Continue(())
                 })?
                 .0
@@ -75,17 +75,17 @@ pub(crate) fn count(files: &[PathBuf]) -> Result<u64, SourceError> {
 
 pub(crate) fn visit(
     files: &[PathBuf],
-    selection: &Selection,
+    wanted: &Wanted,
     sink: &mut Sink,
 ) -> Result<(), SourceError> {
     let mut offset = 0u64;
     for file in files {
-        if selection.last().is_some_and(|last| offset > last) {
+        if wanted.last().is_some_and(|last| offset > last) {
             break;
         }
         let (rows, flow) = match sniff(file)? {
-            Kind::Zip => visit_zip(file, selection, offset, sink)?,
-            kind => walk_tar(file, kind, selection, offset, true, sink)?,
+            Kind::Zip => visit_zip(file, wanted, offset, sink)?,
+            kind => walk_tar(file, kind, wanted, offset, true, sink)?,
         };
         if flow.is_break() {
             break;
@@ -105,7 +105,7 @@ fn open_zip(file: &Path) -> Result<zip::ZipArchive<BufReader<std::fs::File>>, So
 /// global row `offset`; only selected members are decompressed.
 fn visit_zip(
     file: &Path,
-    selection: &Selection,
+    wanted: &Wanted,
     offset: u64,
     sink: &mut Sink,
 ) -> Result<(u64, ControlFlow<()>), SourceError> {
@@ -120,10 +120,10 @@ fn visit_zip(
         if name.ends_with('/') {
             continue;
         }
-        if selection.last().is_some_and(|last| row > last) {
+        if wanted.last().is_some_and(|last| row > last) {
             return Ok((row - offset, ControlFlow::Break(())));
         }
-        if selection.wants(row) {
+        if wanted.wants(row) {
             let outcome = member_row(file, row, Path::new(&name), &name, || {
                 let entry = zip
                     .by_index(i)
@@ -182,7 +182,7 @@ fn unsafe_skip(row: u64, name: &str) -> Skip {
 fn walk_tar(
     file: &Path,
     kind: Kind,
-    selection: &Selection,
+    wanted: &Wanted,
     offset: u64,
     read_data: bool,
     sink: &mut Sink,
@@ -193,12 +193,12 @@ fn walk_tar(
             let gz = flate2::read::GzDecoder::new(BufReader::new(f));
             let mut archive = tar::Archive::new(gz);
             let entries = archive.entries().map_err(|e| tar_err(file, e))?;
-            tar_rows(file, entries, selection, offset, read_data, sink)
+            tar_rows(file, entries, wanted, offset, read_data, sink)
         }
         _ => {
             let mut archive = tar::Archive::new(f);
             let entries = archive.entries_with_seek().map_err(|e| tar_err(file, e))?;
-            tar_rows(file, entries, selection, offset, read_data, sink)
+            tar_rows(file, entries, wanted, offset, read_data, sink)
         }
     }
 }
@@ -210,7 +210,7 @@ fn tar_err(file: &Path, e: std::io::Error) -> SourceError {
 fn tar_rows<R: Read>(
     file: &Path,
     entries: tar::Entries<'_, R>,
-    selection: &Selection,
+    wanted: &Wanted,
     offset: u64,
     read_data: bool,
     sink: &mut Sink,
@@ -227,10 +227,10 @@ fn tar_rows<R: Read>(
         {
             continue;
         }
-        if read_data && selection.last().is_some_and(|last| row > last) {
+        if read_data && wanted.last().is_some_and(|last| row > last) {
             return Ok((row - offset, ControlFlow::Break(())));
         }
-        if read_data && selection.wants(row) {
+        if read_data && wanted.wants(row) {
             let raw_path = entry.path().map_err(|e| tar_err(file, e))?.into_owned();
             let shown = raw_path.to_string_lossy().into_owned();
             let outcome = if !kind.is_file() {

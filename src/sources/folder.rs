@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use super::{class_folder_row, Selection, Sink, SourceError};
+use super::{class_folder_row, Sink, SourceError, Wanted};
 
 fn files(root: &Path) -> Result<Vec<(PathBuf, String)>, SourceError> {
     if !root.is_dir() {
@@ -43,17 +43,13 @@ pub(crate) fn count(root: &Path) -> Result<u64, SourceError> {
     Ok(files(root)?.len() as u64)
 }
 
-pub(crate) fn visit(
-    root: &Path,
-    selection: &Selection,
-    sink: &mut Sink,
-) -> Result<(), SourceError> {
+pub(crate) fn visit(root: &Path, wanted: &Wanted, sink: &mut Sink) -> Result<(), SourceError> {
     for (row, (path, rel)) in files(root)?.into_iter().enumerate() {
         let row = row as u64;
-        if selection.last().is_some_and(|last| row > last) {
+        if wanted.last().is_some_and(|last| row > last) {
             break;
         }
-        if !selection.wants(row) {
+        if !wanted.wants(row) {
             continue;
         }
         let outcome = match class_folder_row(row, &rel) {

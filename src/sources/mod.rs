@@ -160,38 +160,38 @@ pub struct Source {
 
 /// Which rows a container must deliver; it may skip the others cheaply.
 #[derive(Debug, Clone)]
-pub enum Selection {
+pub enum Wanted {
     All,
     Rows(BTreeSet<u64>),
 }
 
-impl Selection {
+impl Wanted {
     pub fn wants(&self, row: u64) -> bool {
         match self {
-            Selection::All => true,
-            Selection::Rows(rows) => rows.contains(&row),
+            Wanted::All => true,
+            Wanted::Rows(rows) => rows.contains(&row),
         }
     }
     /// No row after this one is wanted.
     pub fn last(&self) -> Option<u64> {
         match self {
-            Selection::All => None,
-            Selection::Rows(rows) => Some(rows.last().copied().unwrap_or(0)),
+            Wanted::All => None,
+            Wanted::Rows(rows) => Some(rows.last().copied().unwrap_or(0)),
         }
     }
     fn is_empty(&self) -> bool {
-        matches!(self, Selection::Rows(rows) if rows.is_empty())
+        matches!(self, Wanted::Rows(rows) if rows.is_empty())
     }
 }
 
 /// `n` rows spread evenly over `total`: row ⌊i·total/n⌋ for i in 0..n. The
 /// same rows on every run, covering every part of the source (class folders
 /// and sorted shards are not shuffled, so the first `n` would not).
-pub fn sample_rows(total: u64, n: u64) -> Selection {
+pub fn sample_rows(total: u64, n: u64) -> Wanted {
     if n >= total {
-        return Selection::All;
+        return Wanted::All;
     }
-    Selection::Rows(
+    Wanted::Rows(
         (0..n)
             .map(|i| (i as u128 * total as u128 / n as u128) as u64)
             .collect(),
@@ -236,9 +236,9 @@ impl Source {
     }
 
     /// The rows `limit` selects.
-    pub fn selection(&self) -> Result<Selection, SourceError> {
+    pub fn wanted(&self) -> Result<Wanted, SourceError> {
         match self.limit {
-            None => Ok(Selection::All),
+            None => Ok(Wanted::All),
             Some(n) => Ok(sample_rows(self.total_rows()?, n)),
         }
     }
@@ -246,15 +246,15 @@ impl Source {
     /// Call `f` for each selected row in order until it breaks.
     pub fn visit(
         &self,
-        selection: &Selection,
+        wanted: &Wanted,
         f: &mut dyn FnMut(RowOutcome) -> ControlFlow<()>,
     ) -> Result<(), SourceError> {
-        if selection.is_empty() {
+        if wanted.is_empty() {
             return Ok(());
         }
         let labels = self.labels;
         let mut sink = |row: u64, raw: RawOutcome| {
-            debug_assert!(selection.wants(row));
+            debug_assert!(wanted.wants(row));
             f(raw.and_then(|raw| resolve(labels, row, raw)))
         };
         match &self.container {
@@ -270,12 +270,12 @@ impl Source {
                     origin: origin_column.as_deref(),
                 },
                 files,
-                selection,
+                wanted,
                 &mut sink,
             ),
-            Container::Webdataset { files } => webdataset::visit(files, selection, &mut sink),
-            Container::Archive { files } => archive::visit(files, selection, &mut sink),
-            Container::Folder { root } => folder::visit(root, selection, &mut sink),
+            Container::Webdataset { files } => webdataset::visit(files, wanted, &mut sink),
+            Container::Archive { files } => archive::visit(files, wanted, &mut sink),
+            Container::Folder { root } => folder::visit(root, wanted, &mut sink),
         }
     }
 
@@ -287,21 +287,21 @@ impl Source {
 
     /// Stream only the given rows (e.g. the selected hard images).
     pub fn rows_in(&self, rows: BTreeSet<u64>) -> Rows {
-        self.spawn(Some(Selection::Rows(rows)))
+        self.spawn(Some(Wanted::Rows(rows)))
     }
 
-    fn spawn(&self, selection: Option<Selection>) -> Rows {
+    fn spawn(&self, wanted: Option<Wanted>) -> Rows {
         let (tx, rx) = mpsc::sync_channel(64);
         let source = self.clone();
         let handle = std::thread::spawn(move || {
-            let selection = match selection.map_or_else(|| source.selection(), Ok) {
+            let wanted = match wanted.map_or_else(|| source.wanted(), Ok) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return;
                 }
             };
-            let result = source.visit(&selection, &mut |row| match tx.send(Ok(row)) {
+            let result = source.visit(&wanted, &mut |row| match tx.send(Ok(row)) {
                 Ok(()) => ControlFlow::Continue(()),
                 // The reader was dropped: stop reading.
                 Err(_) => ControlFlow::Break(()),
@@ -473,13 +473,13 @@ mod tests {
 
     #[test]
     fn samples_are_spread_and_stable() {
-        let Selection::Rows(rows) = sample_rows(10, 3) else {
+        let Wanted::Rows(rows) = sample_rows(10, 3) else {
             panic!("expected a sample")
         };
         assert_eq!(rows.into_iter().collect::<Vec<_>>(), vec![0, 3, 6]);
-        assert!(matches!(sample_rows(5, 5), Selection::All));
-        assert!(matches!(sample_rows(5, 9), Selection::All));
-        let Selection::Rows(rows) = sample_rows(1_000_000, 300) else {
+        assert!(matches!(sample_rows(5, 5), Wanted::All));
+        assert!(matches!(sample_rows(5, 9), Wanted::All));
+        let Wanted::Rows(rows) = sample_rows(1_000_000, 300) else {
             panic!()
         };
         assert_eq!(rows.len(), 300);

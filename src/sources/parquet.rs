@@ -1,5 +1,5 @@
 //! Hugging Face Parquet sources: streamed one record batch at a time, with
-//! only the image, label (and origin) columns projected. A selection of rows
+//! only the image, label (and origin) columns projected. A set of wanted rows
 //! reads only the row groups that hold them.
 
 use arrow_array::cast::AsArray;
@@ -10,7 +10,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection
 use parquet::arrow::ProjectionMask;
 use std::path::{Path, PathBuf};
 
-use super::{RawRow, Selection, Sink, SourceError};
+use super::{RawRow, Sink, SourceError, Wanted};
 use crate::labels::RawLabel;
 
 /// The columns to read.
@@ -45,12 +45,12 @@ pub(crate) fn count(files: &[PathBuf]) -> Result<u64, SourceError> {
 pub(crate) fn visit(
     cols: &Columns,
     files: &[PathBuf],
-    selection: &Selection,
+    wanted: &Wanted,
     sink: &mut Sink,
 ) -> Result<(), SourceError> {
     let mut offset = 0u64; // global row number of this file's first row
     for file in files {
-        if selection.last().is_some_and(|last| offset > last) {
+        if wanted.last().is_some_and(|last| offset > last) {
             break;
         }
         let b = builder(file)?;
@@ -84,16 +84,16 @@ pub(crate) fn visit(
         }
         let mask = ProjectionMask::roots(b.parquet_schema(), roots);
         // The global rows this file must deliver, and the row groups holding them.
-        let wanted: Vec<u64> = match selection {
-            Selection::All => (offset..offset + n_rows).collect(),
-            Selection::Rows(rows) => rows.range(offset..offset + n_rows).copied().collect(),
+        let here: Vec<u64> = match wanted {
+            Wanted::All => (offset..offset + n_rows).collect(),
+            Wanted::Rows(rows) => rows.range(offset..offset + n_rows).copied().collect(),
         };
-        if wanted.is_empty() {
+        if here.is_empty() {
             offset += n_rows;
             continue;
         }
         let mut builder = b.with_projection(mask).with_batch_size(64);
-        if let Selection::Rows(_) = selection {
+        if let Wanted::Rows(_) = wanted {
             let mut groups = Vec::new();
             let mut selectors = Vec::new();
             let mut start = 0u64;
@@ -101,8 +101,8 @@ pub(crate) fn visit(
             for (g, rg) in builder.metadata().row_groups().iter().enumerate() {
                 let len = rg.num_rows() as u64;
                 let mut local = Vec::new();
-                while wi < wanted.len() && wanted[wi] - offset < start + len {
-                    local.push(wanted[wi] - offset - start);
+                while wi < here.len() && here[wi] - offset < start + len {
+                    local.push(here[wi] - offset - start);
                     wi += 1;
                 }
                 if !local.is_empty() {
@@ -126,7 +126,7 @@ pub(crate) fn visit(
                 .with_row_selection(RowSelection::from(selectors));
         }
         let reader = builder.build().map_err(|e| perr(file, e))?;
-        let mut next = wanted.into_iter();
+        let mut next = here.into_iter();
         for batch in reader {
             let batch = batch.map_err(|e| perr(file, e))?;
             for i in 0..batch.num_rows() {

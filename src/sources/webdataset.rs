@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use super::{
-    is_image_extension, read_member, safe_member_path, RawRow, Selection, Sink, Skip, SourceError,
+    is_image_extension, read_member, safe_member_path, RawRow, Sink, Skip, SourceError, Wanted,
 };
 use crate::labels::RawLabel;
 
@@ -79,7 +79,7 @@ fn tar_err(file: &Path, e: std::io::Error) -> SourceError {
 /// closure decides whether member data is read via `wanted`.
 fn walk(
     files: &[PathBuf],
-    selection: &Selection,
+    wanted: &Wanted,
     read_data: bool,
     sink: &mut Sink,
 ) -> Result<u64, SourceError> {
@@ -101,11 +101,11 @@ fn walk(
             let (key, ext) = split_key(&shown);
             let (key, ext) = (key.to_string(), ext.to_ascii_lowercase());
             if let Some(done) = current.take_if(|s| s.key != key) {
-                if emit(done, selection, read_data, sink).is_break() {
+                if emit(done, wanted, read_data, sink).is_break() {
                     return Ok(row);
                 }
                 row += 1;
-                if selection.last().is_some_and(|last| row > last) {
+                if wanted.last().is_some_and(|last| row > last) {
                     return Ok(row);
                 }
             }
@@ -121,7 +121,7 @@ fn walk(
                 sample.unsafe_path.get_or_insert(shown.clone());
                 continue;
             }
-            if !(read_data && selection.wants(row)) {
+            if !(read_data && wanted.wants(row)) {
                 continue;
             }
             let declared = entry.size();
@@ -143,7 +143,7 @@ fn walk(
             }
         }
         if let Some(done) = current.take() {
-            if emit(done, selection, read_data, sink).is_break() {
+            if emit(done, wanted, read_data, sink).is_break() {
                 return Ok(row);
             }
             row += 1;
@@ -152,8 +152,8 @@ fn walk(
     Ok(row)
 }
 
-fn emit(s: Sample, selection: &Selection, read_data: bool, sink: &mut Sink) -> ControlFlow<()> {
-    if !read_data || !selection.wants(s.row) {
+fn emit(s: Sample, wanted: &Wanted, read_data: bool, sink: &mut Sink) -> ControlFlow<()> {
+    if !read_data || !wanted.wants(s.row) {
         return ControlFlow::Continue(());
     }
     let row = s.row;
@@ -161,17 +161,17 @@ fn emit(s: Sample, selection: &Selection, read_data: bool, sink: &mut Sink) -> C
 }
 
 pub(crate) fn count(files: &[PathBuf]) -> Result<u64, SourceError> {
-    walk(files, &Selection::All, false, &mut |_, _| {
+    walk(files, &Wanted::All, false, &mut |_, _| {
         ControlFlow::Continue(())
     })
 }
 
 pub(crate) fn visit(
     files: &[PathBuf],
-    selection: &Selection,
+    wanted: &Wanted,
     sink: &mut Sink,
 ) -> Result<(), SourceError> {
-    walk(files, selection, true, sink).map(|_| ())
+    walk(files, wanted, true, sink).map(|_| ())
 }
 
 #[cfg(test)]
