@@ -737,13 +737,37 @@ fn padded_conv(
         };
         return b.conv(x, g, weights, act, None);
     }
-    let (c, shape) = (
-        geometry.c_in,
-        Shape::nhwc(h + top + bottom, w + left + right, geometry.c_in),
-    );
-    let _ = c;
+    let shape = Shape::nhwc(h + top + bottom, w + left + right, geometry.c_in);
     let padded = b.push(Op::Pad([top, bottom, left, right]), x, shape);
     b.conv(padded, geometry, weights, act, None)
+}
+
+/// A squeeze-excite gate over `y`'s `mid` channels through `rd`: pooled,
+/// reduced, expanded to a sigmoid gate, multiplied in.
+fn squeeze_excite(
+    b: &mut Builder,
+    y: usize,
+    (mid, rd): (usize, usize),
+    p: &str,
+    act: Act,
+) -> Built<usize> {
+    let pooled = b.avg_pool(y, (1, 1))?;
+    let s = b.conv(
+        pooled,
+        ConvGeometry::square(mid, rd, 1, 1, 0),
+        conv_bias(&format!("{p}.se.conv_reduce")),
+        act,
+        None,
+    )?;
+    let gate = b.conv(
+        s,
+        ConvGeometry::square(rd, mid, 1, 1, 0),
+        conv_bias(&format!("{p}.se.conv_expand")),
+        Act::Sigmoid,
+        None,
+    )?;
+    let shape = b.program.shape(y);
+    Ok(b.push(Op::Gate { gate }, y, shape))
 }
 
 /// timm's EfficientNet family (B0 and Lite0 are the registered ones).
@@ -801,23 +825,7 @@ pub fn efficientnet(arch: &'static str, cfg: &EfficientNetConfig, size: usize) -
             )?;
             if let Some(ratio) = cfg.se_ratio {
                 let rd = (mid as f64 * (ratio / args.expand)).round_ties_even() as usize;
-                let pooled = b.avg_pool(y, (1, 1))?;
-                let s = b.conv(
-                    pooled,
-                    ConvGeometry::square(mid, rd, 1, 1, 0),
-                    conv_bias(&format!("{p}.se.conv_reduce")),
-                    act,
-                    None,
-                )?;
-                let gate = b.conv(
-                    s,
-                    ConvGeometry::square(rd, mid, 1, 1, 0),
-                    conv_bias(&format!("{p}.se.conv_expand")),
-                    Act::Sigmoid,
-                    None,
-                )?;
-                let shape = b.program.shape(y);
-                y = b.push(Op::Gate { gate }, y, shape);
+                y = squeeze_excite(&mut b, y, (mid, rd), &p, act)?;
             }
             let skip = stride == 1 && in_chs == out_chs;
             y = b.conv(
