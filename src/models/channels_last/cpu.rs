@@ -132,6 +132,8 @@ macro_rules! widest_vectors {
     };
 }
 
+mod winograd;
+
 widest_vectors! {
     /// `out[i] = act(out[i] + bias[i % c] + residual[i])` over whole rows.
     fn epilogue / epilogue_avx512 / epilogue_avx2
@@ -258,15 +260,27 @@ impl Input<'_> {
     }
 }
 
+/// The filters of a convolution the Winograd path computes (3x3, stride 1,
+/// dense), transformed once: what `conv` takes as `winograd`. `None` for
+/// any other geometry. `krsc`: the checkpoint's KRSC filters.
+pub fn winograd_filters(g: &ConvGeometry, krsc: &[f32]) -> Option<Vec<f32>> {
+    let wt = Weights {
+        values: krsc,
+        order: WeightOrder::Rows,
+    };
+    winograd::applies(g).then(|| winograd::filters(wt, g.c_in, g.c_out))
+}
+
 /// `act(conv(x) + bias [+ residual])` for f32 NHWC `x` `[n, h, w, c_in]`
-/// and KRSC (or, dense only, RSCK) `wt`; `None` for a grouped (not
-/// depthwise) geometry.
+/// and KRSC (or, dense only, RSCK) `wt`; 3x3 stride-1 convolutions by
+/// Winograd F(2x2, 3x3) with the filters `winograd_filters` made (or made
+/// here); `None` for a grouped (not depthwise) geometry.
 pub fn conv(
     g: &ConvGeometry,
     x: &[f32],
     (n, h, w): (usize, usize, usize),
     wt: Weights,
-    bias: &[f32],
+    (bias, winograd): (&[f32], Option<&[f32]>),
     residual: Option<&[f32]>,
     act: Act,
 ) -> Option<Vec<f32>> {
@@ -279,6 +293,17 @@ pub fn conv(
         oh,
         ow,
     };
+    if winograd::applies(g) {
+        let made;
+        let u = match winograd {
+            Some(u) => u,
+            None => {
+                made = winograd::filters(wt, g.c_in, g.c_out);
+                &made
+            }
+        };
+        return Some(winograd::conv(g, &input, n, u, bias, residual, act));
+    }
     if g.groups == 1 {
         return Some(dense_conv(g, &input, n, wt, bias, residual, act));
     }

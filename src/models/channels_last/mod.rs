@@ -167,13 +167,13 @@ pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[
     ),
     (
         "resnet18",
-        Decision::Candle,
-        "2 cores, 2026-12-06: 34.7 vs 36.3 crops/s (weights in product order)",
+        Decision::ChannelsLast,
+        "2 cores, 2026-12-06: 45.4 vs 36.3 crops/s (Winograd F(2x2, 3x3))",
     ),
     (
         "vgg16",
         Decision::ChannelsLast,
-        "2 cores, 2026-12-06: 5.6 vs 5.0 crops/s (weights in product order)",
+        "2 cores, 2026-12-06: 8.9 vs 5.0 crops/s (Winograd F(2x2, 3x3))",
     ),
     (
         "alexnet",

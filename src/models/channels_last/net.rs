@@ -8,7 +8,7 @@
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::geometry::OIHW_TO_KRSC;
+use super::geometry::{ConvGeometry, OIHW_TO_KRSC};
 use super::ops::{ConvOp, GateOp, LinearOp, PoolOp};
 use super::program::{ConvWeights, DenseWeights, Fold, Op, Program, Shape};
 
@@ -19,6 +19,8 @@ enum Bound {
         op: Op,
         weight: Tensor,
         bias: Tensor,
+        /// The CPU's Winograd filters, where that path applies.
+        winograd: Option<Tensor>,
     },
     Pad([usize; 4]),
     Pool(PoolOp),
@@ -146,6 +148,22 @@ fn for_products(w: Tensor) -> Result<Tensor> {
     w.permute(to_last)?.contiguous()?.permute(back)
 }
 
+/// On the CPU in f32, a 3x3 stride-1 convolution's filters transformed
+/// once for Winograd F(2x2, 3x3) (`cpu::winograd_filters`); `None`
+/// elsewhere.
+fn winograd_filters(g: &ConvGeometry, krsc: &Tensor) -> Result<Option<Tensor>> {
+    if !krsc.device().is_cpu() || krsc.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let values = krsc.flatten_all()?.to_vec1::<f32>()?;
+    super::cpu::winograd_filters(g, &values)
+        .map(|u| {
+            let n = u.len();
+            Tensor::from_vec(u, n, krsc.device())
+        })
+        .transpose()
+}
+
 impl ChannelsLastNet {
     /// Bind `program` to the tensors under `vb`, in `vb`'s dtype.
     pub fn new(program: Program, vb: VarBuilder) -> Result<ChannelsLastNet> {
@@ -165,8 +183,10 @@ impl ChannelsLastNet {
                     let dims = (g.c_out, g.c_in / g.groups, g.kernel[0], g.kernel[1]);
                     let (w, b) = conv_weights(&vb, weights, dims)?;
                     let w = cast(w.permute(OIHW_TO_KRSC)?)?;
+                    let winograd = winograd_filters(g, &w)?;
                     Bound::Conv {
                         op: step.op.clone(),
+                        winograd,
                         weight: if g.groups == 1 { for_products(w)? } else { w },
                         bias: cast(b)?,
                     }
@@ -248,7 +268,12 @@ impl ChannelsLastNet {
         match &self.steps[i] {
             // A permuted view of NHWC data is contiguous again here: free.
             Bound::ToNhwc => x.permute((0, 2, 3, 1))?.contiguous(),
-            Bound::Conv { op, weight, bias } => {
+            Bound::Conv {
+                op,
+                weight,
+                bias,
+                winograd,
+            } => {
                 let Op::Conv {
                     geometry,
                     act,
@@ -262,6 +287,7 @@ impl ChannelsLastNet {
                     geometry: *geometry,
                     act: *act,
                     residual: residual.map(value).transpose()?.cloned(),
+                    winograd: winograd.clone(),
                 };
                 x.apply_op3_no_bwd(weight, bias, &op)
             }

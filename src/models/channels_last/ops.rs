@@ -21,6 +21,9 @@ pub struct ConvOp {
     pub geometry: ConvGeometry,
     pub act: Act,
     pub residual: Option<Tensor>,
+    /// On the CPU in f32: the filters transformed once for Winograd
+    /// F(2x2, 3x3) (`cpu::winograd_filters`), else made on each call.
+    pub winograd: Option<Tensor>,
 }
 
 /// A pooling over each channel of `[n, h, w, c]`.
@@ -196,8 +199,19 @@ impl CustomOp3 for ConvOp {
             );
         }
         if let Some((x, wt, bias)) = all_f32((xs, xl), (ws, wl), (bs, bl))? {
+            let winograd = match &self.winograd {
+                Some(t) => Some(t.storage_and_layout()),
+                None => None,
+            };
+            let u = match &winograd {
+                Some((storage, layout)) => match &**storage {
+                    candle_core::Storage::Cpu(s) => Some(contiguous(s, layout)?),
+                    _ => candle_core::bail!("conv {g}: the Winograd filters are not on the CPU"),
+                },
+                None => None,
+            };
             let fast = with_residual(&self.residual, |r| {
-                super::cpu::conv(g, x, (n, h, w), wt, bias, r, self.act)
+                super::cpu::conv(g, x, (n, h, w), wt, (bias, u), r, self.act)
             })?;
             if let Some(y) = fast {
                 let (oh, ow) = g.out_hw(h, w).map_err(candle_core::Error::wrap)?;
@@ -498,6 +512,7 @@ mod tests {
                 geometry: g,
                 act: Act::Relu,
                 residual: Some(Tensor::full(0.25f32, (n, oh, ow, g.c_out), &Device::Cpu).unwrap()),
+                winograd: None,
             };
             let y = x.apply_op3_no_bwd(&wk, &t(&bv, &[g.c_out]), &op).unwrap();
             assert_eq!(y.dims(), [n, oh, ow, g.c_out], "{g}");
@@ -567,6 +582,7 @@ mod tests {
                 geometry: ConvGeometry::square(4, 4, 3, 1, 1),
                 act: Act::Silu,
                 residual: Some(cast(&x)),
+                winograd: None,
             };
             let y = cast(&x)
                 .apply_op3_no_bwd(&cast(&w), &cast(&b), &op)
