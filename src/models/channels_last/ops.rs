@@ -199,10 +199,7 @@ impl CustomOp3 for ConvOp {
             );
         }
         if let Some((x, wt, bias)) = all_f32((xs, xl), (ws, wl), (bs, bl))? {
-            let winograd = match &self.winograd {
-                Some(t) => Some(t.storage_and_layout()),
-                None => None,
-            };
+            let winograd = self.winograd.as_ref().map(|t| t.storage_and_layout());
             let u = match &winograd {
                 Some((storage, layout)) => match &**storage {
                     candle_core::Storage::Cpu(s) => Some(contiguous(s, layout)?),

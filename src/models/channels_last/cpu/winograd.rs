@@ -42,14 +42,14 @@ pub fn filters(wt: Weights, c: usize, k: usize) -> Vec<f32> {
     for ch in 0..c {
         for ko in 0..k {
             // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2.
-            let mut gg = [[0f32; 3]; 4];
-            for s in 0..3 {
-                let (g0, g1, g2) = (tap(ko, 0, s, ch), tap(ko, 1, s, ch), tap(ko, 2, s, ch));
-                gg[0][s] = g0;
-                gg[1][s] = 0.5 * (g0 + g1 + g2);
-                gg[2][s] = 0.5 * (g0 - g1 + g2);
-                gg[3][s] = g2;
-            }
+            let row = |r: usize| -> [f32; 3] { std::array::from_fn(|s| tap(ko, r, s, ch)) };
+            let (g0, g1, g2) = (row(0), row(1), row(2));
+            let gg: [[f32; 3]; 4] = [
+                g0,
+                std::array::from_fn(|s| 0.5 * (g0[s] + g1[s] + g2[s])),
+                std::array::from_fn(|s| 0.5 * (g0[s] - g1[s] + g2[s])),
+                g2,
+            ];
             for (i, row) in gg.iter().enumerate() {
                 let [t0, t1, t2] = *row;
                 let e = [t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2];
@@ -71,6 +71,14 @@ fn block_tiles(c: usize, k: usize) -> usize {
 /// A pointer the blocks share to write disjoint output pixels.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
+
+impl Out {
+    /// The output at element `i` (a method, so closures take the whole
+    /// `Send` wrapper rather than its raw field).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
 // SAFETY: each block writes only the pixels of its own tiles.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
@@ -100,7 +108,6 @@ pub fn conv(
     let dst = Out(out.as_mut_ptr());
     let zeros = vec![0f32; c];
     (0..tiles.div_ceil(block)).into_par_iter().for_each(|bi| {
-        let dst = dst;
         let (t0, nt) = (bi * block, block.min(tiles - bi * block));
         TILES.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -151,7 +158,7 @@ pub fn conv(
                     epilogue(yq, bias, residual.map(|r| &r[at..at + k]), act);
                     // SAFETY: pixel (b, py, px) belongs to this tile alone,
                     // and `at + k <= out.len()`.
-                    unsafe { std::ptr::copy_nonoverlapping(yq.as_ptr(), dst.0.add(at), k) };
+                    unsafe { std::ptr::copy_nonoverlapping(yq.as_ptr(), dst.at(at), k) };
                 }
             }
         });
@@ -172,13 +179,12 @@ fn input_tile_any(src: &[&[f32]; 16], dst: &mut [f32], stride: usize, c: usize) 
     for ch in 0..c {
         let d = |i: usize, j: usize| src[i * 4 + j][ch];
         // B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-        let mut t = [[0f32; 4]; 4];
-        for j in 0..4 {
-            t[0][j] = d(0, j) - d(2, j);
-            t[1][j] = d(1, j) + d(2, j);
-            t[2][j] = d(2, j) - d(1, j);
-            t[3][j] = d(1, j) - d(3, j);
-        }
+        let t: [[f32; 4]; 4] = [
+            std::array::from_fn(|j| d(0, j) - d(2, j)),
+            std::array::from_fn(|j| d(1, j) + d(2, j)),
+            std::array::from_fn(|j| d(2, j) - d(1, j)),
+            std::array::from_fn(|j| d(1, j) - d(3, j)),
+        ];
         for (i, r) in t.iter().enumerate() {
             let v = [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]];
             for (j, x) in v.into_iter().enumerate() {
@@ -201,11 +207,10 @@ fn output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     for ko in 0..k {
         let v = |i: usize, j: usize| m[(i * 4 + j) * stride + ko];
         // A^T m: rows m0 + m1 + m2, m1 - m2 - m3.
-        let mut t = [[0f32; 4]; 2];
-        for j in 0..4 {
-            t[0][j] = v(0, j) + v(1, j) + v(2, j);
-            t[1][j] = v(1, j) - v(2, j) - v(3, j);
-        }
+        let t: [[f32; 4]; 2] = [
+            std::array::from_fn(|j| v(0, j) + v(1, j) + v(2, j)),
+            std::array::from_fn(|j| v(1, j) - v(2, j) - v(3, j)),
+        ];
         for (i, r) in t.iter().enumerate() {
             y[(i * 2) * k + ko] = r[0] + r[1] + r[2];
             y[(i * 2 + 1) * k + ko] = r[1] - r[2] - r[3];
