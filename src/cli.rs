@@ -25,6 +25,10 @@ use crate::models::{DeviceChoice, Kernels, Precision};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Print results only: no progress, paths or hints on stderr (errors
+    /// still are).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -261,7 +261,7 @@ pub fn demo_rows(n: u64) -> Vec<SyntheticRow> {
 
 /// Put the demo's trained classifier in the cache, training it unless the
 /// cache holds weights from the same recipe. Prints the held-out accuracy.
-fn put_demo_classifier(cache_dir: &Path) -> anyhow::Result<()> {
+fn put_demo_classifier(cache_dir: &Path, p: crate::printer::Printer) -> anyhow::Result<()> {
     use crate::models::shapes::{train, TrainConfig};
     let cfg = TrainConfig::DEMO;
     let recipe = format!("{cfg:?}");
@@ -275,18 +275,18 @@ fn put_demo_classifier(cache_dir: &Path) -> anyhow::Result<()> {
             .and_then(|t| serde_json::from_str(&t).ok());
     if let Some(t) = trained.filter(|t| t["recipe"] == recipe.as_str()) {
         if snapshot.join("model.safetensors").exists() {
-            eprintln!(
+            p.note(format_args!(
                 "Demo classifier: trained earlier ({}), held-out accuracy {:.1}%",
                 snapshot.join("training.json").display(),
                 100.0 * t["held_out_accuracy"].as_f64().unwrap_or(0.0)
-            );
+            ));
             return Ok(());
         }
     }
-    eprintln!(
+    p.note(format_args!(
         "Training the demo classifier (shapes_cnn, {} steps of {} generated {}px canvases)...",
         cfg.steps, cfg.batch, cfg.side
-    );
+    ));
     let started = std::time::Instant::now();
     let data = crate::models::shapes::TrainingData {
         classes: crate::scenes::training_classes(),
@@ -295,14 +295,14 @@ fn put_demo_classifier(cache_dir: &Path) -> anyhow::Result<()> {
     let (tensors, report) = train(cfg, &data, |step, loss| {
         tracing::info!("training step {step}: loss {loss:.3}");
     })?;
-    eprintln!(
+    p.note(format_args!(
         "Demo classifier: loss {:.2} -> {:.2}; held-out accuracy {:.1}% on {} new canvases (7 labels, chance 14%), {:.0} s",
         report.first_loss,
         report.last_loss,
         100.0 * report.held_out_accuracy,
         report.held_out,
         started.elapsed().as_secs_f64()
-    );
+    ));
     let tmp = tempfile_path(cache_dir, "demo-classifier");
     std::fs::create_dir_all(cache_dir)?;
     candle_core::safetensors::save(&tensors, &tmp)?;
@@ -335,7 +335,7 @@ fn put_demo_classifier(cache_dir: &Path) -> anyhow::Result<()> {
 /// reads only from it (offline): the generated scenes, the trained
 /// classifier, and a random-weight ResNet-18 (`imagenet-hard/synthetic-resnet18`)
 /// for trying `predict`, `eval` and MEMO offline.
-pub fn prepare_demo(run_dir: &Path) -> anyhow::Result<HubConfig> {
+pub fn prepare_demo(run_dir: &Path, p: crate::printer::Printer) -> anyhow::Result<HubConfig> {
     let cache_dir = crate::run_dir::RunDir::of(run_dir).demo_hub();
     let rows = demo_rows(DEMO_SCENES);
     let parquet = tempfile_path(&cache_dir, "demo-source");
@@ -349,7 +349,7 @@ pub fn prepare_demo(run_dir: &Path) -> anyhow::Result<HubConfig> {
         DEMO_COMMIT,
         &[("data/validation-00000-of-00001.parquet", &bytes)],
     )?;
-    put_demo_classifier(&cache_dir)?;
+    put_demo_classifier(&cache_dir, p)?;
     let resnet = cache_dir
         .join(format!("models--{}", RESNET_REPO.replace('/', "--")))
         .join("snapshots")

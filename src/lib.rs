@@ -27,6 +27,7 @@ pub mod models;
 pub mod pair_order;
 pub mod plan;
 pub mod plot;
+pub mod printer;
 pub mod records;
 pub mod report;
 pub mod review;

@@ -29,7 +29,8 @@ fn main() -> ExitCode {
         .init();
     // clap exits with 2 on bad usage.
     let cli = imagenet_hard::cli::Cli::parse();
-    match imagenet_hard::commands::run(cli.command) {
+    let printer = imagenet_hard::printer::Printer::new(cli.quiet);
+    match imagenet_hard::commands::run(cli.command, printer) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

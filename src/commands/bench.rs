@@ -7,8 +7,9 @@ use anyhow::{Context as _, Result};
 use super::context::open_model;
 use crate::cli::BenchArgs;
 use crate::models::{Classifier, DeviceChoice, Kernels, Runtime};
+use crate::printer::Printer;
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, p: Printer) -> Result<()> {
     let BenchArgs {
         images,
         model,
@@ -45,13 +46,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let (resolved, classifier) = open_model(&model)?;
     let files = crate::bench::read_images(&images)?;
-    eprintln!(
+    p.note(format_args!(
         "bench: {} images x {} transforms; model {} ({})",
         files.len(),
         crate::zoom::ZoomGrid::paper().len(),
         resolved.name,
         resolved.architecture.name()
-    );
+    ));
     let opts = crate::bench::BenchOptions {
         measure,
         threads: threads
@@ -88,6 +89,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
             batch_size.min(16),
         )?);
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    p.json(&report)?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use crate::hub::{Hub, HubConfig};
 use crate::manifest::Manifest;
 use crate::models::{Classifier, Runtime};
 use crate::plan::Plan;
+use crate::printer::Printer;
 use crate::zoom::{decode_rgb, DecodeLimits, RgbImage, Transform};
 
 /// A manifest with where it came from and how to reach its inputs.
@@ -24,9 +25,11 @@ pub struct Context {
     pub lock_file: PathBuf,
     pub manifest_dir: PathBuf,
     pub hub: Hub,
+    /// Where the command's words go.
+    pub p: Printer,
 }
 
-pub fn load_context(arg: &ManifestArg) -> Result<Context> {
+pub fn load_context(arg: &ManifestArg, p: Printer) -> Result<Context> {
     match &arg.manifest {
         Some(path) => {
             let manifest = Manifest::load(path)?;
@@ -36,18 +39,19 @@ pub fn load_context(arg: &ManifestArg) -> Result<Context> {
                 lock_file: lock_path(path),
                 manifest_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
                 hub: Hub::new(HubConfig::from_env()),
+                p,
             })
         }
         None => {
             let label = PathBuf::from("<built-in demo manifest>");
             let manifest = Manifest::parse(DEMO_MANIFEST, &label)?;
             let run_dir = manifest.run_dir();
-            eprintln!("No manifest given: running the built-in SYNTHETIC demo (generated scenes, a small CNN trained on generated objects).");
-            let cfg = prepare_demo(&run_dir).context("generating the demo's Hub cache")?;
-            eprintln!(
+            p.note("No manifest given: running the built-in SYNTHETIC demo (generated scenes, a small CNN trained on generated objects).");
+            let cfg = prepare_demo(&run_dir, p).context("generating the demo's Hub cache")?;
+            p.note(format_args!(
                 "Demo inputs generated in the local Hub cache {}",
                 cfg.cache_dir.display()
-            );
+            ));
             manifest.validate(&label)?;
             Ok(Context {
                 lock_file: crate::run_dir::RunDir::of(&run_dir).demo_lock(),
@@ -55,6 +59,7 @@ pub fn load_context(arg: &ManifestArg) -> Result<Context> {
                 label,
                 manifest_dir: PathBuf::from("."),
                 hub: Hub::new(cfg),
+                p,
             })
         }
     }
@@ -70,7 +75,8 @@ pub fn fetch_inputs(ctx: &Context) -> Result<Fetched> {
     )?;
     if existing.as_ref() != Some(&fetched.lock) {
         write_lock(&ctx.lock_file, &fetched.lock)?;
-        eprintln!("Wrote lock {}", ctx.lock_file.display());
+        ctx.p
+            .note(format_args!("Wrote lock {}", ctx.lock_file.display()));
     } else {
         tracing::info!("inputs match the lock {}", ctx.lock_file.display());
     }
@@ -84,10 +90,10 @@ pub fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     let old = Plan::read(&fresh.run_dir).ok();
     if fresh.scan_mode == crate::manifest::ScanMode::Curate {
         match old.as_ref().and_then(|o| o.curate.as_ref()) {
-            Some(kept) => eprintln!(
+            Some(kept) => ctx.p.note(format_args!(
                 "Curate order: the run's own, learned from {}",
                 kept.learned_from
-            ),
+            )),
             None => fresh.curate = Some(curate_order(ctx, &fresh)?),
         }
     }
@@ -149,10 +155,10 @@ fn curate_order(ctx: &Context, plan: &Plan) -> Result<crate::pair_order::CurateO
     } else {
         from.join(", ")
     };
-    eprintln!(
+    ctx.p.note(format_args!(
         "Curate order: {} pairs, learned from {learned_from}",
         pairs.len()
-    );
+    ));
     Ok(crate::pair_order::CurateOrder {
         pairs,
         learned_from,
@@ -164,10 +170,10 @@ fn curate_order(ctx: &Context, plan: &Plan) -> Result<crate::pair_order::CurateO
 /// (if any); no network, no downloads.
 pub fn print_dry_run(ctx: &Context, limit: Option<u64>) -> Result<()> {
     let lock = read_lock(&ctx.lock_file)?;
-    print!(
+    ctx.p.result(format_args!(
         "{}",
         crate::plan::dry_run_text(&ctx.manifest, &ctx.label, lock.as_ref(), limit)
-    );
+    ));
     Ok(())
 }
 /// The plan a previous `plan`, `scan` or `build` wrote.

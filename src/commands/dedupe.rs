@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use super::context::{load_context, read_plan};
 use crate::cli::DedupeArgs;
 use crate::dedupe::{groups, phash, Duplicates, Member};
+use crate::printer::Printer;
 
-pub fn run(args: DedupeArgs) -> Result<()> {
-    let ctx = load_context(&args.manifest)?;
+pub fn run(args: DedupeArgs, p: Printer) -> Result<()> {
+    let ctx = load_context(&args.manifest, p)?;
     let plan = read_plan(&ctx)?;
     let selection = crate::select::Selection::read(&plan.run_dir)?;
     // The images to compare, in source order (the plan's sources, then row).
@@ -79,27 +80,30 @@ pub fn run(args: DedupeArgs) -> Result<()> {
     };
     let path = Duplicates::path(&plan.run_dir);
     crate::util::write_json(&path, &dups)?;
-    println!("group\torigin\trow\tid\tphash");
+    p.result_line("group\torigin\trow\tid\tphash");
     for (g, members) in dups.groups.iter().enumerate() {
         for m in members {
-            println!("{g}\t{}\t{}\t{}\t{}", m.origin, m.row, m.id, m.phash);
+            p.result_line(format_args!(
+                "{g}\t{}\t{}\t{}\t{}",
+                m.origin, m.row, m.id, m.phash
+            ));
         }
     }
     let copies: usize = dups.groups.iter().map(|g| g.len() - 1).sum();
-    eprintln!(
+    p.note(format_args!(
         "{} image(s) compared, {} group(s) of near-duplicates ({} later copies); wrote {}",
         dups.images,
         dups.groups.len(),
         copies,
         path.display()
-    );
+    ));
     match plan.duplicates {
-        crate::manifest::DuplicatePolicy::KeepFirst => eprintln!(
+        crate::manifest::DuplicatePolicy::KeepFirst => p.note(format_args!(
             "`[selection] duplicates = \"keep-first\"`: run `imagenet-hard select` to drop the later copies, then `export`."
-        ),
-        crate::manifest::DuplicatePolicy::KeepAll => eprintln!(
+        )),
+        crate::manifest::DuplicatePolicy::KeepAll => p.note(format_args!(
             "Every copy stays (`[selection] duplicates = \"keep-all\"`); `review` shows the groups."
-        ),
+        )),
     }
     Ok(())
 }

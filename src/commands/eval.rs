@@ -8,16 +8,17 @@ use crate::cli::EvalArgs;
 use crate::hub::{Hub, HubConfig};
 use crate::models::adapt::MemoStep;
 use crate::models::Classifier;
+use crate::printer::Printer;
 
 /// `eval`: score a model (or, with --merge, print a leaderboard).
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(args: EvalArgs, p: Printer) -> Result<()> {
     use crate::eval::{dataset, results, EvalOptions};
     if !args.merge.is_empty() {
-        print!("{}", results::merge(&args.merge)?);
+        p.result(results::merge(&args.merge)?);
         return Ok(());
     }
     if !args.compare.is_empty() {
-        print!("{}", results::compare(&args.compare)?);
+        p.result(results::compare(&args.compare)?);
         return Ok(());
     }
     let (Some(data), Some(model)) = (args.dataset, args.model) else {
@@ -27,16 +28,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let shards = dataset::resolve(&data, &hub, &args.dataset_revision)?;
     if !shards.stale.is_empty() {
         let stale: Vec<String> = shards.stale.iter().map(|c| format!("-of-{c:05}")).collect();
-        eprintln!(
+        p.note(format_args!(
             "{}: using the -of-{:05} shard family ({} rows, as the card's num_examples); {} left unread as stale",
             shards.dataset,
             shards.family,
             shards.rows.unwrap_or(0),
             stale.join(", ")
-        );
+        ));
     }
     if let Some(commit) = &shards.revision {
-        eprintln!("Dataset {}@{commit}", shards.dataset);
+        p.note(format_args!("Dataset {}@{commit}", shards.dataset));
     }
     let opts = EvalOptions {
         tta: args.tta,
@@ -92,19 +93,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &opts,
         per_sample.as_mut(),
     )?;
-    print!("{}", report.table());
+    p.result(report.table());
     if let (Some(w), Some(path)) = (per_sample, &args.per_sample) {
         w.finish()?;
-        eprintln!("Wrote {}", path.display());
+        p.note(format_args!("Wrote {}", path.display()));
     }
     if let Some(path) = args.json {
         crate::util::write_json(&path, &report)
             .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("Wrote {}", path.display());
+        p.note(format_args!("Wrote {}", path.display()));
     }
     if let Some(path) = args.csv {
         results::append_csv(&path, &report)?;
-        eprintln!("Appended a row to {}", path.display());
+        p.note(format_args!("Appended a row to {}", path.display()));
     }
     Ok(())
 }

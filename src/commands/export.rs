@@ -4,10 +4,11 @@ use anyhow::Result;
 
 use super::context::{load_context, read_plan};
 use crate::cli::ManifestArg;
+use crate::printer::Printer;
 
-pub fn run(arg: ManifestArg) -> Result<()> {
-    let ctx = load_context(&arg)?;
+pub fn run(arg: ManifestArg, p: Printer) -> Result<()> {
+    let ctx = load_context(&arg, p)?;
     let plan = read_plan(&ctx)?;
     let selection = crate::select::Selection::read(&plan.run_dir)?;
-    super::shared::export(&plan, &selection)
+    super::shared::export(&plan, &selection, p)
 }

@@ -5,16 +5,17 @@ use anyhow::Result;
 
 use super::context::{fetch_inputs, load_context};
 use crate::cli::ManifestArg;
+use crate::printer::Printer;
 
-pub fn run(arg: ManifestArg) -> Result<()> {
-    let ctx = load_context(&arg)?;
+pub fn run(arg: ManifestArg, p: Printer) -> Result<()> {
+    let ctx = load_context(&arg, p)?;
     let fetched = fetch_inputs(&ctx)?;
     for repo in &fetched.lock.repos {
         for f in &repo.files {
-            println!(
+            p.result_line(format_args!(
                 "{}\t{}@{}\t{}\t{}",
                 f.sha256, repo.id, repo.commit, f.path, f.size
-            );
+            ));
         }
     }
     Ok(())

@@ -7,9 +7,10 @@ use anyhow::Result;
 use super::context::{load_context, read_plan};
 use super::shared::merge;
 use crate::cli::ManifestArg;
+use crate::printer::Printer;
 
-pub fn run(arg: ManifestArg) -> Result<()> {
-    let ctx = load_context(&arg)?;
+pub fn run(arg: ManifestArg, p: Printer) -> Result<()> {
+    let ctx = load_context(&arg, p)?;
     let plan = read_plan(&ctx)?;
-    merge(&plan)
+    merge(&plan, p)
 }

@@ -22,25 +22,26 @@ mod status;
 mod zoom;
 
 use crate::cli::Command;
+use crate::printer::Printer;
 
-/// Run one command.
-pub fn run(command: Command) -> anyhow::Result<()> {
+/// Run one command, its words going where `p` says.
+pub fn run(command: Command, p: Printer) -> anyhow::Result<()> {
     match command {
-        Command::Build(args) => build::run(args),
-        Command::Fetch(arg) => fetch::run(arg),
-        Command::Scan(args) => scan::run(args),
-        Command::Plan(args) => plan::run(args),
-        Command::Status(arg) => status::run(arg),
-        Command::Merge(arg) => merge::run(arg),
-        Command::Select(args) => select::run(args),
-        Command::Report(arg) => report::run(arg),
-        Command::Review(args) => review::run(args),
-        Command::Dedupe(args) => dedupe::run(args),
-        Command::Export(arg) => export::run(arg),
-        Command::Eval(args) => eval::run(args),
-        Command::Predict(args) => predict::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::Models(args) => models::run(args),
-        Command::Zoom(args) => zoom::run(args),
+        Command::Build(args) => build::run(args, p),
+        Command::Fetch(arg) => fetch::run(arg, p),
+        Command::Scan(args) => scan::run(args, p),
+        Command::Plan(args) => plan::run(args, p),
+        Command::Status(arg) => status::run(arg, p),
+        Command::Merge(arg) => merge::run(arg, p),
+        Command::Select(args) => select::run(args, p),
+        Command::Report(arg) => report::run(arg, p),
+        Command::Review(args) => review::run(args, p),
+        Command::Dedupe(args) => dedupe::run(args, p),
+        Command::Export(arg) => export::run(arg, p),
+        Command::Eval(args) => eval::run(args, p),
+        Command::Predict(args) => predict::run(args, p),
+        Command::Bench(args) => bench::run(args, p),
+        Command::Models(args) => models::run(args, p),
+        Command::Zoom(args) => zoom::run(args, p),
     }
 }

@@ -3,8 +3,9 @@
 use anyhow::Result;
 
 use crate::cli::ModelsArgs;
+use crate::printer::Printer;
 
-pub fn run(args: ModelsArgs) -> Result<()> {
+pub fn run(args: ModelsArgs, p: Printer) -> Result<()> {
     let json = args.json;
     let entries = crate::models::registry();
     if json {
@@ -22,17 +23,12 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         let archs: Vec<serde_json::Value> = crate::models::Architecture::all()
             .map(|a| serde_json::json!({"name": a.name(), "config_names": a.spec().config_names}))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"models": rows, "architectures": archs})
-            )?
-        );
+        p.json(&serde_json::json!({"models": rows, "architectures": archs}))?;
     } else {
-        println!("name\tarchitecture\tview\tsource");
+        p.result_line("name\tarchitecture\tview\tsource");
         for e in &entries {
             let v = e.eval;
-            println!(
+            p.result_line(format_args!(
                 "{}\t{}\t{}/{} {:?}\t{}",
                 e.name,
                 e.architecture.name(),
@@ -40,11 +36,15 @@ pub fn run(args: ModelsArgs) -> Result<()> {
                 v.crop,
                 v.interpolation,
                 e.source
-            );
+            ));
         }
-        println!("\narchitecture\thub config names");
+        p.result_line("\narchitecture\thub config names");
         for a in crate::models::Architecture::all() {
-            println!("{}\t{}", a.name(), a.spec().config_names.join(", "));
+            p.result_line(format_args!(
+                "{}\t{}",
+                a.name(),
+                a.spec().config_names.join(", ")
+            ));
         }
     }
     Ok(())

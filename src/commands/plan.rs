@@ -13,51 +13,59 @@ use super::context::{
 use super::shared::{progress_line, unit_cells, unit_models};
 use crate::cli::PlanArgs;
 use crate::plan::Plan;
+use crate::printer::Printer;
 
-pub fn run(args: PlanArgs) -> Result<()> {
+pub fn run(args: PlanArgs, p: Printer) -> Result<()> {
     let rates = crate::cost::rates_from_bench(&args.rates)?;
     let run = args.run;
-    let ctx = load_context(&run.manifest)?;
+    let ctx = load_context(&run.manifest, p)?;
     if run.dry_run {
         print_dry_run(&ctx, run.limit)?;
         let costs = crate::plan::dry_run_cost(&ctx.manifest, run.limit, &rates);
-        println!("\ncost (rows from the manifest's `rows`)");
-        print!(
+        p.result_line("\ncost (rows from the manifest's `rows`)");
+        p.result(format_args!(
             "{}",
             crate::cost::table(
                 &costs,
                 ctx.manifest.scan.mode != crate::manifest::ScanMode::Exhaustive
             )
-        );
+        ));
         let images: Option<u64> = costs
             .first()
             .and_then(|c| c.passes)
             .map(|p| p / ctx.manifest.zoom.grid().len().max(1) as u64);
-        println!("\n{}", modes(&ctx, &args.sample, images, &rates)?);
+        p.result_line(format_args!(
+            "\n{}",
+            modes(&ctx, &args.sample, images, &rates)?
+        ));
         return Ok(());
     }
     let plan = prepare_plan(&ctx, run.limit)?;
-    println!("unit\torigin\trows\timages\tmodels");
+    p.result_line("unit\torigin\trows\timages\tmodels");
     for u in &plan.units {
-        println!(
+        p.result_line(format_args!(
             "{}\t{}\t{}",
             unit_cells(u),
             u.images(),
             unit_models(&plan, u)
-        );
+        ));
     }
-    eprintln!(
+    p.note(format_args!(
         "{} units written to {}; run them with `imagenet-hard scan --unit K` or a job array (scripts/slurm/)",
         plan.units.len(),
         Plan::path(&plan.run_dir).display()
-    );
+    ));
     let bound = plan.scan_mode != crate::manifest::ScanMode::Exhaustive;
-    eprint!("\n{}", crate::cost::table(&plan.cost(&rates), bound));
+    let table = crate::cost::table(&plan.cost(&rates), bound);
+    p.note(format_args!("\n{}", table.trim_end_matches('\n')));
     let images = plan.sources.iter().map(|s| s.selected_count()).sum();
-    eprintln!("\n{}", modes(&ctx, &args.sample, Some(images), &rates)?);
+    p.note(format_args!(
+        "\n{}",
+        modes(&ctx, &args.sample, Some(images), &rates)?
+    ));
     let progress = crate::cost::project_run(&crate::scan::unit_progress(&plan));
     if progress.units_done > 0 {
-        eprintln!("{}", progress_line(&progress));
+        p.note(progress_line(&progress));
     }
     Ok(())
 }

@@ -5,9 +5,10 @@ use anyhow::Result;
 
 use super::context::{open_model, parse_transform, read_image};
 use crate::cli::PredictArgs;
+use crate::printer::Printer;
 use crate::zoom::{center_view, normalise_chw, zoom_view};
 
-pub fn run(args: PredictArgs) -> Result<()> {
+pub fn run(args: PredictArgs, p: Printer) -> Result<()> {
     let PredictArgs {
         image,
         model,
@@ -55,18 +56,23 @@ pub fn run(args: PredictArgs) -> Result<()> {
             "view": view_name,
             "top": best,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        p.json(&out)?;
     } else {
-        eprintln!("{} on {} ({})", resolved.name, image.display(), view_name);
-        println!("rank\tindex\tprob\tname");
+        p.note(format_args!(
+            "{} on {} ({})",
+            resolved.name,
+            image.display(),
+            view_name
+        ));
+        p.result_line("rank\tindex\tprob\tname");
         for (rank, b) in best.iter().enumerate() {
-            println!(
+            p.result_line(format_args!(
                 "{}\t{}\t{:.4}\t{}",
                 rank + 1,
                 b["index"],
                 b["probability"].as_f64().unwrap_or(0.0),
                 b["name"].as_str().unwrap_or("")
-            );
+            ));
         }
     }
     Ok(())

@@ -5,15 +5,16 @@ use anyhow::{bail, Context as _, Result};
 
 use super::context::{load_context, read_plan};
 use crate::cli::ReviewArgs;
+use crate::printer::Printer;
 use crate::review::server::{random_token, Session};
 use crate::review::Workbench;
 use crate::review_csv::{merge, parse, to_csv, ReviewFile};
 
-pub fn run(args: ReviewArgs) -> Result<()> {
+pub fn run(args: ReviewArgs, p: Printer) -> Result<()> {
     if !args.merge.is_empty() {
-        return merge_files(&args);
+        return merge_files(&args, p);
     }
-    let ctx = load_context(&args.manifest)?;
+    let ctx = load_context(&args.manifest, p)?;
     let plan = read_plan(&ctx)?;
     let selection = crate::select::Selection::read(&plan.run_dir)?;
     let groups = crate::dedupe::Duplicates::read(&plan.run_dir)
@@ -50,20 +51,20 @@ pub fn run(args: ReviewArgs) -> Result<()> {
         .to_ip()
         .map(|a| a.port())
         .context("the server has no IP address")?;
-    eprintln!(
+    p.note(format_args!(
         "Reviewing {} image(s) ({} decided so far) into {}; Ctrl-C stops (every decision is already saved).",
         bench.items.len(),
         reviewed,
         path.display()
-    );
-    println!("http://127.0.0.1:{port}/?token={token}");
+    ));
+    p.result_line(format_args!("http://127.0.0.1:{port}/?token={token}"));
     use std::io::Write as _;
     std::io::stdout().flush().ok();
     Session::new(&plan, bench, file, reviewer, token).serve(&server);
     Ok(())
 }
 
-fn merge_files(args: &ReviewArgs) -> Result<()> {
+fn merge_files(args: &ReviewArgs, p: Printer) -> Result<()> {
     let mut files = Vec::new();
     for path in &args.merge {
         let text =
@@ -74,21 +75,26 @@ fn merge_files(args: &ReviewArgs) -> Result<()> {
     let output = args.output.as_ref().context("--merge needs --output")?;
     crate::util::write_atomic(output, to_csv(&merged)?.as_bytes())
         .with_context(|| format!("writing {}", output.display()))?;
-    println!("origin\trow\tconflict");
+    p.result_line("origin\trow\tconflict");
     for c in &conflicts {
         let views: Vec<String> = c
             .views
             .iter()
             .map(|(f, d, l)| format!("{f}: {} {l:?}", d.name()))
             .collect();
-        println!("{}\t{}\t{}", c.origin, c.row, views.join("; "));
+        p.result_line(format_args!(
+            "{}\t{}\t{}",
+            c.origin,
+            c.row,
+            views.join("; ")
+        ));
     }
-    eprintln!(
+    p.note(format_args!(
         "Merged {} file(s): {} image(s), {} conflict(s) flagged for a second look, in {}",
         files.len(),
         merged.len(),
         conflicts.len(),
         output.display()
-    );
+    ));
     Ok(())
 }

@@ -8,9 +8,10 @@ use super::context::{load_context, prepare_plan, print_dry_run, read_plan};
 use super::shared::scan_units;
 use crate::cli::ScanArgs;
 use crate::plan::Plan;
+use crate::printer::Printer;
 
-pub fn run(args: ScanArgs) -> Result<()> {
-    let ctx = load_context(&args.run.manifest)?;
+pub fn run(args: ScanArgs, p: Printer) -> Result<()> {
+    let ctx = load_context(&args.run.manifest, p)?;
     if args.run.dry_run {
         return print_dry_run(&ctx, args.run.limit);
     }
@@ -21,7 +22,7 @@ pub fn run(args: ScanArgs) -> Result<()> {
     if assignment == crate::units::Assignment::All {
         let plan = prepare_plan(&ctx, args.run.limit)?;
         let all: Vec<usize> = (0..plan.units.len()).collect();
-        return scan_units(&plan, &args.run, &all, false);
+        return scan_units(&plan, &args.run, &all, false, p);
     }
     // A worker of a fanned-out scan: the plan is made once, up front.
     let plan = read_plan(&ctx)?;
@@ -32,5 +33,5 @@ pub fn run(args: ScanArgs) -> Result<()> {
         );
     }
     let ids = assignment.pick(plan.units.len())?;
-    scan_units(&plan, &args.run, &ids, false)
+    scan_units(&plan, &args.run, &ids, false, p)
 }

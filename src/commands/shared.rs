@@ -10,11 +10,12 @@ use crate::claim::ClaimTimes;
 use crate::cli::RunArgs;
 use crate::models::Runtime;
 use crate::plan::Plan;
+use crate::printer::Printer;
 use crate::scan::ScanOptions;
 
 /// The scan settings `args` name, checked once: threads, claim times,
 /// progress interval.
-fn options(args: &RunArgs, wait_for_others: bool) -> Result<ScanOptions> {
+fn options(args: &RunArgs, wait_for_others: bool, printer: Printer) -> Result<ScanOptions> {
     let seconds = |s: f64, flag: &str, zero_ok: bool| -> Result<Duration> {
         if !s.is_finite() || s < 0.0 || (s == 0.0 && !zero_ok) {
             bail!(
@@ -31,20 +32,27 @@ fn options(args: &RunArgs, wait_for_others: bool) -> Result<ScanOptions> {
             .unwrap_or_else(crate::feed::default_threads),
         claims: ClaimTimes::new(seconds(args.claim_timeout, "--claim-timeout", false)?),
         wait_for_others,
+        printer,
         progress_every: seconds(args.progress_every, "--progress-every", true)?,
     })
 }
 
 /// Scan units `ids` of the plan. `build` waits for units other workers
 /// hold (it merges next); a `scan` worker leaves them to their holders.
-pub fn scan_units(plan: &Plan, args: &RunArgs, ids: &[usize], wait: bool) -> Result<()> {
-    let opts = options(args, wait)?;
+pub fn scan_units(
+    plan: &Plan,
+    args: &RunArgs,
+    ids: &[usize],
+    wait: bool,
+    p: Printer,
+) -> Result<()> {
+    let opts = options(args, wait, p)?;
     let threads = opts.threads;
     let rt = Runtime::new(args.device)?
         .with_precision(plan.scan_dtype)
         .with_context(|| format!("scan.dtype = \"{}\" in the manifest", plan.scan_dtype))?
         .with_kernels(args.kernels)?;
-    eprintln!(
+    p.note(format_args!(
         "Scanning on {} ({}, {threads} preprocessing threads): {} of {} unit(s), {} model(s) x {} transforms per image",
         rt.describe(),
         rt.precision(),
@@ -52,7 +60,7 @@ pub fn scan_units(plan: &Plan, args: &RunArgs, ids: &[usize], wait: bool) -> Res
         plan.units.len(),
         plan.models.len(),
         plan.grid.len()
-    );
+    ));
     let summary = crate::scan::scan(plan, &rt, ids, &opts)?;
     for (s, fresh) in summary.units {
         let unit = s
@@ -61,29 +69,32 @@ pub fn scan_units(plan: &Plan, args: &RunArgs, ids: &[usize], wait: bool) -> Res
             .map(|u| format!("u{u:05}"))
             .unwrap_or_default();
         if !fresh {
-            eprintln!("  {unit} {}: already done, records kept", s.origin);
+            p.note(format_args!(
+                "  {unit} {}: already done, records kept",
+                s.origin
+            ));
             continue;
         }
         let skipped: u64 = s.skipped.values().sum();
-        eprintln!(
+        p.note(format_args!(
             "  {unit} {}: {} images scanned, {} skipped {:?}, {} crops in {:.1}s",
             s.origin, s.images_scanned, skipped, s.skipped, s.forward_passes, s.seconds
-        );
+        ));
     }
     if !summary.busy.is_empty() {
-        eprintln!(
+        p.note(format_args!(
             "{} unit(s) left to the workers holding them; `imagenet-hard status` shows them",
             summary.busy.len()
-        );
+        ));
     }
     Ok(())
 }
 
 /// Select, export and report; refuses while units are missing.
-pub fn merge(plan: &Plan) -> Result<()> {
-    let selection = select(plan, &plan.selection, None)?;
-    export(plan, &selection)?;
-    report(plan, &selection)?;
+pub fn merge(plan: &Plan, p: Printer) -> Result<()> {
+    let selection = select(plan, &plan.selection, None, p)?;
+    export(plan, &selection, p)?;
+    report(plan, &selection, p)?;
     Ok(())
 }
 
@@ -92,35 +103,39 @@ pub fn select(
     plan: &Plan,
     rule: &crate::manifest::SelectionRule,
     relabel: Option<&crate::select::Relabel>,
+    p: Printer,
 ) -> Result<crate::select::Selection> {
     let selection = crate::select::select(plan, rule, relabel)?;
     selection.write(&plan.run_dir)?;
-    print!("{}", selection.bounds_table());
+    p.result(selection.bounds_table());
     Ok(selection)
 }
 
 /// Write the report and say where.
-pub fn report(plan: &Plan, selection: &crate::select::Selection) -> Result<()> {
+pub fn report(plan: &Plan, selection: &crate::select::Selection, p: Printer) -> Result<()> {
     let written = crate::report::report(plan, selection)?;
-    eprintln!(
+    p.note(format_args!(
         "Report: {} ({} files)",
         written.dir.join("report.md").display(),
         written.files.len()
-    );
+    ));
     Ok(())
 }
 
 /// Export the shards and the card and say where.
-pub fn export(plan: &Plan, selection: &crate::select::Selection) -> Result<()> {
+pub fn export(plan: &Plan, selection: &crate::select::Selection, p: Printer) -> Result<()> {
     let stats = crate::scan::read_stats(plan)?;
     let summary = crate::export::export(plan, selection, &stats)?;
-    eprintln!(
+    p.note(format_args!(
         "Exported {} hard image(s) in {} shard(s) to {}",
         summary.rows,
         summary.shards.len(),
         summary.dir.join("data").display()
-    );
-    eprintln!("Dataset card: {}", summary.dir.join("README.md").display());
+    ));
+    p.note(format_args!(
+        "Dataset card: {}",
+        summary.dir.join("README.md").display()
+    ));
     Ok(())
 }
 

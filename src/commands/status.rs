@@ -8,19 +8,20 @@ use super::context::{load_context, read_plan};
 use super::shared::{progress_line, unit_cells, unit_models};
 use crate::cli::ManifestArg;
 use crate::plan::Plan;
+use crate::printer::Printer;
 
-pub fn run(arg: ManifestArg) -> Result<()> {
-    let ctx = load_context(&arg)?;
+pub fn run(arg: ManifestArg, p: Printer) -> Result<()> {
+    let ctx = load_context(&arg, p)?;
     let plan = read_plan(&ctx)?;
-    print_status(&plan);
+    print_status(&plan, p);
     Ok(())
 }
 
-fn print_status(plan: &Plan) {
+fn print_status(plan: &Plan, p: Printer) {
     use crate::cost::duration;
     use crate::scan::{unit_state, UnitState};
     let (mut done, mut running, mut pending, mut failed) = (0, 0, 0, 0);
-    println!("unit\torigin\trows\tmodels\tstate");
+    p.result_line("unit\torigin\trows\tmodels\tstate");
     for u in &plan.units {
         let state = match unit_state(&plan.run_dir, u) {
             UnitState::Done => {
@@ -64,14 +65,18 @@ fn print_status(plan: &Plan) {
                 format!("failed: {}", error.trim())
             }
         };
-        println!("{}\t{}\t{state}", unit_cells(u), unit_models(plan, u));
+        p.result_line(format_args!(
+            "{}\t{}\t{state}",
+            unit_cells(u),
+            unit_models(plan, u)
+        ));
     }
-    println!(
+    p.result_line(format_args!(
         "{} units: {done} done, {running} running, {pending} pending, {failed} failed",
         plan.units.len()
-    );
+    ));
     let progress = crate::cost::project_run(&crate::scan::unit_progress(plan));
     if progress.units_done > 0 {
-        println!("{}", progress_line(&progress));
+        p.result_line(progress_line(&progress));
     }
 }

@@ -4,9 +4,10 @@ use anyhow::{Context as _, Result};
 
 use super::context::{parse_transform, read_image};
 use crate::cli::ZoomArgs;
+use crate::printer::Printer;
 use crate::zoom::zoom_view;
 
-pub fn run(args: ZoomArgs) -> Result<()> {
+pub fn run(args: ZoomArgs, p: Printer) -> Result<()> {
     let ZoomArgs {
         image,
         transform,
@@ -21,12 +22,12 @@ pub fn run(args: ZoomArgs) -> Result<()> {
     buffer
         .save_with_format(&output, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", output.display()))?;
-    eprintln!(
+    p.note(format_args!(
         "Wrote {} ({t} of {}, {}x{})",
         output.display(),
         image.display(),
         img.width,
         img.height
-    );
+    ));
     Ok(())
 }

@@ -51,7 +51,7 @@ impl<'a> UnitScan<'a> {
         unit: &'a Unit,
         loaded: &'a [Option<Classifier>],
         claim: &'a Claim,
-        progress_every: Duration,
+        (progress_every, printer): (Duration, crate::printer::Printer),
     ) -> Result<UnitScan<'a>, ScanError> {
         let source = &plan.sources[unit.source];
         let planned: Vec<&PlannedModel> = unit.models.iter().map(|&i| &plan.models[i]).collect();
@@ -82,8 +82,8 @@ impl<'a> UnitScan<'a> {
             planned,
             models,
             writer: RecordWriter::create(&unit_records_path(&plan.run_dir, unit))?,
-            bar: crate::util::progress(unit.images(), &label),
-            progress: Progress::new(label, unit.images(), progress_every),
+            bar: printer.progress(unit.images(), &label),
+            progress: Progress::new(label, unit.images(), progress_every, printer),
             start: Instant::now(),
             claim,
         })
@@ -222,7 +222,12 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: String, total: u64, every: Duration) -> Progress {
+    fn new(
+        label: String,
+        total: u64,
+        every: Duration,
+        printer: crate::printer::Printer,
+    ) -> Progress {
         use std::io::IsTerminal;
         let now = Instant::now();
         Progress {
@@ -231,7 +236,7 @@ impl Progress {
             every,
             start: now,
             last: now,
-            enabled: !std::io::stderr().is_terminal(),
+            enabled: !std::io::stderr().is_terminal() && !printer.is_quiet(),
         }
     }
 

@@ -159,6 +159,8 @@ pub struct ScanOptions {
     /// Wait for units other workers hold until they finish (or die and are
     /// taken over), as `build` must; a job-array worker moves on instead.
     pub wait_for_others: bool,
+    /// Where progress goes (`--quiet` silences it).
+    pub printer: crate::printer::Printer,
     /// Progress lines on stderr this often when it is not a terminal.
     pub progress_every: Duration,
 }
@@ -197,21 +199,21 @@ pub fn scan(
         match run_unit(plan, rt, unit, &mut models, opts) {
             Ok(UnitOutcome::Done(s, fresh)) => summary.units.push((s, fresh)),
             Ok(UnitOutcome::Busy(b)) if opts.wait_for_others => {
-                eprintln!(
+                opts.printer.note(format_args!(
                     "  {}: held by {} (heartbeat {:.0}s ago); waiting for it",
                     unit.name(),
                     b.owner,
                     b.age.as_secs_f64()
-                );
+                ));
                 waiting.push(unit)
             }
             Ok(UnitOutcome::Busy(b)) => {
-                eprintln!(
+                opts.printer.note(format_args!(
                     "  {}: held by {} (heartbeat {:.0}s ago); left to it",
                     unit.name(),
                     b.owner,
                     b.age.as_secs_f64()
-                );
+                ));
                 summary.busy.push((unit.name(), b))
             }
             Err(e) => {
@@ -282,15 +284,21 @@ fn run_unit(
         }
     }
     let error_file = unit_error_path(&plan.run_dir, unit);
-    let result =
-        UnitScan::new(plan, unit, models, &claim, opts.progress_every).and_then(|mut scan| {
-            let completed = match plan.scan_mode {
-                ScanMode::Exhaustive => exhaustive::scan(&mut scan, opts.threads),
-                ScanMode::FirstHit => first_hit::scan(&mut scan, opts.threads),
-                ScanMode::Curate => curate::scan(&mut scan, opts.threads),
-            }?;
-            scan.finish(completed)
-        });
+    let result = UnitScan::new(
+        plan,
+        unit,
+        models,
+        &claim,
+        (opts.progress_every, opts.printer),
+    )
+    .and_then(|mut scan| {
+        let completed = match plan.scan_mode {
+            ScanMode::Exhaustive => exhaustive::scan(&mut scan, opts.threads),
+            ScanMode::FirstHit => first_hit::scan(&mut scan, opts.threads),
+            ScanMode::Curate => curate::scan(&mut scan, opts.threads),
+        }?;
+        scan.finish(completed)
+    });
     match result {
         Ok(Some(s)) => {
             crate::util::write_json(&stats_path, &s).map_err(|e| ScanError::Io {

@@ -179,3 +179,25 @@ fn commands_never_call_each_other() {
         vec!["src/commands/build.rs calls the `report` command"]
     );
 }
+
+/// Every word a command prints goes through the printer (results to
+/// stdout, notes to stderr unless `--quiet`): no `println!` and friends in
+/// src/commands/.
+#[test]
+fn commands_print_through_the_printer() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/commands");
+    let mut wrong = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if ["println!", "eprintln!", "print!(", "eprint!("]
+                .iter()
+                .any(|m| line.contains(m))
+            {
+                wrong.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -77,6 +77,12 @@ fn report_and_reselection_match_the_hand_worked_numbers() {
 
     let out = fx.run(&["select", m], &[]);
     ok(&out);
+    // `--quiet` keeps the results (stdout) and drops the notes (stderr).
+    assert!(!out.stderr.is_empty(), "select says where it wrote");
+    let quiet = fx.run(&["--quiet", "select", m], &[]);
+    ok(&quiet);
+    assert_eq!(stdout(&quiet), stdout(&out));
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
     // always-3: 1-crop rows {0, 7} = 2/7, upper bound {0, 1, 2, 7} = 4/7.
     assert!(
         stdout(&out).contains("| always-3 | tiny-source | 7 | 28.57 | 57.14 (18) |"),

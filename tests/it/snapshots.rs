@@ -114,7 +114,12 @@ fn mentioned_flags(text: &str) -> Vec<String> {
 fn every_flag_a_help_mentions_exists() {
     let fx = Fixture::new();
     let cli = imagenet_hard::cli::Cli::command();
-    let all: Vec<String> = cli.get_subcommands().flat_map(flags_of).collect();
+    // The global flags (`--quiet`) are the top-level command's.
+    let all: Vec<String> = cli
+        .get_subcommands()
+        .chain([&cli])
+        .flat_map(flags_of)
+        .collect();
     for sub in cli.get_subcommands().filter(|c| c.get_name() != "help") {
         let out = fx.run(&[sub.get_name(), "--help"], &[]);
         ok(&out);
