@@ -1,11 +1,11 @@
 //! Scan stage: every image of every source through every model under every
 //! zoom transform, one work unit at a time, each under a claim. Each
 //! (image, model) becomes one [`ScanRecord`]; undecodable rows become
-//! counted skips. Three strategies share one unit scan ([`unit`]):
-//! [`exhaustive`] (every transform, fed by the parallel feed),
-//! [`first_hit`] (each model stops at its first correct transform) and
-//! [`curate`] (every model stops at the first hit of any, pairs tried in a
-//! learned order). A unit
+//! counted skips. Three modes share one unit driver ([`driver`]):
+//! [`exhaustive`] (every transform, fed by the parallel feed), and two
+//! strategies on the loop of [`hunt`]: [`first_hit`] (each model stops at
+//! its first correct transform) and [`curate`] (every model stops at the
+//! first hit of any, pairs tried in a learned order). A unit
 //! writes its records under a temporary name, renames them when complete,
 //! then writes its stats: a unit with stats is done and is never run again,
 //! so a killed worker loses at most its current unit.
@@ -14,6 +14,7 @@ mod curate;
 mod driver;
 mod exhaustive;
 mod first_hit;
+mod hunt;
 
 pub use first_hit::NOT_TRIED;
 
