@@ -266,6 +266,16 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Print JSON on stdout instead of a table: per unit its id, origin,
+    /// rows, models, state and detail, and the run's projection.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ModelsArgs {
     #[arg(long)]
     pub json: bool,
@@ -360,9 +370,9 @@ pub enum Command {
     /// Reads plan.json and scan/units/ (stats, claims, errors); writes one
     /// line per unit to stdout (done with its time and rate, running with its
     /// worker and heartbeat, pending, or failed with the error), a summary
-    /// and the time left at the finished units' pace. Exits 0 whatever the
-    /// state.
-    Status(ManifestArg),
+    /// and the time left at the finished units' pace (with --json: one JSON
+    /// document of the same). Exits 0 whatever the state.
+    Status(StatusArgs),
     /// Select, export and report once every unit is done.
     ///
     /// Reads plan.json, scan/ and the sources; writes select/, dataset/ and

@@ -271,7 +271,7 @@ pub struct UnitProgress {
 }
 
 /// Where a fanned-out run stands, projected from its finished units.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunProjection {
     pub units_done: usize,
     pub units: usize,

@@ -1,82 +1,127 @@
 //! `status`: each unit's state (done with its time and rate, running with
 //! its worker and heartbeat, pending, failed with its error) and the run's
-//! projected time left.
+//! projected time left, as a table or (`--json`) one JSON document.
 
 use anyhow::Result;
+use serde::Serialize;
 
 use super::context::{load_context, read_plan};
 use super::shared::{progress_line, unit_cells, unit_models};
-use crate::cli::ManifestArg;
+use crate::cli::StatusArgs;
 use crate::plan::Plan;
 use crate::printer::Printer;
 
-pub fn run(arg: ManifestArg, p: Printer) -> Result<()> {
-    let ctx = load_context(&arg, p)?;
+pub fn run(args: StatusArgs, p: Printer) -> Result<()> {
+    let ctx = load_context(&args.manifest, p)?;
     let plan = read_plan(&ctx)?;
-    print_status(&plan, p);
+    let status = status(&plan);
+    if args.json {
+        p.json(&status)?;
+        return Ok(());
+    }
+    p.result_line("unit\torigin\trows\tmodels\tstate");
+    for (u, row) in plan.units.iter().zip(&status.units) {
+        p.result_line(format_args!(
+            "{}\t{}\t{}",
+            unit_cells(u),
+            unit_models(&plan, u),
+            row.detail
+        ));
+    }
+    let count = |s: &str| status.units.iter().filter(|r| r.state == s).count();
+    p.result_line(format_args!(
+        "{} units: {} done, {} running, {} pending, {} failed",
+        status.units.len(),
+        count("done"),
+        count("running"),
+        count("pending"),
+        count("failed")
+    ));
+    if status.progress.units_done > 0 {
+        p.result_line(progress_line(&status.progress));
+    }
     Ok(())
 }
 
-fn print_status(plan: &Plan, p: Printer) {
+/// The run's state: what the table shows, as values.
+#[derive(Debug, Serialize)]
+struct Status {
+    units: Vec<UnitRow>,
+    progress: crate::cost::RunProjection,
+}
+
+#[derive(Debug, Serialize)]
+struct UnitRow {
+    unit: String,
+    origin: String,
+    first: u64,
+    end: u64,
+    models: Vec<String>,
+    /// done, running, pending or failed.
+    state: &'static str,
+    /// The state in words: time and rate, worker and heartbeat, the error.
+    detail: String,
+}
+
+fn status(plan: &Plan) -> Status {
     use crate::cost::duration;
     use crate::scan::{unit_state, UnitState};
-    let (mut done, mut running, mut pending, mut failed) = (0, 0, 0, 0);
-    p.result_line("unit\torigin\trows\tmodels\tstate");
-    for u in &plan.units {
-        let state = match unit_state(&plan.run_dir, u) {
-            UnitState::Done => {
-                done += 1;
-                match crate::util::read_json::<crate::scan::ScanStats>(
-                    &crate::scan::unit_stats_path(&plan.run_dir, u),
-                ) {
-                    Ok(s) if s.seconds > 0.0 => format!(
-                        "done in {} ({:.0} crops/s)",
-                        duration(s.seconds),
-                        s.forward_passes as f64 / s.seconds
-                    ),
-                    _ => "done".into(),
+    let units = plan
+        .units
+        .iter()
+        .map(|u| {
+            let (state, detail) = match unit_state(&plan.run_dir, u) {
+                UnitState::Done => {
+                    let stats = crate::util::read_json::<crate::scan::ScanStats>(
+                        &crate::scan::unit_stats_path(&plan.run_dir, u),
+                    );
+                    let detail = match stats {
+                        Ok(s) if s.seconds > 0.0 => format!(
+                            "done in {} ({:.0} crops/s)",
+                            duration(s.seconds),
+                            s.forward_passes as f64 / s.seconds
+                        ),
+                        _ => "done".into(),
+                    };
+                    ("done", detail)
                 }
-            }
-            UnitState::Running {
-                owner,
-                elapsed,
-                heartbeat_age,
-            } => {
-                running += 1;
-                format!(
-                    "running on {owner} for {} (heartbeat {} ago)",
-                    elapsed
-                        .map(|e| duration(e.as_secs_f64()))
-                        .unwrap_or("?".into()),
-                    duration(heartbeat_age.as_secs_f64())
-                )
-            }
-            UnitState::Pending { stale_claim } => {
-                pending += 1;
-                match stale_claim {
-                    Some(owner) => format!(
-                        "pending (claimed by {owner}, which stopped: the next worker takes it over)"
-                    ),
-                    None => "pending".into(),
+                UnitState::Running {
+                    owner,
+                    elapsed,
+                    heartbeat_age,
+                } => {
+                    let elapsed = elapsed.map(|e| duration(e.as_secs_f64()));
+                    let detail = format!(
+                        "running on {owner} for {} (heartbeat {} ago)",
+                        elapsed.unwrap_or("?".into()),
+                        duration(heartbeat_age.as_secs_f64())
+                    );
+                    ("running", detail)
                 }
+                UnitState::Pending { stale_claim } => {
+                    let detail = match stale_claim {
+                        Some(owner) => format!(
+                            "pending (claimed by {owner}, which stopped: the next worker takes it over)"
+                        ),
+                        None => "pending".into(),
+                    };
+                    ("pending", detail)
+                }
+                UnitState::Failed { error } => ("failed", format!("failed: {}", error.trim())),
+            };
+            UnitRow {
+                unit: u.name(),
+                origin: u.origin.clone(),
+                first: u.first,
+                end: u.end,
+                models: u.models.iter().map(|&m| plan.models[m].name.clone()).collect(),
+                state,
+                detail,
             }
-            UnitState::Failed { error } => {
-                failed += 1;
-                format!("failed: {}", error.trim())
-            }
-        };
-        p.result_line(format_args!(
-            "{}\t{}\t{state}",
-            unit_cells(u),
-            unit_models(plan, u)
-        ));
-    }
-    p.result_line(format_args!(
-        "{} units: {done} done, {running} running, {pending} pending, {failed} failed",
-        plan.units.len()
-    ));
-    let progress = crate::cost::project_run(&crate::scan::unit_progress(plan));
-    if progress.units_done > 0 {
-        p.result_line(progress_line(&progress));
+        })
+        .collect();
+    Status {
+        units,
+        progress: crate::cost::project_run(&crate::scan::unit_progress(plan)),
     }
 }

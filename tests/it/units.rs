@@ -147,6 +147,22 @@ fn units_fan_out_over_workers_and_merge_to_the_same_bytes() {
         text.contains("u00003\ttiny-source\t1..2\talways-7\tpending"),
         "{text}"
     );
+    // `--json`: the same states as one document.
+    let json = fx.run(&["status", m, "--json"], &[]);
+    ok(&json);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    let units = v["units"].as_array().unwrap();
+    assert_eq!(units.len(), 16);
+    let states = |s: &str| units.iter().filter(|u| u["state"] == s).count();
+    assert_eq!((states("done"), states("pending")), (9, 7));
+    assert_eq!(units[5]["unit"], "u00005");
+    assert_eq!(
+        (units[5]["first"].as_u64(), units[5]["end"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(units[5]["models"], serde_json::json!(["always-7"]));
+    assert!(units[5]["detail"].as_str().unwrap().starts_with("done"));
+    assert_eq!(v["progress"]["units_done"], 9);
     // A Kubernetes Indexed Job pod runs the unit of its index.
     scan(&[], &[("JOB_COMPLETION_INDEX", "3")]);
     scan(&["--shard-index", "0", "--num-shards", "2"], &[]);
