@@ -20,7 +20,10 @@ pub struct Hits {
 
 impl Hits {
     /// From per-image rows `correct[t]`, all of length `transforms`.
-    pub fn from_rows<'a>(rows: impl IntoIterator<Item = &'a [bool]>, transforms: usize) -> Hits {
+    pub(crate) fn from_rows<'a>(
+        rows: impl IntoIterator<Item = &'a [bool]>,
+        transforms: usize,
+    ) -> Hits {
         let rows: Vec<&[bool]> = rows.into_iter().collect();
         let images = rows.len();
         let words = images.div_ceil(64);
@@ -52,7 +55,7 @@ impl Hits {
     }
 
     /// Images solved by at least one of `transforms`.
-    pub fn solved_by(&self, transforms: impl IntoIterator<Item = usize>) -> usize {
+    pub(crate) fn solved_by(&self, transforms: impl IntoIterator<Item = usize>) -> usize {
         let mut union = vec![0u64; self.words];
         for t in transforms {
             for (u, b) in union.iter_mut().zip(self.of(t)) {
@@ -63,7 +66,7 @@ impl Hits {
     }
 
     /// Images solved by some transform in `group` and by none outside it.
-    pub fn solved_only_by(&self, group: &[usize]) -> usize {
+    pub(crate) fn solved_only_by(&self, group: &[usize]) -> usize {
         let mut inside = vec![0u64; self.words];
         let mut outside = vec![0u64; self.words];
         for t in 0..self.transforms() {
@@ -108,7 +111,7 @@ fn fraction(k: usize, n: usize) -> f64 {
 /// Stops when no transform adds an image, so `picks.len()` is the cover size
 /// that reaches the full upper bound.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cover {
+pub(crate) struct Cover {
     /// Transform indices in pick order.
     pub picks: Vec<usize>,
     /// Images solved after each pick (cumulative).
@@ -118,7 +121,7 @@ pub struct Cover {
 
 impl Cover {
     /// Fraction solved by the first `k` picks (all picks when there are fewer).
-    pub fn bound_at(&self, k: usize) -> f64 {
+    pub(crate) fn bound_at(&self, k: usize) -> f64 {
         let solved = match k.min(self.picks.len()) {
             0 => 0,
             k => self.solved[k - 1],
@@ -127,7 +130,7 @@ impl Cover {
     }
 }
 
-pub fn greedy_cover(h: &Hits) -> Cover {
+pub(crate) fn greedy_cover(h: &Hits) -> Cover {
     let mut covered = vec![0u64; h.words];
     let mut picks = Vec::new();
     let mut solved = Vec::new();
@@ -163,7 +166,7 @@ pub fn greedy_cover(h: &Hits) -> Cover {
 }
 
 /// The random-guess row of Table 1: `k` guesses over `classes`, capped at 1.
-pub fn random_baseline(k: usize, classes: usize) -> f64 {
+pub(crate) fn random_baseline(k: usize, classes: usize) -> f64 {
     (k as f64 / classes.max(1) as f64).min(1.0)
 }
 
@@ -178,7 +181,8 @@ pub enum ScaleGroup {
 }
 
 impl ScaleGroup {
-    pub const ALL: [ScaleGroup; 3] = [ScaleGroup::ZoomOut, ScaleGroup::AtCrop, ScaleGroup::ZoomIn];
+    pub(crate) const ALL: [ScaleGroup; 3] =
+        [ScaleGroup::ZoomOut, ScaleGroup::AtCrop, ScaleGroup::ZoomIn];
 
     pub fn of(scale: u32, crop: u32) -> ScaleGroup {
         match scale.cmp(&crop) {
@@ -246,7 +250,7 @@ pub fn anchor_bounds(h: &Hits, grid: &ZoomGrid) -> Vec<Vec<f64>> {
 }
 
 /// How often each anchor appears among `picks`, `[row][col]`.
-pub fn anchor_counts(picks: &[usize], grid: &ZoomGrid) -> Vec<Vec<usize>> {
+pub(crate) fn anchor_counts(picks: &[usize], grid: &ZoomGrid) -> Vec<Vec<usize>> {
     let ts = grid.transforms();
     let n = grid.anchors as usize;
     let mut counts = vec![vec![0; n]; n];
@@ -263,7 +267,7 @@ pub fn anchor_counts(picks: &[usize], grid: &ZoomGrid) -> Vec<Vec<usize>> {
 /// edge middles, corners) and, within an anchor ring, scales by their
 /// distance from 256 on a log scale (256, 240, 235, 288, 224, ...). Deterministic,
 /// so a resumed run tries the same transforms.
-pub fn first_hit_order(grid: &ZoomGrid) -> Vec<usize> {
+pub(crate) fn first_hit_order(grid: &ZoomGrid) -> Vec<usize> {
     let ts = grid.transforms();
     let mid = (grid.anchors as i32 - 1) as f64 / 2.0;
     let mut order: Vec<usize> = (0..ts.len()).collect();
@@ -282,12 +286,12 @@ pub fn first_hit_order(grid: &ZoomGrid) -> Vec<usize> {
 }
 
 /// A model "nearly" solved an image when it did so with at most this many transforms.
-pub const NEAR_MISS_TRANSFORMS: usize = 3;
+pub(crate) const NEAR_MISS_TRANSFORMS: usize = 3;
 
 /// The one model that solves an image, when only one does and with at most
 /// [`NEAR_MISS_TRANSFORMS`] transforms (`correct[model][transform]`): it
 /// alone, and barely, kept the image out of the hard set.
-pub fn near_miss_solver(correct: &[Vec<bool>]) -> Option<usize> {
+pub(crate) fn near_miss_solver(correct: &[Vec<bool>]) -> Option<usize> {
     let solved: Vec<usize> = correct
         .iter()
         .map(|c| c.iter().filter(|&&x| x).count())
@@ -302,7 +306,7 @@ pub fn near_miss_solver(correct: &[Vec<bool>]) -> Option<usize> {
 }
 
 /// Whether an image is a near miss ([`near_miss_solver`]).
-pub fn is_near_miss(correct: &[Vec<bool>]) -> bool {
+pub(crate) fn is_near_miss(correct: &[Vec<bool>]) -> bool {
     near_miss_solver(correct).is_some()
 }
 

@@ -72,7 +72,7 @@ fn throughput(images: usize, crops: usize, rounds: Vec<f64>) -> Throughput {
 }
 
 /// The encoded images of a folder, sorted by name.
-pub fn read_images(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, BenchError> {
+pub(crate) fn read_images(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, BenchError> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| BenchError::Io(dir.into(), e))?;
     for e in entries {
@@ -147,7 +147,7 @@ fn as_rows(
 
 /// The scan's feed alone on `threads` threads: decode every image once
 /// and cut all its zoom views into batches of 8-bit crops.
-pub fn feed_only(
+pub(crate) fn feed_only(
     images: &[(PathBuf, Vec<u8>)],
     grid: &ZoomGrid,
     threads: usize,

@@ -70,7 +70,7 @@ impl ClaimInfo {
 
 /// This process's token: host, process id and start time, unique across a
 /// cluster's workers.
-pub fn worker_token() -> &'static str {
+pub(crate) fn worker_token() -> &'static str {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TOKEN.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -139,7 +139,7 @@ pub fn read(path: &Path) -> std::io::Result<ClaimInfo> {
 
 /// A held claim. It beats on a background thread until dropped; dropping
 /// it removes the claim file if it is still ours.
-pub struct Claim {
+pub(crate) struct Claim {
     path: PathBuf,
     token: String,
     lost: Arc<AtomicBool>,
@@ -163,7 +163,7 @@ impl Claim {
     }
 
     /// The heartbeat's finding alone (no file read): cheap to ask often.
-    pub fn taken_over(&self) -> bool {
+    pub(crate) fn taken_over(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
     }
 
@@ -172,6 +172,7 @@ impl Claim {
     }
 
     /// The token this claim was made with (unique per claim).
+    #[cfg(test)]
     pub fn token(&self) -> &str {
         &self.token
     }
@@ -195,7 +196,7 @@ impl Drop for Claim {
 
 /// Try to claim `path`. `Ok(Err(busy))` when another worker's live claim
 /// holds it; a stale one is taken over.
-pub fn acquire(path: &Path, times: ClaimTimes) -> std::io::Result<Result<Claim, Busy>> {
+pub(crate) fn acquire(path: &Path, times: ClaimTimes) -> std::io::Result<Result<Claim, Busy>> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let token = format!("{}:{}", worker_token(), SEQ.fetch_add(1, Ordering::SeqCst));
     if let Some(dir) = path.parent() {
@@ -281,7 +282,7 @@ pub fn acquire(path: &Path, times: ClaimTimes) -> std::io::Result<Result<Claim, 
 /// timeout, or its process on this host has exited): a worker killed after
 /// finishing its unit but before letting go of it leaves such a claim on a
 /// done unit. A live claim is left alone.
-pub fn clear_if_stale(path: &Path, times: ClaimTimes) {
+pub(crate) fn clear_if_stale(path: &Path, times: ClaimTimes) {
     if let Ok(c) = read(path) {
         let timeout = c.timeout.unwrap_or(times.timeout);
         if c.age >= timeout || owner_exited(&c.owner) {

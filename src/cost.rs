@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum CostError {
+pub(crate) enum CostError {
     #[error("{0}: {1}")]
     Read(PathBuf, String),
     #[error("{0}: not an `imagenet-hard bench` JSON document ({1}); make one with `imagenet-hard bench IMAGES --model synthetic --arch A --device cuda --dtype bf16 --measure model,end-to-end`")]
@@ -25,7 +25,7 @@ pub struct Rate {
 /// Rates by architecture from `bench` JSON documents: the end-to-end rate
 /// where the document has one (the scan's real pace), else model-only.
 /// A later file wins for the same architecture.
-pub fn rates_from_bench(files: &[PathBuf]) -> Result<BTreeMap<String, Rate>, CostError> {
+pub(crate) fn rates_from_bench(files: &[PathBuf]) -> Result<BTreeMap<String, Rate>, CostError> {
     let mut out = BTreeMap::new();
     for file in files {
         let text = std::fs::read_to_string(file)
@@ -91,7 +91,7 @@ impl ModelCost {
 
 /// Forward passes of every model: every image under every transform.
 /// `images[s]` is source s's row count (`None`: not known yet).
-pub fn model_costs(
+pub(crate) fn model_costs(
     images: &[Option<u64>],
     transforms: usize,
     models: &[(String, String)],
@@ -191,7 +191,7 @@ fn flops(x: f64) -> String {
 /// One scan mode's projected cost per image (`None`: no sample to project
 /// it from) and what the figure rests on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ModeRow {
+pub(crate) struct ModeRow {
     pub mode: &'static str,
     pub per_image: Option<crate::pair_order::ModeCost>,
     pub basis: String,
@@ -201,7 +201,7 @@ pub struct ModeRow {
 /// FLOPs (two per multiply-add of each model's pass, `gmacs[m]`),
 /// GPU-hours where every model's architecture (`archs[m]`) has a rate,
 /// and each mode's saving against the first row (exhaustive).
-pub fn mode_table(
+pub(crate) fn mode_table(
     images: Option<u64>,
     rows: &[ModeRow],
     archs: &[String],
@@ -260,7 +260,7 @@ pub fn mode_table(
 
 /// A unit's size and, once done, what it took.
 #[derive(Debug, Clone, PartialEq)]
-pub struct UnitProgress {
+pub(crate) struct UnitProgress {
     pub id: usize,
     /// Its models, by name, in plan order.
     pub models: Vec<String>,
@@ -272,7 +272,7 @@ pub struct UnitProgress {
 
 /// Where a fanned-out run stands, projected from its finished units.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RunProjection {
+pub(crate) struct RunProjection {
     pub units_done: usize,
     pub units: usize,
     pub seconds_spent: f64,
@@ -283,7 +283,7 @@ pub struct RunProjection {
 
 /// Project the rest of a run from the measured rate (forward passes per
 /// second) of each group of models over its finished units.
-pub fn project_run(units: &[UnitProgress]) -> RunProjection {
+pub(crate) fn project_run(units: &[UnitProgress]) -> RunProjection {
     let mut rate: BTreeMap<&[String], (u64, f64)> = BTreeMap::new();
     for u in units {
         if let Some((p, s)) = u.done {
@@ -312,7 +312,7 @@ pub fn project_run(units: &[UnitProgress]) -> RunProjection {
 }
 
 /// `1h 02m`, `3m 05s`, `12s`.
-pub fn duration(seconds: f64) -> String {
+pub(crate) fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
     match s {
         s if s >= 3600 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),

@@ -19,10 +19,10 @@ const LOW: usize = 8;
 
 /// The default grouping distance, in bits of 64: on the generated benchmark
 /// (see the tests) 8 misses crops, 16 starts to join lookalikes.
-pub const DEFAULT_MAX_DISTANCE: u32 = 10;
+pub(crate) const DEFAULT_MAX_DISTANCE: u32 = 10;
 
 /// The perceptual hash of an image.
-pub fn phash(img: &RgbImage) -> u64 {
+pub(crate) fn phash(img: &RgbImage) -> u64 {
     let small = resize(img, SIDE as u32, SIDE as u32, Interpolation::Bilinear);
     let grey: Vec<f64> = small
         .data
@@ -139,7 +139,7 @@ pub fn pair_scores(found: &[Vec<usize>], truth: &[usize]) -> (f64, f64) {
 
 /// One image of a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Member {
+pub(crate) struct Member {
     pub origin: String,
     pub row: u64,
     pub id: String,
@@ -149,7 +149,7 @@ pub struct Member {
 
 /// What `dedupe` found, kept in `select/duplicates.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Duplicates {
+pub(crate) struct Duplicates {
     /// `hard` (the hard set) or `all` (every scanned image).
     pub scope: String,
     pub max_distance: u32,
@@ -169,7 +169,7 @@ impl Duplicates {
     }
 
     /// (origin, row) -> group number.
-    pub fn group_of(&self) -> std::collections::BTreeMap<(String, u64), usize> {
+    pub(crate) fn group_of(&self) -> std::collections::BTreeMap<(String, u64), usize> {
         self.groups
             .iter()
             .enumerate()
@@ -178,7 +178,7 @@ impl Duplicates {
     }
 
     /// The members after the first of each group: what `keep-first` drops.
-    pub fn later_copies(&self) -> std::collections::BTreeSet<(String, u64)> {
+    pub(crate) fn later_copies(&self) -> std::collections::BTreeSet<(String, u64)> {
         self.groups
             .iter()
             .flat_map(|g| g.iter().skip(1).map(|m| (m.origin.clone(), m.row)))

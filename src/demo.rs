@@ -19,10 +19,10 @@ use crate::models::Architecture;
 
 /// The demo manifest, built into the binary.
 pub const DEMO_MANIFEST: &str = include_str!("../manifests/demo.toml");
-pub const DEMO_DATASET: &str = "imagenet-hard/synthetic-demo";
-pub const DEMO_MODEL: &str = "imagenet-hard/demo-shapes-cnn";
+pub(crate) const DEMO_DATASET: &str = "imagenet-hard/synthetic-demo";
+pub(crate) const DEMO_MODEL: &str = "imagenet-hard/demo-shapes-cnn";
 /// A random-weight ResNet-18 the demo's cache also holds.
-pub const RESNET_REPO: &str = "imagenet-hard/synthetic-resnet18";
+pub(crate) const RESNET_REPO: &str = "imagenet-hard/synthetic-resnet18";
 /// Fixed commit id of the demo's generated repos.
 pub const DEMO_COMMIT: &str = "5f1f2bd6ea3cfb3a70c4ef8f0dbd1c4b2a65e0c7";
 
@@ -238,11 +238,11 @@ fn tempfile_path(dir: &Path, stem: &str) -> PathBuf {
 }
 
 /// Scenes in the demo's source.
-pub const DEMO_SCENES: u64 = 96;
+pub(crate) const DEMO_SCENES: u64 = 96;
 
 /// The demo's scenes as JPEG rows (quality 90), labelled with their
 /// object's class.
-pub fn demo_rows(n: u64) -> Vec<SyntheticRow> {
+pub(crate) fn demo_rows(n: u64) -> Vec<SyntheticRow> {
     (0..n)
         .map(|i| {
             let scene = crate::scenes::scene(i);
@@ -335,7 +335,10 @@ fn put_demo_classifier(cache_dir: &Path, p: crate::printer::Printer) -> anyhow::
 /// reads only from it (offline): the generated scenes, the trained
 /// classifier, and a random-weight ResNet-18 (`imagenet-hard/synthetic-resnet18`)
 /// for trying `predict`, `eval` and MEMO offline.
-pub fn prepare_demo(run_dir: &Path, p: crate::printer::Printer) -> anyhow::Result<HubConfig> {
+pub(crate) fn prepare_demo(
+    run_dir: &Path,
+    p: crate::printer::Printer,
+) -> anyhow::Result<HubConfig> {
     let cache_dir = crate::run_dir::RunDir::of(run_dir).demo_hub();
     let rows = demo_rows(DEMO_SCENES);
     let parquet = tempfile_path(&cache_dir, "demo-source");

@@ -34,7 +34,7 @@ impl Default for Retry {
 impl Retry {
     /// The defaults, or `IMAGENET_HARD_FETCH_ATTEMPTS` and
     /// `IMAGENET_HARD_FETCH_BACKOFF_MS` from the environment.
-    pub fn from_env() -> Retry {
+    pub(crate) fn from_env() -> Retry {
         let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
         let d = Retry::default();
         Retry {
@@ -106,7 +106,7 @@ impl From<ureq::Error> for Failure {
 /// Run `attempt` until it succeeds, fails for good, or the attempts run out.
 /// Each retry is logged with what failed and its number; the last failure
 /// is returned with the count.
-pub fn retrying<T>(
+pub(crate) fn retrying<T>(
     what: &str,
     retry: &Retry,
     mut attempt: impl FnMut() -> Result<T, Failure>,

@@ -39,14 +39,14 @@ pub enum ExportError {
 }
 
 /// Where the dataset folder goes inside the run directory.
-pub fn dataset_dir(run_dir: &Path) -> PathBuf {
+pub(crate) fn dataset_dir(run_dir: &Path) -> PathBuf {
     crate::run_dir::RunDir::of(run_dir).dataset()
 }
 
 /// Shard index of each item so shards hold about equal bytes: with
 /// `n = ceil(total / target)` shards, an item goes to
 /// `floor(bytes_before_it * n / total)`.
-pub fn plan_shards(sizes: &[u64], target: u64) -> (usize, Vec<usize>) {
+pub(crate) fn plan_shards(sizes: &[u64], target: u64) -> (usize, Vec<usize>) {
     let total: u64 = sizes.iter().sum();
     let n = (total.div_ceil(target.max(1)) as usize).max(1);
     let mut before = 0u64;
@@ -65,7 +65,7 @@ pub fn plan_shards(sizes: &[u64], target: u64) -> (usize, Vec<usize>) {
     (n, assign)
 }
 
-pub fn shard_name(index: usize, count: usize) -> String {
+pub(crate) fn shard_name(index: usize, count: usize) -> String {
     format!("validation-{index:05}-of-{count:05}.parquet")
 }
 
@@ -400,7 +400,7 @@ pub fn export(
 }
 
 /// Fill `DATASET_CARD.md`'s `{{placeholders}}`.
-pub fn render_card(
+pub(crate) fn render_card(
     plan: &Plan,
     selection: &Selection,
     stats: &[ScanStats],

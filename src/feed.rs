@@ -42,7 +42,7 @@ impl FeedOptions {
 
 /// The threads this process may use: the CPUs of its affinity mask and
 /// cgroup quota (a Slurm or Kubernetes allocation), at least 1.
-pub fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

@@ -93,7 +93,7 @@ fn hash_matches(pinned: &str, found: &str) -> bool {
 }
 
 /// Whether a `files` entry is a glob pattern rather than one path.
-pub fn is_pattern(f: &str) -> bool {
+pub(crate) fn is_pattern(f: &str) -> bool {
     f.contains(['*', '?', '['])
 }
 
@@ -169,7 +169,7 @@ pub fn matching<'a, S: AsRef<str>>(pattern: &glob::Pattern, paths: &'a [S]) -> V
 }
 
 /// Download (or find) a URL file, check it against its pin and the lock.
-pub fn fetch_url(
+pub(crate) fn fetch_url(
     hub: &Hub,
     u: &crate::hub::UrlFile,
     existing: Option<&Lock>,
@@ -242,7 +242,7 @@ pub fn lock_path(manifest_file: &Path) -> PathBuf {
     manifest_file.with_extension("lock")
 }
 
-pub fn read_lock(path: &Path) -> Result<Option<Lock>, FetchError> {
+pub(crate) fn read_lock(path: &Path) -> Result<Option<Lock>, FetchError> {
     match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text)
             .map(Some)
@@ -258,7 +258,7 @@ pub fn read_lock(path: &Path) -> Result<Option<Lock>, FetchError> {
     }
 }
 
-pub fn write_lock(path: &Path, lock: &Lock) -> Result<(), FetchError> {
+pub(crate) fn write_lock(path: &Path, lock: &Lock) -> Result<(), FetchError> {
     let text = format!(
         "# Written by `imagenet-hard fetch`: the resolved commit, size and sha256 of every input.\n\
          # Later runs refuse inputs that differ. Commit it beside the manifest.\n\n{}",
@@ -272,7 +272,7 @@ pub fn write_lock(path: &Path, lock: &Lock) -> Result<(), FetchError> {
 
 /// Resolve `h.revision` (or the commit its lock entry pinned), download or
 /// find every file, and check each against the manifest's pins and the lock.
-pub fn fetch_hub(
+pub(crate) fn fetch_hub(
     hub: &Hub,
     kind: RepoKind,
     h: &HubFiles,
@@ -409,7 +409,7 @@ pub fn fetch(
 
 /// A model named on the command line, resolved to weights on disk.
 #[derive(Debug, Clone)]
-pub struct ResolvedModel {
+pub(crate) struct ResolvedModel {
     pub name: String,
     pub architecture: crate::models::Architecture,
     pub weights: PathBuf,
@@ -419,7 +419,7 @@ pub struct ResolvedModel {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ModelRefError {
+pub(crate) enum ModelRefError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
@@ -438,7 +438,7 @@ pub enum ModelRefError {
 /// `arch`), or a Hub repo id whose `config.json` names the architecture
 /// (timm `architecture`, transformers `architectures`) and, for timm, the
 /// preprocessing (`pretrained_cfg`).
-pub fn resolve_model(
+pub(crate) fn resolve_model(
     model: &str,
     arch: Option<&str>,
     revision: &str,

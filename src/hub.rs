@@ -143,7 +143,7 @@ impl HubConfig {
     /// `HF_HUB_CACHE` (or `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`,
     /// `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`),
     /// `HF_ENDPOINT`, `HF_TOKEN` (or the token file), `HF_HUB_OFFLINE`.
-    pub fn from_env() -> HubConfig {
+    pub(crate) fn from_env() -> HubConfig {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let home = var("HOME")
             .map(PathBuf::from)
@@ -188,11 +188,11 @@ pub struct Hub {
 }
 
 /// `owner/name`: two non-empty parts.
-pub fn is_repo_id(s: &str) -> bool {
+pub(crate) fn is_repo_id(s: &str) -> bool {
     s.split('/').count() == 2 && s.split('/').all(|p| !p.is_empty())
 }
 
-pub fn is_commit_sha(s: &str) -> bool {
+pub(crate) fn is_commit_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -210,7 +210,7 @@ impl Hub {
 
     /// A folder beside the Hub cache for this tool's own downloads and
     /// derived files (`<cache>/../imagenet-hard`).
-    pub fn tool_cache_dir(&self) -> PathBuf {
+    pub(crate) fn tool_cache_dir(&self) -> PathBuf {
         self.cfg
             .cache_dir
             .parent()
@@ -221,7 +221,7 @@ impl Hub {
     /// A file at a plain URL, kept in `<tool cache>/urls/<file_name>`;
     /// downloaded (resuming a `.part` file, retried, checked against `pin`,
     /// a sha256 or its 8+ hex prefix) unless already there or offline.
-    pub fn url_file(
+    pub(crate) fn url_file(
         &self,
         url: &str,
         file_name: &str,
@@ -287,7 +287,12 @@ impl Hub {
 
     /// The commit a revision names in the cache: itself if it is a sha, else
     /// the content of `refs/<revision>`.
-    pub fn cached_commit(&self, kind: RepoKind, repo: &str, revision: &str) -> Option<String> {
+    pub(crate) fn cached_commit(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: &str,
+    ) -> Option<String> {
         if is_commit_sha(revision) {
             return Some(revision.to_ascii_lowercase());
         }
@@ -299,7 +304,7 @@ impl Hub {
     }
 
     /// A file already in the cache (`snapshots/<commit>/<file>`), no network.
-    pub fn cached_file(
+    pub(crate) fn cached_file(
         &self,
         kind: RepoKind,
         repo: &str,
@@ -317,7 +322,7 @@ impl Hub {
 
     /// Resolve a revision to its full commit sha (the Hub's `info` route when
     /// online and the revision is not already a sha).
-    pub fn resolve_commit(
+    pub(crate) fn resolve_commit(
         &self,
         kind: RepoKind,
         repo: &str,
@@ -360,7 +365,7 @@ impl Hub {
 
     /// Every file path in the repository at `commit`: the Hub's file list
     /// when online, the cached snapshot's files when offline.
-    pub fn list_files(
+    pub(crate) fn list_files(
         &self,
         kind: RepoKind,
         repo: &str,
@@ -417,7 +422,7 @@ impl Hub {
     /// stopped), are retried on network faults, and are checked against
     /// the size and hash the Hub announced; the snapshot then links to the
     /// blob, as Python's `huggingface_hub` lays it out.
-    pub fn file_pinned(
+    pub(crate) fn file_pinned(
         &self,
         kind: RepoKind,
         repo: &str,

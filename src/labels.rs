@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-pub const NUM_CLASSES: usize = 1000;
+pub(crate) const NUM_CLASSES: usize = 1000;
 
 const IMAGENET1K_TSV: &str = include_str!("labels/imagenet1k.tsv");
 const IMAGENET_A_TSV: &str = include_str!("labels/imagenet_a.tsv");
@@ -43,7 +43,7 @@ pub fn classes() -> &'static [Class] {
 }
 
 /// `english_label` of a class index, or `None` when out of range.
-pub fn class_name(index: i64) -> Option<&'static str> {
+pub(crate) fn class_name(index: i64) -> Option<&'static str> {
     usize::try_from(index)
         .ok()
         .and_then(|i| classes().get(i))
@@ -104,14 +104,14 @@ impl ClassSubset {
     }
 
     /// Number of classes in the subset.
-    pub fn class_count(self) -> usize {
+    pub(crate) fn class_count(self) -> usize {
         self.table().map_or(NUM_CLASSES, <[usize]>::len)
     }
 
     /// The ImageNet-1k index of subset index `i`, the way the source's own
     /// 0..n-1 labels count (ImageNet-A/R: sorted wnids; ObjectNet: CLIP
     /// benchmark's class order).
-    pub fn to_imagenet(self, i: i64) -> Option<i64> {
+    pub(crate) fn to_imagenet(self, i: i64) -> Option<i64> {
         let i = usize::try_from(i).ok()?;
         match self.table() {
             None => (i < NUM_CLASSES).then_some(i as i64),
@@ -139,7 +139,7 @@ impl ClassSubset {
 }
 
 /// The ImageNet-1k index of a wnid such as `n01440764`.
-pub fn wnid_index(wnid: &str) -> Option<i64> {
+pub(crate) fn wnid_index(wnid: &str) -> Option<i64> {
     static BY_WNID: OnceLock<HashMap<&'static str, i64>> = OnceLock::new();
     BY_WNID
         .get_or_init(|| {
@@ -155,7 +155,7 @@ pub fn wnid_index(wnid: &str) -> Option<i64> {
 
 /// ReaL labels of validation image `n` (1-based, as in
 /// `ILSVRC2012_val_00000001.JPEG`); `None` outside 1..=50000.
-pub fn real_labels(n: u32) -> Option<&'static [i64]> {
+pub(crate) fn real_labels(n: u32) -> Option<&'static [i64]> {
     static TABLE: OnceLock<Vec<Vec<i64>>> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
         IMAGENET_REAL
@@ -173,7 +173,7 @@ pub fn real_labels(n: u32) -> Option<&'static [i64]> {
 
 /// The validation file number in a path such as
 /// `val/ILSVRC2012_val_00000293.JPEG` (1-based), if it names one.
-pub fn val_number(path: &str) -> Option<u32> {
+pub(crate) fn val_number(path: &str) -> Option<u32> {
     let at = path.rfind("ILSVRC2012_val_")? + "ILSVRC2012_val_".len();
     let digits: String = path[at..]
         .chars()
@@ -266,7 +266,7 @@ impl LabelConvention {
 
     /// The class subset a source in this convention is scored over, unless
     /// the manifest says otherwise.
-    pub fn default_subset(self) -> ClassSubset {
+    pub(crate) fn default_subset(self) -> ClassSubset {
         match self {
             LabelConvention::ImagenetAIndex => ClassSubset::ImagenetA,
             LabelConvention::ImagenetRIndex => ClassSubset::ImagenetR,
@@ -276,7 +276,7 @@ impl LabelConvention {
     }
 
     /// Whether the convention reads the stored label at all (ReaL reads the path).
-    pub fn needs_label(self) -> bool {
+    pub(crate) fn needs_label(self) -> bool {
         self != LabelConvention::Real
     }
 
@@ -363,7 +363,7 @@ fn indices(c: LabelConvention, raw: Option<&RawLabel>) -> Result<Vec<i64>, Label
 }
 
 /// Argmax of `logits` over the classes where `mask` is true (first index wins ties).
-pub fn masked_argmax(logits: &[f32], mask: &[bool]) -> Option<usize> {
+pub(crate) fn masked_argmax(logits: &[f32], mask: &[bool]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
     for (i, (&v, &keep)) in logits.iter().zip(mask).enumerate() {
         if keep && best.is_none_or(|(_, b)| v > b) {
@@ -375,7 +375,7 @@ pub fn masked_argmax(logits: &[f32], mask: &[bool]) -> Option<usize> {
 
 /// Softmax of one view's logits (shifted by the maximum, so large logits
 /// do not overflow).
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
@@ -383,7 +383,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 /// Indices of the `k` largest logits, largest first (ties: lower index first).
-pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
+pub(crate) fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     idx.truncate(k);

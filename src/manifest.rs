@@ -36,7 +36,7 @@ pub enum ManifestError {
 }
 
 /// One problem of a manifest: its key and what to do about it.
-pub type Problem = (String, String);
+pub(crate) type Problem = (String, String);
 
 /// A name of letters, digits, '-', '_', '.' or '/'.
 fn name_ok(s: &str) -> bool {
@@ -374,7 +374,7 @@ pub struct SourceSpec {
 }
 
 /// ImageNet-C severity used when a source says `{severity}` but sets none.
-pub const DEFAULT_SEVERITY: u8 = 3;
+pub(crate) const DEFAULT_SEVERITY: u8 = 3;
 
 impl SourceSpec {
     pub fn image_column(&self) -> &str {
@@ -478,7 +478,7 @@ impl Manifest {
     /// Checks that need more than types: every key that is wrong is named.
     /// Every problem of the manifest at once, each naming its key: a
     /// manifest with three mistakes takes one run to fix, not three.
-    pub fn validate(&self, file: &Path) -> Result<(), ManifestError> {
+    pub(crate) fn validate(&self, file: &Path) -> Result<(), ManifestError> {
         let base = file.parent().unwrap_or(Path::new("."));
         let mut problems = self.problems(base).into_iter();
         let Some((key, message)) = problems.next() else {
@@ -507,7 +507,7 @@ impl Manifest {
 
     /// Every problem, as (key, message), in the manifest's order; local
     /// paths are taken relative to `base`.
-    pub fn problems(&self, base: &Path) -> Vec<Problem> {
+    pub(crate) fn problems(&self, base: &Path) -> Vec<Problem> {
         let mut out = Vec::new();
         self.build_problems(&mut out);
         self.zoom_problems(&mut out);

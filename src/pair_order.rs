@@ -124,7 +124,7 @@ pub fn order(samples: &[Outcome], costs: &[f64], fallback: &[usize]) -> Vec<(u16
 /// What scanning `samples` would cost: forward passes and cost (summed
 /// `costs` of the passes) per image on average, for each mode.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ModeCost {
+pub(crate) struct ModeCost {
     pub passes_per_image: f64,
     pub cost_per_image: f64,
     /// Forward passes per image of each model.
@@ -144,13 +144,13 @@ impl ModeCost {
 }
 
 /// Exhaustive: every pair.
-pub fn exhaustive_cost(costs: &[f64], transforms: usize) -> ModeCost {
+pub(crate) fn exhaustive_cost(costs: &[f64], transforms: usize) -> ModeCost {
     ModeCost::from_counts(vec![transforms as f64; costs.len()], costs, 1)
 }
 
 /// First-hit: each model along `fallback` until its first hit. A pair not
 /// tried in the sample counts as a miss.
-pub fn first_hit_cost(samples: &[Outcome], costs: &[f64], fallback: &[usize]) -> ModeCost {
+pub(crate) fn first_hit_cost(samples: &[Outcome], costs: &[f64], fallback: &[usize]) -> ModeCost {
     let mut per_model = vec![0.0; costs.len()];
     for s in samples {
         for (m, count) in per_model.iter_mut().enumerate() {
@@ -165,7 +165,7 @@ pub fn first_hit_cost(samples: &[Outcome], costs: &[f64], fallback: &[usize]) ->
 }
 
 /// Curate: along `order` until the first hit of any model.
-pub fn curate_cost(samples: &[Outcome], costs: &[f64], order: &[(u16, u16)]) -> ModeCost {
+pub(crate) fn curate_cost(samples: &[Outcome], costs: &[f64], order: &[(u16, u16)]) -> ModeCost {
     let mut per_model = vec![0.0; costs.len()];
     for s in samples {
         for &(m, t) in order {
@@ -188,7 +188,7 @@ pub fn curate_cost(samples: &[Outcome], costs: &[f64], order: &[(u16, u16)]) -> 
 /// other (and the other way round), so the projection does not flatter an
 /// order by scoring it on the images it was learned from. `None` for the
 /// sample-driven modes when there is no sample.
-pub fn project(samples: &[Outcome], costs: &[f64], fallback: &[usize]) -> Projection {
+pub(crate) fn project(samples: &[Outcome], costs: &[f64], fallback: &[usize]) -> Projection {
     let exhaustive = exhaustive_cost(costs, fallback.len());
     if samples.is_empty() {
         return Projection {
@@ -235,7 +235,7 @@ pub fn project(samples: &[Outcome], costs: &[f64], fallback: &[usize]) -> Projec
 
 /// Per-image costs of the three modes (see [`project`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Projection {
+pub(crate) struct Projection {
     pub exhaustive: ModeCost,
     pub first_hit: Option<ModeCost>,
     pub curate: Option<ModeCost>,

@@ -14,10 +14,10 @@ use crate::zoom::{DecodeLimits, ZoomGrid};
 
 /// Forward passes a unit is sized to when the manifest does not say: about
 /// a quarter of an hour on one GPU for the study's six models.
-pub const UNIT_CROPS: u64 = 1_000_000;
+pub(crate) const UNIT_CROPS: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(
@@ -115,7 +115,7 @@ impl PlannedSource {
     }
 
     /// How many rows the scan takes from this source.
-    pub fn selected_count(&self) -> u64 {
+    pub(crate) fn selected_count(&self) -> u64 {
         match self.wanted() {
             Wanted::All => self.total_rows,
             Wanted::Rows(r) => r.len() as u64,
@@ -123,7 +123,7 @@ impl PlannedSource {
     }
 
     /// The row numbers of positions `[first, end)` of the selected rows.
-    pub fn unit_rows(&self, first: u64, end: u64) -> std::collections::BTreeSet<u64> {
+    pub(crate) fn unit_rows(&self, first: u64, end: u64) -> std::collections::BTreeSet<u64> {
         match self.wanted() {
             Wanted::All => (first..end.min(self.total_rows)).collect(),
             Wanted::Rows(r) => r
@@ -252,7 +252,7 @@ impl Plan {
 
     /// Count every source's rows and cut the scan into units of about
     /// `UNIT_CROPS` forward passes (or `build.unit_images` images).
-    pub fn with_units(mut self) -> Result<Plan, SourceError> {
+    pub(crate) fn with_units(mut self) -> Result<Plan, SourceError> {
         for s in &mut self.sources {
             s.total_rows = s.reader().total_rows()?;
         }
@@ -273,7 +273,7 @@ impl Plan {
     /// the run directory) when it describes the same run, so its finished
     /// units stay valid; else counted and cut afresh. A run directory never
     /// holds two different runs: a different `previous` is an error.
-    pub fn settle(mut self, previous: Option<&Plan>) -> Result<Plan, PlanError> {
+    pub(crate) fn settle(mut self, previous: Option<&Plan>) -> Result<Plan, PlanError> {
         if let Some(old) = previous {
             if !old.same_run_as(&self) {
                 return Err(PlanError::Different {
@@ -313,7 +313,7 @@ impl Plan {
     /// grid, models, limits and scan settings; where the files sit may
     /// differ. Units and row counts are derived from these, and the
     /// selection settings only read the records: none is compared.
-    pub fn same_run_as(&self, other: &Plan) -> bool {
+    pub(crate) fn same_run_as(&self, other: &Plan) -> bool {
         let strip = |p: &Plan| {
             let mut p = p.clone();
             p.sources.iter_mut().for_each(|s| s.files.clear());
@@ -335,7 +335,7 @@ impl Plan {
         strip(self) == strip(other)
     }
 
-    pub fn model_names(&self) -> Vec<String> {
+    pub(crate) fn model_names(&self) -> Vec<String> {
         self.models.iter().map(|m| m.name.clone()).collect()
     }
 }
@@ -344,7 +344,7 @@ impl Plan {
     /// Each model's cost per forward pass, in billions of multiply-adds at
     /// this grid's crop size (the architecture's published count, scaled
     /// by the crop's area).
-    pub fn model_gmacs(&self) -> Vec<f64> {
+    pub(crate) fn model_gmacs(&self) -> Vec<f64> {
         self.models
             .iter()
             .map(|m| pass_gmacs(m.architecture, self.grid.crop_size))
@@ -373,7 +373,7 @@ impl Plan {
 
 /// Billions of multiply-adds of one forward pass of `arch` on a `crop` px
 /// crop: the published 224 px count scaled by the crop's area.
-pub fn pass_gmacs(arch: crate::models::Architecture, crop: u32) -> f64 {
+pub(crate) fn pass_gmacs(arch: crate::models::Architecture, crop: u32) -> f64 {
     arch.spec().gmacs * (crop as f64 / 224.0).powi(2)
 }
 
@@ -387,7 +387,7 @@ fn row_limit(own: Option<u64>, run: Option<u64>) -> Option<u64> {
 
 /// The cost of a manifest before anything is fetched: each source's `rows`
 /// (cut to its limit) stands for its count.
-pub fn dry_run_cost(
+pub(crate) fn dry_run_cost(
     manifest: &Manifest,
     limit: Option<u64>,
     rates: &std::collections::BTreeMap<String, crate::cost::Rate>,
@@ -411,7 +411,7 @@ pub fn dry_run_cost(
 /// What `build --dry-run` shows, as values: every source and model with
 /// where it comes from and each file to fetch.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DryRun {
+pub(crate) struct DryRun {
     pub manifest: PathBuf,
     pub build: String,
     pub run_dir: PathBuf,
@@ -421,7 +421,7 @@ pub struct DryRun {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct DrySource {
+pub(crate) struct DrySource {
     pub origin: String,
     /// "format F, labels L, classes S (N)[, limit ...]".
     pub description: String,
@@ -430,7 +430,7 @@ pub struct DrySource {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct DryModel {
+pub(crate) struct DryModel {
     pub name: String,
     pub architecture: String,
     pub from: Location,
@@ -438,7 +438,7 @@ pub struct DryModel {
 
 /// Where a source's or model's files come from.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Location {
+pub(crate) enum Location {
     Hub(HubFetch),
     Url { url: String, sha256: String },
     Local(Vec<PathBuf>),
@@ -446,7 +446,7 @@ pub enum Location {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct HubFetch {
+pub(crate) struct HubFetch {
     /// "dataset" or "model".
     pub kind: &'static str,
     pub repo: String,
@@ -456,7 +456,7 @@ pub struct HubFetch {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum FetchFile {
+pub(crate) enum FetchFile {
     /// A named file and its known sha256.
     File {
         path: String,
@@ -533,7 +533,7 @@ fn hub_fetch(
 /// The plan before anything is fetched (`build --dry-run`): each source and
 /// model with every file to fetch, pins, gates and limits. Files matched by
 /// a pattern are listed from the lock when it has them.
-pub fn dry_run(
+pub(crate) fn dry_run(
     manifest: &Manifest,
     label: &Path,
     lock: Option<&crate::fetch::Lock>,
@@ -592,7 +592,7 @@ pub fn dry_run(
 }
 
 /// `dry_run` as the text `build --dry-run` prints.
-pub fn dry_run_text(
+pub(crate) fn dry_run_text(
     manifest: &Manifest,
     label: &Path,
     lock: Option<&crate::fetch::Lock>,

@@ -89,7 +89,7 @@ fn text_width(s: &str, size: u32) -> u32 {
 /// `s` broken at spaces into lines that each fit `max_width` pixels at
 /// `size`, at most `max_lines` of them; a word too long for a line, or text
 /// left over after the last line, is cut and ends in "…".
-pub fn fit_lines(s: &str, size: u32, max_width: u32, max_lines: usize) -> Vec<String> {
+pub(crate) fn fit_lines(s: &str, size: u32, max_width: u32, max_lines: usize) -> Vec<String> {
     let fits = |t: &str| text_width(t, size) <= max_width;
     // The longest prefix of `t` (in characters) that fits with "…" after it.
     let cut = |t: &str| -> String {
@@ -165,7 +165,7 @@ fn shade(t: f64) -> RGBColor {
 /// coloured grid, each cell annotated with its value in percent, its
 /// difference to the centre cell, and how often its anchor was among the
 /// greedy picks.
-pub fn bias_heatmap(
+pub(crate) fn bias_heatmap(
     path: &Path,
     title: &str,
     subtitle: &str,
@@ -245,7 +245,7 @@ pub fn bias_heatmap(
 }
 
 /// A grid of thumbnails with a caption under each.
-pub fn contact_sheet(
+pub(crate) fn contact_sheet(
     path: &Path,
     title: &str,
     tiles: &[(RgbImage, String)],

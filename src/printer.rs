@@ -17,7 +17,7 @@ impl Printer {
     }
 
     /// Whether notes and progress are silenced.
-    pub fn is_quiet(self) -> bool {
+    pub(crate) fn is_quiet(self) -> bool {
         self.quiet
     }
 
@@ -27,7 +27,7 @@ impl Printer {
     }
 
     /// A result line on stdout.
-    pub fn result_line(self, text: impl Display) {
+    pub(crate) fn result_line(self, text: impl Display) {
         println!("{text}");
     }
 
@@ -38,7 +38,7 @@ impl Printer {
     }
 
     /// A line for people on stderr, unless quiet.
-    pub fn note(self, text: impl Display) {
+    pub(crate) fn note(self, text: impl Display) {
         if !self.quiet {
             eprintln!("{text}");
         }

@@ -171,7 +171,7 @@ impl RecordWriter {
 
     /// Drop what was written: the final path is left as it was (as
     /// dropping an unfinished writer does).
-    pub fn abandon(self) {}
+    pub(crate) fn abandon(self) {}
 }
 
 impl Drop for RecordWriter {

@@ -16,9 +16,9 @@ use crate::select::{load_source, Relabel, ScannedImage, SelectError, Selection};
 use crate::zoom::Transform;
 
 /// Greedy picks behind the "36-crop" bound (protocol §3).
-pub const COVER_PICKS: usize = 36;
+pub(crate) const COVER_PICKS: usize = 36;
 /// Hard images shown on the contact sheet.
-pub const SHEET_IMAGES: usize = 24;
+pub(crate) const SHEET_IMAGES: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -149,7 +149,7 @@ pub struct Written {
     pub files: Vec<PathBuf>,
 }
 
-pub fn report_dir(run_dir: &Path) -> PathBuf {
+pub(crate) fn report_dir(run_dir: &Path) -> PathBuf {
     crate::run_dir::RunDir::of(run_dir).report()
 }
 
@@ -555,7 +555,7 @@ fn pct(v: f64) -> String {
 
 impl Report {
     /// The report as Markdown.
-    pub fn markdown(&self, plan: &Plan) -> String {
+    pub(crate) fn markdown(&self, plan: &Plan) -> String {
         let k = COVER_PICKS.min(self.transforms);
         let mut out = format!(
             "# Report: {}\n\nWritten by imagenet-hard {} from the stored scan records. \

@@ -76,7 +76,7 @@ pub enum ReviewError {
 }
 
 /// The columns, in order; the first three are what `select --labels` needs.
-pub const HEADER: [&str; 6] = ["origin", "row", "labels", "decision", "comment", "reviewer"];
+pub(crate) const HEADER: [&str; 6] = ["origin", "row", "labels", "decision", "comment", "reviewer"];
 
 /// Parse a review (or plain relabelling) CSV. The header must start with
 /// `origin,row,labels`; `decision`, `comment` and `reviewer` may follow (a
@@ -178,7 +178,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Vec<Review>, ReviewError> {
 }
 
 /// The CSV text of `reviews`, sorted by origin and row.
-pub fn to_csv(reviews: &[Review]) -> Result<String, ReviewError> {
+pub(crate) fn to_csv(reviews: &[Review]) -> Result<String, ReviewError> {
     let mut sorted: Vec<&Review> = reviews.iter().collect();
     sorted.sort_by(|a, b| (&a.origin, a.row).cmp(&(&b.origin, b.row)));
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -209,7 +209,7 @@ pub fn to_csv(reviews: &[Review]) -> Result<String, ReviewError> {
 
 /// A review file: read once, rewritten whole (atomically) on every change.
 #[derive(Debug)]
-pub struct ReviewFile {
+pub(crate) struct ReviewFile {
     path: PathBuf,
     reviews: BTreeMap<(String, u64), Review>,
 }

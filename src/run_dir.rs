@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 /// A run directory's layout, over its root.
 #[derive(Debug, Clone, Copy)]
-pub struct RunDir<'a> {
+pub(crate) struct RunDir<'a> {
     root: &'a Path,
 }
 
@@ -31,22 +31,18 @@ impl<'a> RunDir<'a> {
         RunDir { root }
     }
 
-    pub fn root(&self) -> &'a Path {
-        self.root
-    }
-
     /// `plan.json`.
     pub fn plan(&self) -> PathBuf {
         self.root.join("plan.json")
     }
 
     /// `hub/`: the demo's Hub cache.
-    pub fn demo_hub(&self) -> PathBuf {
+    pub(crate) fn demo_hub(&self) -> PathBuf {
         self.root.join("hub")
     }
 
     /// `demo.lock`: the demo's fetch lock.
-    pub fn demo_lock(&self) -> PathBuf {
+    pub(crate) fn demo_lock(&self) -> PathBuf {
         self.root.join("demo.lock")
     }
 
@@ -56,22 +52,22 @@ impl<'a> RunDir<'a> {
     }
 
     /// A unit's records.
-    pub fn unit_records(&self, unit: &str) -> PathBuf {
+    pub(crate) fn unit_records(&self, unit: &str) -> PathBuf {
         self.units().join(format!("{unit}.parquet"))
     }
 
     /// A unit's stats: present iff the unit is done.
-    pub fn unit_stats(&self, unit: &str) -> PathBuf {
+    pub(crate) fn unit_stats(&self, unit: &str) -> PathBuf {
         self.units().join(format!("{unit}.stats.json"))
     }
 
     /// The error of a unit's last failed attempt.
-    pub fn unit_error(&self, unit: &str) -> PathBuf {
+    pub(crate) fn unit_error(&self, unit: &str) -> PathBuf {
         self.units().join(format!("{unit}.error.txt"))
     }
 
     /// A unit's claim, held by the worker scanning it.
-    pub fn unit_claim(&self, unit: &str) -> PathBuf {
+    pub(crate) fn unit_claim(&self, unit: &str) -> PathBuf {
         self.units().join(format!("{unit}.claim"))
     }
 
@@ -106,7 +102,7 @@ impl<'a> RunDir<'a> {
     }
 
     /// `review/review.csv`: the default review file.
-    pub fn review_file(&self) -> PathBuf {
+    pub(crate) fn review_file(&self) -> PathBuf {
         self.root.join("review").join("review.csv")
     }
 }

@@ -11,7 +11,7 @@ use image::{Rgb, RgbImage};
 use crate::util::SplitMix64;
 
 /// The object classes: ImageNet-1k index, name, and the shape drawn.
-pub const CLASSES: [(i64, &str); 6] = [
+pub(crate) const CLASSES: [(i64, &str); 6] = [
     (301, "ladybug"),
     (340, "zebra"),
     (918, "crossword puzzle"),
@@ -22,10 +22,10 @@ pub const CLASSES: [(i64, &str); 6] = [
 
 /// What the classifier answers for a canvas with nothing to recognise: an
 /// ImageNet class no scene carries ("jigsaw puzzle", for the clutter).
-pub const NOTHING: i64 = 611;
+pub(crate) const NOTHING: i64 = 611;
 
 /// Training labels: the six classes, then [`NOTHING`].
-pub fn training_classes() -> Vec<i64> {
+pub(crate) fn training_classes() -> Vec<i64> {
     CLASSES.iter().map(|c| c.0).chain([NOTHING]).collect()
 }
 
@@ -286,7 +286,7 @@ pub fn scene(seed: u64) -> Scene {
 /// most hold one object of 16-60 px anywhere (partly off the edge at
 /// times); the rest hold nothing or an object under 9 px, and are labelled
 /// "nothing recognisable".
-pub fn training_canvas(seed: u64, side: u32) -> (RgbImage, usize) {
+pub(crate) fn training_canvas(seed: u64, side: u32) -> (RgbImage, usize) {
     let mut rng = Rng::new(0x7EA1 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03));
     let mut img = background(&mut rng, side, side);
     let pick = rng.unit();

@@ -16,10 +16,10 @@ use crate::scan::{missing_units, unit_records_path};
 use crate::zoom::Transform;
 
 /// `correct[model][transform]` for one image.
-pub type Correctness = Vec<Vec<bool>>;
+pub(crate) type Correctness = Vec<Vec<bool>>;
 
 /// Whether an image is hard under `rule`; `models` names the rows of `correct`.
-pub fn is_hard(rule: &SelectionRule, models: &[String], correct: &Correctness) -> bool {
+pub(crate) fn is_hard(rule: &SelectionRule, models: &[String], correct: &Correctness) -> bool {
     let fails = |per_t: &Vec<bool>| per_t.iter().all(|&c| !c);
     match rule {
         SelectionRule::AllFail => correct.iter().all(fails),
@@ -167,7 +167,7 @@ type FirstRecord = (crate::records::ScanRecord, Vec<Option<Vec<u16>>>);
 
 /// One scanned image of a source with every model's predictions.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ScannedImage {
+pub(crate) struct ScannedImage {
     pub row: u64,
     pub id: String,
     pub labels: Vec<i64>,
@@ -182,7 +182,7 @@ pub struct ScannedImage {
 /// with labels revised by `relabel` (correctness recomputed from the stored
 /// predictions; images whose revised labels are empty left out). Returns the
 /// images and how many were relabelled and dropped.
-pub fn load_source(
+pub(crate) fn load_source(
     plan: &Plan,
     source: &PlannedSource,
     relabel: Option<&Relabel>,
@@ -349,7 +349,7 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-pub fn selection_path(run_dir: &Path) -> PathBuf {
+pub(crate) fn selection_path(run_dir: &Path) -> PathBuf {
     crate::run_dir::RunDir::of(run_dir).selection()
 }
 
@@ -380,7 +380,7 @@ impl Selection {
     }
 
     /// Markdown table: one row per (model, source), accuracies in percent.
-    pub fn bounds_table(&self) -> String {
+    pub(crate) fn bounds_table(&self) -> String {
         let mut out = String::from("| model | source | images | 1-crop (r1c1s256) % | upper bound % (transforms) |\n|---|---|---:|---:|---:|\n");
         for b in &self.bounds {
             let one = b
@@ -410,7 +410,7 @@ impl Selection {
     }
 
     /// Hard images per origin.
-    pub fn hard_per_origin(&self) -> BTreeMap<String, usize> {
+    pub(crate) fn hard_per_origin(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for h in &self.hard {
             *counts.entry(h.origin.clone()).or_default() += 1;

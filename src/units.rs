@@ -31,7 +31,7 @@ impl Unit {
 }
 
 /// Images per unit so that a unit is about `target_crops` forward passes.
-pub fn images_per_unit(target_crops: u64, transforms: usize, models: usize) -> u64 {
+pub(crate) fn images_per_unit(target_crops: u64, transforms: usize, models: usize) -> u64 {
     (target_crops / (transforms.max(1) as u64 * models.max(1) as u64)).max(1)
 }
 
@@ -78,7 +78,7 @@ pub fn split(
 
 /// Which units a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Assignment {
+pub(crate) enum Assignment {
     /// Every unit (one process does the whole scan).
     All,
     /// One unit by id.
@@ -88,7 +88,7 @@ pub enum Assignment {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AssignmentError {
+pub(crate) enum AssignmentError {
     #[error("unit {unit} does not exist: the plan has {units} units (0..{last}); run `imagenet-hard status` to list them", last = units.saturating_sub(1))]
     NoSuchUnit { unit: usize, units: usize },
     #[error("shard index {index} is not below the shard count {count}")]
@@ -154,7 +154,7 @@ impl Assignment {
     }
 
     /// The unit ids this worker takes out of `n`.
-    pub fn pick(self, n: usize) -> Result<Vec<usize>, AssignmentError> {
+    pub(crate) fn pick(self, n: usize) -> Result<Vec<usize>, AssignmentError> {
         match self {
             Assignment::All => Ok((0..n).collect()),
             Assignment::Unit(u) if u < n => Ok(vec![u]),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Write `bytes` to `path` through a temporary sibling of its own and a
 /// rename, so a reader (or a rerun after a kill) never sees a half-written
 /// file, and two writers never write into each other's file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -28,7 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// `dir/.name.<worker>.<n>.tmp` beside `path`: a temporary name no other
 /// writer (thread, process or host) uses.
-pub fn unique_temp(path: &Path) -> PathBuf {
+pub(crate) fn unique_temp(path: &Path) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = path
         .file_name()
@@ -42,7 +42,7 @@ pub fn unique_temp(path: &Path) -> PathBuf {
 /// Remove the temporary files ([`unique_temp`] names) a killed writer left
 /// in `dir`; the outputs there are rewritten whole by the caller. Returns
 /// how many it removed.
-pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+pub(crate) fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
     let mut removed = 0;
     let entries = match std::fs::read_dir(dir) {
         Ok(d) => d,
@@ -61,7 +61,7 @@ pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
 }
 
 /// `dir/.name.tmp` beside `path`.
-pub fn temp_sibling(path: &Path) -> PathBuf {
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -70,7 +70,7 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 }
 
 /// Pretty JSON, written atomically.
-pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let mut text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
@@ -156,7 +156,7 @@ fn keep_freed_memory_unless(environment_decides: bool) {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -165,7 +165,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1) with 24 bits, exact in f32.
-    pub fn next_unit(&mut self) -> f32 {
+    pub(crate) fn next_unit(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }

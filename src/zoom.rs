@@ -10,14 +10,14 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The 36 scales of the zoom study, sorted.
-pub const PAPER_SCALES: [u32; 36] = [
+pub(crate) const PAPER_SCALES: [u32; 36] = [
     10, 16, 32, 48, 64, 96, 122, 128, 192, 224, 235, 240, 256, 288, 320, 348, 384, 448, 460, 512,
     573, 576, 640, 664, 672, 680, 686, 690, 700, 720, 768, 798, 832, 896, 911, 1024,
 ];
 
 /// ImageNet mean/std, used by the zoom study for every model (CLIP included).
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub(crate) const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub(crate) const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// One zoom transform: anchor `(row, col)` on the grid and shorter side `scale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ pub struct Transform {
 
 impl Transform {
     /// The standard single "1-crop" view.
-    pub const ONE_CROP: Transform = Transform {
+    pub(crate) const ONE_CROP: Transform = Transform {
         row: 1,
         col: 1,
         scale: 256,
@@ -107,7 +107,7 @@ impl ZoomGrid {
     }
 
     /// Index of `t` in [`ZoomGrid::transforms`], if it belongs to the grid.
-    pub fn index_of(&self, t: Transform) -> Option<usize> {
+    pub(crate) fn index_of(&self, t: Transform) -> Option<usize> {
         let s = self.scales.iter().position(|&s| s == t.scale)?;
         if t.row >= self.anchors || t.col >= self.anchors {
             return None;
@@ -119,7 +119,7 @@ impl ZoomGrid {
 
 /// Size after resizing so the shorter side is `scale`; the longer side is
 /// `floor(scale * long / short)` (torchvision's `Resize(int)` on a PIL image).
-pub fn resized_size(width: u32, height: u32, scale: u32) -> (u32, u32) {
+pub(crate) fn resized_size(width: u32, height: u32, scale: u32) -> (u32, u32) {
     let long_of = |long: u32, short: u32| ((scale as u64 * long as u64) / short as u64) as u32;
     if width <= height {
         (scale, long_of(height, width))
@@ -131,7 +131,7 @@ pub fn resized_size(width: u32, height: u32, scale: u32) -> (u32, u32) {
 /// Top-left corner of the crop for anchor `(row, col)` in a `width x height`
 /// resized image: `tile = size / anchors`, `anchor = i*tile + tile/2`,
 /// corner = anchor - crop/2. May be negative or past the edge (zero fill).
-pub fn crop_origin(
+pub(crate) fn crop_origin(
     width: u32,
     height: u32,
     row: u8,
@@ -282,7 +282,7 @@ pub fn decode_rgb(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Decode
 
 /// Decode an image that will be zoomed over `grid`, refusing one whose
 /// zoom would take more than `limits.max_zoom_bytes`.
-pub fn decode_for_zoom(
+pub(crate) fn decode_for_zoom(
     bytes: &[u8],
     limits: DecodeLimits,
     grid: &ZoomGrid,
@@ -689,7 +689,7 @@ fn bilinear(x: f64) -> f64 {
 }
 
 /// Cut a `size x size` window at `(left, top)`; pixels outside `img` are `fill`.
-pub fn crop_with_fill(img: &RgbImage, left: i64, top: i64, size: u32, fill: u8) -> RgbImage {
+pub(crate) fn crop_with_fill(img: &RgbImage, left: i64, top: i64, size: u32, fill: u8) -> RgbImage {
     let size_us = size as usize;
     let mut data = vec![fill; size_us * size_us * 3];
     let (w, h) = (img.width as i64, img.height as i64);
@@ -712,14 +712,19 @@ pub fn crop_with_fill(img: &RgbImage, left: i64, top: i64, size: u32, fill: u8) 
 
 /// Torchvision `CenterCrop`: offsets are `round((side - crop) / 2)` with
 /// Python's round-half-to-even.
-pub fn center_crop_origin(width: u32, height: u32, crop: u32) -> (i64, i64) {
+pub(crate) fn center_crop_origin(width: u32, height: u32, crop: u32) -> (i64, i64) {
     let offset = |side: u32| ((side as f64 - crop as f64) / 2.0).round_ties_even() as i64;
     (offset(width), offset(height))
 }
 
 /// The evaluation view of torchvision/timm: resize shorter side to `resize_to`,
 /// centre-crop `crop` (only the crop's pixels are resampled).
-pub fn center_view(img: &RgbImage, resize_to: u32, crop: u32, filter: Interpolation) -> RgbImage {
+pub(crate) fn center_view(
+    img: &RgbImage,
+    resize_to: u32,
+    crop: u32,
+    filter: Interpolation,
+) -> RgbImage {
     let (w, h) = resized_size(img.width, img.height, resize_to);
     let (left, top) = center_crop_origin(w, h, crop);
     let region = resize_region(
@@ -734,7 +739,7 @@ pub fn center_view(img: &RgbImage, resize_to: u32, crop: u32, filter: Interpolat
 
 /// `x/255`, then `(x - mean) / std`, written channel-first into `out`
 /// (length `3 * width * height`).
-pub fn normalise_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
+pub(crate) fn normalise_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
     let plane = img.width as usize * img.height as usize;
     assert_eq!(out.len(), plane * 3, "output buffer must hold 3 planes");
     for (i, px) in img.data.chunks_exact(3).enumerate() {
@@ -747,7 +752,7 @@ pub fn normalise_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f
 /// The value `normalise_chw` gives each 8-bit level of each channel:
 /// `lut[c * 256 + v]`. Normalising through this table (on any device) is
 /// bit-identical to [`normalise_chw`].
-pub fn normalise_lut(mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+pub(crate) fn normalise_lut(mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     (0..3)
         .flat_map(|c| (0..=255u8).map(move |v| (v as f32 / 255.0 - mean[c]) / std[c]))
         .collect()
@@ -771,7 +776,7 @@ fn scale_windows(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> ((u32, u32), Ve
 /// under the crops are computed (the rows of the three row windows across
 /// the columns of the three column windows), the same values as resizing
 /// the whole image.
-pub fn scale_crops(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> Vec<RgbImage> {
+pub(crate) fn scale_crops(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> Vec<RgbImage> {
     let ((w, h), lefts, tops) = scale_windows(img, scale, grid);
     let size = grid.crop_size as usize;
     let region = resize_region(
@@ -799,7 +804,7 @@ pub fn scale_crops(img: &RgbImage, scale: u32, grid: &ZoomGrid) -> Vec<RgbImage>
 
 /// Working memory of zooming `img` over `grid`: its decoded pixels plus
 /// the largest scale's resampling buffers ([`scale_crops`]).
-pub fn zoom_bytes(img: &RgbImage, grid: &ZoomGrid) -> u64 {
+pub(crate) fn zoom_bytes(img: &RgbImage, grid: &ZoomGrid) -> u64 {
     let size = grid.crop_size as usize;
     let largest = grid
         .scales
@@ -846,7 +851,7 @@ fn crop_region(
 
 /// Every view of one decoded image over a grid, in canonical transform order.
 /// Each scale is resized once and its anchors cropped from it.
-pub fn zoom_views(img: &RgbImage, grid: &ZoomGrid) -> Vec<RgbImage> {
+pub(crate) fn zoom_views(img: &RgbImage, grid: &ZoomGrid) -> Vec<RgbImage> {
     let per_scale: Vec<Vec<RgbImage>> = grid
         .scales
         .iter()

@@ -18,7 +18,7 @@ use crate::printer::Printer;
 use crate::zoom::{decode_rgb, DecodeLimits, RgbImage, Transform};
 
 /// A manifest with where it came from and how to reach its inputs.
-pub struct Context {
+pub(crate) struct Context {
     pub manifest: Manifest,
     /// Shown in messages: the manifest file, or `<built-in demo>`.
     pub label: PathBuf,
@@ -29,7 +29,7 @@ pub struct Context {
     pub p: Printer,
 }
 
-pub fn load_context(arg: &ManifestArg, p: Printer) -> Result<Context> {
+pub(crate) fn load_context(arg: &ManifestArg, p: Printer) -> Result<Context> {
     match &arg.manifest {
         Some(path) => {
             let manifest = Manifest::load(path)?;
@@ -64,7 +64,7 @@ pub fn load_context(arg: &ManifestArg, p: Printer) -> Result<Context> {
         }
     }
 }
-pub fn fetch_inputs(ctx: &Context) -> Result<Fetched> {
+pub(crate) fn fetch_inputs(ctx: &Context) -> Result<Fetched> {
     let existing = read_lock(&ctx.lock_file)?;
     let fetched = fetch(
         &ctx.manifest,
@@ -84,7 +84,7 @@ pub fn fetch_inputs(ctx: &Context) -> Result<Fetched> {
 }
 /// Fetch (or verify) inputs and write the plan, keeping the units of the
 /// same run already in the run directory; refuse to mix runs.
-pub fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
+pub(crate) fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
     let fetched = fetch_inputs(ctx)?;
     let mut fresh = Plan::new(&ctx.manifest, &fetched, limit);
     let old = Plan::read(&fresh.run_dir).ok();
@@ -116,7 +116,7 @@ pub fn prepare_plan(ctx: &Context, limit: Option<u64>) -> Result<Plan> {
 /// Sample outcomes from earlier runs (`dirs`, relative to the current
 /// directory or absolute) over `models` and `grid`, with a line per run
 /// saying where they came from.
-pub fn load_samples(
+pub(crate) fn load_samples(
     dirs: &[PathBuf],
     models: &[String],
     grid: &crate::zoom::ZoomGrid,
@@ -168,7 +168,7 @@ fn curate_order(ctx: &Context, plan: &Plan) -> Result<crate::pair_order::CurateO
 
 /// `--dry-run`: the plan as text on stdout, from the manifest and its lock
 /// (if any); no network, no downloads.
-pub fn print_dry_run(ctx: &Context, limit: Option<u64>) -> Result<()> {
+pub(crate) fn print_dry_run(ctx: &Context, limit: Option<u64>) -> Result<()> {
     let lock = read_lock(&ctx.lock_file)?;
     ctx.p.result(format_args!(
         "{}",
@@ -177,7 +177,7 @@ pub fn print_dry_run(ctx: &Context, limit: Option<u64>) -> Result<()> {
     Ok(())
 }
 /// The plan a previous `plan`, `scan` or `build` wrote.
-pub fn read_plan(ctx: &Context) -> Result<Plan> {
+pub(crate) fn read_plan(ctx: &Context) -> Result<Plan> {
     let run_dir = ctx.manifest.run_dir();
     let plan = Plan::read(&run_dir).with_context(|| {
         format!(
@@ -194,7 +194,7 @@ pub fn read_plan(ctx: &Context) -> Result<Plan> {
     Ok(plan)
 }
 /// The model `--model` names (fetched or from the cache) and the device to run it on.
-pub fn resolve_model_args(args: &ModelArgs) -> Result<(ResolvedModel, Runtime)> {
+pub(crate) fn resolve_model_args(args: &ModelArgs) -> Result<(ResolvedModel, Runtime)> {
     let hub = Hub::new(HubConfig::from_env());
     let resolved = resolve_model(&args.model, args.arch.as_deref(), &args.revision, &hub)?;
     Ok((
@@ -204,7 +204,7 @@ pub fn resolve_model_args(args: &ModelArgs) -> Result<(ResolvedModel, Runtime)> 
             .with_kernels(args.kernels)?,
     ))
 }
-pub fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
+pub(crate) fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
     let (resolved, rt) = resolve_model_args(args)?;
     let model = Classifier::load(
         resolved.architecture,
@@ -214,12 +214,12 @@ pub fn open_model(args: &ModelArgs) -> Result<(ResolvedModel, Classifier)> {
     )?;
     Ok((resolved, model))
 }
-pub fn read_image(path: &Path) -> Result<RgbImage> {
+pub(crate) fn read_image(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     decode_rgb(&bytes, DecodeLimits::default())
         .with_context(|| format!("{}: not a usable JPEG or PNG image", path.display()))
 }
-pub fn parse_transform(name: &str) -> Result<Transform> {
+pub(crate) fn parse_transform(name: &str) -> Result<Transform> {
     let t: Transform = name.parse()?;
     if t.row > 2 || t.col > 2 || t.scale == 0 {
         bail!("transform `{name}`: row and column go from 0 to 2 and the scale must be above 0");

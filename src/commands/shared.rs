@@ -39,7 +39,7 @@ fn options(args: &RunArgs, wait_for_others: bool, printer: Printer) -> Result<Sc
 
 /// Scan units `ids` of the plan. `build` waits for units other workers
 /// hold (it merges next); a `scan` worker leaves them to their holders.
-pub fn scan_units(
+pub(crate) fn scan_units(
     plan: &Plan,
     args: &RunArgs,
     ids: &[usize],
@@ -140,7 +140,7 @@ pub fn export(plan: &Plan, selection: &crate::select::Selection, p: Printer) -> 
 }
 
 /// Units done and the time left, as measured on the finished units.
-pub fn progress_line(p: &crate::cost::RunProjection) -> String {
+pub(crate) fn progress_line(p: &crate::cost::RunProjection) -> String {
     use crate::cost::duration;
     format!(
         "{} of {} units done in {} of scanning; {}",
@@ -158,11 +158,11 @@ pub fn progress_line(p: &crate::cost::RunProjection) -> String {
     )
 }
 /// A unit's id, origin and row run, tab-separated.
-pub fn unit_cells(u: &crate::units::Unit) -> String {
+pub(crate) fn unit_cells(u: &crate::units::Unit) -> String {
     format!("{}\t{}\t{}..{}", u.name(), u.origin, u.first, u.end)
 }
 /// A unit's model names, comma-separated.
-pub fn unit_models(plan: &Plan, u: &crate::units::Unit) -> String {
+pub(crate) fn unit_models(plan: &Plan, u: &crate::units::Unit) -> String {
     u.models
         .iter()
         .map(|&m| plan.models[m].name.as_str())

@@ -13,7 +13,7 @@ use crate::models::synthetic::SplitMix64;
 use crate::zoom::{resize, Interpolation, RgbImage};
 
 /// Side of the views fed to the model.
-pub const VIEW_SIZE: u32 = 224;
+pub(crate) const VIEW_SIZE: u32 = 224;
 
 /// A seeded generator with the draws the augmentations need.
 pub struct Rng(SplitMix64);
@@ -21,7 +21,7 @@ pub struct Rng(SplitMix64);
 impl Rng {
     /// The generator for image number `index` of a run seeded with `seed`:
     /// independent of the order images are processed in.
-    pub fn for_image(seed: u64, index: u64) -> Rng {
+    pub(crate) fn for_image(seed: u64, index: u64) -> Rng {
         let mut mix = SplitMix64(seed ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
         Rng(SplitMix64(mix.next_u64()))
     }
@@ -32,7 +32,7 @@ impl Rng {
     }
 
     /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(crate) fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()
     }
 
@@ -42,7 +42,7 @@ impl Rng {
     }
 
     /// Dirichlet(1, ..., 1) of `k` components: normalised Exp(1) draws.
-    pub fn dirichlet_ones(&mut self, k: usize) -> Vec<f64> {
+    pub(crate) fn dirichlet_ones(&mut self, k: usize) -> Vec<f64> {
         let e: Vec<f64> = (0..k).map(|_| -(1.0 - self.unit()).ln()).collect();
         let sum: f64 = e.iter().sum();
         e.iter().map(|v| v / sum).collect()
@@ -50,12 +50,12 @@ impl Rng {
 }
 
 /// A crop box: left, top, width, height.
-pub type CropBox = (u32, u32, u32, u32);
+pub(crate) type CropBox = (u32, u32, u32, u32);
 
 /// torchvision's `RandomResizedCrop.get_params`: up to 10 tries at an area
 /// fraction in `scale` and a log-uniform aspect ratio in `ratio`, else the
 /// largest centred box within the ratio bounds.
-pub fn random_resized_crop_box(
+pub(crate) fn random_resized_crop_box(
     rng: &mut Rng,
     width: u32,
     height: u32,
@@ -101,20 +101,24 @@ pub fn crop(img: &RgbImage, (left, top, w, h): CropBox) -> RgbImage {
 }
 
 /// `RandomResizedCrop(224, scale, ratio)` with `filter`.
-pub fn random_resized_crop(img: &RgbImage, rng: &mut Rng, filter: Interpolation) -> RgbImage {
+pub(crate) fn random_resized_crop(
+    img: &RgbImage,
+    rng: &mut Rng,
+    filter: Interpolation,
+) -> RgbImage {
     let b = random_resized_crop_box(rng, img.width, img.height, (0.08, 1.0), (0.75, 4.0 / 3.0));
     resize(&crop(img, b), VIEW_SIZE, VIEW_SIZE, filter)
 }
 
 /// The paper's random zoom-in view: RandomResizedCrop(224, scale 0.08-1,
 /// ratio 3/4-4/3, bicubic), no flip.
-pub fn random_zoom_view(img: &RgbImage, rng: &mut Rng) -> RgbImage {
+pub(crate) fn random_zoom_view(img: &RgbImage, rng: &mut Rng) -> RgbImage {
     random_resized_crop(img, rng, Interpolation::Bicubic)
 }
 
 /// One AugMix operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     AutoContrast,
     Equalize,
     Posterize,
@@ -127,7 +131,7 @@ pub enum Op {
 }
 
 /// The operations AugMix draws from (none of them overlaps ImageNet-C).
-pub const OPS: [Op; 9] = [
+pub(crate) const OPS: [Op; 9] = [
     Op::AutoContrast,
     Op::Equalize,
     Op::Posterize,
@@ -184,7 +188,7 @@ fn histograms(img: &RgbImage) -> [[u64; 256]; 3] {
 
 /// Pillow's `ImageOps.autocontrast` (no cutoff): each channel's darkest
 /// value to 0 and brightest to 255, linearly; a flat channel is unchanged.
-pub fn autocontrast(img: &RgbImage) -> RgbImage {
+pub(crate) fn autocontrast(img: &RgbImage) -> RgbImage {
     let hist = histograms(img);
     let luts = hist.map(|h| {
         let mut lut = [0u8; 256];
@@ -206,7 +210,7 @@ pub fn autocontrast(img: &RgbImage) -> RgbImage {
 
 /// Pillow's `ImageOps.equalize`: per channel, values spread by their
 /// cumulative histogram (the last occupied bin's count left out).
-pub fn equalize(img: &RgbImage) -> RgbImage {
+pub(crate) fn equalize(img: &RgbImage) -> RgbImage {
     let hist = histograms(img);
     let luts = hist.map(|h| {
         let mut lut: [u8; 256] = std::array::from_fn(|i| i as u8);
@@ -227,14 +231,14 @@ pub fn equalize(img: &RgbImage) -> RgbImage {
 }
 
 /// Keep the top `bits` bits of every value.
-pub fn posterize(img: &RgbImage, bits: u32) -> RgbImage {
+pub(crate) fn posterize(img: &RgbImage, bits: u32) -> RgbImage {
     let mask = !((1u16 << (8 - bits.min(8))) - 1) as u8;
     let lut: [u8; 256] = std::array::from_fn(|i| i as u8 & mask);
     map_lut(img, &[lut; 3])
 }
 
 /// Invert every value at or above `threshold`.
-pub fn solarize(img: &RgbImage, threshold: u32) -> RgbImage {
+pub(crate) fn solarize(img: &RgbImage, threshold: u32) -> RgbImage {
     let lut: [u8; 256] = std::array::from_fn(|i| {
         if (i as u32) < threshold {
             i as u8
@@ -248,7 +252,7 @@ pub fn solarize(img: &RgbImage, threshold: u32) -> RgbImage {
 /// Pillow's `Image.transform(size, AFFINE, (a, b, c, d, e, f), BILINEAR)`:
 /// output pixel `(x, y)` takes the input at `(a x' + b y' + c, d x' + e y' + f)`
 /// with `x' = x + 0.5`, `y' = y + 0.5`, bilinear; black outside the input.
-pub fn affine(img: &RgbImage, m: [f64; 6]) -> RgbImage {
+pub(crate) fn affine(img: &RgbImage, m: [f64; 6]) -> RgbImage {
     let (w, h) = (img.width as usize, img.height as usize);
     let mut data = vec![0u8; w * h * 3];
     let at = |x: usize, y: usize, c: usize| img.data[(y * w + x) * 3 + c] as f64;
@@ -279,7 +283,7 @@ pub fn affine(img: &RgbImage, m: [f64; 6]) -> RgbImage {
 
 /// Pillow's `Image.rotate(degrees, BILINEAR)`: counter-clockwise about the
 /// centre, same size.
-pub fn rotate(img: &RgbImage, degrees: f64) -> RgbImage {
+pub(crate) fn rotate(img: &RgbImage, degrees: f64) -> RgbImage {
     let a = -degrees.to_radians();
     let (cx, cy) = (img.width as f64 / 2.0, img.height as f64 / 2.0);
     let (cos, sin) = (a.cos(), a.sin());
@@ -290,7 +294,7 @@ pub fn rotate(img: &RgbImage, degrees: f64) -> RgbImage {
 }
 
 /// Apply `op` at `severity` with AugMix's parameter draws.
-pub fn apply(op: Op, img: &RgbImage, rng: &mut Rng, severity: u32) -> RgbImage {
+pub(crate) fn apply(op: Op, img: &RgbImage, rng: &mut Rng, severity: u32) -> RgbImage {
     let size = VIEW_SIZE as f64;
     match op {
         Op::AutoContrast => autocontrast(img),
@@ -336,7 +340,13 @@ pub fn apply(op: Op, img: &RgbImage, rng: &mut Rng, severity: u32) -> RgbImage {
 /// `x_1..x_3`; the view is `m x + (1 - m) sum w_i x_i` with
 /// `w ~ Dirichlet(1, 1, 1)`, `m ~ Beta(1, 1)`, mixed in [0, 1] and then
 /// normalised with `mean` / `std`.
-pub fn augmix_view(img: &RgbImage, rng: &mut Rng, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
+pub(crate) fn augmix_view(
+    img: &RgbImage,
+    rng: &mut Rng,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: &mut [f32],
+) {
     const SEVERITY: u32 = 1;
     let mut x = random_resized_crop(img, rng, Interpolation::Bilinear);
     if rng.unit() < 0.5 {
@@ -367,7 +377,7 @@ pub fn augmix_view(img: &RgbImage, rng: &mut Rng, mean: [f32; 3], std: [f32; 3],
 
 /// Which random views MEMO adapts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemoViews {
+pub(crate) enum MemoViews {
     /// [`random_zoom_view`]
     Zoom,
     /// [`augmix_view`]
@@ -375,7 +385,7 @@ pub enum MemoViews {
 }
 
 /// `count` random views of `img`, normalised CHW planes back to back.
-pub fn memo_views(
+pub(crate) fn memo_views(
     kind: MemoViews,
     img: &RgbImage,
     count: usize,

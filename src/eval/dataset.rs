@@ -10,7 +10,7 @@ use crate::hub::{is_repo_id, Hub, RepoKind};
 
 /// One complete `-of-YYYYY` family: shards 0..count, all present.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Family {
+pub(crate) struct Family {
     /// YYYYY, the number of shards.
     pub count: usize,
     /// File names, in shard order.
@@ -49,7 +49,7 @@ fn shard_numbers(name: &str) -> Option<(usize, usize)> {
 /// The complete shard families among `names` (file names), the one with
 /// the most shards first. A shard index present twice (two hashes) makes
 /// its family ambiguous, so it is not complete.
-pub fn complete_families<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Family> {
+pub(crate) fn complete_families<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Family> {
     use std::collections::BTreeMap;
     let mut by_count: BTreeMap<usize, Vec<(usize, &str)>> = BTreeMap::new();
     for name in names {
@@ -74,7 +74,7 @@ pub fn complete_families<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Fa
 
 /// `num_examples:` from a dataset card's YAML (the first one: the card of
 /// a one-split dataset has one).
-pub fn card_num_examples(card: &str) -> Option<u64> {
+pub(crate) fn card_num_examples(card: &str) -> Option<u64> {
     card.lines()
         .find_map(|l| l.trim().strip_prefix("num_examples:"))
         .and_then(|v| v.trim().parse().ok())
@@ -162,7 +162,7 @@ fn count_rows(files: &[PathBuf]) -> Option<u64> {
 }
 
 /// The shards of a local dataset folder (`DIR/data/`, card `DIR/README.md`).
-pub fn local_shards(dir: &Path) -> Result<Shards, EvalError> {
+pub(crate) fn local_shards(dir: &Path) -> Result<Shards, EvalError> {
     let dataset = dir.display().to_string();
     let data = dir.join("data");
     let entries = std::fs::read_dir(&data).map_err(|e| EvalError::Layout {
@@ -197,7 +197,7 @@ pub fn local_shards(dir: &Path) -> Result<Shards, EvalError> {
 /// its files, read the card, download one family at a time (most shards
 /// first) until one matches. Works offline from a filled cache
 /// (`HF_HUB_OFFLINE=1`).
-pub fn hub_shards(hub: &Hub, repo: &str, revision: &str) -> Result<Shards, EvalError> {
+pub(crate) fn hub_shards(hub: &Hub, repo: &str, revision: &str) -> Result<Shards, EvalError> {
     let hub_err = |error| EvalError::Hub {
         repo: repo.into(),
         error: Box::new(error),

@@ -60,7 +60,7 @@ pub enum EvalError {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
-pub struct Score {
+pub(crate) struct Score {
     pub images: u64,
     pub top1_correct: u64,
     pub top5_correct: u64,
@@ -87,7 +87,7 @@ impl Score {
 /// How a run was made (defaults read results written before it existed).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
-pub struct EvalConfig {
+pub(crate) struct EvalConfig {
     pub tta: Tta,
     /// `None` without TTA (one view, nothing to pool).
     pub aggregate: Option<Aggregate>,
@@ -108,7 +108,7 @@ pub struct EvalConfig {
 
 /// How a MEMO run adapts (protocol §7).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct MemoConfig {
+pub(crate) struct MemoConfig {
     /// Random views per image.
     pub views: usize,
     pub seed: u64,
@@ -117,7 +117,7 @@ pub struct MemoConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EvalReport {
+pub(crate) struct EvalReport {
     pub tool_version: String,
     pub model: String,
     pub model_provenance: String,
@@ -138,7 +138,7 @@ pub struct EvalReport {
 
 /// What to run besides the model and the data.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EvalOptions {
+pub(crate) struct EvalOptions {
     pub tta: Tta,
     pub aggregate: Aggregate,
     /// Crops per forward pass (an image's views may span several passes).
@@ -152,7 +152,7 @@ pub struct EvalOptions {
 /// What scores the images: a fixed classifier, or (MEMO) a ResNet adapted
 /// per image.
 #[derive(Clone, Copy)]
-pub enum Predictor<'a> {
+pub(crate) enum Predictor<'a> {
     Fixed(&'a Classifier),
     Memo {
         net: &'a AdaptResNet,
@@ -173,7 +173,7 @@ struct Pending {
 /// The class subset an origin's images are scored over with
 /// `--subset-by-origin`: ImageNet-A, ImageNet-R and ObjectNet by name
 /// (`imagenet-a`, `imagenet_a`, any case), all 1000 classes otherwise.
-pub fn origin_subset(origin: &str) -> ClassSubset {
+pub(crate) fn origin_subset(origin: &str) -> ClassSubset {
     let name = origin.to_ascii_lowercase().replace('_', "-");
     [
         ClassSubset::ImagenetA,
@@ -431,7 +431,7 @@ fn empty_report(
 /// Run `predictor` (named `model_name`, from `model_provenance`, with its
 /// evaluation view `pre`) over `shards`; each scored image also goes to
 /// `per_sample`, in dataset order.
-pub fn evaluate(
+pub(crate) fn evaluate(
     predictor: Predictor,
     model_name: &str,
     model_provenance: &str,

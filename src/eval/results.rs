@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use super::{EvalError, EvalReport};
 
 /// Columns of a leaderboard row; top1 and top5 in percent.
-pub const LEADERBOARD_HEADER: &str =
+pub(crate) const LEADERBOARD_HEADER: &str =
     "model,model_provenance,dataset,dataset_revision,tta,aggregate,images,top1,top5,tool_version";
 
 /// Columns of a per-sample row; labels and top5 space-separated.
-pub const PER_SAMPLE_HEADER: &str = "id,origin,labels,prediction,correct,top5";
+pub(crate) const PER_SAMPLE_HEADER: &str = "id,origin,labels,prediction,correct,top5";
 
 /// A CSV field, quoted when it holds a comma, quote or line break.
-pub fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -28,7 +28,7 @@ fn join_numbers<T: ToString>(xs: &[T]) -> String {
 }
 
 /// The leaderboard row of one report (no trailing newline).
-pub fn leaderboard_row(r: &EvalReport) -> String {
+pub(crate) fn leaderboard_row(r: &EvalReport) -> String {
     let fields = [
         r.model.clone(),
         r.model_provenance.clone(),
@@ -60,7 +60,7 @@ fn io_err(file: &Path) -> impl Fn(std::io::Error) -> EvalError + '_ {
 
 /// Append `report`'s row to `file`, writing the header first when the file
 /// is new or empty. An existing file must have the same header.
-pub fn append_csv(file: &Path, report: &EvalReport) -> Result<(), EvalError> {
+pub(crate) fn append_csv(file: &Path, report: &EvalReport) -> Result<(), EvalError> {
     let existing = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -196,7 +196,7 @@ pub fn compare(files: &[PathBuf]) -> Result<String, EvalError> {
 
 /// One image's outcome.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// `image.path`, or `<origin>/<row>` when the row has none.
     pub id: String,
     pub origin: String,
@@ -209,7 +209,7 @@ pub struct Sample {
 
 impl Sample {
     /// The CSV row (no trailing newline).
-    pub fn csv_row(&self) -> String {
+    pub(crate) fn csv_row(&self) -> String {
         [
             csv_field(&self.id),
             csv_field(&self.origin),
@@ -223,7 +223,7 @@ impl Sample {
 }
 
 /// `--per-sample FILE`: rows written as images are scored, in dataset order.
-pub struct PerSampleWriter {
+pub(crate) struct PerSampleWriter {
     file: PathBuf,
     out: std::io::BufWriter<std::fs::File>,
 }

@@ -73,12 +73,12 @@ impl Tta {
     }
 
     /// Whether this adapts the model per image (MEMO) instead of pooling views.
-    pub fn is_memo(self) -> bool {
+    pub(crate) fn is_memo(self) -> bool {
         matches!(self, Tta::MemoZoom | Tta::MemoAugmix)
     }
 
     /// The paper-grid scales of a zoom group; `None` for the other kinds.
-    pub fn zoom_scales(self) -> Option<Vec<u32>> {
+    pub(crate) fn zoom_scales(self) -> Option<Vec<u32>> {
         let keep = |pick: fn(u32) -> bool| -> Vec<u32> {
             PAPER_SCALES.iter().copied().filter(|&s| pick(s)).collect()
         };
@@ -140,7 +140,7 @@ impl Tta {
 
 /// torchvision `FiveCrop(size)`: top-left, top-right, bottom-left,
 /// bottom-right, centre (the centre as `CenterCrop`).
-pub fn five_crop(img: &RgbImage, size: u32) -> Vec<RgbImage> {
+pub(crate) fn five_crop(img: &RgbImage, size: u32) -> Vec<RgbImage> {
     let right = img.width as i64 - size as i64;
     let bottom = img.height as i64 - size as i64;
     let (cx, cy) = center_crop_origin(img.width, img.height, size);
@@ -151,7 +151,7 @@ pub fn five_crop(img: &RgbImage, size: u32) -> Vec<RgbImage> {
 }
 
 /// Mirror left to right.
-pub fn flip_horizontal(img: &RgbImage) -> RgbImage {
+pub(crate) fn flip_horizontal(img: &RgbImage) -> RgbImage {
     let row = img.width as usize * 3;
     let mut data = Vec::with_capacity(img.data.len());
     for line in img.data.chunks_exact(row) {

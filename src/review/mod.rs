@@ -22,7 +22,7 @@ pub struct Class {
 
 /// One image to review.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Item {
+pub(crate) struct Item {
     pub origin: String,
     pub row: u64,
     pub id: String,
@@ -39,7 +39,7 @@ pub struct Item {
 /// What one model said about an item: its answers by frequency over the
 /// grid's transforms, and its answer under each transform.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ModelView {
+pub(crate) struct ModelView {
     pub model: String,
     /// Its answers, most frequent first: class and how many transforms.
     pub answers: Vec<(Class, usize)>,
@@ -50,7 +50,7 @@ pub struct ModelView {
 }
 
 /// The items of a run and every model's predictions on them.
-pub struct Workbench {
+pub(crate) struct Workbench {
     pub items: Vec<Item>,
     /// `pred[item][model][transform]`.
     pub pred: Vec<Vec<Vec<u16>>>,

@@ -27,7 +27,7 @@ const SCRIPT: &str = include_str!("page/app.js");
 const STYLE: &str = include_str!("page/style.css");
 
 /// A running review session.
-pub struct Session<'a> {
+pub(crate) struct Session<'a> {
     pub plan: &'a Plan,
     pub bench: Workbench,
     pub file: Mutex<ReviewFile>,
@@ -40,7 +40,7 @@ pub struct Session<'a> {
 }
 
 /// 128 random bits from the system's generator, as hex.
-pub fn random_token() -> std::io::Result<String> {
+pub(crate) fn random_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(crate::util::hex(&bytes))

@@ -139,7 +139,7 @@ impl<'a> UnitScan<'a> {
     /// The next image of `rows` that reads and decodes, as a fresh
     /// [`Scanned`] with every transform `NOT_TRIED`, and its pixels; rows
     /// that fail become counted skips. `None` at the end of the rows.
-    pub fn next_image(
+    pub(crate) fn next_image(
         &mut self,
         rows: &mut crate::sources::Rows,
     ) -> Result<Option<(Scanned, crate::zoom::RgbImage)>, ScanError> {
@@ -175,7 +175,7 @@ impl<'a> UnitScan<'a> {
 
     /// Write an image's records, one per model. A transform is correct when
     /// its prediction is one of the labels (a prediction not made never is).
-    pub fn emit(&mut self, s: Scanned) -> Result<(), ScanError> {
+    pub(crate) fn emit(&mut self, s: Scanned) -> Result<(), ScanError> {
         for (m, pred) in self.planned.iter().zip(s.pred) {
             let correct = pred
                 .iter()
@@ -264,7 +264,7 @@ impl Progress {
 /// Scores zoom views cut on demand, as the first-hit and curate strategies
 /// need them: the views are cut on a thread pool, go to the model as one
 /// batch, and come back as each crop's top-1.
-pub struct ViewScorer {
+pub(crate) struct ViewScorer {
     pool: rayon::ThreadPool,
     pixels: Vec<u8>,
 }

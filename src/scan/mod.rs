@@ -82,24 +82,24 @@ pub fn unit_records_path(run_dir: &Path, unit: &Unit) -> PathBuf {
 }
 
 /// A unit's stats: present iff the unit is done.
-pub fn unit_stats_path(run_dir: &Path, unit: &Unit) -> PathBuf {
+pub(crate) fn unit_stats_path(run_dir: &Path, unit: &Unit) -> PathBuf {
     RunDir::of(run_dir).unit_stats(&unit.name())
 }
 
 /// The error of a unit's last failed attempt.
-pub fn unit_error_path(run_dir: &Path, unit: &Unit) -> PathBuf {
+pub(crate) fn unit_error_path(run_dir: &Path, unit: &Unit) -> PathBuf {
     RunDir::of(run_dir).unit_error(&unit.name())
 }
 
 /// A unit's claim: held by the worker scanning it.
-pub fn unit_claim_path(run_dir: &Path, unit: &Unit) -> PathBuf {
+pub(crate) fn unit_claim_path(run_dir: &Path, unit: &Unit) -> PathBuf {
     RunDir::of(run_dir).unit_claim(&unit.name())
 }
 
 /// Where a unit stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum UnitState {
+pub(crate) enum UnitState {
     Done,
     /// A worker holds its claim: `owner`, scanning for `elapsed`, last
     /// heartbeat `heartbeat_age` ago.
@@ -119,7 +119,7 @@ pub enum UnitState {
     },
 }
 
-pub fn unit_state(run_dir: &Path, unit: &Unit) -> UnitState {
+pub(crate) fn unit_state(run_dir: &Path, unit: &Unit) -> UnitState {
     if unit_stats_path(run_dir, unit).is_file() {
         return UnitState::Done;
     }
@@ -144,7 +144,7 @@ pub fn unit_state(run_dir: &Path, unit: &Unit) -> UnitState {
 }
 
 /// Units that are not done yet.
-pub fn missing_units(plan: &Plan) -> Vec<&Unit> {
+pub(crate) fn missing_units(plan: &Plan) -> Vec<&Unit> {
     plan.units
         .iter()
         .filter(|u| !unit_stats_path(&plan.run_dir, u).is_file())
@@ -353,7 +353,7 @@ fn remove_temporaries(run_dir: &Path, unit: &Unit) {
 
 /// Each unit's size in forward passes and, when done, what it took: the
 /// input of [`crate::cost::project_run`].
-pub fn unit_progress(plan: &Plan) -> Vec<crate::cost::UnitProgress> {
+pub(crate) fn unit_progress(plan: &Plan) -> Vec<crate::cost::UnitProgress> {
     plan.units
         .iter()
         .map(|u| crate::cost::UnitProgress {
@@ -433,7 +433,7 @@ pub fn read_source_records(plan: &Plan, origin: &str) -> Result<Vec<ScanRecord>,
 /// order over `models` (by name) and `grid`: per image, per model and
 /// transform, solved or not where the pair was tried. Models or transforms
 /// that run lacks are `None`.
-pub fn sample_outcomes(
+pub(crate) fn sample_outcomes(
     run_dir: &Path,
     models: &[String],
     grid: &crate::zoom::ZoomGrid,

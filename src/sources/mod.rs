@@ -166,7 +166,7 @@ pub enum Wanted {
 }
 
 impl Wanted {
-    pub fn wants(&self, row: u64) -> bool {
+    pub(crate) fn wants(&self, row: u64) -> bool {
         match self {
             Wanted::All => true,
             Wanted::Rows(rows) => rows.contains(&row),
@@ -187,7 +187,7 @@ impl Wanted {
 /// `n` rows spread evenly over `total`: row ⌊i·total/n⌋ for i in 0..n. The
 /// same rows on every run, covering every part of the source (class folders
 /// and sorted shards are not shuffled, so the first `n` would not).
-pub fn sample_rows(total: u64, n: u64) -> Wanted {
+pub(crate) fn sample_rows(total: u64, n: u64) -> Wanted {
     if n >= total {
         return Wanted::All;
     }
@@ -212,7 +212,7 @@ pub(crate) type RawOutcome = Result<RawRow, Skip>;
 /// The callback a container calls once per selected row, in row order.
 pub(crate) type Sink<'a> = dyn FnMut(u64, RawOutcome) -> ControlFlow<()> + 'a;
 
-pub type RowOutcome = Result<SourceRecord, Skip>;
+pub(crate) type RowOutcome = Result<SourceRecord, Skip>;
 
 impl Source {
     /// Rows in the container (before `limit`).
@@ -227,7 +227,7 @@ impl Source {
 
     /// Rows the source will yield, when that is cheap to know (not for
     /// compressed tar archives): for progress bars.
-    pub fn row_count_hint(&self) -> Option<u64> {
+    pub(crate) fn row_count_hint(&self) -> Option<u64> {
         let total = match &self.container {
             Container::Archive { files } if archive::any_compressed(files) => return None,
             _ => self.total_rows().ok()?,
@@ -244,7 +244,7 @@ impl Source {
     }
 
     /// Call `f` for each selected row in order until it breaks.
-    pub fn visit(
+    pub(crate) fn visit(
         &self,
         wanted: &Wanted,
         f: &mut dyn FnMut(RowOutcome) -> ControlFlow<()>,
@@ -364,7 +364,7 @@ fn resolve(labels: LabelConvention, row: u64, raw: RawRow) -> RowOutcome {
 
 /// Members larger than this are not read whole (a zip or tar bomb, or not
 /// an image): the row is skipped as `too-large`.
-pub const MAX_MEMBER_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_MEMBER_BYTES: u64 = 256 << 20;
 
 /// Read a member up to [`MAX_MEMBER_BYTES`]; `None` when it is larger.
 pub(crate) fn read_member(
@@ -389,7 +389,7 @@ fn oversize_skip(row: u64, member: &str) -> Skip {
 }
 
 /// File extensions read as images (case-insensitive).
-pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+pub(crate) const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
 fn is_image_extension(ext: &str) -> bool {
     IMAGE_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext))
@@ -436,7 +436,7 @@ pub(crate) fn class_folder_row(row: u64, member: &str) -> Result<RawRow, Skip> {
 
 /// Sort paths the way people number shards: digit runs compare as numbers
 /// (`2.tar` before `10.tar`).
-pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     fn chunks(s: &str) -> Vec<(bool, &str)> {
         let mut out = Vec::new();
         let mut start = 0;
