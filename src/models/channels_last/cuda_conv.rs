@@ -132,14 +132,14 @@ pub(super) fn conv(
     }
 }
 
-fn conv_as<T: CudaDType + DeviceRepr + 'static>(
-    op: &ConvOp,
-    data: DataType,
+/// The input's and output's NHWC dims, with the filter, bias and dtypes
+/// checked against the geometry; the shapes in words for errors.
+fn checked_dims(
+    g: &super::geometry::ConvGeometry,
     x: (&CudaStorage, &Layout),
     w: (&CudaStorage, &Layout),
     b: (&CudaStorage, &Layout),
-) -> Result<(CudaStorage, Shape)> {
-    let g = op.geometry;
+) -> Result<(Nhwc, Nhwc, String)> {
     let dtype = x.0.dtype();
     let shapes = format!(
         "input {:?}, filter {:?}, bias {:?}",
@@ -149,7 +149,7 @@ fn conv_as<T: CudaDType + DeviceRepr + 'static>(
     );
     let (n, h, wd, c) = x.1.shape().dims4()?;
     let input = Nhwc { n, h, w: wd, c };
-    let out = input.conv_out(&g).map_err(Error::wrap)?;
+    let out = input.conv_out(g).map_err(Error::wrap)?;
     if w.1.dims() != [g.c_out, g.kernel[0], g.kernel[1], g.c_in / g.groups]
         || b.1.shape().elem_count() != g.c_out
     {
@@ -165,6 +165,19 @@ fn conv_as<T: CudaDType + DeviceRepr + 'static>(
     if out.is_empty() {
         bail!("conv {g}: empty output for {shapes}");
     }
+    Ok((input, out, shapes))
+}
+
+fn conv_as<T: CudaDType + DeviceRepr + 'static>(
+    op: &ConvOp,
+    data: DataType,
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let g = op.geometry;
+    let dtype = x.0.dtype();
+    let (input, out, shapes) = checked_dims(&g, x, w, b)?;
     let y_shape = Shape::from((out.n, out.h, out.w, out.c));
 
     // When cuDNN cannot be loaded, its error says how to get it.

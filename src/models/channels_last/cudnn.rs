@@ -655,6 +655,124 @@ mod tests {
     /// The descriptor calls against a real cuDNN 9, which needs no GPU for
     /// them: our output sizes are cuDNN's, with the NHWC formats and the
     /// filter's argument order as declared.
+    // Getters, for this test only: read back what the setters stored.
+    type GetTensor = unsafe extern "C" fn(
+        TensorDescPtr,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+    ) -> Status;
+    type GetFilter = unsafe extern "C" fn(
+        FilterDescPtr,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+        *mut c_int,
+    ) -> Status;
+    type GetInt = unsafe extern "C" fn(ConvDescPtr, *mut c_int) -> Status;
+
+    struct Getters {
+        tensor: GetTensor,
+        filter: GetFilter,
+        groups: GetInt,
+        math: GetInt,
+    }
+
+    fn getters(cudnn: &Cudnn) -> Getters {
+        // SAFETY: the symbols' types are cuDNN 9's declarations.
+        unsafe {
+            Getters {
+                tensor: *cudnn
+                    ._lib
+                    .get::<GetTensor>("cudnnGetTensor4dDescriptor")
+                    .unwrap(),
+                filter: *cudnn
+                    ._lib
+                    .get::<GetFilter>("cudnnGetFilter4dDescriptor")
+                    .unwrap(),
+                groups: *cudnn
+                    ._lib
+                    .get::<GetInt>("cudnnGetConvolutionGroupCount")
+                    .unwrap(),
+                math: *cudnn
+                    ._lib
+                    .get::<GetInt>("cudnnGetConvolutionMathType")
+                    .unwrap(),
+            }
+        }
+    }
+
+    /// One geometry in one data type: the descriptors cuDNN stored hold our
+    /// dims, strides, formats, group count and math type, and cuDNN's output
+    /// size is ours.
+    fn descriptors_agree(
+        cudnn: &'static Cudnn,
+        get: &Getters,
+        g: super::super::geometry::ConvGeometry,
+        x: super::super::geometry::Nhwc,
+        dt: super::super::geometry::DataType,
+    ) {
+        let i32s = |v: [usize; 2]| v.map(|x| x as c_int);
+        let (get_tensor, get_filter, get_groups, get_math) =
+            (get.tensor, get.filter, get.groups, get.math);
+        let xd = cudnn
+            .nhwc_tensor(dt.cudnn_data(), x.dims().unwrap())
+            .unwrap();
+        // The tensor: our data type, dims, and NHWC strides.
+        let mut t = [0 as c_int; 9];
+        let [a, b, c, d, e, f, g2, h, i] = t.each_mut().map(|v| v as *mut c_int);
+        let status = unsafe { get_tensor(xd.raw, a, b, c, d, e, f, g2, h, i) };
+        cudnn.check("cudnnGetTensor4dDescriptor", status).unwrap();
+        assert_eq!(t[0], dt.cudnn_data(), "{g} {dt:?}");
+        assert_eq!(t[1..5], x.dims().unwrap(), "{g} {dt:?}");
+        assert_eq!(t[5..9], x.strides().unwrap(), "{g} {dt:?}");
+
+        let wd = cudnn
+            .krsc_filter(dt.cudnn_data(), g.filter_dims().unwrap())
+            .unwrap();
+        // The filter: data type and format in their places.
+        let mut fl = [0 as c_int; 6];
+        let [a, b, c, d, e, f] = fl.each_mut().map(|v| v as *mut c_int);
+        let status = unsafe { get_filter(wd.raw, a, b, c, d, e, f) };
+        cudnn.check("cudnnGetFilter4dDescriptor", status).unwrap();
+        assert_eq!(fl[0], dt.cudnn_data(), "{g} {dt:?}");
+        assert_eq!(fl[1], TENSOR_NHWC, "{g} {dt:?}");
+        assert_eq!(fl[2..6], g.filter_dims().unwrap(), "{g} {dt:?}");
+
+        let conv = cudnn
+            .convolution(
+                i32s(g.pad),
+                i32s(g.stride),
+                i32s(g.dilation),
+                g.groups as c_int,
+                dt.cudnn_compute(),
+                dt.cudnn_math(),
+            )
+            .unwrap();
+        let (mut groups, mut math) = (0, -1);
+        unsafe {
+            cudnn
+                .check("groups", get_groups(conv.raw, &mut groups))
+                .unwrap();
+            cudnn.check("math", get_math(conv.raw, &mut math)).unwrap();
+        }
+        assert_eq!((groups, math), (g.groups as c_int, dt.cudnn_math()));
+        let ours = x.conv_out(&g).unwrap().dims().unwrap();
+        assert_eq!(
+            cudnn.output_dim(&conv, &xd, &wd).unwrap(),
+            ours,
+            "{g} {dt:?}"
+        );
+    }
+
     #[test]
     #[ignore = "needs cuDNN 9: IMAGENET_HARD_CUDNN=/path/to/libcudnn.so.9 \
                 cargo test --lib channels_last::cudnn -- --ignored"]
@@ -671,50 +789,7 @@ mod tests {
             "{}",
             cudnn.error_string(STATUS_NOT_SUPPORTED)
         );
-        // Getters, for this test only: read back what the setters stored.
-        type GetTensor = unsafe extern "C" fn(
-            TensorDescPtr,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-        ) -> Status;
-        type GetFilter = unsafe extern "C" fn(
-            FilterDescPtr,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-            *mut c_int,
-        ) -> Status;
-        type GetInt = unsafe extern "C" fn(ConvDescPtr, *mut c_int) -> Status;
-        let (get_tensor, get_filter, get_groups, get_math) = unsafe {
-            (
-                *cudnn
-                    ._lib
-                    .get::<GetTensor>("cudnnGetTensor4dDescriptor")
-                    .unwrap(),
-                *cudnn
-                    ._lib
-                    .get::<GetFilter>("cudnnGetFilter4dDescriptor")
-                    .unwrap(),
-                *cudnn
-                    ._lib
-                    .get::<GetInt>("cudnnGetConvolutionGroupCount")
-                    .unwrap(),
-                *cudnn
-                    ._lib
-                    .get::<GetInt>("cudnnGetConvolutionMathType")
-                    .unwrap(),
-            )
-        };
-        let i32s = |v: [usize; 2]| v.map(|x| x as c_int);
+        let get = getters(cudnn);
         let cases = [
             ConvGeometry::square(3, 64, 7, 2, 3),
             ConvGeometry::depthwise(96, 5, 2, 2),
@@ -736,54 +811,7 @@ mod tests {
                 c: g.c_in,
             };
             for dt in [DataType::F32, DataType::F16, DataType::Bf16] {
-                let xd = cudnn
-                    .nhwc_tensor(dt.cudnn_data(), x.dims().unwrap())
-                    .unwrap();
-                // The tensor: our data type, dims, and NHWC strides.
-                let mut t = [0 as c_int; 9];
-                let [a, b, c, d, e, f, g2, h, i] = t.each_mut().map(|v| v as *mut c_int);
-                let status = unsafe { get_tensor(xd.raw, a, b, c, d, e, f, g2, h, i) };
-                cudnn.check("cudnnGetTensor4dDescriptor", status).unwrap();
-                assert_eq!(t[0], dt.cudnn_data(), "{g} {dt:?}");
-                assert_eq!(t[1..5], x.dims().unwrap(), "{g} {dt:?}");
-                assert_eq!(t[5..9], x.strides().unwrap(), "{g} {dt:?}");
-
-                let wd = cudnn
-                    .krsc_filter(dt.cudnn_data(), g.filter_dims().unwrap())
-                    .unwrap();
-                // The filter: data type and format in their places.
-                let mut fl = [0 as c_int; 6];
-                let [a, b, c, d, e, f] = fl.each_mut().map(|v| v as *mut c_int);
-                let status = unsafe { get_filter(wd.raw, a, b, c, d, e, f) };
-                cudnn.check("cudnnGetFilter4dDescriptor", status).unwrap();
-                assert_eq!(fl[0], dt.cudnn_data(), "{g} {dt:?}");
-                assert_eq!(fl[1], TENSOR_NHWC, "{g} {dt:?}");
-                assert_eq!(fl[2..6], g.filter_dims().unwrap(), "{g} {dt:?}");
-
-                let conv = cudnn
-                    .convolution(
-                        i32s(g.pad),
-                        i32s(g.stride),
-                        i32s(g.dilation),
-                        g.groups as c_int,
-                        dt.cudnn_compute(),
-                        dt.cudnn_math(),
-                    )
-                    .unwrap();
-                let (mut groups, mut math) = (0, -1);
-                unsafe {
-                    cudnn
-                        .check("groups", get_groups(conv.raw, &mut groups))
-                        .unwrap();
-                    cudnn.check("math", get_math(conv.raw, &mut math)).unwrap();
-                }
-                assert_eq!((groups, math), (g.groups as c_int, dt.cudnn_math()));
-                let ours = x.conv_out(&g).unwrap().dims().unwrap();
-                assert_eq!(
-                    cudnn.output_dim(&conv, &xd, &wd).unwrap(),
-                    ours,
-                    "{g} {dt:?}"
-                );
+                descriptors_agree(cudnn, &get, g, x, dt);
             }
         }
         // The group count is what makes a [8, 4, 3, 3] filter fit 8 channels.
