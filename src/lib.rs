@@ -15,6 +15,7 @@ pub mod cost;
 pub mod dedupe;
 pub mod demo;
 pub mod download;
+pub mod duplicates;
 pub mod eval;
 pub mod export;
 pub mod feed;
