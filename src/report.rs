@@ -176,13 +176,14 @@ pub struct Analysis {
     pub heatmaps: Vec<Heatmap>,
 }
 
-/// One positional-bias picture: what `plot::bias_heatmap` draws into `png`.
+/// One positional-bias picture: the `report.bias` row it draws (values
+/// and file name) and the words around it.
 pub struct Heatmap {
-    pub png: String,
+    /// Index into `report.bias`.
+    pub bias: usize,
     pub title: String,
     pub subtitle: String,
-    pub bounds: Vec<Vec<f64>>,
-    pub counts: Vec<Vec<usize>>,
+    /// Greedy picks counted in the row's `pick_counts`.
     pub picks: usize,
 }
 
@@ -279,7 +280,7 @@ impl Tables {
             crate::util::file_stem(model)
         );
         self.heatmaps.push(Heatmap {
-            png: png.clone(),
+            bias: self.bias.len(),
             title: format!("{model} on {origin}"),
             subtitle: format!(
                 "per-anchor upper bound (rows top to bottom) over {} scales, {} images; first {} greedy picks",
@@ -287,8 +288,6 @@ impl Tables {
                 images.len(),
                 first.len()
             ),
-            bounds: bounds.clone(),
-            counts: counts.clone(),
             picks: first.len(),
         });
         self.bias.push(BiasRow {
@@ -452,8 +451,10 @@ pub fn write(
         .map_err(io(&dir))?;
     let mut files = Vec::new();
     for h in &analysis.heatmaps {
-        let path = dir.join(&h.png);
-        crate::plot::bias_heatmap(&path, &h.title, &h.subtitle, &h.bounds, &h.counts, h.picks)?;
+        let row = &analysis.report.bias[h.bias];
+        let path = dir.join(&row.png);
+        let (bounds, counts) = (&row.anchor_bounds, &row.pick_counts);
+        crate::plot::bias_heatmap(&path, &h.title, &h.subtitle, bounds, counts, h.picks)?;
         files.push(path);
     }
     if let Some(name) = &analysis.report.hard.contact_sheet {

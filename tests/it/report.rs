@@ -188,7 +188,11 @@ fn report_and_reselection_match_the_hand_worked_numbers() {
         "analyse wrote the report folder"
     );
     assert_eq!(serde_json::to_value(&analysis.report).unwrap(), report);
-    let drawn: Vec<&str> = analysis.heatmaps.iter().map(|h| h.png.as_str()).collect();
+    let drawn: Vec<&str> = analysis
+        .heatmaps
+        .iter()
+        .map(|h| analysis.report.bias[h.bias].png.as_str())
+        .collect();
     assert_eq!(
         drawn,
         [

@@ -163,6 +163,23 @@ fn epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Ac
     }
 }
 
+/// What a layer applies to each output row as it writes it:
+/// `act(y + bias[c] + residual)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    pub bias: &'a [f32],
+    /// The whole output's residual, same layout as the output.
+    pub residual: Option<&'a [f32]>,
+    pub act: Act,
+}
+
+impl Epilogue<'_> {
+    /// Apply it to `out`, the output's values from element `at` on.
+    fn apply(&self, out: &mut [f32], at: usize) {
+        epilogue(out, self.bias, self.residual.map(|r| &r[at..]), self.act);
+    }
+}
+
 /// A layer's `[m, k]` weight matrix (`m` outputs, `k` inputs) in one of two
 /// orders: the checkpoint's rows, or output-fastest columns, which
 /// `net` lays out once at load for the CPU so that no product packs (copies)
@@ -172,6 +189,9 @@ fn epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Ac
 pub struct Weights<'a> {
     pub values: &'a [f32],
     pub order: WeightOrder,
+    /// A 3x3 stride-1 convolution's filters already transformed for
+    /// Winograd F(2x2, 3x3) (`winograd_filters`), if `net` made them.
+    pub winograd: Option<&'a [f32]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,9 +218,7 @@ impl Weights<'_> {
 pub fn linear(
     x: &[f32],
     w: Weights,
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    act: Act,
+    ep: Epilogue,
     (rows, k, m): (usize, usize, usize),
 ) -> Vec<f32> {
     let mut out = vec![0f32; rows * m];
@@ -228,7 +246,7 @@ pub fn linear(
     const ROWS: usize = 16;
     out.par_chunks_mut(m * ROWS)
         .enumerate()
-        .for_each(|(i, o)| epilogue(o, bias, residual.map(|r| &r[i * m * ROWS..]), act));
+        .for_each(|(i, o)| ep.apply(o, i * m * ROWS));
     out
 }
 
@@ -267,6 +285,7 @@ pub fn winograd_filters(g: &ConvGeometry, krsc: &[f32]) -> Option<Vec<f32>> {
     let wt = Weights {
         values: krsc,
         order: WeightOrder::Rows,
+        winograd: None,
     };
     winograd::applies(g).then(|| winograd::filters(wt, g.c_in, g.c_out))
 }
@@ -280,9 +299,7 @@ pub fn conv(
     x: &[f32],
     (n, h, w): (usize, usize, usize),
     wt: Weights,
-    (bias, winograd): (&[f32], Option<&[f32]>),
-    residual: Option<&[f32]>,
-    act: Act,
+    ep: Epilogue,
 ) -> Option<Vec<f32>> {
     let (oh, ow) = g.out_hw(h, w).ok()?;
     let input = Input {
@@ -295,41 +312,32 @@ pub fn conv(
     };
     if winograd::applies(g) {
         let made;
-        let u = match winograd {
+        let u = match wt.winograd {
             Some(u) => u,
             None => {
                 made = winograd::filters(wt, g.c_in, g.c_out);
                 &made
             }
         };
-        return Some(winograd::conv(g, &input, n, u, bias, residual, act));
+        return Some(winograd::conv(g, &input, n, u, ep));
     }
     if g.groups == 1 {
-        return Some(dense_conv(g, &input, n, wt, bias, residual, act));
+        return Some(dense_conv(g, &input, n, wt, ep));
     }
     if g.groups == g.c_in && g.c_out == g.c_in && wt.order == WeightOrder::Rows {
-        return Some(depthwise(g, &input, n, wt.values, bias, residual, act));
+        return Some(depthwise(g, &input, n, wt.values, ep));
     }
     None
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dense_conv(
-    g: &ConvGeometry,
-    input: &Input,
-    n: usize,
-    wt: Weights,
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    act: Act,
-) -> Vec<f32> {
+fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilogue) -> Vec<f32> {
     let (m, c) = (g.c_out, g.c_in);
     let pixels = n * input.oh * input.ow;
     let [kh, kw] = g.kernel;
     let k = kh * kw * c;
     // A 1x1 stride-1 convolution is a linear layer over the pixels.
     if g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] {
-        return linear(input.x, wt, bias, residual, act, (pixels, c, m));
+        return linear(input.x, wt, ep, (pixels, c, m));
     }
     assert!(wt.values.len() >= m * k, "conv {g}: weights too short");
     let mut out = vec![0f32; pixels * m];
@@ -375,7 +383,7 @@ fn dense_conv(
                 )
             };
         });
-        epilogue(o, bias, residual.map(|r| &r[p0 * m..]), act);
+        ep.apply(o, p0 * m);
     };
     let blocks = pixels.div_ceil(block);
     if blocks < rayon::current_num_threads() {
@@ -391,16 +399,7 @@ fn dense_conv(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn depthwise(
-    g: &ConvGeometry,
-    input: &Input,
-    n: usize,
-    wt: &[f32],
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    act: Act,
-) -> Vec<f32> {
+fn depthwise(g: &ConvGeometry, input: &Input, n: usize, wt: &[f32], ep: Epilogue) -> Vec<f32> {
     let c = g.c_in;
     let [kh, kw] = g.kernel;
     // KRSC [c, kh, kw, 1] to one row of c taps per (i, j): the inner loop
@@ -416,7 +415,7 @@ fn depthwise(
     out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
         let (b, oy) = (row / oh, row % oh);
         depthwise_row(o, (b, oy), input, &taps, g);
-        epilogue(o, bias, residual.map(|r| &r[row * ow * c..]), act);
+        ep.apply(o, row * ow * c);
     });
     out
 }
@@ -586,13 +585,24 @@ mod tests {
                 Weights {
                     values: &w,
                     order: WeightOrder::Rows,
+                    winograd: None,
                 },
                 Weights {
                     values: &columns,
                     order: WeightOrder::Columns,
+                    winograd: None,
                 },
             ] {
-                let y = linear(&x, wt, &b, Some(&r), Act::Silu, (rows, k, m));
+                let y = linear(
+                    &x,
+                    wt,
+                    Epilogue {
+                        bias: &b,
+                        residual: Some(&r),
+                        act: Act::Silu,
+                    },
+                    (rows, k, m),
+                );
                 for i in 0..rows {
                     for j in 0..m {
                         let dot: f64 = (0..k).map(|t| (x[i * k + t] * w[j * k + t]) as f64).sum();

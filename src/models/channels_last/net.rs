@@ -184,10 +184,17 @@ impl ChannelsLastNet {
                     let (w, b) = conv_weights(&vb, weights, dims)?;
                     let w = cast(w.permute(OIHW_TO_KRSC)?)?;
                     let winograd = winograd_filters(g, &w)?;
+                    // Winograd reads its own filters: the dense weights stay
+                    // as read (the op checks their shape only).
+                    let weight = if g.groups == 1 && winograd.is_none() {
+                        for_products(w)?
+                    } else {
+                        w
+                    };
                     Bound::Conv {
                         op: step.op.clone(),
                         winograd,
-                        weight: if g.groups == 1 { for_products(w)? } else { w },
+                        weight,
                         bias: cast(b)?,
                     }
                 }

@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape};
 use candle_core::{Result, Tensor};
 
-use super::cpu::{WeightOrder, Weights};
+use super::cpu::{Epilogue, WeightOrder, Weights};
 use super::geometry::ConvGeometry;
 use super::program::Act;
 
@@ -105,6 +105,7 @@ fn weight_values<'a>(s: &'a CpuStorage, l: &Layout) -> Option<Weights<'a>> {
         return Some(Weights {
             values: &v[start..end],
             order: WeightOrder::Rows,
+            winograd: None,
         });
     }
     let dims = l.dims();
@@ -119,6 +120,7 @@ fn weight_values<'a>(s: &'a CpuStorage, l: &Layout) -> Option<Weights<'a>> {
     (l.stride() == want.as_slice() && v.len() >= start + stride).then(|| Weights {
         values: &v[start..start + stride],
         order: WeightOrder::Columns,
+        winograd: None,
     })
 }
 
@@ -208,7 +210,12 @@ impl CustomOp3 for ConvOp {
                 None => None,
             };
             let fast = with_residual(&self.residual, |r| {
-                super::cpu::conv(g, x, (n, h, w), wt, (bias, u), r, self.act)
+                let ep = Epilogue {
+                    bias,
+                    residual: r,
+                    act: self.act,
+                };
+                super::cpu::conv(g, x, (n, h, w), Weights { winograd: u, ..wt }, ep)
             })?;
             if let Some(y) = fast {
                 let (oh, ow) = g.out_hw(h, w).map_err(candle_core::Error::wrap)?;
@@ -381,7 +388,12 @@ impl CustomOp3 for LinearOp {
         }
         if let Some((x, wt, bias)) = all_f32((xs, xl), (ws, wl), (bs, bl))? {
             let y = with_residual(&self.residual, |r| {
-                super::cpu::linear(x, wt, bias, r, self.act, (rows, k, m))
+                let ep = Epilogue {
+                    bias,
+                    residual: r,
+                    act: self.act,
+                };
+                super::cpu::linear(x, wt, ep, (rows, k, m))
             })?;
             return Ok((CpuStorage::F32(y), Shape::from((rows, m))));
         }

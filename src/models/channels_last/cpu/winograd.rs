@@ -10,9 +10,8 @@
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-use super::{epilogue, Input, WeightOrder, Weights};
+use super::{Epilogue, Input, WeightOrder, Weights};
 use crate::models::channels_last::geometry::ConvGeometry;
-use crate::models::channels_last::program::Act;
 use crate::models::kernels::conv::matmul;
 
 thread_local! {
@@ -85,23 +84,14 @@ unsafe impl Sync for Out {}
 
 /// `act(conv(x) + bias [+ residual])` for a geometry `applies` accepts,
 /// with the filters already transformed (`filters`).
-#[allow(clippy::too_many_arguments)]
-pub fn conv(
-    g: &ConvGeometry,
-    input: &Input,
-    n: usize,
-    u: &[f32],
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    act: Act,
-) -> Vec<f32> {
+pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) -> Vec<f32> {
     let (c, k) = (g.c_in, g.c_out);
     let (oh, ow) = (input.oh, input.ow);
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     let tiles = n * th * tw;
     let mut out = vec![0f32; n * oh * ow * k];
     assert_eq!(u.len(), 16 * c * k, "winograd {g}: transformed filters");
-    if let Some(r) = residual {
+    if let Some(r) = ep.residual {
         assert_eq!(r.len(), out.len(), "winograd {g}: residual");
     }
     let block = block_tiles(c, k);
@@ -155,7 +145,7 @@ pub fn conv(
                         continue;
                     }
                     let at = ((b * oh + py) * ow + px) * k;
-                    epilogue(yq, bias, residual.map(|r| &r[at..at + k]), act);
+                    ep.apply(yq, at);
                     // SAFETY: pixel (b, py, px) belongs to this tile alone,
                     // and `at + k <= out.len()`.
                     unsafe { std::ptr::copy_nonoverlapping(yq.as_ptr(), dst.at(at), k) };
@@ -221,6 +211,7 @@ fn output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::channels_last::program::Act;
 
     /// The direct sum, in f64.
     #[allow(clippy::too_many_arguments)]
@@ -286,10 +277,12 @@ mod tests {
                 Weights {
                     values: &wt,
                     order: WeightOrder::Rows,
+                    winograd: None,
                 },
                 Weights {
                     values: &columns,
                     order: WeightOrder::Columns,
+                    winograd: None,
                 },
             ] {
                 let input = Input {
@@ -301,7 +294,12 @@ mod tests {
                     ow,
                 };
                 let u = filters(weights, c, k);
-                let y = conv(&g, &input, n, &u, &bias, Some(&residual), Act::Relu);
+                let ep = Epilogue {
+                    bias: &bias,
+                    residual: Some(&residual),
+                    act: Act::Relu,
+                };
+                let y = conv(&g, &input, n, &u, ep);
                 let worst = y
                     .iter()
                     .zip(&want)
