@@ -14,6 +14,7 @@ const IMAGENET_A_TSV: &str = include_str!("labels/imagenet_a.tsv");
 const IMAGENET_R_TSV: &str = include_str!("labels/imagenet_r.tsv");
 const OBJECTNET_TSV: &str = include_str!("labels/objectnet.tsv");
 const IMAGENET_REAL: &str = include_str!("labels/imagenet_real.txt");
+const PARENTS_TSV: &str = include_str!("labels/imagenet1k_parents.tsv");
 
 /// One ImageNet-1k class: index = position of the wnid in the sorted list.
 #[derive(Debug, Clone)]
@@ -48,6 +49,31 @@ pub(crate) fn class_name(index: i64) -> Option<&'static str> {
         .ok()
         .and_then(|i| classes().get(i))
         .map(|c| c.name.as_str())
+}
+
+/// Each class's WordNet parent wnid (its first hypernym), in index order;
+/// `scripts/gen_wordnet_parents.py` writes the table from WordNet 3.0.
+fn parents() -> &'static [&'static str] {
+    static TABLE: OnceLock<Vec<&'static str>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        PARENTS_TSV
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('\t').nth(1).unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Whether two classes share a WordNet parent (laptop and notebook under
+/// "portable computer"): near-synonyms, which an image may carry both of.
+pub(crate) fn same_parent(a: i64, b: i64) -> bool {
+    let parent = |i: i64| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| parents().get(i))
+            .filter(|p| !p.is_empty())
+    };
+    a != b && parent(a).is_some() && parent(a) == parent(b)
 }
 
 /// The set of ImageNet-1k classes a source is scored over.

@@ -38,6 +38,7 @@ pub mod scan;
 pub mod scenes;
 pub mod select;
 pub mod sources;
+pub mod suspects;
 pub mod units;
 pub mod util;
 pub mod zoom;
