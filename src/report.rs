@@ -19,6 +19,8 @@ use crate::zoom::Transform;
 pub(crate) const COVER_PICKS: usize = 36;
 /// Hard images shown on the contact sheet.
 pub(crate) const SHEET_IMAGES: usize = 24;
+/// Label suspects the report lists.
+pub(crate) const TOP_SUSPECTS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -108,6 +110,28 @@ pub struct HardSummary {
     pub top_labels: Vec<(i64, String, usize)>,
     pub closest: Vec<Closest>,
     pub contact_sheet: Option<String>,
+    /// The hard images whose label most likely is wrong, most suspect first
+    /// (at most `TOP_SUSPECTS`).
+    #[serde(default)]
+    pub suspects: Vec<SuspectRow>,
+}
+
+/// One label suspect (`crate::suspects`): a hard image and the other class
+/// its models agree on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SuspectRow {
+    pub origin: String,
+    pub row: u64,
+    pub id: String,
+    pub labels: Vec<i64>,
+    /// The agreed class and its name.
+    pub class: i64,
+    pub name: String,
+    pub score: f64,
+    /// Models answering `class` most often, of `of`.
+    pub models: usize,
+    pub of: usize,
+    pub near_synonym: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -325,6 +349,38 @@ fn count_closest(
     }
 }
 
+/// A source's hard images with a label suspect, as report rows beside
+/// their suspects (for ranking).
+fn suspect_rows(
+    images: &[ScannedImage],
+    origin: &str,
+    is_hard: impl Fn(u64) -> bool,
+    models: usize,
+) -> Vec<(SuspectRow, crate::suspects::Suspect)> {
+    let found = crate::select::source_suspects(images, is_hard);
+    found
+        .into_iter()
+        .filter_map(|(row, s)| {
+            let im = images.iter().find(|im| im.row == row)?;
+            let row = SuspectRow {
+                origin: origin.to_string(),
+                row,
+                id: im.id.clone(),
+                labels: im.labels.clone(),
+                class: s.class,
+                name: crate::labels::class_name(s.class)
+                    .unwrap_or("?")
+                    .to_string(),
+                score: s.score,
+                models: s.models,
+                of: models,
+                near_synonym: s.near_synonym,
+            };
+            Some((row, s))
+        })
+        .collect()
+}
+
 /// The 20 labels most hard images carry: (index, name, images), most first.
 fn top_labels(selection: &Selection) -> Vec<(i64, String, usize)> {
     let mut label_counts: BTreeMap<i64, usize> = BTreeMap::new();
@@ -377,6 +433,7 @@ pub fn analyse(plan: &Plan, selection: &Selection) -> Result<Analysis, ReportErr
             near_misses: 0,
         })
         .collect();
+    let mut suspects = Vec::new();
     for source in &plan.sources {
         let (images, _, _) = load_source(plan, source, relabel.as_ref())?;
         let classes = source.class_subset.class_count();
@@ -397,7 +454,16 @@ pub fn analyse(plan: &Plan, selection: &Selection) -> Result<Analysis, ReportErr
         let origin = source.origin.as_str();
         let is_hard = |row| hard_rows.contains(&(origin, row));
         count_closest(&mut closest, &images, is_hard, cx.exhaustive);
+        suspects.extend(suspect_rows(&images, origin, is_hard, cx.models.len()));
     }
+    let order = crate::suspects::most_suspect_first(
+        &suspects.iter().map(|(_, s)| Some(s)).collect::<Vec<_>>(),
+    );
+    let suspects: Vec<SuspectRow> = order
+        .into_iter()
+        .take(TOP_SUSPECTS)
+        .map(|i| suspects[i].0.clone())
+        .collect();
     let shares = &tables.centre_shares;
     let report = Report {
         name: plan.name.clone(),
@@ -423,6 +489,7 @@ pub fn analyse(plan: &Plan, selection: &Selection) -> Result<Analysis, ReportErr
             top_labels: top_labels(selection),
             closest,
             contact_sheet: (!selection.hard.is_empty()).then(|| CONTACT_SHEET.to_string()),
+            suspects,
         },
         first_solvers: tables.first_solvers,
     };
@@ -716,7 +783,8 @@ impl Report {
         }
     }
 
-    /// Counts of the hard set, its labels, which models came closest.
+    /// Counts of the hard set, its labels, which models came closest, the
+    /// label suspects.
     fn hard_section(&self) -> String {
         let mut out = String::new();
         let h = &self.hard;
@@ -747,6 +815,45 @@ impl Report {
         if let Some(sheet) = &h.contact_sheet {
             out.push_str(&format!("\n![hard images]({sheet})\n"));
         }
+        out.push_str(&suspects_section(&h.suspects));
         out
     }
+}
+
+/// The label suspects as Markdown: what to check first in a review.
+fn suspects_section(rows: &[SuspectRow]) -> String {
+    let mut out = String::from(
+        "\n## Label suspects\n\nHard images whose label most likely is wrong: the models keep \
+         answering one other class (of those the source uses as labels). Score: the mean share \
+         of each model's answers naming it, times the share of models answering it most often \
+         (1 = every model, every transform). `review` shows them first with \
+         `most suspect first`; a near-synonym (same WordNet parent) suggests adding the class \
+         rather than replacing the label.\n\n",
+    );
+    if rows.is_empty() {
+        out.push_str("No hard image has one.\n");
+        return out;
+    }
+    out.push_str("| image | labels | models agree on | score | models | near-synonym |\n|---|---|---|---:|---:|---|\n");
+    for r in rows {
+        let labels: Vec<String> = r
+            .labels
+            .iter()
+            .map(|&l| format!("{l} {}", crate::labels::class_name(l).unwrap_or("?")))
+            .collect();
+        out.push_str(&format!(
+            "| {} ({} #{}) | {} | {} {} | {:.2} | {} of {} | {} |\n",
+            r.id,
+            r.origin,
+            r.row,
+            labels.join(", "),
+            r.class,
+            r.name,
+            r.score,
+            r.models,
+            r.of,
+            if r.near_synonym { "yes" } else { "" }
+        ));
+    }
+    out
 }

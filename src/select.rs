@@ -5,7 +5,7 @@
 //! the stored predictions again and never re-runs a model.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::analysis::Hits;
@@ -241,6 +241,23 @@ pub(crate) fn load_source(
         });
     }
     Ok((out, relabelled, dropped))
+}
+
+/// The label suspects (`suspects::suspect`) among a source's `images`, for
+/// those `wanted` says: `(row, suspect)` in row order. The candidate classes
+/// are the labels any image of the source carries.
+pub(crate) fn source_suspects(
+    images: &[ScannedImage],
+    wanted: impl Fn(u64) -> bool,
+) -> Vec<(u64, crate::suspects::Suspect)> {
+    let candidates: BTreeSet<i64> = images.iter().flat_map(|im| im.labels.clone()).collect();
+    images
+        .iter()
+        .filter(|im| wanted(im.row))
+        .filter_map(|im| {
+            crate::suspects::suspect(&im.labels, &im.pred, &candidates).map(|s| (im.row, s))
+        })
+        .collect()
 }
 
 /// Compute the hard set and bounds from the run's scan records under

@@ -174,6 +174,9 @@ mod tests {
         }
     }
 
+    /// A simulated image's label and `pred[model][transform]`.
+    type Simulated = (i64, Vec<Vec<u16>>);
+
     /// A simulated hard set: 300 images, 4 models, 36 transforms. Each image
     /// has twelve plausible wrong classes; each model wavers over four of
     /// them, leaning to one by a weight of its own (models may pick the same
@@ -181,7 +184,7 @@ mod tests {
     /// wrong label: their models answer the true class with a per-model
     /// probability of 0.25-0.8 (a weak model, zoomed-out views), else they
     /// waver like the others.
-    fn simulated() -> (Vec<(i64, Vec<Vec<u16>>)>, BTreeSet<usize>) {
+    fn simulated() -> (Vec<Simulated>, BTreeSet<usize>) {
         let mut rng = Lcg(2023);
         let mut images = Vec::new();
         let mut planted = BTreeSet::new();

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::plan::Plan;
 use crate::select::{load_source, ScannedImage, SelectError, Selection};
+use crate::suspects::Suspect;
 
 /// A class as the page shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -34,6 +35,9 @@ pub(crate) struct Item {
     pub solved: Vec<usize>,
     /// The near-duplicate group it belongs to, if any (`dedupe`).
     pub group: Option<usize>,
+    /// The other class the models agree on, if any (`crate::suspects`);
+    /// the page names it from the class list.
+    pub suspect: Option<Suspect>,
 }
 
 /// What one model said about an item: its answers by frequency over the
@@ -52,6 +56,8 @@ pub(crate) struct ModelView {
 /// The items of a run and every model's predictions on them.
 pub(crate) struct Workbench {
     pub items: Vec<Item>,
+    /// Item indices, most suspect label first (`suspects::most_suspect_first`).
+    pub suspect_order: Vec<usize>,
     /// `pred[item][model][transform]`.
     pub pred: Vec<Vec<Vec<u16>>>,
     pub models: Vec<String>,
@@ -84,12 +90,25 @@ impl Workbench {
         let mut pred = Vec::new();
         for source in &plan.sources {
             let (images, _, _) = load_source(plan, source, None)?;
+            let origin = source.origin.as_str();
+            let wanted = |im: &ScannedImage| {
+                hard.contains(&(origin, im.row))
+                    || (near_misses && crate::analysis::is_near_miss(&im.correct))
+            };
+            let rows: std::collections::BTreeSet<u64> = images
+                .iter()
+                .filter(|im| wanted(im))
+                .map(|im| im.row)
+                .collect();
+            let mut suspects: BTreeMap<u64, Suspect> =
+                crate::select::source_suspects(&images, |r| rows.contains(&r))
+                    .into_iter()
+                    .collect();
             for im in images {
-                let is_hard = hard.contains(&(source.origin.as_str(), im.row));
-                let near = near_misses && crate::analysis::is_near_miss(&im.correct);
-                if !(is_hard || near) {
+                if !rows.contains(&im.row) {
                     continue;
                 }
+                let is_hard = hard.contains(&(origin, im.row));
                 let ScannedImage {
                     row,
                     id,
@@ -109,12 +128,20 @@ impl Workbench {
                         .map(|c| c.iter().filter(|&&x| x).count())
                         .collect(),
                     group: groups.get(&(source.origin.clone(), row)).copied(),
+                    suspect: suspects.remove(&row),
                 });
                 pred.push(p);
             }
         }
+        let suspect_order = crate::suspects::most_suspect_first(
+            &items
+                .iter()
+                .map(|it| it.suspect.as_ref())
+                .collect::<Vec<_>>(),
+        );
         Ok(Workbench {
             items,
+            suspect_order,
             pred,
             models: plan.model_names(),
             transforms: plan

@@ -236,6 +236,7 @@ impl<'a> Session<'a> {
             .collect();
         json(&serde_json::json!({
             "items": self.bench.items,
+            "suspect_order": self.bench.suspect_order,
             "decisions": decisions,
             "models": self.bench.models,
             "classes": classes,

@@ -8,6 +8,7 @@ const api = (path) => path + (path.includes("?") ? "&" : "?") + "token=" + encod
 
 const state = {
   items: [], decisions: [], classes: [], models: [],
+  suspectRank: [], // per item: its place in the most-suspect-first order
   shown: [],      // indices of the items that pass the filters
   pos: 0,         // position in `shown`
   transform: "r1c1s256",
@@ -20,6 +21,7 @@ async function load() {
   if (!r.ok) { $("status").textContent = "cannot load the items: " + (await r.text()); return; }
   const d = await r.json();
   Object.assign(state, { items: d.items, decisions: d.decisions, classes: d.classes, models: d.models });
+  d.suspect_order.forEach((k, place) => { state.suspectRank[k] = place; });
   state.model = d.models[0] || null;
   for (const o of [...new Set(d.items.map((it) => it.origin))]) $("f-origin").add(new Option(o, o));
   d.models.forEach((m) => $("f-model").add(new Option(m, m)));
@@ -46,6 +48,7 @@ function filter() {
     if (text && !it.labels.some((c) => c.name.toLowerCase().includes(text) || String(c.index) === text)) return false;
     return true;
   });
+  if ($("f-order").value === "suspect") state.shown.sort((a, b) => state.suspectRank[a] - state.suspectRank[b]);
   state.pos = Math.min(state.pos, Math.max(0, state.shown.length - 1));
 }
 
@@ -67,6 +70,7 @@ function show() {
   $("item-kind").textContent = it.hard ? "hard" : "near miss";
   $("photo").src = api(`/api/image?i=${k}`);
   $("labels").innerHTML = "labels: " + it.labels.map((c) => `<span class="label">${c.index} ${esc(c.name)}</span>`).join("");
+  showSuspect(it);
   const mates = it.group === null ? [] : state.items.map((o, j) => j).filter((j) => j !== k && state.items[j].group === it.group);
   $("group").innerHTML = mates.length ? "near duplicates: " + mates.map((j) => `<a href="#" data-go="${j}">${esc(state.items[j].id)}</a>`).join(", ") : "";
   const d = state.decisions[k];
@@ -75,6 +79,30 @@ function show() {
     (d.comment ? ` — ${esc(d.comment)}` : "") : "undecided";
   $("relabel").hidden = true; $("comment").hidden = true; $("status").textContent = "";
   loadModels(k);
+}
+
+// The labels the suggestion would give: the agreed class instead of the
+// labels, or beside them for a near-synonym.
+function suggestion(it) {
+  const s = it.suspect;
+  if (!s) return null;
+  return s.near_synonym ? [...it.labels.map((c) => c.index), s.class] : [s.class];
+}
+
+function showSuspect(it) {
+  const s = it.suspect;
+  $("b-suggest").hidden = !s;
+  if (!s) { $("suspect").textContent = ""; return; }
+  const name = state.classes[s.class];
+  $("suspect").innerHTML = `label suspect <b>${s.score.toFixed(2)}</b>: ${s.models} of ${state.models.length} models answer ` +
+    `<span class="label">${s.class} ${esc(name)}</span> most often (${s.answers} answers)` +
+    (s.near_synonym ? " — a near-synonym of the label: <kbd>s</kbd> adds it" : ` — <kbd>s</kbd> relabels as ${esc(name)}`);
+}
+
+function takeSuggestion() {
+  const k = current();
+  const labels = k === undefined ? null : suggestion(state.items[k]);
+  if (labels) decide("relabel", labels);
 }
 
 function esc(s) { return String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c])); }
@@ -175,7 +203,7 @@ document.addEventListener("keydown", (e) => {
     return;
   }
   if (e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
-  const keys = { k: () => decide("keep"), d: () => decide("drop"), r: openRelabel, f: () => decide("flag"), c: openComment,
+  const keys = { k: () => decide("keep"), d: () => decide("drop"), r: openRelabel, f: () => decide("flag"), c: openComment, s: takeSuggestion,
     ArrowRight: () => move(1), ArrowLeft: () => move(-1), j: () => move(1), p: () => move(-1) };
   if (keys[e.key]) { keys[e.key](); e.preventDefault(); }
 });
@@ -187,9 +215,10 @@ $("b-drop").onclick = () => decide("drop");
 $("b-relabel").onclick = openRelabel;
 $("b-flag").onclick = () => decide("flag");
 $("b-comment").onclick = openComment;
+$("b-suggest").onclick = takeSuggestion;
 $("b-prev").onclick = () => move(-1);
 $("b-next").onclick = () => move(1);
-for (const id of ["f-origin", "f-label", "f-model", "f-state", "f-set"]) {
+for (const id of ["f-origin", "f-label", "f-model", "f-state", "f-set", "f-order"]) {
   $(id).addEventListener("input", () => { filter(); state.pos = 0; show(); });
 }
 $("models").addEventListener("click", (e) => {
