@@ -333,6 +333,27 @@ pub struct DedupeArgs {
     pub max_distance: u32,
 }
 
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The run directory to compare (e.g. output/demo): its plan.json,
+    /// scan/ and select/.
+    pub run: PathBuf,
+    /// The reference hard set: a Hub dataset id (e.g. taesiri/imagenet-hard),
+    /// a folder holding data/validation-XXXXX-of-YYYYY.parquet, or another
+    /// run directory.
+    pub reference: String,
+    /// Hub revision of a dataset REFERENCE (branch, tag or commit).
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Images whose 64-bit perceptual hashes differ in at most this many
+    /// bits match (a re-encoded copy), when their pixels differ.
+    #[arg(long, default_value_t = crate::dedupe::DEFAULT_MAX_DISTANCE)]
+    pub max_distance: u32,
+    /// Print compare.json on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The main job: fetch, scan, select and export in one go.
@@ -401,6 +422,16 @@ pub enum Command {
     /// to stdout. Under `[selection] duplicates = "keep-first"` the next
     /// `select` keeps only the first copy of each group.
     Dedupe(DedupeArgs),
+    /// How close a run's hard set is to a reference hard set.
+    ///
+    /// Matches images by content (equal decoded pixels, else perceptual
+    /// hashes within --max-distance), never by name. Reads RUN's plan.json,
+    /// scan/, select/ and sources, and REFERENCE (the released dataset, a
+    /// folder of its shards, or another run); writes RUN/compare/compare.json,
+    /// compare.md and disagreements.png, and prints the per-source table
+    /// (matched, only in the run, only in the reference, label agreement)
+    /// beside the paper's published counts.
+    Compare(CompareArgs),
     /// The paper's analyses of a finished run, from the stored records.
     ///
     /// Reads plan.json, scan/, select/ and the sources (for the contact sheet);

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod claim;
 pub mod cli;
 pub mod commands;
+pub mod compare;
 pub mod cost;
 pub mod dedupe;
 pub mod demo;

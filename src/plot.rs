@@ -244,6 +244,20 @@ pub(crate) fn bias_heatmap(
     })
 }
 
+/// `img` scaled to fit in 160 x 160, keeping its aspect; small images stay as they are.
+pub(crate) fn thumbnail(img: &image::RgbImage) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let s = 160.0 / w.max(h).max(1) as f64;
+    if s >= 1.0 {
+        return img.clone();
+    }
+    let (tw, th) = (
+        ((w as f64 * s).round() as u32).max(1),
+        ((h as f64 * s).round() as u32).max(1),
+    );
+    image::imageops::thumbnail(img, tw, th)
+}
+
 /// A grid of thumbnails with a caption under each.
 pub(crate) fn contact_sheet(
     path: &Path,

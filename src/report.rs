@@ -569,7 +569,7 @@ fn write_contact_sheet(plan: &Plan, selection: &Selection, path: &Path) -> Resul
             else {
                 continue;
             };
-            let thumb = fit(&img);
+            let thumb = crate::plot::thumbnail(&img);
             let names: Vec<&str> = h
                 .labels
                 .iter()
@@ -593,21 +593,7 @@ fn write_contact_sheet(plan: &Plan, selection: &Selection, path: &Path) -> Resul
     Ok(())
 }
 
-/// `img` scaled to fit in 160 x 160, keeping its aspect; small images stay as they are.
-fn fit(img: &image::RgbImage) -> image::RgbImage {
-    let (w, h) = img.dimensions();
-    let s = 160.0 / w.max(h).max(1) as f64;
-    if s >= 1.0 {
-        return img.clone();
-    }
-    let (tw, th) = (
-        ((w as f64 * s).round() as u32).max(1),
-        ((h as f64 * s).round() as u32).max(1),
-    );
-    image::imageops::thumbnail(img, tw, th)
-}
-
-fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {

@@ -101,6 +101,11 @@ impl<'a> RunDir<'a> {
         self.root.join("report")
     }
 
+    /// `compare/`: a comparison with a reference hard set.
+    pub(crate) fn compare(&self) -> PathBuf {
+        self.root.join("compare")
+    }
+
     /// `review/review.csv`: the default review file.
     pub(crate) fn review_file(&self) -> PathBuf {
         self.root.join("review").join("review.csv")
@@ -129,6 +134,7 @@ mod tests {
         assert_eq!(s(r.dataset()), "RUN/dataset");
         assert_eq!(s(r.report()), "RUN/report");
         assert_eq!(s(r.review_file()), "RUN/review/review.csv");
+        assert_eq!(s(r.compare()), "RUN/compare");
         assert_eq!(s(r.demo_hub()), "RUN/hub");
         assert_eq!(s(r.demo_lock()), "RUN/demo.lock");
     }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod build;
+mod compare;
 mod context;
 mod dedupe;
 mod eval;
@@ -37,6 +38,7 @@ pub fn run(command: Command, p: Printer) -> anyhow::Result<()> {
         Command::Report(arg) => report::run(arg, p),
         Command::Review(args) => review::run(args, p),
         Command::Dedupe(args) => dedupe::run(args, p),
+        Command::Compare(args) => compare::run(args, p),
         Command::Export(arg) => export::run(arg, p),
         Command::Eval(args) => eval::run(args, p),
         Command::Predict(args) => predict::run(args, p),

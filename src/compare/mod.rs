@@ -1,0 +1,677 @@
+//! `compare`: how close a run's hard set is to a reference hard set, the
+//! released ImageNet-Hard (a Hub dataset or a local folder of its shards)
+//! or another run directory. Images are matched by content, never by name:
+//! equal decoded pixels, else perceptual hashes within a bound (a
+//! re-encoded copy); see `matching`. Every scanned image of a run takes
+//! part, so an image one side kept and the other solved is named with the
+//! model and transform that solved it. Writes `compare/compare.json`,
+//! `compare/compare.md` and a contact sheet of the largest disagreements in
+//! the run directory.
+
+pub(crate) mod matching;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::eval::dataset::Shards;
+use crate::labels::LabelConvention;
+use crate::plan::Plan;
+use crate::select::{load_source, SelectError, Selection};
+use crate::sources::{Container, Source, SourceError};
+use crate::zoom::DecodeLimits;
+use matching::{pair, published_source, Agreement, MatchKind, Print};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    #[error(
+        "{file}: the reference has no column `{column}` (columns: {available}); a reference \
+         must be in the ImageNet-Hard schema (image, label as list<int64>, origin), as \
+         `imagenet-hard export` writes it and taesiri/imagenet-hard holds it"
+    )]
+    Schema {
+        file: PathBuf,
+        column: String,
+        available: String,
+    },
+    #[error(
+        "{file}: not a readable Parquet shard of the reference ({message}); check the file, \
+         or point REFERENCE at a folder holding data/validation-XXXXX-of-YYYYY.parquet"
+    )]
+    Shard { file: PathBuf, message: String },
+    #[error("reading the reference: {0}")]
+    Source(SourceError),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<SourceError> for CompareError {
+    fn from(e: SourceError) -> CompareError {
+        match e {
+            SourceError::MissingColumn {
+                file,
+                column,
+                available,
+                ..
+            } => CompareError::Schema {
+                file,
+                column,
+                available,
+            },
+            SourceError::Parquet { file, message } => CompareError::Shard { file, message },
+            other => CompareError::Source(other),
+        }
+    }
+}
+
+/// What to compare a run with.
+pub(crate) enum Reference {
+    /// A dataset in the ImageNet-Hard schema: every row is a hard image.
+    Dataset(Shards),
+    /// Another run directory: its hard set, and its records for the rest.
+    Run(Box<(Plan, Selection)>),
+}
+
+/// One image as the comparison names it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct Image {
+    pub origin: String,
+    pub row: u64,
+    pub id: String,
+    pub labels: Vec<i64>,
+}
+
+/// What a side did with an image.
+#[derive(Debug, Clone, PartialEq)]
+enum Fate {
+    Hard,
+    /// A model solved it: the first in the run's model order, under its
+    /// first correct transform in grid order.
+    Solved { model: String, transform: String },
+    /// No model solved it, but review or dedupe left it out of the hard set.
+    LeftOut,
+}
+
+/// One side's images, what it did with each, and their prints.
+struct Side {
+    images: Vec<Image>,
+    fates: Vec<Fate>,
+    prints: Vec<Print>,
+    /// Rows that could not be read or decoded, by reason.
+    skipped: BTreeMap<String, u64>,
+}
+
+/// A model and transform that solved an image.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct Solver {
+    pub model: String,
+    pub transform: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct Matched {
+    pub run: Image,
+    pub reference: Image,
+    #[serde(rename = "match")]
+    pub kind: MatchKind,
+    pub distance: u32,
+    pub labels: Agreement,
+}
+
+/// An image one side kept as hard and the other did not, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct OneSided {
+    pub image: Image,
+    pub why: String,
+    /// The other side's model and transform that solved it, if one did.
+    pub solved_by: Option<Solver>,
+}
+
+/// Counts over all images or one source.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub(crate) struct Counts {
+    pub run_hard: usize,
+    pub reference: usize,
+    pub matched: usize,
+    pub matched_by_pixels: usize,
+    pub matched_perceptually: usize,
+    pub only_in_run: usize,
+    pub only_in_reference: usize,
+    /// Of the matched: how our labels stand to the reference's.
+    pub labels: BTreeMap<Agreement, usize>,
+}
+
+/// One source's row: the paper's name and count where it is one of the
+/// paper's sources.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct SourceRow {
+    pub source: String,
+    pub published: Option<u64>,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub(crate) struct Comparison {
+    pub run: String,
+    pub reference: String,
+    pub reference_revision: Option<String>,
+    pub max_distance: u32,
+    pub overall: Counts,
+    pub per_source: Vec<SourceRow>,
+    pub matched: Vec<Matched>,
+    pub only_in_run: Vec<OneSided>,
+    pub only_in_reference: Vec<OneSided>,
+    /// Reference rows that could not be read or decoded, by reason
+    /// (`reference: ...`), and the same for the run (`run: ...`).
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// The print of one encoded image: `None` prints when it does not decode.
+fn print_of(bytes: &[u8], limits: DecodeLimits, hard: bool) -> Print {
+    use sha2::{Digest, Sha256};
+    match crate::zoom::decode_rgb(bytes, limits) {
+        Ok(img) => {
+            let mut h = Sha256::new();
+            h.update(img.width.to_le_bytes());
+            h.update(img.height.to_le_bytes());
+            h.update(&img.data);
+            Print {
+                pixels: Some(h.finalize().into()),
+                phash: Some(crate::dedupe::phash(&img)),
+                hard,
+            }
+        }
+        Err(_) => Print {
+            pixels: None,
+            phash: None,
+            hard,
+        },
+    }
+}
+
+/// The key an image counts under: the paper's source name, else its origin.
+fn source_key(origin: &str) -> String {
+    published_source(origin).map_or_else(|| origin.to_string(), |(name, _)| name.to_string())
+}
+
+/// A run's scanned images, each with its fate and print.
+fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
+    let models = plan.model_names();
+    let names: Vec<String> = plan.grid.transforms().iter().map(|t| t.to_string()).collect();
+    let hard: BTreeSet<(&str, u64)> = selection
+        .hard
+        .iter()
+        .map(|h| (h.origin.as_str(), h.row))
+        .collect();
+    let mut side = Side {
+        images: Vec::new(),
+        fates: Vec::new(),
+        prints: Vec::new(),
+        skipped: BTreeMap::new(),
+    };
+    for source in &plan.sources {
+        let (scanned, _, _) = load_source(plan, source, None)?;
+        let mut fates: BTreeMap<u64, (Image, Fate)> = BTreeMap::new();
+        for im in scanned {
+            let fate = if hard.contains(&(source.origin.as_str(), im.row)) {
+                Fate::Hard
+            } else {
+                solver(&im.correct, &models, &names).map_or(Fate::LeftOut, |s| Fate::Solved {
+                    model: s.model,
+                    transform: s.transform,
+                })
+            };
+            let image = Image {
+                origin: source.origin.clone(),
+                row: im.row,
+                id: im.id,
+                labels: im.labels,
+            };
+            fates.insert(im.row, (image, fate));
+        }
+        let rows: BTreeSet<u64> = fates.keys().copied().collect();
+        let mut read: Vec<(u64, Vec<u8>)> = Vec::new();
+        for outcome in source.reader().rows_in(rows) {
+            match outcome? {
+                Ok(rec) => read.push((rec.row, rec.image)),
+                Err(skip) => *side.skipped.entry(format!("run: {}", skip.reason)).or_default() += 1,
+            }
+        }
+        let prints: Vec<Print> = read
+            .par_iter()
+            .map(|(row, bytes)| print_of(bytes, plan.decode, fates[row].1 == Fate::Hard))
+            .collect();
+        for ((row, _), print) in read.iter().zip(prints) {
+            let Some((image, fate)) = fates.remove(row) else {
+                continue;
+            };
+            side.images.push(image);
+            side.fates.push(fate);
+            side.prints.push(print);
+        }
+    }
+    Ok(side)
+}
+
+/// The first model (in order) that solves an image and its first correct
+/// transform.
+fn solver(correct: &[Vec<bool>], models: &[String], names: &[String]) -> Option<Solver> {
+    correct.iter().zip(models).find_map(|(row, model)| {
+        let t = row.iter().position(|&c| c)?;
+        Some(Solver {
+            model: model.clone(),
+            transform: names.get(t).cloned().unwrap_or_default(),
+        })
+    })
+}
+
+/// A dataset in the ImageNet-Hard schema, read as a source.
+fn dataset_source(shards: &Shards) -> Source {
+    Source {
+        container: Container::Parquet {
+            files: shards.files.clone(),
+            image_column: "image".into(),
+            label_column: "label".into(),
+            origin_column: Some("origin".into()),
+        },
+        labels: LabelConvention::Imagenet1kIndex,
+        limit: None,
+    }
+}
+
+/// A released dataset's rows: all hard.
+fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareError> {
+    let source = dataset_source(shards);
+    let mut read = Vec::new();
+    let mut skipped = BTreeMap::new();
+    for outcome in source.rows() {
+        match outcome? {
+            Ok(rec) => read.push(rec),
+            Err(skip) => *skipped.entry(format!("reference: {}", skip.reason)).or_default() += 1,
+        }
+    }
+    let prints: Vec<Print> = read
+        .par_iter()
+        .map(|r| print_of(&r.image, limits, true))
+        .collect();
+    let images = read
+        .into_iter()
+        .map(|r| Image {
+            origin: r.origin.unwrap_or_default(),
+            row: r.row,
+            id: r.path.unwrap_or_else(|| format!("row {}", r.row)),
+            labels: r.labels,
+        })
+        .collect::<Vec<_>>();
+    Ok(Side {
+        fates: vec![Fate::Hard; images.len()],
+        images,
+        prints,
+        skipped,
+    })
+}
+
+/// Why an image one side kept is missing from the other's hard set.
+fn why(other: Option<&Fate>, other_is_run: bool, released: bool) -> (String, Option<Solver>) {
+    let who = if other_is_run { "we" } else { "the reference" };
+    match other {
+        Some(Fate::Solved { model, transform }) => (
+            format!("{who} solved it: {model} at {transform}"),
+            Some(Solver {
+                model: model.clone(),
+                transform: transform.clone(),
+            }),
+        ),
+        Some(Fate::LeftOut) => (format!("{who} left it out (review or dedupe)"), None),
+        Some(Fate::Hard) => (format!("{who} kept it too"), None),
+        None if other_is_run => ("not in our sources".into(), None),
+        None if released => ("not in the reference".into(), None),
+        None => ("not in the reference's sources".into(), None),
+    }
+}
+
+/// Compare `run` (with `plan` and `selection`) with `reference`.
+pub(crate) fn compare(
+    plan: &Plan,
+    selection: &Selection,
+    reference: &Reference,
+    max_distance: u32,
+) -> Result<Comparison, CompareError> {
+    let ours = run_side(plan, selection)?;
+    let (theirs, name, revision) = match reference {
+        Reference::Dataset(shards) => (
+            dataset_side(shards, plan.decode)?,
+            shards.dataset.clone(),
+            shards.revision.clone(),
+        ),
+        Reference::Run(other) => (
+            run_side(&other.0, &other.1)?,
+            other.0.run_dir.display().to_string(),
+            None,
+        ),
+    };
+    let released = matches!(reference, Reference::Dataset(_));
+    let pairs = pair(&ours.prints, &theirs.prints, max_distance);
+    let partner_a: BTreeMap<usize, usize> = pairs.iter().map(|p| (p.a, p.b)).collect();
+    let partner_b: BTreeMap<usize, usize> = pairs.iter().map(|p| (p.b, p.a)).collect();
+    let mut out = Comparison {
+        run: plan.run_dir.display().to_string(),
+        reference: name,
+        reference_revision: revision,
+        max_distance,
+        overall: Counts::default(),
+        per_source: Vec::new(),
+        matched: Vec::new(),
+        only_in_run: Vec::new(),
+        only_in_reference: Vec::new(),
+        skipped: ours.skipped.clone(),
+    };
+    out.skipped.extend(theirs.skipped.clone());
+    let mut per: BTreeMap<String, Counts> = BTreeMap::new();
+    for (i, image) in ours.images.iter().enumerate() {
+        if ours.fates[i] != Fate::Hard {
+            continue;
+        }
+        let c = per.entry(source_key(&image.origin)).or_default();
+        c.run_hard += 1;
+        let other = partner_a.get(&i).map(|&j| &theirs.fates[j]);
+        if other == Some(&Fate::Hard) {
+            let p = pairs.iter().find(|p| p.a == i).expect("a partner has a pair");
+            let theirs_image = theirs.images[p.b].clone();
+            let agreement = Agreement::of(&image.labels, &theirs_image.labels);
+            c.matched += 1;
+            match p.kind {
+                MatchKind::Pixels => c.matched_by_pixels += 1,
+                MatchKind::Perceptual => c.matched_perceptually += 1,
+            }
+            *c.labels.entry(agreement).or_default() += 1;
+            out.matched.push(Matched {
+                run: image.clone(),
+                reference: theirs_image,
+                kind: p.kind,
+                distance: p.distance,
+                labels: agreement,
+            });
+        } else {
+            c.only_in_run += 1;
+            let (why, solved_by) = why(other, false, released);
+            out.only_in_run.push(OneSided {
+                image: image.clone(),
+                why,
+                solved_by,
+            });
+        }
+    }
+    for (j, image) in theirs.images.iter().enumerate() {
+        if theirs.fates[j] != Fate::Hard {
+            continue;
+        }
+        let ours_fate = partner_b.get(&j).map(|&i| &ours.fates[i]);
+        let key = match partner_b.get(&j) {
+            Some(&i) => source_key(&ours.images[i].origin),
+            None => source_key(&image.origin),
+        };
+        let c = per.entry(key).or_default();
+        c.reference += 1;
+        if ours_fate != Some(&Fate::Hard) {
+            c.only_in_reference += 1;
+            let (why, solved_by) = why(ours_fate, true, released);
+            out.only_in_reference.push(OneSided {
+                image: image.clone(),
+                why,
+                solved_by,
+            });
+        }
+    }
+    for (source, counts) in per {
+        add(&mut out.overall, &counts);
+        out.per_source.push(SourceRow {
+            published: published_source(&source).map(|(_, n)| n),
+            source,
+            counts,
+        });
+    }
+    Ok(out)
+}
+
+fn add(total: &mut Counts, c: &Counts) {
+    total.run_hard += c.run_hard;
+    total.reference += c.reference;
+    total.matched += c.matched;
+    total.matched_by_pixels += c.matched_by_pixels;
+    total.matched_perceptually += c.matched_perceptually;
+    total.only_in_run += c.only_in_run;
+    total.only_in_reference += c.only_in_reference;
+    for (k, v) in &c.labels {
+        *total.labels.entry(*k).or_default() += v;
+    }
+}
+
+impl Comparison {
+    /// The comparison as Markdown: the counts per source beside the
+    /// paper's, then the disagreements.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "# Compare: {} against {}{}\n\nImages matched by content: equal decoded pixels, else \
+             perceptual hashes at most {} bits apart. `published`: the paper's count for the \
+             source (its final 10,980 images).\n\n",
+            self.run,
+            self.reference,
+            self.reference_revision
+                .as_ref()
+                .map(|r| format!(" @ {r}"))
+                .unwrap_or_default(),
+            self.max_distance
+        );
+        out.push_str(
+            "| source | published | reference | run (hard) | matched | by pixels | perceptual \
+             | only in run | only in reference | labels exact | other labels |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let row = |name: &str, published: Option<u64>, c: &Counts| {
+            let exact = c.labels.get(&Agreement::Exact).copied().unwrap_or(0);
+            format!(
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {exact} | {} |\n",
+                published.map_or_else(|| "-".to_string(), |n| n.to_string()),
+                c.reference,
+                c.run_hard,
+                c.matched,
+                c.matched_by_pixels,
+                c.matched_perceptually,
+                c.only_in_run,
+                c.only_in_reference,
+                c.matched - exact,
+            )
+        };
+        for s in &self.per_source {
+            out.push_str(&row(&s.source, s.published, &s.counts));
+        }
+        // The paper's total only where every source is one of the paper's.
+        let published: Option<u64> = self.per_source.iter().map(|s| s.published).sum();
+        out.push_str(&row("**all**", published, &self.overall));
+        out.push_str("\nLabels of the matched images (ours against the reference's):\n\n");
+        for (k, n) in &self.overall.labels {
+            out.push_str(&format!("- {}: {n}\n", k.name()));
+        }
+        let names = |labels: &[i64]| {
+            labels
+                .iter()
+                .map(|&l| format!("{l} {}", crate::labels::class_name(l).unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let disagreeing: Vec<&Matched> = self
+            .matched
+            .iter()
+            .filter(|m| m.labels != Agreement::Exact)
+            .collect();
+        if !disagreeing.is_empty() {
+            out.push_str("\n## Matched, labels differ\n\n| run image | our labels | reference image | its labels | agreement | match |\n|---|---|---|---|---|---|\n");
+            for m in disagreeing {
+                out.push_str(&format!(
+                    "| {} ({} #{}) | {} | {} | {} | {} | {} |\n",
+                    m.run.id,
+                    m.run.origin,
+                    m.run.row,
+                    names(&m.run.labels),
+                    m.reference.id,
+                    names(&m.reference.labels),
+                    m.labels.name(),
+                    match m.kind {
+                        MatchKind::Pixels => "pixels".to_string(),
+                        MatchKind::Perceptual => format!("perceptual, {} bits", m.distance),
+                    }
+                ));
+            }
+        }
+        for (title, list) in [
+            ("Only in the run", &self.only_in_run),
+            ("Only in the reference", &self.only_in_reference),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            out.push_str(&format!(
+                "\n## {title}\n\n| image | labels | why |\n|---|---|---|\n"
+            ));
+            for o in list {
+                out.push_str(&format!(
+                    "| {} ({} #{}) | {} | {} |\n",
+                    o.image.id,
+                    o.image.origin,
+                    o.image.row,
+                    names(&o.image.labels),
+                    o.why
+                ));
+            }
+        }
+        if !self.skipped.is_empty() {
+            out.push_str("\n## Not compared\n\n");
+            for (reason, n) in &self.skipped {
+                out.push_str(&format!("- {reason}: {n}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// The contact sheet's file name in `compare/`.
+pub(crate) const CONTACT_SHEET: &str = "disagreements.png";
+
+/// Write compare.json, compare.md and (when there is a disagreement) the
+/// contact sheet into `dir`; returns the files written.
+pub(crate) fn write(
+    cmp: &Comparison,
+    plan: &Plan,
+    reference: &Reference,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, CompareError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CompareError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let json = dir.join("compare.json");
+    crate::util::write_json(&json, cmp).map_err(io(&json))?;
+    let md = dir.join("compare.md");
+    let mut text = cmp.markdown();
+    let sheet = dir.join(CONTACT_SHEET);
+    let tiles = disagreement_tiles(cmp, plan, reference)?;
+    if !tiles.is_empty() {
+        crate::plot::contact_sheet(
+            &sheet,
+            &format!(
+                "{} largest disagreements (labels differ, then only in the reference, then only in the run)",
+                tiles.len()
+            ),
+            &tiles,
+        )?;
+        text.push_str(&format!("\n![the largest disagreements]({CONTACT_SHEET})\n"));
+    }
+    crate::util::write_atomic(&md, text.as_bytes()).map_err(io(&md))?;
+    let mut files = vec![json, md];
+    if !tiles.is_empty() {
+        files.push(sheet);
+    }
+    Ok(files)
+}
+
+/// Tiles shown on the contact sheet.
+const SHEET_TILES: usize = 24;
+
+/// The largest disagreements, as thumbnails: matched with other labels
+/// (disjoint first), then images only the reference kept, then only the run.
+fn disagreement_tiles(
+    cmp: &Comparison,
+    plan: &Plan,
+    reference: &Reference,
+) -> Result<Vec<(image::RgbImage, String)>, CompareError> {
+    let short = |labels: &[i64]| {
+        let n: Vec<&str> = labels
+            .iter()
+            .filter_map(|&l| crate::labels::class_name(l))
+            .collect();
+        crate::report::truncate(&n.join(", "), 22)
+    };
+    // (side is run, image, caption)
+    let mut picked: Vec<(bool, &Image, String)> = Vec::new();
+    let mut matched: Vec<&Matched> = cmp
+        .matched
+        .iter()
+        .filter(|m| m.labels != Agreement::Exact)
+        .collect();
+    matched.sort_by_key(|m| std::cmp::Reverse(m.labels));
+    for m in matched {
+        picked.push((
+            true,
+            &m.run,
+            format!("ours: {}\nref: {}", short(&m.run.labels), short(&m.reference.labels)),
+        ));
+    }
+    for o in &cmp.only_in_reference {
+        picked.push((false, &o.image, format!("only ref: {}\n{}", short(&o.image.labels), o.why)));
+    }
+    for o in &cmp.only_in_run {
+        picked.push((true, &o.image, format!("only ours: {}\n{}", short(&o.image.labels), o.why)));
+    }
+    picked.truncate(SHEET_TILES);
+    let mut tiles = Vec::new();
+    for (is_run, image, caption) in picked {
+        let bytes = match (is_run, reference) {
+            (true, _) => image_bytes(plan, image)?,
+            (false, Reference::Run(other)) => image_bytes(&other.0, image)?,
+            (false, Reference::Dataset(shards)) => dataset_bytes(shards, image.row)?,
+        };
+        let Some(img) = bytes
+            .and_then(|b| crate::zoom::decode_rgb(&b, plan.decode).ok())
+            .and_then(|d| image::RgbImage::from_raw(d.width, d.height, d.data))
+        else {
+            continue;
+        };
+        tiles.push((crate::plot::thumbnail(&img), caption));
+    }
+    Ok(tiles)
+}
+
+/// A run's image, read again from its source.
+fn image_bytes(plan: &Plan, image: &Image) -> Result<Option<Vec<u8>>, CompareError> {
+    let Some(source) = plan.sources.iter().find(|s| s.origin == image.origin) else {
+        return Ok(None);
+    };
+    let mut rows = source.reader().rows_in([image.row].into());
+    Ok(rows.next().transpose()?.and_then(Result::ok).map(|r| r.image))
+}
+
+/// A reference dataset's row, read again.
+fn dataset_bytes(shards: &Shards, row: u64) -> Result<Option<Vec<u8>>, CompareError> {
+    let mut rows = dataset_source(shards).rows_in([row].into());
+    Ok(rows.next().transpose()?.and_then(Result::ok).map(|r| r.image))
+}
