@@ -22,7 +22,12 @@ pub fn run(args: CompareArgs, p: Printer) -> Result<()> {
         args.reference
     ));
     let cmp = compare(&plan, &selection, &reference, args.max_distance)?;
-    let files = write(&cmp, &plan, &reference, &RunDir::of(&plan.run_dir).compare())?;
+    let files = write(
+        &cmp,
+        &plan,
+        &reference,
+        &RunDir::of(&plan.run_dir).compare(),
+    )?;
     if args.json {
         p.json(&cmp)?;
     } else {

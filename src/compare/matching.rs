@@ -158,17 +158,35 @@ impl Agreement {
 /// its severity after it).
 pub(crate) const PUBLISHED: [(&str, u64, &[&str]); 12] = [
     ("ImageNet-Sketch", 3470, &["imagenetsketch", "sketch"]),
-    ("ImageNet-C zoom blur", 1790, &["imagenetczoomblur", "zoomblur"]),
+    (
+        "ImageNet-C zoom blur",
+        1790,
+        &["imagenetczoomblur", "zoomblur"],
+    ),
     ("ObjectNet", 1268, &["objectnet"]),
-    ("ImageNet-C impulse noise", 848, &["imagenetcimpulsenoise", "impulsenoise"]),
+    (
+        "ImageNet-C impulse noise",
+        848,
+        &["imagenetcimpulsenoise", "impulsenoise"],
+    ),
     ("ImageNet-C snow", 843, &["imagenetcsnow", "snow"]),
     ("ImageNet-C frost", 781, &["imagenetcfrost", "frost"]),
     ("ImageNet-C fog", 591, &["imagenetcfog", "fog"]),
-    ("ImageNet-C brightness", 525, &["imagenetcbrightness", "brightness"]),
+    (
+        "ImageNet-C brightness",
+        525,
+        &["imagenetcbrightness", "brightness"],
+    ),
     (
         "ImageNet (ReaL labels)",
         512,
-        &["imagenetreal", "imagenet", "imagenetval", "imagenetvalidation", "real"],
+        &[
+            "imagenetreal",
+            "imagenet",
+            "imagenetval",
+            "imagenetvalidation",
+            "real",
+        ],
     ),
     ("ImageNet-R", 170, &["imagenetr"]),
     ("ImageNet-A", 101, &["imageneta"]),
@@ -275,10 +293,7 @@ mod tests {
         let name = |o: &str| published_source(o).map(|(n, _)| n);
         assert_eq!(name("imagenet-sketch"), Some("ImageNet-Sketch"));
         assert_eq!(name("imagenet_sketch"), Some("ImageNet-Sketch"));
-        assert_eq!(
-            name("imagenet-c/zoom_blur/3"),
-            Some("ImageNet-C zoom blur")
-        );
+        assert_eq!(name("imagenet-c/zoom_blur/3"), Some("ImageNet-C zoom blur"));
         assert_eq!(name("imagenet-r"), Some("ImageNet-R"));
         assert_eq!(name("imagenet-real"), Some("ImageNet (ReaL labels)"));
         assert_eq!(name("imagenet-v2"), Some("ImageNet-V2"));

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::eval::dataset::Shards;
 use crate::labels::LabelConvention;
 use crate::plan::Plan;
-use crate::select::{load_source, SelectError, Selection};
+use crate::select::{load_source, Relabel, SelectError, Selection};
 use crate::sources::{Container, Source, SourceError};
 use crate::zoom::DecodeLimits;
 use matching::{pair, published_source, Agreement, MatchKind, Print};
@@ -95,8 +95,12 @@ enum Fate {
     Hard,
     /// A model solved it: the first in the run's model order, under its
     /// first correct transform in grid order.
-    Solved { model: String, transform: String },
-    /// No model solved it, but review or dedupe left it out of the hard set.
+    Solved {
+        model: String,
+        transform: String,
+    },
+    /// No model solved it, but dedupe left it out of the hard set (or the
+    /// hard set was chosen under another rule).
     LeftOut,
 }
 
@@ -205,7 +209,12 @@ fn source_key(origin: &str) -> String {
 /// A run's scanned images, each with its fate and print.
 fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
     let models = plan.model_names();
-    let names: Vec<String> = plan.grid.transforms().iter().map(|t| t.to_string()).collect();
+    let names: Vec<String> = plan
+        .grid
+        .transforms()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
     let hard: BTreeSet<(&str, u64)> = selection
         .hard
         .iter()
@@ -217,8 +226,13 @@ fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
         prints: Vec::new(),
         skipped: BTreeMap::new(),
     };
+    // The labels the selection was made with: a review may have changed some.
+    let relabel = match &selection.relabel {
+        Some(r) => Some(Relabel::read(Path::new(&r.file))?),
+        None => None,
+    };
     for source in &plan.sources {
-        let (scanned, _, _) = load_source(plan, source, None)?;
+        let (scanned, _, _) = load_source(plan, source, relabel.as_ref())?;
         let mut fates: BTreeMap<u64, (Image, Fate)> = BTreeMap::new();
         for im in scanned {
             let fate = if hard.contains(&(source.origin.as_str(), im.row)) {
@@ -242,7 +256,12 @@ fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
         for outcome in source.reader().rows_in(rows) {
             match outcome? {
                 Ok(rec) => read.push((rec.row, rec.image)),
-                Err(skip) => *side.skipped.entry(format!("run: {}", skip.reason)).or_default() += 1,
+                Err(skip) => {
+                    *side
+                        .skipped
+                        .entry(format!("run: {}", skip.reason))
+                        .or_default() += 1
+                }
             }
         }
         let prints: Vec<Print> = read
@@ -253,6 +272,13 @@ fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
             let Some((image, fate)) = fates.remove(row) else {
                 continue;
             };
+            if print.pixels.is_none() {
+                *side
+                    .skipped
+                    .entry("run: does not decode".into())
+                    .or_default() += 1;
+                continue;
+            }
             side.images.push(image);
             side.fates.push(fate);
             side.prints.push(print);
@@ -295,13 +321,30 @@ fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareEr
     for outcome in source.rows() {
         match outcome? {
             Ok(rec) => read.push(rec),
-            Err(skip) => *skipped.entry(format!("reference: {}", skip.reason)).or_default() += 1,
+            Err(skip) => {
+                *skipped
+                    .entry(format!("reference: {}", skip.reason))
+                    .or_default() += 1
+            }
         }
     }
     let prints: Vec<Print> = read
         .par_iter()
         .map(|r| print_of(&r.image, limits, true))
         .collect();
+    let (read, prints): (Vec<_>, Vec<_>) = read
+        .into_iter()
+        .zip(prints)
+        .filter(|(_, p)| {
+            let decodes = p.pixels.is_some();
+            if !decodes {
+                *skipped
+                    .entry("reference: does not decode".into())
+                    .or_default() += 1;
+            }
+            decodes
+        })
+        .unzip();
     let images = read
         .into_iter()
         .map(|r| Image {
@@ -330,7 +373,10 @@ fn why(other: Option<&Fate>, other_is_run: bool, released: bool) -> (String, Opt
                 transform: transform.clone(),
             }),
         ),
-        Some(Fate::LeftOut) => (format!("{who} left it out (review or dedupe)"), None),
+        Some(Fate::LeftOut) => (
+            format!("{who} left it out (dedupe or the selection rule)"),
+            None,
+        ),
         Some(Fate::Hard) => (format!("{who} kept it too"), None),
         None if other_is_run => ("not in our sources".into(), None),
         None if released => ("not in the reference".into(), None),
@@ -358,10 +404,6 @@ pub(crate) fn compare(
             None,
         ),
     };
-    let released = matches!(reference, Reference::Dataset(_));
-    let pairs = pair(&ours.prints, &theirs.prints, max_distance);
-    let partner_a: BTreeMap<usize, usize> = pairs.iter().map(|p| (p.a, p.b)).collect();
-    let partner_b: BTreeMap<usize, usize> = pairs.iter().map(|p| (p.b, p.a)).collect();
     let mut out = Comparison {
         run: plan.run_dir.display().to_string(),
         reference: name,
@@ -375,52 +417,92 @@ pub(crate) fn compare(
         skipped: ours.skipped.clone(),
     };
     out.skipped.extend(theirs.skipped.clone());
+    let pairs = pair(&ours.prints, &theirs.prints, max_distance);
+    let released = matches!(reference, Reference::Dataset(_));
     let mut per: BTreeMap<String, Counts> = BTreeMap::new();
+    place_ours(&ours, &theirs, &pairs, released, &mut per, &mut out);
+    place_theirs(&ours, &theirs, &pairs, released, &mut per, &mut out);
+    for (source, counts) in per {
+        add(&mut out.overall, &counts);
+        out.per_source.push(SourceRow {
+            published: published_source(&source).map(|(_, n)| n),
+            source,
+            counts,
+        });
+    }
+    Ok(out)
+}
+
+/// Count and list the run's hard images: matched with a reference hard
+/// image, or only in the run (and why).
+fn place_ours(
+    ours: &Side,
+    theirs: &Side,
+    pairs: &[matching::Pair],
+    released: bool,
+    per: &mut BTreeMap<String, Counts>,
+    out: &mut Comparison,
+) {
+    let partner: BTreeMap<usize, &matching::Pair> = pairs.iter().map(|p| (p.a, p)).collect();
     for (i, image) in ours.images.iter().enumerate() {
         if ours.fates[i] != Fate::Hard {
             continue;
         }
         let c = per.entry(source_key(&image.origin)).or_default();
         c.run_hard += 1;
-        let other = partner_a.get(&i).map(|&j| &theirs.fates[j]);
-        if other == Some(&Fate::Hard) {
-            let p = pairs.iter().find(|p| p.a == i).expect("a partner has a pair");
-            let theirs_image = theirs.images[p.b].clone();
-            let agreement = Agreement::of(&image.labels, &theirs_image.labels);
-            c.matched += 1;
-            match p.kind {
-                MatchKind::Pixels => c.matched_by_pixels += 1,
-                MatchKind::Perceptual => c.matched_perceptually += 1,
+        let p = partner.get(&i);
+        let other = p.map(|p| &theirs.fates[p.b]);
+        match p {
+            Some(p) if other == Some(&Fate::Hard) => {
+                let reference = theirs.images[p.b].clone();
+                let agreement = Agreement::of(&image.labels, &reference.labels);
+                c.matched += 1;
+                match p.kind {
+                    MatchKind::Pixels => c.matched_by_pixels += 1,
+                    MatchKind::Perceptual => c.matched_perceptually += 1,
+                }
+                *c.labels.entry(agreement).or_default() += 1;
+                out.matched.push(Matched {
+                    run: image.clone(),
+                    reference,
+                    kind: p.kind,
+                    distance: p.distance,
+                    labels: agreement,
+                });
             }
-            *c.labels.entry(agreement).or_default() += 1;
-            out.matched.push(Matched {
-                run: image.clone(),
-                reference: theirs_image,
-                kind: p.kind,
-                distance: p.distance,
-                labels: agreement,
-            });
-        } else {
-            c.only_in_run += 1;
-            let (why, solved_by) = why(other, false, released);
-            out.only_in_run.push(OneSided {
-                image: image.clone(),
-                why,
-                solved_by,
-            });
+            _ => {
+                c.only_in_run += 1;
+                let (why, solved_by) = why(other, false, released);
+                out.only_in_run.push(OneSided {
+                    image: image.clone(),
+                    why,
+                    solved_by,
+                });
+            }
         }
     }
+}
+
+/// Count the reference's hard images (under the matched run image's
+/// source, where there is one) and list those only in the reference.
+fn place_theirs(
+    ours: &Side,
+    theirs: &Side,
+    pairs: &[matching::Pair],
+    released: bool,
+    per: &mut BTreeMap<String, Counts>,
+    out: &mut Comparison,
+) {
+    let partner: BTreeMap<usize, usize> = pairs.iter().map(|p| (p.b, p.a)).collect();
     for (j, image) in theirs.images.iter().enumerate() {
         if theirs.fates[j] != Fate::Hard {
             continue;
         }
-        let ours_fate = partner_b.get(&j).map(|&i| &ours.fates[i]);
-        let key = match partner_b.get(&j) {
-            Some(&i) => source_key(&ours.images[i].origin),
-            None => source_key(&image.origin),
-        };
+        let ours_index = partner.get(&j).copied();
+        let key = source_key(&ours_index.map_or(&image.origin, |i| &ours.images[i].origin));
         let c = per.entry(key).or_default();
         c.reference += 1;
+        let ours_fate = ours_index.map(|i| &ours.fates[i]);
         if ours_fate != Some(&Fate::Hard) {
             c.only_in_reference += 1;
             let (why, solved_by) = why(ours_fate, true, released);
@@ -431,15 +513,6 @@ pub(crate) fn compare(
             });
         }
     }
-    for (source, counts) in per {
-        add(&mut out.overall, &counts);
-        out.per_source.push(SourceRow {
-            published: published_source(&source).map(|(_, n)| n),
-            source,
-            counts,
-        });
-    }
-    Ok(out)
 }
 
 fn add(total: &mut Counts, c: &Counts) {
@@ -501,6 +574,20 @@ impl Comparison {
         for (k, n) in &self.overall.labels {
             out.push_str(&format!("- {}: {n}\n", k.name()));
         }
+        out.push_str(&self.disagreements_markdown());
+        if !self.skipped.is_empty() {
+            out.push_str("\n## Not compared\n\n");
+            for (reason, n) in &self.skipped {
+                out.push_str(&format!("- {reason}: {n}\n"));
+            }
+        }
+        out
+    }
+
+    /// The matched images whose labels differ, and each side's one-sided
+    /// images with why, as Markdown tables.
+    fn disagreements_markdown(&self) -> String {
+        let mut out = String::new();
         let names = |labels: &[i64]| {
             labels
                 .iter()
@@ -553,12 +640,6 @@ impl Comparison {
                 ));
             }
         }
-        if !self.skipped.is_empty() {
-            out.push_str("\n## Not compared\n\n");
-            for (reason, n) in &self.skipped {
-                out.push_str(&format!("- {reason}: {n}\n"));
-            }
-        }
         out
     }
 }
@@ -594,7 +675,9 @@ pub(crate) fn write(
             ),
             &tiles,
         )?;
-        text.push_str(&format!("\n![the largest disagreements]({CONTACT_SHEET})\n"));
+        text.push_str(&format!(
+            "\n![the largest disagreements]({CONTACT_SHEET})\n"
+        ));
     }
     crate::util::write_atomic(&md, text.as_bytes()).map_err(io(&md))?;
     let mut files = vec![json, md];
@@ -633,14 +716,26 @@ fn disagreement_tiles(
         picked.push((
             true,
             &m.run,
-            format!("ours: {}\nref: {}", short(&m.run.labels), short(&m.reference.labels)),
+            format!(
+                "ours: {}\nref: {}",
+                short(&m.run.labels),
+                short(&m.reference.labels)
+            ),
         ));
     }
     for o in &cmp.only_in_reference {
-        picked.push((false, &o.image, format!("only ref: {}\n{}", short(&o.image.labels), o.why)));
+        picked.push((
+            false,
+            &o.image,
+            format!("only ref: {}\n{}", short(&o.image.labels), o.why),
+        ));
     }
     for o in &cmp.only_in_run {
-        picked.push((true, &o.image, format!("only ours: {}\n{}", short(&o.image.labels), o.why)));
+        picked.push((
+            true,
+            &o.image,
+            format!("only ours: {}\n{}", short(&o.image.labels), o.why),
+        ));
     }
     picked.truncate(SHEET_TILES);
     let mut tiles = Vec::new();
@@ -667,11 +762,19 @@ fn image_bytes(plan: &Plan, image: &Image) -> Result<Option<Vec<u8>>, CompareErr
         return Ok(None);
     };
     let mut rows = source.reader().rows_in([image.row].into());
-    Ok(rows.next().transpose()?.and_then(Result::ok).map(|r| r.image))
+    Ok(rows
+        .next()
+        .transpose()?
+        .and_then(Result::ok)
+        .map(|r| r.image))
 }
 
 /// A reference dataset's row, read again.
 fn dataset_bytes(shards: &Shards, row: u64) -> Result<Option<Vec<u8>>, CompareError> {
     let mut rows = dataset_source(shards).rows_in([row].into());
-    Ok(rows.next().transpose()?.and_then(Result::ok).map(|r| r.image))
+    Ok(rows
+        .next()
+        .transpose()?
+        .and_then(Result::ok)
+        .map(|r| r.image))
 }

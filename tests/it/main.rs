@@ -4,6 +4,7 @@
 
 mod architecture;
 mod bad_input;
+mod compare;
 mod curate;
 mod demo;
 mod eval;
