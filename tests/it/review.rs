@@ -27,8 +27,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(fx: &Fixture, manifest: &Path, extra: &[&str]) -> Server {
-        let mut args = vec!["review", manifest.to_str().unwrap(), "--reviewer", "alice"];
+    /// `review MANIFEST`, or the demo's review without one.
+    fn start(fx: &Fixture, manifest: Option<&Path>, extra: &[&str]) -> Server {
+        let mut args = vec!["review"];
+        args.extend(manifest.map(|m| m.to_str().unwrap()));
+        args.extend(["--reviewer", "alice"]);
         args.extend_from_slice(extra);
         let mut cmd = fx.command(&args, &[]);
         cmd.stdout(Stdio::piped()).stderr(Stdio::null());
@@ -89,7 +92,7 @@ fn csv(path: &Path) -> Vec<String> {
 fn decisions_survive_a_killed_server_and_select_applies_them() {
     let (fx, m) = built();
     let review = fx.path().join("run/review/review.csv");
-    let server = Server::start(&fx, &m, &[]);
+    let server = Server::start(&fx, Some(&m), &[]);
     // The token is required, and only loopback is listened on.
     let denied = ureq::get(format!("{}/api/items", server.base))
         .config()
@@ -181,7 +184,7 @@ fn decisions_survive_a_killed_server_and_select_applies_them() {
     );
 
     // A restart resumes: the two decisions are there, the third is next.
-    let server = Server::start(&fx, &m, &[]);
+    let server = Server::start(&fx, Some(&m), &[]);
     let items = server.get("/api/items");
     let decided: Vec<bool> = items["decisions"]
         .as_array()
@@ -274,7 +277,7 @@ fn near_duplicates_are_grouped_shown_and_dropped_by_keep_first() {
     };
     assert_eq!(sel(&fx)["hard"].as_array().unwrap().len(), 3);
     // The review page shows the group.
-    let server = Server::start(&fx, &m, &[]);
+    let server = Server::start(&fx, Some(&m), &[]);
     let items = server.get("/api/items");
     assert!(items["items"]
         .as_array()
@@ -444,7 +447,7 @@ fn review_in_a_browser() {
     let (fx, m) = built();
     let review = fx.path().join("run/review/review.csv");
     let browser = Browser::start();
-    let server = Server::start(&fx, &m, &[]);
+    let server = Server::start(&fx, Some(&m), &[]);
     browser.go(&server.url());
     browser.wait_text("#progress", "0 / 3 reviewed");
     browser.wait_text("#labels", "5 electric ray");
@@ -460,7 +463,7 @@ fn review_in_a_browser() {
     // Killed mid-review; a new server, a reload: the page resumes on the third.
     server.kill();
     assert_eq!(csv(&review).len(), 3);
-    let server = Server::start(&fx, &m, &[]);
+    let server = Server::start(&fx, Some(&m), &[]);
     browser.go(&server.url());
     browser.wait_text("#progress", "2 / 3 reviewed");
     browser.wait_text("#labels", "11 goldfinch");
@@ -507,5 +510,48 @@ fn select_with_review(fx: &Fixture, manifest: &str, review: &Path) {
         stderr(&out).contains("1 images relabelled, 1 dropped"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// The demo's planted labelling slips lead the page's "most suspect first"
+/// order, and `s` takes the suggested class.
+#[test]
+#[ignore = "needs Chromium and chromedriver (apt-get install chromium chromium-driver)"]
+fn review_puts_the_most_suspect_first_in_a_browser() {
+    let fx = Fixture::new();
+    ok(&fx.run(&["build"], &[]));
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.path().join("output/demo/report/report.json")).unwrap(),
+    )
+    .unwrap();
+    let top = &report["hard"]["suspects"][0];
+    let (id, class) = (top["id"].as_str().unwrap(), top["class"].as_i64().unwrap());
+    let total = report["hard"]["total"].as_u64().unwrap();
+    // The report's first suspect is one of the planted slips.
+    let slips = imagenet_hard::demo::planted_slips();
+    assert!(
+        slips.iter().any(|(r, _)| Some(*r) == top["row"].as_u64()),
+        "{top}"
+    );
+    let browser = Browser::start();
+    let server = Server::start(&fx, None, &[]);
+    browser.go(&server.url());
+    browser.wait_text("#progress", &format!("0 / {total} reviewed"));
+    browser.keys("#f-order", "most");
+    browser.wait_text("#item-pos", &format!("1 of {total}"));
+    browser.wait_text("#item-id", id);
+    browser.wait_text("#suspect", top["name"].as_str().unwrap());
+    if let Ok(path) = std::env::var("REVIEW_SCREENSHOT") {
+        browser.screenshot(Path::new(&path));
+    }
+    browser.keys("body", "s");
+    browser.wait_text("#progress", &format!("1 / {total} reviewed"));
+    server.kill();
+    let rows = csv(&fx.path().join("output/demo/review/review.csv"));
+    let row = top["row"].as_u64().unwrap();
+    assert_eq!(
+        rows[1],
+        format!("synthetic-demo,{row},{class},relabel,,alice"),
+        "{rows:?}"
     );
 }
