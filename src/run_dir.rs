@@ -16,6 +16,8 @@
 //!   dataset/                  the Hub-layout shards and card (export)
 //!   report/                   the paper's analyses (report)
 //!   review/review.csv         the reviewers' decisions (review)
+//!   compare/                  against a reference hard set (compare):
+//!     compare.json, compare.md, disagreements.png
 //! ```
 
 use std::path::{Path, PathBuf};

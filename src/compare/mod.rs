@@ -362,6 +362,15 @@ fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareEr
     })
 }
 
+/// Labels as `index name, ...`.
+fn class_list(labels: &[i64]) -> String {
+    labels
+        .iter()
+        .map(|&l| format!("{l} {}", crate::labels::class_name(l).unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Why an image one side kept is missing from the other's hard set.
 fn why(other: Option<&Fate>, other_is_run: bool, released: bool) -> (String, Option<Solver>) {
     let who = if other_is_run { "we" } else { "the reference" };
@@ -472,7 +481,13 @@ fn place_ours(
             }
             _ => {
                 c.only_in_run += 1;
-                let (why, solved_by) = why(other, false, released);
+                let (mut why, solved_by) = why(other, false, released);
+                if let Some(p) = p.filter(|p| theirs.images[p.b].labels != image.labels) {
+                    why.push_str(&format!(
+                        " (its labels: {})",
+                        class_list(&theirs.images[p.b].labels)
+                    ));
+                }
                 out.only_in_run.push(OneSided {
                     image: image.clone(),
                     why,
@@ -505,7 +520,13 @@ fn place_theirs(
         let ours_fate = ours_index.map(|i| &ours.fates[i]);
         if ours_fate != Some(&Fate::Hard) {
             c.only_in_reference += 1;
-            let (why, solved_by) = why(ours_fate, true, released);
+            let (mut why, solved_by) = why(ours_fate, true, released);
+            if let Some(i) = ours_index.filter(|&i| ours.images[i].labels != image.labels) {
+                why.push_str(&format!(
+                    " (our labels: {})",
+                    class_list(&ours.images[i].labels)
+                ));
+            }
             out.only_in_reference.push(OneSided {
                 image: image.clone(),
                 why,
@@ -588,13 +609,7 @@ impl Comparison {
     /// images with why, as Markdown tables.
     fn disagreements_markdown(&self) -> String {
         let mut out = String::new();
-        let names = |labels: &[i64]| {
-            labels
-                .iter()
-                .map(|&l| format!("{l} {}", crate::labels::class_name(l).unwrap_or("?")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let names = class_list;
         let disagreeing: Vec<&Matched> = self
             .matched
             .iter()
