@@ -514,7 +514,7 @@ fn place_theirs(
             continue;
         }
         let ours_index = partner.get(&j).copied();
-        let key = source_key(&ours_index.map_or(&image.origin, |i| &ours.images[i].origin));
+        let key = source_key(ours_index.map_or(&image.origin, |i| &ours.images[i].origin));
         let c = per.entry(key).or_default();
         c.reference += 1;
         let ours_fate = ours_index.map(|i| &ours.fates[i]);
