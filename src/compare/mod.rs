@@ -201,6 +201,49 @@ fn print_of(bytes: &[u8], limits: DecodeLimits, hard: bool) -> Print {
     }
 }
 
+/// Prints made a chunk at a time, decoded in parallel, so that only one
+/// chunk's encoded bytes are held.
+struct Prints<K> {
+    limits: DecodeLimits,
+    chunk: Vec<(K, Vec<u8>)>,
+    done: Vec<(K, Print)>,
+}
+
+impl<K: Send + Sync> Prints<K> {
+    const CHUNK: usize = 256;
+
+    fn new(limits: DecodeLimits) -> Prints<K> {
+        Prints {
+            limits,
+            chunk: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, key: K, bytes: Vec<u8>, hard: &(impl Fn(&K) -> bool + Sync)) {
+        self.chunk.push((key, bytes));
+        if self.chunk.len() >= Self::CHUNK {
+            self.flush(hard);
+        }
+    }
+
+    fn flush(&mut self, hard: &(impl Fn(&K) -> bool + Sync)) {
+        let limits = self.limits;
+        let prints: Vec<Print> = self
+            .chunk
+            .par_iter()
+            .map(|(k, bytes)| print_of(bytes, limits, hard(k)))
+            .collect();
+        self.done
+            .extend(self.chunk.drain(..).map(|(k, _)| k).zip(prints));
+    }
+
+    fn finish(mut self, hard: &(impl Fn(&K) -> bool + Sync)) -> Vec<(K, Print)> {
+        self.flush(hard);
+        self.done
+    }
+}
+
 /// The key an image counts under: the paper's source name, else its origin.
 fn source_key(origin: &str) -> String {
     published_source(origin).map_or_else(|| origin.to_string(), |(name, _)| name.to_string())
@@ -252,10 +295,11 @@ fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
             fates.insert(im.row, (image, fate));
         }
         let rows: BTreeSet<u64> = fates.keys().copied().collect();
-        let mut read: Vec<(u64, Vec<u8>)> = Vec::new();
+        let is_hard = |row: &u64| fates.get(row).is_some_and(|f| f.1 == Fate::Hard);
+        let mut prints = Prints::new(plan.decode);
         for outcome in source.reader().rows_in(rows) {
             match outcome? {
-                Ok(rec) => read.push((rec.row, rec.image)),
+                Ok(rec) => prints.push(rec.row, rec.image, &is_hard),
                 Err(skip) => {
                     *side
                         .skipped
@@ -264,12 +308,8 @@ fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
                 }
             }
         }
-        let prints: Vec<Print> = read
-            .par_iter()
-            .map(|(row, bytes)| print_of(bytes, plan.decode, fates[row].1 == Fate::Hard))
-            .collect();
-        for ((row, _), print) in read.iter().zip(prints) {
-            let Some((image, fate)) = fates.remove(row) else {
+        for (row, print) in prints.finish(&is_hard) {
+            let Some((image, fate)) = fates.remove(&row) else {
                 continue;
             };
             if print.pixels.is_none() {
@@ -282,6 +322,12 @@ fn run_side(plan: &Plan, selection: &Selection) -> Result<Side, CompareError> {
             side.images.push(image);
             side.fates.push(fate);
             side.prints.push(print);
+        }
+        if !fates.is_empty() {
+            *side
+                .skipped
+                .entry("run: scanned, but no longer in its source".into())
+                .or_default() += fates.len() as u64;
         }
     }
     Ok(side)
@@ -316,11 +362,20 @@ fn dataset_source(shards: &Shards) -> Source {
 /// A released dataset's rows: all hard.
 fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareError> {
     let source = dataset_source(shards);
-    let mut read = Vec::new();
     let mut skipped = BTreeMap::new();
+    let all_hard = |_: &Image| true;
+    let mut prints = Prints::new(limits);
     for outcome in source.rows() {
         match outcome? {
-            Ok(rec) => read.push(rec),
+            Ok(r) => {
+                let image = Image {
+                    origin: r.origin.unwrap_or_default(),
+                    row: r.row,
+                    id: r.path.unwrap_or_else(|| format!("row {}", r.row)),
+                    labels: r.labels,
+                };
+                prints.push(image, r.image, &all_hard);
+            }
             Err(skip) => {
                 *skipped
                     .entry(format!("reference: {}", skip.reason))
@@ -328,13 +383,9 @@ fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareEr
             }
         }
     }
-    let prints: Vec<Print> = read
-        .par_iter()
-        .map(|r| print_of(&r.image, limits, true))
-        .collect();
-    let (read, prints): (Vec<_>, Vec<_>) = read
+    let (images, prints): (Vec<Image>, Vec<Print>) = prints
+        .finish(&all_hard)
         .into_iter()
-        .zip(prints)
         .filter(|(_, p)| {
             let decodes = p.pixels.is_some();
             if !decodes {
@@ -345,15 +396,6 @@ fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareEr
             decodes
         })
         .unzip();
-    let images = read
-        .into_iter()
-        .map(|r| Image {
-            origin: r.origin.unwrap_or_default(),
-            row: r.row,
-            id: r.path.unwrap_or_else(|| format!("row {}", r.row)),
-            labels: r.labels,
-        })
-        .collect::<Vec<_>>();
     Ok(Side {
         fates: vec![Fate::Hard; images.len()],
         images,
