@@ -190,7 +190,7 @@ pub struct Weights<'a> {
     pub values: &'a [f32],
     pub order: WeightOrder,
     /// A 3x3 stride-1 convolution's filters already transformed for
-    /// Winograd F(2x2, 3x3) (`winograd_filters`), if `net` made them.
+    /// Winograd F(4x4, 3x3) (`winograd_filters`), if `net` made them.
     pub winograd: Option<&'a [f32]>,
 }
 
@@ -292,7 +292,7 @@ pub fn winograd_filters(g: &ConvGeometry, krsc: &[f32]) -> Option<Vec<f32>> {
 
 /// `act(conv(x) + bias [+ residual])` for f32 NHWC `x` `[n, h, w, c_in]`
 /// and KRSC (or, dense only, RSCK) `wt`; 3x3 stride-1 convolutions by
-/// Winograd F(2x2, 3x3) with the filters `winograd_filters` made (or made
+/// Winograd F(4x4, 3x3) with the filters `winograd_filters` made (or made
 /// here); `None` for a grouped (not depthwise) geometry.
 pub fn conv(
     g: &ConvGeometry,

@@ -168,12 +168,12 @@ pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[
     (
         "resnet18",
         Decision::ChannelsLast,
-        "2 cores, 2026-12-06: 45.4 vs 36.3 crops/s (Winograd F(2x2, 3x3))",
+        "2 cores, 2026-12-06: 45.4 vs 36.3 crops/s (Winograd F(2x2, 3x3)); F(4x4, 3x3) since: 57 -> 65",
     ),
     (
         "vgg16",
         Decision::ChannelsLast,
-        "2 cores, 2026-12-06: 8.9 vs 5.0 crops/s (Winograd F(2x2, 3x3))",
+        "2 cores, 2026-12-06: 8.9 vs 5.0 crops/s (Winograd F(2x2, 3x3)); F(4x4, 3x3) since: 9.9 -> 11.8",
     ),
     (
         "alexnet",

@@ -149,7 +149,7 @@ fn for_products(w: Tensor) -> Result<Tensor> {
 }
 
 /// On the CPU in f32, a 3x3 stride-1 convolution's filters transformed
-/// once for Winograd F(2x2, 3x3) (`cpu::winograd_filters`); `None`
+/// once for Winograd F(4x4, 3x3) (`cpu::winograd_filters`); `None`
 /// elsewhere.
 fn winograd_filters(g: &ConvGeometry, krsc: &Tensor) -> Result<Option<Tensor>> {
     if !krsc.device().is_cpu() || krsc.dtype() != DType::F32 {

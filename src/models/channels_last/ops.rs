@@ -22,7 +22,7 @@ pub struct ConvOp {
     pub act: Act,
     pub residual: Option<Tensor>,
     /// On the CPU in f32: the filters transformed once for Winograd
-    /// F(2x2, 3x3) (`cpu::winograd_filters`), else made on each call.
+    /// F(4x4, 3x3) (`cpu::winograd_filters`), else made on each call.
     pub winograd: Option<Tensor>,
 }
 
