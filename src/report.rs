@@ -360,11 +360,11 @@ fn suspect_rows(
     let found = crate::select::source_suspects(images, is_hard);
     found
         .into_iter()
-        .filter_map(|(row, s)| {
-            let im = images.iter().find(|im| im.row == row)?;
+        .map(|(i, s)| {
+            let im = &images[i];
             let row = SuspectRow {
                 origin: origin.to_string(),
-                row,
+                row: im.row,
                 id: im.id.clone(),
                 labels: im.labels.clone(),
                 class: s.class,
@@ -376,7 +376,7 @@ fn suspect_rows(
                 of: models,
                 near_synonym: s.near_synonym,
             };
-            Some((row, s))
+            (row, s)
         })
         .collect()
 }

@@ -244,18 +244,19 @@ pub(crate) fn load_source(
 }
 
 /// The label suspects (`suspects::suspect`) among a source's `images`, for
-/// those `wanted` says: `(row, suspect)` in row order. The candidate classes
-/// are the labels any image of the source carries.
+/// those `wanted` says: `(index into images, suspect)` in row order. The
+/// candidate classes are the labels any image of the source carries.
 pub(crate) fn source_suspects(
     images: &[ScannedImage],
     wanted: impl Fn(u64) -> bool,
-) -> Vec<(u64, crate::suspects::Suspect)> {
+) -> Vec<(usize, crate::suspects::Suspect)> {
     let candidates: BTreeSet<i64> = images.iter().flat_map(|im| im.labels.clone()).collect();
     images
         .iter()
-        .filter(|im| wanted(im.row))
-        .filter_map(|im| {
-            crate::suspects::suspect(&im.labels, &im.pred, &candidates).map(|s| (im.row, s))
+        .enumerate()
+        .filter(|(_, im)| wanted(im.row))
+        .filter_map(|(i, im)| {
+            crate::suspects::suspect(&im.labels, &im.pred, &candidates).map(|s| (i, s))
         })
         .collect()
 }

@@ -103,6 +103,7 @@ impl Workbench {
             let mut suspects: BTreeMap<u64, Suspect> =
                 crate::select::source_suspects(&images, |r| rows.contains(&r))
                     .into_iter()
+                    .map(|(i, s)| (images[i].row, s))
                     .collect();
             for im in images {
                 if !rows.contains(&im.row) {
