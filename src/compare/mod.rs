@@ -16,10 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::eval::dataset::Shards;
-use crate::labels::LabelConvention;
 use crate::plan::Plan;
 use crate::select::{load_source, Relabel, SelectError, Selection};
-use crate::sources::{Container, Source, SourceError};
+use crate::sources::SourceError;
 use crate::zoom::DecodeLimits;
 use matching::{pair, published_source, Agreement, MatchKind, Print};
 
@@ -345,23 +344,9 @@ fn solver(correct: &[Vec<bool>], models: &[String], names: &[String]) -> Option<
     })
 }
 
-/// A dataset in the ImageNet-Hard schema, read as a source.
-fn dataset_source(shards: &Shards) -> Source {
-    Source {
-        container: Container::Parquet {
-            files: shards.files.clone(),
-            image_column: "image".into(),
-            label_column: "label".into(),
-            origin_column: Some("origin".into()),
-        },
-        labels: LabelConvention::Imagenet1kIndex,
-        limit: None,
-    }
-}
-
 /// A released dataset's rows: all hard.
 fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareError> {
-    let source = dataset_source(shards);
+    let source = crate::eval::shards_source(shards, None);
     let mut skipped = BTreeMap::new();
     let all_hard = |_: &Image| true;
     let mut prints = Prints::new(limits);
@@ -828,7 +813,7 @@ fn image_bytes(plan: &Plan, image: &Image) -> Result<Option<Vec<u8>>, CompareErr
 
 /// A reference dataset's row, read again.
 fn dataset_bytes(shards: &Shards, row: u64) -> Result<Option<Vec<u8>>, CompareError> {
-    let mut rows = dataset_source(shards).rows_in([row].into());
+    let mut rows = crate::eval::shards_source(shards, None).rows_in([row].into());
     Ok(rows
         .next()
         .transpose()?

@@ -248,7 +248,7 @@ fn memo_setup(
 }
 
 /// The shards read as a source: the image, label and origin columns.
-fn shards_source(shards: &Shards, limit: Option<u64>) -> Source {
+pub(crate) fn shards_source(shards: &Shards, limit: Option<u64>) -> Source {
     Source {
         container: Container::Parquet {
             files: shards.files.clone(),
