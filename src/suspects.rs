@@ -10,10 +10,10 @@
 //! times the fraction of those models whose most frequent other answer is
 //! `c`: 1.0 when every model says `c` under every transform, low when the
 //! answers scatter or one model alone insists (a model's own blind spot is
-//! not evidence against the label). Only classes that some image of the same source carries as a
-//! label are candidates (a relabel to a class the source never uses is not a
-//! fix: the demo's "nothing recognisable" class, ImageNet-A's 800 absent
-//! classes). When `c` shares its WordNet parent with a label (laptop and
+//! not evidence against the label). Only classes that some image of the
+//! same source carries as a label are candidates (a relabel to a class the
+//! source never uses is not a fix: the demo's "nothing recognisable" class,
+//! ImageNet-A's 800 absent classes). When `c` shares its WordNet parent with a label (laptop and
 //! notebook under "portable computer"), the image may simply carry both: the
 //! suggestion is then to add `c`, not to replace the label.
 
@@ -73,12 +73,13 @@ pub fn suspect(labels: &[i64], pred: &[Vec<u16>], candidates: &BTreeSet<i64>) ->
     }
     let n = answering as f64;
     let score = |(share, models, _): &(f64, usize, usize)| (share / n) * (*models as f64 / n);
-    let (class, (share, models, answers)) = support
+    let (class, best) = support
         .into_iter()
         .max_by(|a, b| score(&a.1).total_cmp(&score(&b.1)).then(b.0.cmp(&a.0)))?;
+    let (_, models, answers) = best;
     Some(Suspect {
         class,
-        score: (share / n) * (models as f64 / n),
+        score: score(&best),
         models,
         answers,
         near_synonym: labels.iter().any(|&l| same_parent(l, class)),
