@@ -51,6 +51,16 @@ pub(crate) fn class_name(index: i64) -> Option<&'static str> {
         .map(|c| c.name.as_str())
 }
 
+/// Labels as `index name, ...` (`?` for an index out of range), as
+/// Markdown tables and messages show them.
+pub(crate) fn describe(labels: &[i64]) -> String {
+    labels
+        .iter()
+        .map(|&l| format!("{l} {}", class_name(l).unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Each class's WordNet parent wnid (its first hypernym), in index order;
 /// `scripts/gen_wordnet_parents.py` writes the table from WordNet 3.0.
 fn parents() -> &'static [&'static str] {

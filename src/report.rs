@@ -822,17 +822,12 @@ fn suspects_section(rows: &[SuspectRow]) -> String {
     }
     out.push_str("| image | labels | models agree on | score | models | near-synonym |\n|---|---|---|---:|---:|---|\n");
     for r in rows {
-        let labels: Vec<String> = r
-            .labels
-            .iter()
-            .map(|&l| format!("{l} {}", crate::labels::class_name(l).unwrap_or("?")))
-            .collect();
         out.push_str(&format!(
             "| {} ({} #{}) | {} | {} {} | {:.2} | {} of {} | {} |\n",
             r.id,
             r.origin,
             r.row,
-            labels.join(", "),
+            crate::labels::describe(&r.labels),
             r.class,
             r.name,
             r.score,

@@ -2,6 +2,7 @@
 //! decoded pixels, then the nearest perceptual hash), judging two label sets
 //! against each other, and the paper's published count per source.
 
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -72,27 +73,31 @@ pub(crate) fn pair(a: &[Print], b: &[Print], max_distance: u32) -> Vec<Pair> {
             });
         }
     }
-    // Perceptual candidates: every open pair with a hard side, closest first.
-    let open = |used: &[bool], side: &[Print], hard: bool| -> Vec<(usize, u64)> {
+    // Perceptual candidates: every open pair with a hard side, closest
+    // first. An easy image of `a` is compared with the hard images of `b`
+    // only; the search runs over `a` in parallel.
+    let open = |used: &[bool], side: &[Print], hard_only: bool| -> Vec<(usize, u64)> {
         (0..side.len())
-            .filter(|&i| !used[i] && (!hard || side[i].hard))
+            .filter(|&i| !used[i] && (!hard_only || side[i].hard))
             .filter_map(|i| side[i].phash.map(|h| (i, h)))
             .collect()
     };
-    let mut candidates = Vec::new();
-    let (a_all, b_all) = (open(&used_a, a, false), open(&used_b, b, false));
-    for (i, ha) in &a_all {
-        for (j, hb) in &b_all {
-            if !(a[*i].hard || b[*j].hard) {
-                continue;
-            }
-            let d = crate::dedupe::distance(*ha, *hb);
-            if d <= max_distance {
-                let both = u8::from(!(a[*i].hard && b[*j].hard));
-                candidates.push((d, both, *i, *j));
-            }
-        }
-    }
+    let (a_open, b_open, b_hard) = (
+        open(&used_a, a, false),
+        open(&used_b, b, false),
+        open(&used_b, b, true),
+    );
+    let mut candidates: Vec<(u32, u8, usize, usize)> = a_open
+        .par_iter()
+        .flat_map_iter(|&(i, ha)| {
+            let pool = if a[i].hard { &b_open } else { &b_hard };
+            pool.iter().filter_map(move |&(j, hb)| {
+                let d = crate::dedupe::distance(ha, hb);
+                // Pairs of two hard images first among equals.
+                (d <= max_distance).then(|| (d, u8::from(!(a[i].hard && b[j].hard)), i, j))
+            })
+        })
+        .collect();
     candidates.sort_unstable();
     for (d, _, i, j) in candidates {
         if used_a[i] || used_b[j] {

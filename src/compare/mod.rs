@@ -389,15 +389,6 @@ fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareEr
     })
 }
 
-/// Labels as `index name, ...`.
-fn class_list(labels: &[i64]) -> String {
-    labels
-        .iter()
-        .map(|&l| format!("{l} {}", crate::labels::class_name(l).unwrap_or("?")))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Why an image one side kept is missing from the other's hard set.
 fn why(other: Option<&Fate>, other_is_run: bool, released: bool) -> (String, Option<Solver>) {
     let who = if other_is_run { "we" } else { "the reference" };
@@ -453,11 +444,15 @@ pub(crate) fn compare(
         skipped: ours.skipped.clone(),
     };
     out.skipped.extend(theirs.skipped.clone());
-    let pairs = pair(&ours.prints, &theirs.prints, max_distance);
-    let released = matches!(reference, Reference::Dataset(_));
+    let sides = Paired {
+        pairs: pair(&ours.prints, &theirs.prints, max_distance),
+        ours: &ours,
+        theirs: &theirs,
+        released: matches!(reference, Reference::Dataset(_)),
+    };
     let mut per: BTreeMap<String, Counts> = BTreeMap::new();
-    place_ours(&ours, &theirs, &pairs, released, &mut per, &mut out);
-    place_theirs(&ours, &theirs, &pairs, released, &mut per, &mut out);
+    sides.place_ours(&mut per, &mut out);
+    sides.place_theirs(&mut per, &mut out);
     for (source, counts) in per {
         add(&mut out.overall, &counts);
         out.per_source.push(SourceRow {
@@ -469,96 +464,96 @@ pub(crate) fn compare(
     Ok(out)
 }
 
-/// Count and list the run's hard images: matched with a reference hard
-/// image, or only in the run (and why).
-fn place_ours(
-    ours: &Side,
-    theirs: &Side,
-    pairs: &[matching::Pair],
+/// Both sides and their pairs (`a` ours, `b` theirs).
+struct Paired<'a> {
+    ours: &'a Side,
+    theirs: &'a Side,
+    pairs: Vec<matching::Pair>,
+    /// The reference is a released dataset (not a run).
     released: bool,
-    per: &mut BTreeMap<String, Counts>,
-    out: &mut Comparison,
-) {
-    let partner: BTreeMap<usize, &matching::Pair> = pairs.iter().map(|p| (p.a, p)).collect();
-    for (i, image) in ours.images.iter().enumerate() {
-        if ours.fates[i] != Fate::Hard {
-            continue;
-        }
-        let c = per.entry(source_key(&image.origin)).or_default();
-        c.run_hard += 1;
-        let p = partner.get(&i);
-        let other = p.map(|p| &theirs.fates[p.b]);
-        match p {
-            Some(p) if other == Some(&Fate::Hard) => {
-                let reference = theirs.images[p.b].clone();
-                let agreement = Agreement::of(&image.labels, &reference.labels);
-                c.matched += 1;
-                match p.kind {
-                    MatchKind::Pixels => c.matched_by_pixels += 1,
-                    MatchKind::Perceptual => c.matched_perceptually += 1,
-                }
-                *c.labels.entry(agreement).or_default() += 1;
-                out.matched.push(Matched {
-                    run: image.clone(),
-                    reference,
-                    kind: p.kind,
-                    distance: p.distance,
-                    labels: agreement,
-                });
+}
+
+impl Paired<'_> {
+    /// Count and list the run's hard images: matched with a reference hard
+    /// image, or only in the run (and why).
+    fn place_ours(&self, per: &mut BTreeMap<String, Counts>, out: &mut Comparison) {
+        let (ours, theirs, released) = (self.ours, self.theirs, self.released);
+        let partner: BTreeMap<usize, &matching::Pair> =
+            self.pairs.iter().map(|p| (p.a, p)).collect();
+        for (i, image) in ours.images.iter().enumerate() {
+            if ours.fates[i] != Fate::Hard {
+                continue;
             }
-            _ => {
-                c.only_in_run += 1;
-                let (mut why, solved_by) = why(other, false, released);
-                if let Some(p) = p.filter(|p| theirs.images[p.b].labels != image.labels) {
+            let c = per.entry(source_key(&image.origin)).or_default();
+            c.run_hard += 1;
+            let p = partner.get(&i);
+            let other = p.map(|p| &theirs.fates[p.b]);
+            match p {
+                Some(p) if other == Some(&Fate::Hard) => {
+                    let reference = theirs.images[p.b].clone();
+                    let agreement = Agreement::of(&image.labels, &reference.labels);
+                    c.matched += 1;
+                    match p.kind {
+                        MatchKind::Pixels => c.matched_by_pixels += 1,
+                        MatchKind::Perceptual => c.matched_perceptually += 1,
+                    }
+                    *c.labels.entry(agreement).or_default() += 1;
+                    out.matched.push(Matched {
+                        run: image.clone(),
+                        reference,
+                        kind: p.kind,
+                        distance: p.distance,
+                        labels: agreement,
+                    });
+                }
+                _ => {
+                    c.only_in_run += 1;
+                    let (mut why, solved_by) = why(other, false, released);
+                    if let Some(p) = p.filter(|p| theirs.images[p.b].labels != image.labels) {
+                        why.push_str(&format!(
+                            " (its labels: {})",
+                            crate::labels::describe(&theirs.images[p.b].labels)
+                        ));
+                    }
+                    out.only_in_run.push(OneSided {
+                        image: image.clone(),
+                        why,
+                        solved_by,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Count the reference's hard images (under the matched run image's
+    /// source, where there is one) and list those only in the reference.
+    fn place_theirs(&self, per: &mut BTreeMap<String, Counts>, out: &mut Comparison) {
+        let (ours, theirs, released) = (self.ours, self.theirs, self.released);
+        let partner: BTreeMap<usize, usize> = self.pairs.iter().map(|p| (p.b, p.a)).collect();
+        for (j, image) in theirs.images.iter().enumerate() {
+            if theirs.fates[j] != Fate::Hard {
+                continue;
+            }
+            let ours_index = partner.get(&j).copied();
+            let key = source_key(ours_index.map_or(&image.origin, |i| &ours.images[i].origin));
+            let c = per.entry(key).or_default();
+            c.reference += 1;
+            let ours_fate = ours_index.map(|i| &ours.fates[i]);
+            if ours_fate != Some(&Fate::Hard) {
+                c.only_in_reference += 1;
+                let (mut why, solved_by) = why(ours_fate, true, released);
+                if let Some(i) = ours_index.filter(|&i| ours.images[i].labels != image.labels) {
                     why.push_str(&format!(
-                        " (its labels: {})",
-                        class_list(&theirs.images[p.b].labels)
+                        " (our labels: {})",
+                        crate::labels::describe(&ours.images[i].labels)
                     ));
                 }
-                out.only_in_run.push(OneSided {
+                out.only_in_reference.push(OneSided {
                     image: image.clone(),
                     why,
                     solved_by,
                 });
             }
-        }
-    }
-}
-
-/// Count the reference's hard images (under the matched run image's
-/// source, where there is one) and list those only in the reference.
-fn place_theirs(
-    ours: &Side,
-    theirs: &Side,
-    pairs: &[matching::Pair],
-    released: bool,
-    per: &mut BTreeMap<String, Counts>,
-    out: &mut Comparison,
-) {
-    let partner: BTreeMap<usize, usize> = pairs.iter().map(|p| (p.b, p.a)).collect();
-    for (j, image) in theirs.images.iter().enumerate() {
-        if theirs.fates[j] != Fate::Hard {
-            continue;
-        }
-        let ours_index = partner.get(&j).copied();
-        let key = source_key(ours_index.map_or(&image.origin, |i| &ours.images[i].origin));
-        let c = per.entry(key).or_default();
-        c.reference += 1;
-        let ours_fate = ours_index.map(|i| &ours.fates[i]);
-        if ours_fate != Some(&Fate::Hard) {
-            c.only_in_reference += 1;
-            let (mut why, solved_by) = why(ours_fate, true, released);
-            if let Some(i) = ours_index.filter(|&i| ours.images[i].labels != image.labels) {
-                why.push_str(&format!(
-                    " (our labels: {})",
-                    class_list(&ours.images[i].labels)
-                ));
-            }
-            out.only_in_reference.push(OneSided {
-                image: image.clone(),
-                why,
-                solved_by,
-            });
         }
     }
 }
@@ -636,7 +631,7 @@ impl Comparison {
     /// images with why, as Markdown tables.
     fn disagreements_markdown(&self) -> String {
         let mut out = String::new();
-        let names = class_list;
+        let names = crate::labels::describe;
         let disagreeing: Vec<&Matched> = self
             .matched
             .iter()

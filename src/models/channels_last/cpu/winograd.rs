@@ -191,7 +191,9 @@ fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
 #[inline(always)]
 fn load(src: &[f32], n: usize) -> Lanes {
     if n == LANES {
-        src[..LANES].try_into().expect("LANES values")
+        let mut v = [0f32; LANES];
+        v.copy_from_slice(&src[..LANES]);
+        v
     } else {
         lanes(|l| if l < n { src[l] } else { 0.0 })
     }
