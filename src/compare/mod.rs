@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::eval::dataset::Shards;
+use crate::eval::dataset::{ShardError, Shards};
 use crate::plan::Plan;
 use crate::select::{load_source, Relabel, SelectError, Selection};
 use crate::sources::SourceError;
@@ -26,23 +26,12 @@ use matching::{pair, published_source, Agreement, MatchKind, Print};
 pub enum CompareError {
     #[error(transparent)]
     Select(#[from] SelectError),
-    #[error(
-        "{file}: the reference has no column `{column}` (columns: {available}); a reference \
-         must be in the ImageNet-Hard schema (image, label as list<int64>, origin), as \
-         `imagenet-hard export` writes it and taesiri/imagenet-hard holds it"
-    )]
-    Schema {
-        file: PathBuf,
-        column: String,
-        available: String,
-    },
-    #[error(
-        "{file}: not a readable Parquet shard of the reference ({message}); check the file, \
-         or point REFERENCE at a folder holding data/validation-XXXXX-of-YYYYY.parquet"
-    )]
-    Shard { file: PathBuf, message: String },
+    /// The run's own sources (their manifest keys are the fix).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The reference dataset's shards.
     #[error("reading the reference: {0}")]
-    Source(SourceError),
+    Reference(#[from] ShardError),
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
     #[error("{path}: {source}")]
@@ -50,25 +39,6 @@ pub enum CompareError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-impl From<SourceError> for CompareError {
-    fn from(e: SourceError) -> CompareError {
-        match e {
-            SourceError::MissingColumn {
-                file,
-                column,
-                available,
-                ..
-            } => CompareError::Schema {
-                file,
-                column,
-                available,
-            },
-            SourceError::Parquet { file, message } => CompareError::Shard { file, message },
-            other => CompareError::Source(other),
-        }
-    }
 }
 
 /// What to compare a run with.
@@ -351,7 +321,7 @@ fn dataset_side(shards: &Shards, limits: DecodeLimits) -> Result<Side, CompareEr
     let all_hard = |_: &Image| true;
     let mut prints = Prints::new(limits);
     for outcome in source.rows() {
-        match outcome? {
+        match outcome.map_err(ShardError::from)? {
             Ok(r) => {
                 let image = Image {
                     origin: r.origin.unwrap_or_default(),
@@ -811,7 +781,8 @@ fn dataset_bytes(shards: &Shards, row: u64) -> Result<Option<Vec<u8>>, CompareEr
     let mut rows = crate::eval::shards_source(shards, None).rows_in([row].into());
     Ok(rows
         .next()
-        .transpose()?
+        .transpose()
+        .map_err(ShardError::from)?
         .and_then(Result::ok)
         .map(|r| r.image))
 }

@@ -6,6 +6,50 @@
 use std::path::{Path, PathBuf};
 
 use super::EvalError;
+use crate::sources::SourceError;
+
+/// A dataset in the ImageNet-Hard schema that cannot be read, with the fix
+/// for someone who pointed `eval` or `compare` at it (not the manifest keys
+/// a source's errors name).
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(
+        "{file}: no column `{column}` (columns: {available}); a dataset in the ImageNet-Hard \
+         schema has image, label (list<int64>) and origin, as `imagenet-hard export` writes it \
+         and taesiri/imagenet-hard holds it"
+    )]
+    Schema {
+        file: PathBuf,
+        column: String,
+        available: String,
+    },
+    #[error(
+        "{file}: not a readable Parquet shard ({message}); check the file, or point at a folder \
+         holding data/validation-XXXXX-of-YYYYY.parquet"
+    )]
+    Shard { file: PathBuf, message: String },
+    #[error(transparent)]
+    Source(SourceError),
+}
+
+impl From<SourceError> for ShardError {
+    fn from(e: SourceError) -> ShardError {
+        match e {
+            SourceError::MissingColumn {
+                file,
+                column,
+                available,
+                ..
+            } => ShardError::Schema {
+                file,
+                column,
+                available,
+            },
+            SourceError::Parquet { file, message } => ShardError::Shard { file, message },
+            other => ShardError::Source(other),
+        }
+    }
+}
 use crate::hub::{is_repo_id, Hub, RepoKind};
 
 /// One complete `-of-YYYYY` family: shards 0..count, all present.

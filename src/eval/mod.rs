@@ -25,10 +25,17 @@ use results::{PerSampleWriter, Sample};
 use std::time::Instant;
 use tta::{aggregate, Aggregate, Tta};
 
+impl From<SourceError> for EvalError {
+    fn from(e: SourceError) -> EvalError {
+        EvalError::Shards(e.into())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// The dataset's shards: their errors name the schema, not manifest keys.
     #[error(transparent)]
-    Source(#[from] SourceError),
+    Shards(#[from] dataset::ShardError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{dataset}: {message}")]

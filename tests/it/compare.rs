@@ -254,6 +254,24 @@ fn bad_references_get_errors_that_name_the_file_and_the_fix() {
             && err.contains("ImageNet-Hard schema"),
         "{err}"
     );
+    // `eval` reads the same schema and says the same.
+    let weights = fx.model_weights(3);
+    let out = fx.run(
+        &[
+            "eval",
+            "no-origin",
+            "--model",
+            weights.to_str().unwrap(),
+            "--arch",
+            "resnet18",
+        ],
+        &[],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("no column `origin`") && err.contains("ImageNet-Hard schema"),
+        "{err}"
+    );
     // Files named as shards that are not Parquet.
     folder_with(
         &fx,
