@@ -11,18 +11,21 @@ use std::cell::RefCell;
 
 use super::geometry::ConvGeometry;
 use super::program::Act;
-use crate::models::kernels::conv::matmul;
 
 thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Rows of a convolution's im2col block: one block per thread, so each
-/// thread packs the weights once, but no more columns than 16 MiB.
+/// Rows of a convolution's im2col block: at least four blocks per thread
+/// (the product inside a block runs on one thread), at most 16 MiB of
+/// columns, a multiple of the product's 6-row tiles.
 fn block_rows(k: usize, total: usize) -> usize {
     const MAX_COLUMNS: usize = 1 << 22;
-    let per_thread = total.div_ceil(rayon::current_num_threads().max(1));
-    per_thread.min(MAX_COLUMNS / k.max(1)).max(1)
+    let per_task = total.div_ceil(4 * rayon::current_num_threads().max(1));
+    per_task
+        .min(MAX_COLUMNS / k.max(1))
+        .next_multiple_of(6)
+        .max(6)
 }
 
 /// The activation in f32 as the epilogues compute it: `exp` by range
@@ -132,6 +135,7 @@ macro_rules! widest_vectors {
     };
 }
 
+mod product;
 mod winograd;
 
 widest_vectors! {
@@ -180,74 +184,79 @@ impl Epilogue<'_> {
     }
 }
 
-/// A layer's `[m, k]` weight matrix (`m` outputs, `k` inputs) in one of two
-/// orders: the checkpoint's rows, or output-fastest columns, which
-/// `net` lays out once at load for the CPU so that no product packs (copies)
-/// the weights again on every call: the `gemm` crate reads an operand in
-/// place when its vectorised dimension (here the outputs) is contiguous.
+/// A layer's `[m, k]` weight matrix (`m` outputs, `k` inputs) as a kernel
+/// reads it: the checkpoint's rows, or prepared once at load by `net` on
+/// the CPU (`prepare`, `winograd_filters`), so that no call packs them.
 #[derive(Clone, Copy, Debug)]
 pub struct Weights<'a> {
     pub values: &'a [f32],
     pub order: WeightOrder,
-    /// A 3x3 stride-1 convolution's filters already transformed for
-    /// Winograd F(4x4, 3x3) (`winograd_filters`), if `net` made them.
-    pub winograd: Option<&'a [f32]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightOrder {
     /// `w[o * k + i]`: as read from the checkpoint (KRSC for a convolution).
     Rows,
-    /// `w[i * m + o]`: the output channel fastest (RSCK for a convolution).
-    Columns,
+    /// Packed for `product` (`prepare`).
+    Packed,
+    /// A 3x3 stride-1 convolution's filters transformed for Winograd
+    /// F(4x4, 3x3) and packed (`winograd_filters`).
+    Winograd,
 }
 
 impl Weights<'_> {
-    /// Element strides of `w^T` read as `[k, m]`.
-    fn transposed_strides(&self, k: usize, m: usize) -> (isize, isize) {
+    /// The `[k, m]` product operand packed: as given, or packed now.
+    fn packed(&self, k: usize, m: usize) -> std::borrow::Cow<'_, [f32]> {
         match self.order {
-            WeightOrder::Rows => (1, k as isize),
-            WeightOrder::Columns => (m as isize, 1),
+            WeightOrder::Packed => std::borrow::Cow::Borrowed(self.values),
+            _ => std::borrow::Cow::Owned(prepare(self.values, k, m)),
         }
     }
 }
 
-/// `out[rows, m] = act(x[rows, k] w[m, k]^T + bias [+ residual])`: one
-/// product over every row (the threads sharing it), then the epilogue over
-/// groups of rows in parallel.
+/// A dense layer's `[m, k]` rows (KRSC for a convolution) packed for the
+/// product, once at load: what the kernels take as `WeightOrder::Packed`.
+pub fn prepare(rows: &[f32], k: usize, m: usize) -> Vec<f32> {
+    assert!(rows.len() >= m * k, "weights too short for {m} x {k}");
+    product::pack(k, m, |i, o| rows[o * k + i])
+}
+
+/// Values in `prepare`'s output for `m` outputs of `k` inputs.
+pub fn prepared_len(k: usize, m: usize) -> usize {
+    product::packed_len(k, m)
+}
+
+/// Values in convolution `g`'s filters prepared as `order`; `None` for
+/// the checkpoint's rows (or an order `g` cannot take).
+pub fn prepared_conv_len(g: &ConvGeometry, order: WeightOrder) -> Option<usize> {
+    let [kh, kw] = g.kernel;
+    match order {
+        WeightOrder::Rows => None,
+        WeightOrder::Packed => Some(prepared_len(kh * kw * g.c_in, g.c_out)),
+        WeightOrder::Winograd => Some(36 * prepared_len(g.c_in, g.c_out)),
+    }
+}
+
+/// `out[rows, m] = act(x[rows, k] w[m, k]^T + bias [+ residual])`, the
+/// threads sharing the rows (and for few rows the outputs).
 pub fn linear(
     x: &[f32],
     w: Weights,
     ep: Epilogue,
     (rows, k, m): (usize, usize, usize),
 ) -> Vec<f32> {
-    let mut out = vec![0f32; rows * m];
-    if out.is_empty() {
-        return out;
-    }
-    assert!(
-        x.len() >= rows * k && w.values.len() >= m * k,
-        "linear: operands too short"
-    );
-    // SAFETY: out [rows, m], x [rows, k], w^T read as [k, m]; lengths checked.
-    unsafe {
-        matmul(
-            (rows, m, k),
-            out.as_mut_ptr(),
-            (m as isize, 1),
-            x.as_ptr(),
-            (k as isize, 1),
-            w.values.as_ptr(),
-            w.transposed_strides(k, m),
-            false,
-            true,
-        )
-    };
-    const ROWS: usize = 16;
-    out.par_chunks_mut(m * ROWS)
-        .enumerate()
-        .for_each(|(i, o)| ep.apply(o, i * m * ROWS));
-    out
+    let packed = w.packed(k, m);
+    product::product(
+        &product::Operands {
+            x,
+            stride: k,
+            rows,
+            w: &packed,
+            k,
+            m,
+        },
+        &ep,
+    )
 }
 
 /// The NHWC input `x` `[n, h, w, c]` and where output pixel `p` of an
@@ -279,21 +288,17 @@ impl Input<'_> {
 }
 
 /// The filters of a convolution the Winograd path computes (3x3, stride 1,
-/// dense), transformed once: what `conv` takes as `winograd`. `None` for
-/// any other geometry. `krsc`: the checkpoint's KRSC filters.
+/// dense), transformed and packed once: what `conv` takes as
+/// `WeightOrder::Winograd`. `None` for any other geometry. `krsc`: the
+/// checkpoint's KRSC filters.
 pub fn winograd_filters(g: &ConvGeometry, krsc: &[f32]) -> Option<Vec<f32>> {
-    let wt = Weights {
-        values: krsc,
-        order: WeightOrder::Rows,
-        winograd: None,
-    };
-    winograd::applies(g).then(|| winograd::filters(wt, g.c_in, g.c_out))
+    winograd::applies(g).then(|| winograd::filters(krsc, g.c_in, g.c_out))
 }
 
 /// `act(conv(x) + bias [+ residual])` for f32 NHWC `x` `[n, h, w, c_in]`
-/// and KRSC (or, dense only, RSCK) `wt`; 3x3 stride-1 convolutions by
-/// Winograd F(4x4, 3x3) with the filters `winograd_filters` made (or made
-/// here); `None` for a grouped (not depthwise) geometry.
+/// and KRSC `wt` (or, dense only, as `prepare` or `winograd_filters` made
+/// them); 3x3 stride-1 convolutions by Winograd F(4x4, 3x3). `None` for a
+/// grouped (not depthwise) geometry, or weights prepared for another path.
 pub fn conv(
     g: &ConvGeometry,
     x: &[f32],
@@ -310,24 +315,29 @@ pub fn conv(
         oh,
         ow,
     };
-    if winograd::applies(g) {
-        let made;
-        let u = match wt.winograd {
-            Some(u) => u,
-            None => {
-                made = winograd::filters(wt, g.c_in, g.c_out);
-                &made
-            }
-        };
-        return Some(winograd::conv(g, &input, n, u, ep));
+    let dense = g.groups == 1;
+    match wt.order {
+        WeightOrder::Winograd if winograd::applies(g) => {
+            Some(winograd::conv(g, &input, n, wt.values, ep))
+        }
+        WeightOrder::Rows if winograd::applies(g) => {
+            let u = winograd::filters(wt.values, g.c_in, g.c_out);
+            Some(winograd::conv(g, &input, n, &u, ep))
+        }
+        WeightOrder::Packed | WeightOrder::Rows if dense && !winograd::applies(g) => {
+            Some(dense_conv(g, &input, n, wt, ep))
+        }
+        WeightOrder::Rows if g.groups == g.c_in && g.c_out == g.c_in => {
+            Some(depthwise(g, &input, n, wt.values, ep))
+        }
+        _ => None,
     }
-    if g.groups == 1 {
-        return Some(dense_conv(g, &input, n, wt, ep));
-    }
-    if g.groups == g.c_in && g.c_out == g.c_in && wt.order == WeightOrder::Rows {
-        return Some(depthwise(g, &input, n, wt.values, ep));
-    }
-    None
+}
+
+/// Whether `conv` computes `g` from filters `prepare`d for the product
+/// (dense, not Winograd) on the CPU.
+pub fn takes_prepared(g: &ConvGeometry) -> bool {
+    g.groups == 1 && !winograd::applies(g)
 }
 
 fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilogue) -> Vec<f32> {
@@ -339,63 +349,48 @@ fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilog
     if g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] {
         return linear(input.x, wt, ep, (pixels, c, m));
     }
-    assert!(wt.values.len() >= m * k, "conv {g}: weights too short");
+    let packed = wt.packed(k, m);
     let mut out = vec![0f32; pixels * m];
     let block = block_rows(k, pixels);
-    let one_block = |bi: usize, o: &mut [f32], parallel: bool| {
-        let p0 = bi * block;
-        let rows = o.len() / m;
-        COLUMNS.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < rows * k {
-                buf.resize(rows * k, 0.0);
-            }
-            let cols = &mut buf[..rows * k];
-            // im2col in (kh, kw, c) order: the KRSC weight's row order.
-            for (r, col) in cols.chunks_exact_mut(k).enumerate() {
-                let (b, oy, ox) = input.pixel(p0 + r);
-                for i in 0..kh {
-                    let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
-                    for j in 0..kw {
-                        let ix =
-                            (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
-                        let dst = &mut col[(i * kw + j) * c..][..c];
-                        match input.at(b, iy, ix) {
-                            Some(src) => dst.copy_from_slice(src),
-                            None => dst.fill(0.0),
+    out.par_chunks_mut(block * m)
+        .enumerate()
+        .for_each(|(bi, o)| {
+            let p0 = bi * block;
+            let rows = o.len() / m;
+            COLUMNS.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                if buf.len() < rows * k {
+                    buf.resize(rows * k, 0.0);
+                }
+                let cols = &mut buf[..rows * k];
+                // im2col in (kh, kw, c) order: the KRSC weight's row order.
+                for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+                    let (b, oy, ox) = input.pixel(p0 + r);
+                    for i in 0..kh {
+                        let iy =
+                            (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
+                        for j in 0..kw {
+                            let ix =
+                                (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
+                            let dst = &mut col[(i * kw + j) * c..][..c];
+                            match input.at(b, iy, ix) {
+                                Some(src) => dst.copy_from_slice(src),
+                                None => dst.fill(0.0),
+                            }
                         }
                     }
                 }
-            }
-            // SAFETY: o [rows, m], cols [rows, k], wt^T read as [k, m]
-            // (`dense_conv` checked the weights' length).
-            unsafe {
-                matmul(
-                    (rows, m, k),
-                    o.as_mut_ptr(),
-                    (m as isize, 1),
-                    cols.as_ptr(),
-                    (k as isize, 1),
-                    wt.values.as_ptr(),
-                    wt.transposed_strides(k, m),
-                    false,
-                    parallel,
-                )
-            };
+                let ops = product::Operands {
+                    x: cols,
+                    stride: k,
+                    rows,
+                    w: &packed,
+                    k,
+                    m,
+                };
+                product::product_into(&ops, o, Some((&ep, p0 * m)));
+            });
         });
-        ep.apply(o, p0 * m);
-    };
-    let blocks = pixels.div_ceil(block);
-    if blocks < rayon::current_num_threads() {
-        // Too few blocks to share: each product runs in parallel itself.
-        out.chunks_mut(block * m)
-            .enumerate()
-            .for_each(|(bi, o)| one_block(bi, o, true));
-    } else {
-        out.par_chunks_mut(block * m)
-            .enumerate()
-            .for_each(|(bi, o)| one_block(bi, o, false));
-    }
     out
 }
 
@@ -572,25 +567,22 @@ mod tests {
     }
 
     #[test]
-    fn linear_blocks_and_the_single_product_agree() {
+    fn linear_takes_rows_and_packed_weights() {
         let mut rng = crate::util::SplitMix64(3);
         let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_unit() - 0.5).collect() };
-        // Enough rows for the blocked path, and few for the single product.
+        // Few rows (tasks split the outputs) and many (tasks split rows).
         for rows in [5, 700] {
             let (k, m) = (37, 19);
             let (x, w, b, r) = (rand(rows * k), rand(m * k), rand(m), rand(rows * m));
-            // The same matrix with the output channel fastest.
-            let columns: Vec<f32> = (0..k * m).map(|i| w[(i % m) * k + i / m]).collect();
+            let packed = prepare(&w, k, m);
             for wt in [
                 Weights {
                     values: &w,
                     order: WeightOrder::Rows,
-                    winograd: None,
                 },
                 Weights {
-                    values: &columns,
-                    order: WeightOrder::Columns,
-                    winograd: None,
+                    values: &packed,
+                    order: WeightOrder::Packed,
                 },
             ] {
                 let y = linear(

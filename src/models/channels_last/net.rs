@@ -8,6 +8,7 @@
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::cpu::WeightOrder;
 use super::geometry::{ConvGeometry, OIHW_TO_KRSC};
 use super::ops::{ConvOp, GateOp, LinearOp, PoolOp};
 use super::program::{ConvWeights, DenseWeights, Fold, Op, Program, Shape};
@@ -19,8 +20,8 @@ enum Bound {
         op: Op,
         weight: Tensor,
         bias: Tensor,
-        /// The CPU's Winograd filters, where that path applies.
-        winograd: Option<Tensor>,
+        /// How `weight` holds the filters (`prepare`).
+        filters: WeightOrder,
     },
     Pad([usize; 4]),
     Pool(PoolOp),
@@ -33,6 +34,8 @@ enum Bound {
     Linear {
         op: Op,
         weight: Tensor,
+        /// How `weight` holds the matrix (`prepare`).
+        order: WeightOrder,
         bias: Tensor,
     },
     Tokens {
@@ -132,36 +135,31 @@ fn dense_weights(
     Ok((w, b))
 }
 
-/// A dense layer's weight `[m, ...]` as the products read it fastest. On the
-/// CPU in f32: the same shape viewed over values stored with the output
-/// channel fastest (`[..., m]`, copied once here), which the `gemm` crate
-/// reads in place where the checkpoint's order would be repacked on every
-/// call (`cpu::Weights`). Elsewhere (cuDNN and cuBLASLt take KRSC and
-/// `[m, k]` rows) it is returned as it is.
-fn for_products(w: Tensor) -> Result<Tensor> {
-    if !w.device().is_cpu() || w.dtype() != DType::F32 || w.rank() < 2 {
-        return Ok(w);
+/// A weight as the kernels take it: on the CPU in f32, prepared once
+/// (`cpu::prepare`: packed for the product; `cpu::winograd_filters`: a 3x3
+/// stride-1 convolution transformed for Winograd F(4x4, 3x3)) in place of
+/// the checkpoint's rows, so that no call packs them; elsewhere (cuDNN and
+/// cuBLASLt take KRSC and `[m, k]` rows, half formats the references) as
+/// it is. `conv`: the convolution it belongs to, `None` for a linear layer.
+fn prepare(w: Tensor, conv: Option<&ConvGeometry>) -> Result<(Tensor, WeightOrder)> {
+    let rows = (w, WeightOrder::Rows);
+    if !rows.0.device().is_cpu() || rows.0.dtype() != DType::F32 {
+        return Ok(rows);
     }
-    let r = w.rank();
-    let to_last: Vec<usize> = (1..r).chain([0]).collect();
-    let back: Vec<usize> = [r - 1].into_iter().chain(0..r - 1).collect();
-    w.permute(to_last)?.contiguous()?.permute(back)
-}
-
-/// On the CPU in f32, a 3x3 stride-1 convolution's filters transformed
-/// once for Winograd F(4x4, 3x3) (`cpu::winograd_filters`); `None`
-/// elsewhere.
-fn winograd_filters(g: &ConvGeometry, krsc: &Tensor) -> Result<Option<Tensor>> {
-    if !krsc.device().is_cpu() || krsc.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let values = krsc.flatten_all()?.to_vec1::<f32>()?;
-    super::cpu::winograd_filters(g, &values)
-        .map(|u| {
-            let n = u.len();
-            Tensor::from_vec(u, n, krsc.device())
-        })
-        .transpose()
+    let values = || rows.0.flatten_all()?.to_vec1::<f32>();
+    let (m, k) = (rows.0.dim(0)?, rows.0.elem_count() / rows.0.dim(0)?.max(1));
+    let (prepared, order) = match conv {
+        Some(g) => match super::cpu::winograd_filters(g, &values()?) {
+            Some(u) => (u, WeightOrder::Winograd),
+            None if super::cpu::takes_prepared(g) => {
+                (super::cpu::prepare(&values()?, k, m), WeightOrder::Packed)
+            }
+            None => return Ok(rows),
+        },
+        None => (super::cpu::prepare(&values()?, k, m), WeightOrder::Packed),
+    };
+    let n = prepared.len();
+    Ok((Tensor::from_vec(prepared, n, rows.0.device())?, order))
 }
 
 impl ChannelsLastNet {
@@ -183,17 +181,10 @@ impl ChannelsLastNet {
                     let dims = (g.c_out, g.c_in / g.groups, g.kernel[0], g.kernel[1]);
                     let (w, b) = conv_weights(&vb, weights, dims)?;
                     let w = cast(w.permute(OIHW_TO_KRSC)?)?;
-                    let winograd = winograd_filters(g, &w)?;
-                    // Winograd reads its own filters: the dense weights stay
-                    // as read (the op checks their shape only).
-                    let weight = if g.groups == 1 && winograd.is_none() {
-                        for_products(w)?
-                    } else {
-                        w
-                    };
+                    let (weight, filters) = prepare(w, Some(g))?;
                     Bound::Conv {
                         op: step.op.clone(),
-                        winograd,
+                        filters,
                         weight,
                         bias: cast(b)?,
                     }
@@ -221,9 +212,11 @@ impl ChannelsLastNet {
                     ..
                 } => {
                     let (w, b) = dense_weights(&vb, weights, *c_in, *c_out)?;
+                    let (weight, order) = prepare(cast(w)?, None)?;
                     Bound::Linear {
                         op: step.op.clone(),
-                        weight: for_products(cast(w)?)?,
+                        weight,
+                        order,
                         bias: cast(b)?,
                     }
                 }
@@ -279,7 +272,7 @@ impl ChannelsLastNet {
                 op,
                 weight,
                 bias,
-                winograd,
+                filters,
             } => {
                 let Op::Conv {
                     geometry,
@@ -294,7 +287,7 @@ impl ChannelsLastNet {
                     geometry: *geometry,
                     act: *act,
                     residual: residual.map(value).transpose()?.cloned(),
-                    winograd: winograd.clone(),
+                    filters: *filters,
                 };
                 x.apply_op3_no_bwd(weight, bias, &op)
             }
@@ -307,7 +300,12 @@ impl ChannelsLastNet {
             Bound::LayerNorm { weight, bias, eps } => {
                 candle_nn::ops::layer_norm(x, weight, bias, *eps)
             }
-            Bound::Linear { op, weight, bias } => {
+            Bound::Linear {
+                op,
+                weight,
+                order,
+                bias,
+            } => {
                 let Op::Linear {
                     c_in,
                     c_out,
@@ -327,6 +325,7 @@ impl ChannelsLastNet {
                 let op = LinearOp {
                     act: *act,
                     residual,
+                    weights: *order,
                 };
                 let y = x
                     .reshape((rows, *c_in))?

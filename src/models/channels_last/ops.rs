@@ -21,9 +21,10 @@ pub struct ConvOp {
     pub geometry: ConvGeometry,
     pub act: Act,
     pub residual: Option<Tensor>,
-    /// On the CPU in f32: the filters transformed once for Winograd
-    /// F(4x4, 3x3) (`cpu::winograd_filters`), else made on each call.
-    pub winograd: Option<Tensor>,
+    /// How the weight input holds the filters: KRSC (`Rows`, any device
+    /// and dtype), or prepared once on the CPU in f32 as one flat tensor
+    /// (`Packed` by `cpu::prepare`, `Winograd` by `cpu::winograd_filters`).
+    pub filters: WeightOrder,
 }
 
 /// A pooling over each channel of `[n, h, w, c]`.
@@ -44,6 +45,9 @@ pub struct GateOp;
 pub struct LinearOp {
     pub act: Act,
     pub residual: Option<Tensor>,
+    /// `Rows` (`[m, k]`), or `Packed` on the CPU in f32 (`cpu::prepare`):
+    /// one flat tensor.
+    pub weights: WeightOrder,
 }
 
 impl PoolOp {
@@ -96,31 +100,21 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 
 type Input3<'a> = (&'a CpuStorage, &'a Layout);
 
-/// An f32 weight `[m, ...]` in place: contiguous (the checkpoint's rows),
-/// or the output-fastest view `net::outputs_fastest` makes (strides `1`
-/// for the outputs, the rest contiguous times `m`); `None` otherwise.
-fn weight_values<'a>(s: &'a CpuStorage, l: &Layout) -> Option<Weights<'a>> {
+/// An f32 weight in place, laid out as `order` says: the checkpoint's
+/// rows (any shape, contiguous), or a prepared flat tensor of `len` values;
+/// `None` for any other format or layout.
+fn weight_values<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    order: WeightOrder,
+    len: usize,
+) -> Option<Weights<'a>> {
     let CpuStorage::F32(v) = s else { return None };
-    if let Some((start, end)) = l.contiguous_offsets() {
-        return Some(Weights {
-            values: &v[start..end],
-            order: WeightOrder::Rows,
-            winograd: None,
-        });
-    }
-    let dims = l.dims();
-    let m = *dims.first()?;
-    let mut want = vec![1usize; dims.len()];
-    let mut stride = m;
-    for i in (1..dims.len()).rev() {
-        want[i] = stride;
-        stride *= dims[i];
-    }
-    let start = l.start_offset();
-    (l.stride() == want.as_slice() && v.len() >= start + stride).then(|| Weights {
-        values: &v[start..start + stride],
-        order: WeightOrder::Columns,
-        winograd: None,
+    let (start, end) = l.contiguous_offsets()?;
+    let prepared = order != WeightOrder::Rows;
+    (!prepared || (l.dims().len() == 1 && end - start == len)).then(|| Weights {
+        values: &v[start..end],
+        order,
     })
 }
 
@@ -130,10 +124,10 @@ fn weight_values<'a>(s: &'a CpuStorage, l: &Layout) -> Option<Weights<'a>> {
 #[allow(clippy::type_complexity)]
 fn all_f32<'a>(
     x: Input3<'a>,
-    w: Input3<'a>,
+    (w, order, len): (Input3<'a>, WeightOrder, usize),
     b: Input3<'a>,
 ) -> Result<Option<(&'a [f32], Weights<'a>, &'a [f32])>> {
-    match (x.0, weight_values(w.0, w.1), b.0) {
+    match (x.0, weight_values(w.0, w.1, order, len), b.0) {
         (CpuStorage::F32(_), Some(wt), CpuStorage::F32(_)) => {
             Ok(Some((contiguous(x.0, x.1)?, wt, contiguous(b.0, b.1)?)))
         }
@@ -193,34 +187,40 @@ impl CustomOp3 for ConvOp {
         let g = &self.geometry;
         let (n, h, w, c) = xl.shape().dims4()?;
         let [kh, kw] = g.kernel;
-        if c != g.c_in || wl.shape().dims4()? != (g.c_out, kh, kw, g.c_in / g.groups) {
+        let prepared = super::cpu::prepared_conv_len(g, self.filters);
+        let filters_ok = match prepared {
+            None => wl.shape().dims4()? == (g.c_out, kh, kw, g.c_in / g.groups),
+            Some(len) => wl.shape().elem_count() == len,
+        };
+        if c != g.c_in || !filters_ok {
             candle_core::bail!(
-                "conv {g}: input {:?} or filter {:?} of the wrong shape",
+                "conv {g}: input {:?} or filter {:?} ({:?}) of the wrong shape",
                 xl.shape(),
-                wl.shape()
+                wl.shape(),
+                self.filters
             );
         }
-        if let Some((x, wt, bias)) = all_f32((xs, xl), (ws, wl), (bs, bl))? {
-            let winograd = self.winograd.as_ref().map(|t| t.storage_and_layout());
-            let u = match &winograd {
-                Some((storage, layout)) => match &**storage {
-                    candle_core::Storage::Cpu(s) => Some(contiguous(s, layout)?),
-                    _ => candle_core::bail!("conv {g}: the Winograd filters are not on the CPU"),
-                },
-                None => None,
-            };
+        let weights = ((ws, wl), self.filters, prepared.unwrap_or(0));
+        if let Some((x, wt, bias)) = all_f32((xs, xl), weights, (bs, bl))? {
             let fast = with_residual(&self.residual, |r| {
                 let ep = Epilogue {
                     bias,
                     residual: r,
                     act: self.act,
                 };
-                super::cpu::conv(g, x, (n, h, w), Weights { winograd: u, ..wt }, ep)
+                super::cpu::conv(g, x, (n, h, w), wt, ep)
             })?;
             if let Some(y) = fast {
                 let (oh, ow) = g.out_hw(h, w).map_err(candle_core::Error::wrap)?;
                 return Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, g.c_out))));
             }
+        }
+        if prepared.is_some() {
+            candle_core::bail!(
+                "conv {g}: filters prepared for the CPU's f32 kernels, given {:?} {:?}",
+                xs.dtype(),
+                wl.shape()
+            );
         }
         if g.stride[0] != g.stride[1] || g.pad[0] != g.pad[1] || g.dilation[0] != g.dilation[1] {
             candle_core::bail!("conv {g}: the reference takes equal strides, pads and dilations");
@@ -377,16 +377,24 @@ impl CustomOp3 for LinearOp {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, k) = xl.shape().dims2()?;
-        let (m, k2) = wl.shape().dims2()?;
-        if k != k2 || bl.shape().elem_count() != m {
+        let m = bl.shape().elem_count();
+        let prepared = super::cpu::prepared_len(k, m);
+        let weights_ok = match self.weights {
+            WeightOrder::Rows => wl.shape().dims2()? == (m, k),
+            _ => wl.shape().elem_count() == prepared,
+        };
+        if !weights_ok {
             candle_core::bail!(
-                "linear: input {:?}, weight {:?}, bias {:?}",
+                "linear: input {:?}, weight {:?} ({:?}), bias {:?}",
                 xl.shape(),
                 wl.shape(),
+                self.weights,
                 bl.shape()
             );
         }
-        if let Some((x, wt, bias)) = all_f32((xs, xl), (ws, wl), (bs, bl))? {
+        if let Some((x, wt, bias)) =
+            all_f32((xs, xl), ((ws, wl), self.weights, prepared), (bs, bl))?
+        {
             let y = with_residual(&self.residual, |r| {
                 let ep = Epilogue {
                     bias,
@@ -396,6 +404,12 @@ impl CustomOp3 for LinearOp {
                 super::cpu::linear(x, wt, ep, (rows, k, m))
             })?;
             return Ok((CpuStorage::F32(y), Shape::from((rows, m))));
+        }
+        if self.weights != WeightOrder::Rows {
+            candle_core::bail!(
+                "linear: weights prepared for the CPU's f32 kernels, given {:?}",
+                xs.dtype()
+            );
         }
         let x = Tensor::from_vec(to_f32(xs, xl)?, (rows, k), &Device::Cpu)?;
         let wt = Tensor::from_vec(to_f32(ws, wl)?, (m, k), &Device::Cpu)?;
@@ -521,7 +535,7 @@ mod tests {
                 geometry: g,
                 act: Act::Relu,
                 residual: Some(Tensor::full(0.25f32, (n, oh, ow, g.c_out), &Device::Cpu).unwrap()),
-                winograd: None,
+                filters: WeightOrder::Rows,
             };
             let y = x.apply_op3_no_bwd(&wk, &t(&bv, &[g.c_out]), &op).unwrap();
             assert_eq!(y.dims(), [n, oh, ow, g.c_out], "{g}");
@@ -570,6 +584,7 @@ mod tests {
         let op = LinearOp {
             act: Act::Relu,
             residual: Some(t(&[1.0, 1.0, 1.0], &[1, 3])),
+            weights: WeightOrder::Rows,
         };
         let y = x.apply_op3_no_bwd(&w, &b, &op).unwrap();
         assert_eq!(values(&y), [2.0, 3.0, 0.0]);
@@ -591,7 +606,7 @@ mod tests {
                 geometry: ConvGeometry::square(4, 4, 3, 1, 1),
                 act: Act::Silu,
                 residual: Some(cast(&x)),
-                winograd: None,
+                filters: WeightOrder::Rows,
             };
             let y = cast(&x)
                 .apply_op3_no_bwd(&cast(&w), &cast(&b), &op)

@@ -13,9 +13,8 @@
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-use super::{Epilogue, Input, WeightOrder, Weights};
+use super::{product, Epilogue, Input};
 use crate::models::channels_last::geometry::ConvGeometry;
-use crate::models::kernels::conv::matmul;
 
 thread_local! {
     static TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -48,14 +47,14 @@ fn filter([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
     ]
 }
 
-/// The filters transformed, `G g G^T` per (input, output) channel pair:
-/// `T x T` matrices `[c_in, c_out]`, the output channel fastest, which the
-/// products read in place.
-pub fn filters(wt: Weights, c: usize, k: usize) -> Vec<f32> {
-    let tap = |ko: usize, r: usize, s: usize, ch: usize| match wt.order {
-        WeightOrder::Rows => wt.values[(ko * 9 + r * 3 + s) * c + ch],
-        WeightOrder::Columns => wt.values[((r * 3 + s) * c + ch) * k + ko],
-    };
+/// The KRSC filters transformed, `G g G^T` per (input, output) channel
+/// pair: `T x T` matrices `[c_in, c_out]`, each packed for the product.
+pub fn filters(krsc: &[f32], c: usize, k: usize) -> Vec<f32> {
+    assert!(
+        krsc.len() >= 9 * c * k,
+        "winograd: {k} x 3 x 3 x {c} filters expected"
+    );
+    let tap = |ko: usize, r: usize, s: usize, ch: usize| krsc[(ko * 9 + r * 3 + s) * c + ch];
     let t = T;
     let mut u = vec![0f32; t * t * c * k];
     for ch in 0..c {
@@ -71,7 +70,9 @@ pub fn filters(wt: Weights, c: usize, k: usize) -> Vec<f32> {
             }
         }
     }
-    u
+    u.chunks_exact(c * k)
+        .flat_map(|ue| product::pack(c, k, |i, o| ue[i * k + o]))
+        .collect()
 }
 
 /// Output tiles per block: the block's transformed inputs and products
@@ -103,7 +104,11 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
     let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
     let tiles = n * th * tw;
     let mut out = vec![0f32; n * oh * ow * k];
-    assert_eq!(u.len(), t * t * c * k, "winograd {g}: transformed filters");
+    assert_eq!(
+        u.len(),
+        t * t * product::packed_len(c, k),
+        "winograd {g}: transformed filters"
+    );
     if let Some(r) = ep.residual {
         assert_eq!(r.len(), out.len(), "winograd {g}: residual");
     }
@@ -133,21 +138,17 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
                 }
                 input_tile(&src, &mut v[i * c..], nt * c, c);
             }
+            let per = product::packed_len(c, k);
             for e in 0..t * t {
-                // SAFETY: prod_e [nt, k], v_e [nt, c], u_e [c, k], all in bounds.
-                unsafe {
-                    matmul(
-                        (nt, k, c),
-                        prod[e * nt * k..].as_mut_ptr(),
-                        (k as isize, 1),
-                        v[e * nt * c..].as_ptr(),
-                        (c as isize, 1),
-                        u[e * c * k..].as_ptr(),
-                        (k as isize, 1),
-                        false,
-                        false,
-                    )
+                let ops = product::Operands {
+                    x: &v[e * nt * c..][..nt * c],
+                    stride: c,
+                    rows: nt,
+                    w: &u[e * per..][..per],
+                    k: c,
+                    m: k,
                 };
+                product::product_into(&ops, &mut prod[e * nt * k..][..nt * k], None);
             }
             let mut y = vec![0f32; m * m * k];
             for i in 0..nt {
@@ -339,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn winograd_matches_the_direct_sum_in_both_weight_orders() {
+    fn winograd_matches_the_direct_sum() {
         let mut rng = crate::util::SplitMix64(7);
         let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_unit() - 0.5).collect() };
         // Odd and even sizes (a half tile at the edge), pad 0 and 1, more
@@ -355,21 +356,7 @@ mod tests {
             let (oh, ow) = g.out_hw(h, w).unwrap();
             let residual = rand(n * oh * ow * k);
             let want = direct(&x, (n, h, w, c), &wt, k, pad, &bias, &residual);
-            let columns: Vec<f32> = (0..9 * c * k)
-                .map(|i| wt[(i % k) * 9 * c + i / k])
-                .collect();
-            for weights in [
-                Weights {
-                    values: &wt,
-                    order: WeightOrder::Rows,
-                    winograd: None,
-                },
-                Weights {
-                    values: &columns,
-                    order: WeightOrder::Columns,
-                    winograd: None,
-                },
-            ] {
+            {
                 let input = Input {
                     x: &x,
                     h,
@@ -378,7 +365,7 @@ mod tests {
                     oh,
                     ow,
                 };
-                let u = filters(weights, c, k);
+                let u = filters(&wt, c, k);
                 let ep = Epilogue {
                     bias: &bias,
                     residual: Some(&residual),
@@ -390,11 +377,7 @@ mod tests {
                     .zip(&want)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
-                assert!(
-                    worst < 2e-5,
-                    "{n}x{h}x{w}x{c} -> {k}, pad {pad}, {:?}: {worst}",
-                    weights.order
-                );
+                assert!(worst < 2e-5, "{n}x{h}x{w}x{c} -> {k}, pad {pad}: {worst}");
             }
         }
         assert!(!applies(&ConvGeometry::square(16, 16, 3, 2, 1)), "stride 2");
