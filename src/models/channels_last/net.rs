@@ -146,20 +146,38 @@ fn prepare(w: Tensor, conv: Option<&ConvGeometry>) -> Result<(Tensor, WeightOrde
     if !rows.0.device().is_cpu() || rows.0.dtype() != DType::F32 {
         return Ok(rows);
     }
-    let values = || rows.0.flatten_all()?.to_vec1::<f32>();
     let (m, k) = (rows.0.dim(0)?, rows.0.elem_count() / rows.0.dim(0)?.max(1));
-    let (prepared, order) = match conv {
-        Some(g) => match super::cpu::winograd_filters(g, &values()?) {
-            Some(u) => (u, WeightOrder::Winograd),
-            None if super::cpu::takes_prepared(g) => {
-                (super::cpu::prepare(&values()?, k, m), WeightOrder::Packed)
-            }
-            None => return Ok(rows),
-        },
-        None => (super::cpu::prepare(&values()?, k, m), WeightOrder::Packed),
-    };
-    let n = prepared.len();
-    Ok((Tensor::from_vec(prepared, n, rows.0.device())?, order))
+    let prepared = with_values(&rows.0, |values| match conv {
+        Some(g) => super::cpu::winograd_filters(g, values)
+            .map(|u| (u, WeightOrder::Winograd))
+            .or_else(|| {
+                super::cpu::takes_prepared(g)
+                    .then(|| (super::cpu::prepare(values, k, m), WeightOrder::Packed))
+            }),
+        None => Some((super::cpu::prepare(values, k, m), WeightOrder::Packed)),
+    })?;
+    match prepared {
+        Some((values, order)) => {
+            let n = values.len();
+            Ok((Tensor::from_vec(values, n, rows.0.device())?, order))
+        }
+        None => Ok(rows),
+    }
+}
+
+/// `f` over an f32 tensor's values, read in place where it is contiguous
+/// on the CPU (a copy would add a large layer's size to the peak memory
+/// of loading it).
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[a..b]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 impl ChannelsLastNet {

@@ -45,6 +45,13 @@ pub fn pack(k: usize, m: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     out
 }
 
+/// Where `pack` puts `W[i, o]` of a `[k, m]` matrix.
+pub fn packed_index(k: usize, m: usize, i: usize, o: usize) -> usize {
+    let c0 = o / PANEL * PANEL;
+    let width = (m - c0).min(PANEL).next_multiple_of(LANES);
+    k * c0 + i * width + (o - c0)
+}
+
 /// The panels of an `m`-output product.
 fn panels(m: usize) -> usize {
     m.div_ceil(PANEL)
@@ -419,6 +426,11 @@ mod tests {
             );
             let packed = pack(k, m, |i, o| w[i * m + o]);
             assert_eq!(packed.len(), packed_len(k, m));
+            for (i, o) in [(0, 0), (k.saturating_sub(1), m - 1), (k / 2, m / 2)] {
+                if k > 0 {
+                    assert_eq!(packed[packed_index(k, m, i, o)], w[i * m + o]);
+                }
+            }
             let ops = Operands {
                 x: &x,
                 stride: k,

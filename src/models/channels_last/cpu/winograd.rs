@@ -56,23 +56,23 @@ pub fn filters(krsc: &[f32], c: usize, k: usize) -> Vec<f32> {
     );
     let tap = |ko: usize, r: usize, s: usize, ch: usize| krsc[(ko * 9 + r * 3 + s) * c + ch];
     let t = T;
-    let mut u = vec![0f32; t * t * c * k];
+    let per = product::packed_len(c, k);
+    let mut u = vec![0f32; t * t * per];
     for ch in 0..c {
         for ko in 0..k {
             // G g, column by column, then (G g) G^T row by row.
             let cols: [[f32; 6]; 3] =
                 std::array::from_fn(|s| filter(std::array::from_fn(|r| tap(ko, r, s, ch))));
+            let at = product::packed_index(c, k, ch, ko);
             for i in 0..t {
                 let e = filter([cols[0][i], cols[1][i], cols[2][i]]);
                 for (j, v) in e.into_iter().enumerate() {
-                    u[((i * t + j) * c + ch) * k + ko] = v;
+                    u[(i * t + j) * per + at] = v;
                 }
             }
         }
     }
-    u.chunks_exact(c * k)
-        .flat_map(|ue| product::pack(c, k, |i, o| ue[i * k + o]))
-        .collect()
+    u
 }
 
 /// Output tiles per block: the block's transformed inputs and products
