@@ -498,6 +498,64 @@ mod tests {
         (y, (oh, ow))
     }
 
+    /// Filters prepared on the CPU (packed, Winograd) give the KRSC
+    /// filters' output; prepared filters of the wrong size are refused with
+    /// the layer and the layout named.
+    #[test]
+    fn prepared_filters_match_the_checkpoints_rows() {
+        let mut rng = crate::util::SplitMix64(17);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_unit() - 0.5).collect() };
+        for g in [
+            ConvGeometry::square(16, 24, 3, 1, 1),
+            ConvGeometry::square(8, 20, 3, 2, 1),
+            ConvGeometry::square(12, 70, 1, 1, 0),
+        ] {
+            let (n, h, w) = (2, 7, 9);
+            let x = t(&rand(n * h * w * g.c_in), &[n, h, w, g.c_in]);
+            let krsc =
+                rand(g.c_out * 9 * g.c_in)[..g.c_out * g.kernel[0] * g.kernel[1] * g.c_in].to_vec();
+            let dims = [g.c_out, g.kernel[0], g.kernel[1], g.c_in];
+            let b = t(&rand(g.c_out), &[g.c_out]);
+            let op = |filters| ConvOp {
+                geometry: g,
+                act: Act::Silu,
+                residual: None,
+                filters,
+            };
+            let want = values(
+                &x.apply_op3_no_bwd(&t(&krsc, &dims), &b, &op(WeightOrder::Rows))
+                    .unwrap(),
+            );
+            let (prepared, order) = match super::super::cpu::winograd_filters(&g, &krsc) {
+                Some(u) => (u, WeightOrder::Winograd),
+                None => {
+                    let k = g.kernel[0] * g.kernel[1] * g.c_in;
+                    (
+                        super::super::cpu::prepare(&krsc, k, g.c_out),
+                        WeightOrder::Packed,
+                    )
+                }
+            };
+            let wp = t(&prepared, &[prepared.len()]);
+            let got = values(&x.apply_op3_no_bwd(&wp, &b, &op(order)).unwrap());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 2e-5, "{g} {order:?}: {worst}");
+            let short = t(&prepared[1..], &[prepared.len() - 1]);
+            let err = x
+                .apply_op3_no_bwd(&short, &b, &op(order))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("wrong shape") && err.contains(&format!("{order:?}")),
+                "{err}"
+            );
+        }
+    }
+
     /// The op (KRSC filter, NHWC data, residual, ReLU) against the
     /// convolution's definition: strides, padding, dilation and groups.
     #[test]
