@@ -22,10 +22,21 @@ thread_local! {
 fn block_rows(k: usize, total: usize) -> usize {
     const MAX_COLUMNS: usize = 1 << 22;
     let per_task = total.div_ceil(4 * rayon::current_num_threads().max(1));
-    per_task
-        .min(MAX_COLUMNS / k.max(1))
-        .next_multiple_of(6)
-        .max(6)
+    balanced(total, per_task.min(MAX_COLUMNS / k.max(1)), 6)
+}
+
+/// Items per task when `items` are shared out in tasks of at most
+/// `at_most`: as many tasks as that takes, rounded up to a multiple of the
+/// threads (9 equal tasks on 2 threads keep one idle for the ninth, 10%
+/// of the time), each a multiple of `align` items.
+fn balanced(items: usize, at_most: usize, align: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let tasks = items.div_ceil(at_most.max(1)).next_multiple_of(threads);
+    let align = align.max(1);
+    items
+        .div_ceil(tasks.max(1))
+        .next_multiple_of(align)
+        .max(align)
 }
 
 /// The activation in f32 as the epilogues compute it: `exp` by range

@@ -363,8 +363,9 @@ pub fn product_into(ops: &Operands, out: &mut [f32], ep: Option<(&Epilogue, usiz
 const TASK_ROWS: usize = 96;
 
 /// `act(x W + bias [+ residual])` as a new `[rows, m]` output, shared by
-/// the threads: tasks of up to 96 rows, and for few rows (a classifier on
-/// one batch) groups of panels as well, so every thread has work.
+/// the threads: tasks of up to 96 rows (their count a multiple of the
+/// threads), and for few rows (a classifier on one batch) groups of panels
+/// as well, so every thread has work.
 pub fn product(ops: &Operands, ep: &Epilogue) -> Vec<f32> {
     ops.check();
     let (rows, m) = (ops.rows, ops.m);
@@ -374,8 +375,12 @@ pub fn product(ops: &Operands, ep: &Epilogue) -> Vec<f32> {
         return out;
     }
     let threads = rayon::current_num_threads().max(1);
-    let row_tasks = rows.div_ceil(TASK_ROWS);
-    let per_task = rows.div_ceil(row_tasks);
+    let per_task = if rows <= TASK_ROWS {
+        rows
+    } else {
+        super::balanced(rows, TASK_ROWS, TILE_ROWS)
+    };
+    let row_tasks = rows.div_ceil(per_task);
     let groups = (2 * threads).div_ceil(row_tasks).min(panels(m)).max(1);
     let per_group = panels(m).div_ceil(groups);
     let dst = Out(out.as_mut_ptr());

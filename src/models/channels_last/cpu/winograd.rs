@@ -112,7 +112,7 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
     if let Some(r) = ep.residual {
         assert_eq!(r.len(), out.len(), "winograd {g}: residual");
     }
-    let block = block_tiles(t, c, k);
+    let block = super::balanced(tiles, block_tiles(t, c, k), 1);
     let dst = Out(out.as_mut_ptr());
     let zeros = vec![0f32; c];
     (0..tiles.div_ceil(block)).into_par_iter().for_each(|bi| {
