@@ -578,6 +578,26 @@ mod tests {
     }
 
     #[test]
+    fn tasks_come_in_multiples_of_the_threads() {
+        let threads = rayon::current_num_threads();
+        // ViT-B/32's 800 token rows, ResNet-50's 784 pixels at 7x7, 64
+        // Winograd tiles, an im2col of 200,704 rows.
+        for (items, at_most, align) in [
+            (800, 96, 6),
+            (784, 96, 6),
+            (64, 14, 1),
+            (200_704, 25_088, 6),
+        ] {
+            let per = balanced(items, at_most, align);
+            let tasks = items.div_ceil(per);
+            assert_eq!(per % align, 0, "{items}");
+            assert!(per <= at_most.next_multiple_of(align), "{items}: {per}");
+            assert_eq!(tasks % threads, 0, "{items} in {tasks} tasks of {per}");
+        }
+        assert_eq!(balanced(0, 96, 6), 6, "never a task of nothing");
+    }
+
+    #[test]
     fn linear_takes_rows_and_packed_weights() {
         let mut rng = crate::util::SplitMix64(3);
         let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_unit() - 0.5).collect() };
