@@ -288,6 +288,16 @@ impl Input<'_> {
         (p / per, (p % per) / self.ow, p % self.ow)
     }
 
+    /// The `len` pixels from (b, iy, ix) on, all channels, or `None` unless
+    /// all are inside the image.
+    #[inline(always)]
+    fn run(&self, b: usize, iy: isize, ix: isize, len: usize) -> Option<&[f32]> {
+        (iy >= 0 && ix >= 0 && (iy as usize) < self.h && ix as usize + len <= self.w).then(|| {
+            let at = ((b * self.h + iy as usize) * self.w + ix as usize) * self.c;
+            &self.x[at..at + len * self.c]
+        })
+    }
+
     /// The input channels at (b, iy, ix), or `None` outside the image.
     #[inline(always)]
     fn at(&self, b: usize, iy: isize, ix: isize) -> Option<&[f32]> {
@@ -380,6 +390,14 @@ fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilog
                     for i in 0..kh {
                         let iy =
                             (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
+                        // Undilated, a tap row's kw pixels lie side by side
+                        // in the input: one copy (an RGB stem's 11 pixels
+                        // are 33 values, not 11 copies of 3).
+                        let ix0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
+                        if let (1, Some(src)) = (g.dilation[1], input.run(b, iy, ix0, kw)) {
+                            col[i * kw * c..][..kw * c].copy_from_slice(src);
+                            continue;
+                        }
                         for j in 0..kw {
                             let ix =
                                 (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
