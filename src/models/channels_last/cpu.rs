@@ -39,6 +39,24 @@ fn balanced(items: usize, at_most: usize, align: usize) -> usize {
         .max(align)
 }
 
+/// An output pointer that parallel tasks share, each writing its own
+/// disjoint part (rows and panels of a product, a Winograd block's
+/// pixels): the users say which.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    /// The output at element `i` (a method, so closures take the whole
+    /// `Send` wrapper rather than its raw field).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+// SAFETY: every user writes a part no other task writes or reads.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
 /// The activation in f32 as the epilogues compute it: `exp` by range
 /// reduction and Cephes' polynomial (within 2 ulp), erf by Abramowitz and
 /// Stegun 7.1.26 (within 1.5e-7), both branch-free so the loops vectorise.

@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::Epilogue;
+use super::{Epilogue, SharedOut};
 use crate::models::kernels::conv::matmul;
 
 /// Outputs per panel: 4 AVX-512 vectors.
@@ -106,20 +106,6 @@ impl Operands<'_> {
         }
     }
 }
-
-/// A raw output pointer that parallel tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-impl Out {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
-// SAFETY: tasks write disjoint rows or panels (see `product`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
 
 /// The epilogue applied to the output, which starts at element `at` of
 /// the layer's output (for the residual).
@@ -383,7 +369,7 @@ pub fn product(ops: &Operands, ep: &Epilogue) -> Vec<f32> {
     let row_tasks = rows.div_ceil(per_task);
     let groups = (2 * threads).div_ceil(row_tasks).min(panels(m)).max(1);
     let per_group = panels(m).div_ceil(groups);
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut(out.as_mut_ptr());
     (0..row_tasks * groups).into_par_iter().for_each(|t| {
         let (rt, g) = (t / groups, t % groups);
         let r = rt * per_task..((rt + 1) * per_task).min(rows);

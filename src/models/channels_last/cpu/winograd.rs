@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-use super::{product, Epilogue, Input};
+use super::{product, Epilogue, Input, SharedOut};
 use crate::models::channels_last::geometry::ConvGeometry;
 
 thread_local! {
@@ -81,21 +81,6 @@ fn block_tiles(t: usize, c: usize, k: usize) -> usize {
     ((1 << 19) / (t * t * (c + k)).max(1)).clamp(4, 256)
 }
 
-/// A pointer the blocks share to write disjoint output pixels.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-impl Out {
-    /// The output at element `i` (a method, so closures take the whole
-    /// `Send` wrapper rather than its raw field).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-// SAFETY: each block writes only the pixels of its own tiles.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
 /// `act(conv(x) + bias [+ residual])` for a geometry `applies` accepts,
 /// with the filters already transformed (`filters`).
 pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) -> Vec<f32> {
@@ -113,7 +98,7 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
         assert_eq!(r.len(), out.len(), "winograd {g}: residual");
     }
     let block = super::balanced(tiles, block_tiles(t, c, k), 1);
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut(out.as_mut_ptr());
     let zeros = vec![0f32; c];
     (0..tiles.div_ceil(block)).into_par_iter().for_each(|bi| {
         let (t0, nt) = (bi * block, block.min(tiles - bi * block));
