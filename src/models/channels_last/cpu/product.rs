@@ -5,10 +5,11 @@
 //!
 //! On AVX-512 machines our own kernel computes 6 rows x 64 outputs per
 //! step in 24 vector registers (one weight load per 16 outputs, one
-//! broadcast per row), in blocks of 256 inputs, and applies the epilogue
-//! to each finished tile while it is still in cache: no second pass over
-//! the output, and no zero fill before it (every element is written
-//! exactly once before it is read). Elsewhere the `gemm` crate multiplies
+//! broadcast per row), in blocks of 256 inputs and chunks of 96 rows, and
+//! applies the epilogue to each finished panel block (up to 96 rows x 64
+//! outputs) while it is still in cache: no second pass over the output,
+//! and no zero fill before it (every element is written before it is
+//! read). Elsewhere the `gemm` crate multiplies
 //! each panel in place and the epilogue follows. Both read the same
 //! layout, so a checkpoint is packed one way on every machine.
 
