@@ -196,6 +196,17 @@ pub fn decision(arch: &str, gpu: bool) -> Option<Decision> {
         .map(|(_, d, _)| *d)
 }
 
+/// The largest elementwise difference of two equally long value lists:
+/// what the kernels' tests hold to a tolerance.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared outputs differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

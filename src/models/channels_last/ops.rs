@@ -538,11 +538,7 @@ mod tests {
             };
             let wp = t(&prepared, &[prepared.len()]);
             let got = values(&x.apply_op3_no_bwd(&wp, &b, &op(order)).unwrap());
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = crate::models::channels_last::max_abs_diff(&got, &want);
             assert!(worst < 2e-5, "{g} {order:?}: {worst}");
             let short = t(&prepared[1..], &[prepared.len() - 1]);
             let err = x
@@ -597,11 +593,7 @@ mod tests {
             };
             let y = x.apply_op3_no_bwd(&wk, &t(&bv, &[g.c_out]), &op).unwrap();
             assert_eq!(y.dims(), [n, oh, ow, g.c_out], "{g}");
-            let d = values(&y)
-                .iter()
-                .zip(&expect)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let d = crate::models::channels_last::max_abs_diff(&values(&y), &expect);
             assert!(d < 1e-5, "{g}: {d}");
         }
     }
@@ -674,11 +666,7 @@ mod tests {
             values(&gated.to_dtype(DType::F32).unwrap())
         };
         let (full, half) = (run(DType::F32), run(DType::F16));
-        let worst = full
-            .iter()
-            .zip(&half)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = crate::models::channels_last::max_abs_diff(&full, &half);
         assert!(worst < 1e-2, "{worst}");
         assert!(full.iter().any(|v| v.abs() > 0.05));
     }

@@ -363,11 +363,7 @@ mod tests {
                     act: Act::Relu,
                 };
                 let y = conv(&g, &input, n, &u, ep);
-                let worst = y
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let worst = crate::models::channels_last::max_abs_diff(&y, &want);
                 assert!(worst < 2e-5, "{n}x{h}x{w}x{c} -> {k}, pad {pad}: {worst}");
             }
         }
