@@ -142,12 +142,12 @@ fn dense_weights(
 /// cuBLASLt take KRSC and `[m, k]` rows, half formats the references) as
 /// it is. `conv`: the convolution it belongs to, `None` for a linear layer.
 fn prepare(w: Tensor, conv: Option<&ConvGeometry>) -> Result<(Tensor, WeightOrder)> {
-    let rows = (w, WeightOrder::Rows);
-    if !rows.0.device().is_cpu() || rows.0.dtype() != DType::F32 {
-        return Ok(rows);
+    if !w.device().is_cpu() || w.dtype() != DType::F32 {
+        return Ok((w, WeightOrder::Rows));
     }
-    let (m, k) = (rows.0.dim(0)?, rows.0.elem_count() / rows.0.dim(0)?.max(1));
-    let prepared = with_values(&rows.0, |values| match conv {
+    let m = w.dim(0)?;
+    let k = w.elem_count() / m.max(1);
+    let prepared = with_values(&w, |values| match conv {
         Some(g) => super::cpu::winograd_filters(g, values)
             .map(|u| (u, WeightOrder::Winograd))
             .or_else(|| {
@@ -159,9 +159,9 @@ fn prepare(w: Tensor, conv: Option<&ConvGeometry>) -> Result<(Tensor, WeightOrde
     match prepared {
         Some((values, order)) => {
             let n = values.len();
-            Ok((Tensor::from_vec(values, n, rows.0.device())?, order))
+            Ok((Tensor::from_vec(values, n, w.device())?, order))
         }
-        None => Ok(rows),
+        None => Ok((w, WeightOrder::Rows)),
     }
 }
 
