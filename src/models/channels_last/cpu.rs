@@ -58,49 +58,65 @@ impl SharedOut {
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// The activation in f32 as the epilogues compute it: `exp` by range
-/// reduction and Cephes' polynomial (within 2 ulp), erf by Abramowitz and
-/// Stegun 7.1.26 (within 1.5e-7), both branch-free so the loops vectorise.
-#[inline]
-pub fn act_fast(act: Act, x: f32) -> f32 {
+/// The activation in f32 as the epilogues compute it (`FUSED`: with fused
+/// multiply-adds): `exp` by range reduction and Cephes' polynomial (within
+/// 2 ulp), erf by Abramowitz and Stegun 7.1.26 (within 1.5e-7), both
+/// branch-free so the loops vectorise.
+#[cfg(test)]
+fn act_fast<const FUSED: bool>(act: Act, x: f32) -> f32 {
     let mut v = [x];
-    apply(&mut v, act);
+    apply::<FUSED>(&mut v, act);
     v[0]
+}
+
+/// Whether the baseline build has fused multiply-adds (x86-64 has them
+/// from AVX2 on only: there `mul_add` would be a library call).
+const BASELINE_FMA: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
+
+/// `a * b + c`: one fused instruction where the caller is compiled with
+/// FMA (`FUSED`), which halves the activations' polynomial work; two
+/// otherwise.
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
 #[inline(always)]
-fn exp_fast(x: f32) -> f32 {
+fn exp_fast<const FUSED: bool>(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by adding 1.5 * 2^23: no `floor` call, which the
     // baseline x86-64 target cannot inline.
     const ROUND: f32 = 12_582_912.0;
-    let t = x * LOG2_E + ROUND;
+    let t = madd::<FUSED>(x, LOG2_E, ROUND);
     let n = t - ROUND;
     // ... and n as an integer from t's low mantissa bits: no saturating
     // float-to-int cast, which does not vectorise.
     let ni = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     // ln 2 split in two, so r = x - n ln 2 keeps its low bits.
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let r = madd::<FUSED>(n, 2.121_944_4e-4, madd::<FUSED>(n, -0.693_359_4, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = madd::<FUSED>(p, r, c);
+    }
+    let y = madd::<FUSED>(p * r, r, r + 1.0);
     y * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
 #[inline(always)]
-fn erf_fast(x: f32) -> f32 {
+fn erf_fast<const FUSED: bool>(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp_fast(-a * a);
+    let t = 1.0 / madd::<FUSED>(0.327_591_1, a, 1.0);
+    let mut poly = 1.061_405_4_f32;
+    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_72, 0.254_829_6] {
+        poly = madd::<FUSED>(poly, t, c);
+    }
+    let y = madd::<FUSED>(-poly * t, exp_fast::<FUSED>(-a * a), 1.0);
     y.copysign(x)
 }
 
@@ -113,17 +129,18 @@ fn map(v: &mut [f32], f: impl Fn(f32) -> f32) {
 
 /// `act` over `v`, one monomorphic loop per activation.
 #[inline(always)]
-fn apply(v: &mut [f32], act: Act) {
+fn apply<const FUSED: bool>(v: &mut [f32], act: Act) {
+    let exp = exp_fast::<FUSED>;
     match act {
         Act::Identity => {}
         Act::Relu => map(v, |x| x.max(0.0)),
         Act::Relu6 => map(v, |x| x.clamp(0.0, 6.0)),
-        Act::Silu => map(v, |x| x / (1.0 + exp_fast(-x))),
+        Act::Silu => map(v, |x| x / (1.0 + exp(-x))),
         Act::Gelu => map(v, |x| {
-            0.5 * x * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2))
+            0.5 * x * (1.0 + erf_fast::<FUSED>(x * std::f32::consts::FRAC_1_SQRT_2))
         }),
-        Act::QuickGelu => map(v, |x| x / (1.0 + exp_fast(-1.702 * x))),
-        Act::Sigmoid => map(v, |x| 1.0 / (1.0 + exp_fast(-x))),
+        Act::QuickGelu => map(v, |x| x / (1.0 + exp(-1.702 * x))),
+        Act::Sigmoid => map(v, |x| 1.0 / (1.0 + exp(-x))),
     }
 }
 
@@ -132,7 +149,17 @@ fn apply(v: &mut [f32], act: Act) {
 /// target has 4-wide vectors only, and these loops are what the fused
 /// kernels spend their time in besides the products.
 macro_rules! widest_vectors {
+    // `$any::<FUSED>`: the vector variants with fused multiply-adds, the
+    // baseline with them where it has them (`BASELINE_FMA`).
+    ($(#[$doc:meta])* fn $name:ident / $avx512:ident / $avx2:ident => $any:ident::<FUSED>($($arg:ident: $ty:ty),*)) => {
+        widest_vectors!(@ $(#[$doc])* fn $name / $avx512 / $avx2
+            => ($any::<true>, $any::<BASELINE_FMA>)($($arg: $ty),*));
+    };
     ($(#[$doc:meta])* fn $name:ident / $avx512:ident / $avx2:ident => $any:ident($($arg:ident: $ty:ty),*)) => {
+        widest_vectors!(@ $(#[$doc])* fn $name / $avx512 / $avx2 => ($any, $any)($($arg: $ty),*));
+    };
+    (@ $(#[$doc:meta])* fn $name:ident / $avx512:ident / $avx2:ident
+        => ($wide:path, $any:path)($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
@@ -154,13 +181,13 @@ macro_rules! widest_vectors {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
         unsafe fn $avx512($($arg: $ty),*) {
-            $any($($arg),*)
+            $wide($($arg),*)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2($($arg: $ty),*) {
-            $any($($arg),*)
+            $wide($($arg),*)
         }
     };
 }
@@ -171,11 +198,16 @@ mod winograd;
 widest_vectors! {
     /// `out[i] = act(out[i] + bias[i % c] + residual[i])` over whole rows.
     fn epilogue / epilogue_avx512 / epilogue_avx2
-        => epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act)
+        => epilogue_any::<FUSED>(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act)
 }
 
 #[inline(always)]
-fn epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act) {
+fn epilogue_any<const FUSED: bool>(
+    out: &mut [f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Act,
+) {
     let c = bias.len();
     match residual {
         Some(r) => {
@@ -183,7 +215,7 @@ fn epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Ac
                 for ((v, b), r) in row.iter_mut().zip(bias).zip(rrow) {
                     *v += b + r;
                 }
-                apply(row, act);
+                apply::<FUSED>(row, act);
             }
         }
         None => {
@@ -191,7 +223,7 @@ fn epilogue_any(out: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Ac
                 for (v, b) in row.iter_mut().zip(bias) {
                     *v += b;
                 }
-                apply(row, act);
+                apply::<FUSED>(row, act);
             }
         }
     }
@@ -580,38 +612,44 @@ pub fn gate(x: &[f32], g: &[f32], (n, hw, c): (usize, usize, usize)) -> Vec<f32>
 mod tests {
     use super::*;
 
+    /// Both forms: with fused multiply-adds (the vector kernels) and
+    /// without (a baseline x86-64 build).
     #[test]
     fn fast_activations_are_within_f32_rounding_of_exact() {
-        for i in -9000..9000 {
-            let x = i as f32 / 100.0;
-            let (e, exact) = (exp_fast(x), (x as f64).exp());
-            let rel = ((e as f64 - exact) / exact).abs();
-            assert!(
-                !(-87.0..=88.0).contains(&x) || rel < 3e-7,
-                "exp({x}) = {e}, not {exact}"
-            );
-            for act in [
-                Act::Silu,
-                Act::Sigmoid,
-                Act::QuickGelu,
-                Act::Relu,
-                Act::Relu6,
-            ] {
-                let (fast, want) = (act_fast(act, x), act.apply(x));
+        fn check<const FUSED: bool>() {
+            for i in -9000..9000 {
+                let x = i as f32 / 100.0;
+                let (e, exact) = (exp_fast::<FUSED>(x), (x as f64).exp());
+                let rel = ((e as f64 - exact) / exact).abs();
                 assert!(
-                    (fast - want).abs() <= 3e-7 * want.abs().max(1.0),
-                    "{act:?}({x}): {fast} vs {want}"
+                    !(-87.0..=88.0).contains(&x) || rel < 3e-7,
+                    "fused {FUSED}: exp({x}) = {e}, not {exact}"
+                );
+                for act in [
+                    Act::Silu,
+                    Act::Sigmoid,
+                    Act::QuickGelu,
+                    Act::Relu,
+                    Act::Relu6,
+                ] {
+                    let (fast, want) = (act_fast::<FUSED>(act, x), act.apply(x));
+                    assert!(
+                        (fast - want).abs() <= 3e-7 * want.abs().max(1.0),
+                        "fused {FUSED}: {act:?}({x}): {fast} vs {want}"
+                    );
+                }
+            }
+            for i in -800..800 {
+                let x = i as f32 / 100.0;
+                let (fast, exact) = (act_fast::<FUSED>(Act::Gelu, x), Act::Gelu.apply(x));
+                assert!(
+                    (fast - exact).abs() <= 4e-7 * x.abs().max(1.0),
+                    "fused {FUSED}: GELU({x}): {fast} vs {exact}"
                 );
             }
         }
-        for i in -800..800 {
-            let x = i as f32 / 100.0;
-            let (fast, exact) = (act_fast(Act::Gelu, x), Act::Gelu.apply(x));
-            assert!(
-                (fast - exact).abs() <= 4e-7 * x.abs().max(1.0),
-                "{x}: {fast} vs {exact}"
-            );
-        }
+        check::<true>();
+        check::<false>();
     }
 
     #[test]

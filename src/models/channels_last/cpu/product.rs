@@ -169,18 +169,18 @@ unsafe fn portable_block(ops: &Operands, panels: Range<usize>, out: *mut f32, ep
             for r in 0..rows {
                 // SAFETY: row r's panel columns were just written.
                 let seg = unsafe { std::slice::from_raw_parts_mut(out.add(r * m + c0), width) };
-                finish(seg, ep, at + r * m + c0, c0);
+                finish::<{ super::BASELINE_FMA }>(seg, ep, at + r * m + c0, c0);
             }
         }
     }
 }
 
 /// The epilogue over `seg`, the outputs from `c0` on of the row that
-/// starts at `at - c0`.
+/// starts at `at - c0` (`FUSED`: compiled with fused multiply-adds).
 #[inline(always)]
-fn finish(seg: &mut [f32], ep: &Epilogue, at: usize, c0: usize) {
+fn finish<const FUSED: bool>(seg: &mut [f32], ep: &Epilogue, at: usize, c0: usize) {
     let n = seg.len();
-    super::epilogue_any(
+    super::epilogue_any::<FUSED>(
         seg,
         &ep.bias[c0..c0 + n],
         ep.residual.map(|r| &r[at..at + n]),
@@ -328,7 +328,7 @@ mod avx512_kernel {
                         // SAFETY: row r's panel columns were just written.
                         let seg =
                             unsafe { std::slice::from_raw_parts_mut(out.add(r * m + c0), width) };
-                        finish(seg, ep, at + r * m + c0, c0);
+                        finish::<true>(seg, ep, at + r * m + c0, c0);
                     }
                 }
             }
