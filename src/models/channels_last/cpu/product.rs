@@ -5,11 +5,11 @@
 //!
 //! On AVX-512 machines our own kernel computes 6 rows x 64 outputs per
 //! step in 24 vector registers (one weight load per 16 outputs, one
-//! broadcast per row), in blocks of 256 inputs and chunks of 96 rows, and
-//! applies the epilogue to each finished panel block (up to 96 rows x 64
-//! outputs) while it is still in cache: no second pass over the output,
-//! and no zero fill before it (every element is written before it is
-//! read). Elsewhere the `gemm` crate multiplies
+//! broadcast per row), in blocks of 256 inputs and chunks of 96 rows. The
+//! last block's stores add the bias and residual and apply ReLU or ReLU6
+//! in registers; any other activation runs over each finished panel block
+//! (up to 96 rows x 64 outputs) while it is still in cache. No zero fill
+//! before (every element is written before it is read). Elsewhere the `gemm` crate multiplies
 //! each panel in place and the epilogue follows. Both read the same
 //! layout, so a checkpoint is packed one way on every machine.
 
@@ -112,6 +112,17 @@ impl Operands<'_> {
 /// the layer's output (for the residual).
 type Finish<'a> = Option<(&'a Epilogue<'a>, usize)>;
 
+/// Panics unless `ep` covers `rows` rows of `m` outputs from element `at`:
+/// the kernels read the bias and residual through pointers.
+fn check_epilogue(ep: Finish, rows: usize, m: usize) {
+    if let Some((ep, at)) = ep {
+        assert!(
+            ep.bias.len() >= m && ep.residual.is_none_or(|r| r.len() >= at + rows * m),
+            "product: bias or residual too short"
+        );
+    }
+}
+
 /// `out = x W` (then the epilogue, if any) over panels `panels`, one
 /// thread.
 ///
@@ -190,17 +201,59 @@ fn finish<const FUSED: bool>(seg: &mut [f32], ep: &Epilogue, at: usize, c0: usiz
 
 #[cfg(target_arch = "x86_64")]
 mod avx512_kernel {
-    use super::{finish, panel, Finish, Operands, KC, LANES, TILE_ROWS};
+    use super::{panel, Finish, Operands, KC, LANES, TILE_ROWS};
+    use crate::models::channels_last::program::Act;
 
     /// Rows per chunk: 96 x 256 inputs are 96 KiB.
     const CHUNK_ROWS: usize = 96;
     use std::arch::x86_64::*;
     use std::ops::Range;
 
+    /// How a tile writes its accumulators.
+    #[derive(Clone, Copy)]
+    struct Store {
+        /// Added to what the output holds (a later input block) rather
+        /// than written over it.
+        accumulate: bool,
+        /// The lanes of the last vector that are outputs.
+        last: __mmask16,
+        /// On the last input block, the bias of the panel's outputs (else
+        /// null): with it the residual (null: none), from the tile's first
+        /// output, rows as far apart as the output's, and a clamp.
+        bias: *const f32,
+        residual: *const f32,
+        clamp: Clamp,
+    }
+
+    /// The activations a tile applies in registers: the others run over
+    /// each finished panel block.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Clamp {
+        None,
+        /// `max(x, 0)`, 0 for NaN as `f32::max`.
+        Relu,
+        /// `x.clamp(0, 6)`, NaN kept as `f32::clamp`.
+        Relu6,
+    }
+
+    impl Store {
+        /// The same store for the tile whose first row is `r` rows
+        /// (`cs` values each) further on.
+        fn down(self, r: usize, cs: usize) -> Store {
+            Store {
+                residual: if self.residual.is_null() {
+                    self.residual
+                } else {
+                    self.residual.wrapping_add(r * cs)
+                },
+                ..self
+            }
+        }
+    }
+
     /// One tile: `N` rows x `V` vectors of outputs over `kc` inputs, into
-    /// `c` (rows `m` apart), added to what `c` holds unless `first`.
-    /// Indexed loops over constant bounds, which LLVM unrolls into
-    /// registers.
+    /// `c` (rows `cs` apart), stored as `s` says. Indexed loops over
+    /// constant bounds, which LLVM unrolls into registers.
     #[inline(always)]
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     unsafe fn tile<const V: usize, const N: usize>(
@@ -210,12 +263,12 @@ mod avx512_kernel {
         xs: usize,
         c: *mut f32,
         cs: usize,
-        first: bool,
-        last: __mmask16,
+        s: Store,
     ) {
         // SAFETY (whole body): the caller passes pointers covering a
-        // `kc x 16V` panel block, N rows of `kc` inputs and N x 16V outputs
-        // (the last vector's lanes past `last` are not touched).
+        // `kc x 16V` panel block, N rows of `kc` inputs, N x 16V outputs
+        // and as much residual, and 16V biases (the last vector's lanes
+        // past `s.last` are neither read nor written).
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); V]; N];
             for p in 0..kc {
@@ -233,12 +286,30 @@ mod avx512_kernel {
             for r in 0..N {
                 for v in 0..V {
                     let dst = c.add(r * cs + v * LANES);
-                    let mask = if v == V - 1 { last } else { 0xffff };
-                    let val = if first {
-                        acc[r][v]
-                    } else {
-                        _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(mask, dst))
-                    };
+                    let mask = if v == V - 1 { s.last } else { 0xffff };
+                    let mut val = acc[r][v];
+                    if s.accumulate {
+                        val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mask, dst));
+                    }
+                    if !s.bias.is_null() {
+                        val =
+                            _mm512_add_ps(val, _mm512_maskz_loadu_ps(mask, s.bias.add(v * LANES)));
+                        if !s.residual.is_null() {
+                            let res = s.residual.add(r * cs + v * LANES);
+                            val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mask, res));
+                        }
+                        let zero = _mm512_setzero_ps();
+                        match s.clamp {
+                            Clamp::None => {}
+                            // max(x, 0) gives its second operand for NaN.
+                            Clamp::Relu => val = _mm512_max_ps(val, zero),
+                            // ... min(6, x) and max(0, x) keep a NaN x.
+                            Clamp::Relu6 => {
+                                val = _mm512_min_ps(_mm512_set1_ps(6.0), val);
+                                val = _mm512_max_ps(zero, val);
+                            }
+                        }
+                    }
                     _mm512_mask_storeu_ps(dst, mask, val);
                 }
             }
@@ -258,25 +329,25 @@ mod avx512_kernel {
         rows: usize,
         c: *mut f32,
         cs: usize,
-        first: bool,
-        last: __mmask16,
+        s: Store,
     ) {
-        // SAFETY: rows r.. of x and c; the panel block at `a` (the
-        // caller's offsets).
+        // SAFETY: rows r.. of x, c and the residual; the panel block at
+        // `a` (the caller's offsets).
         unsafe {
             let mut r = 0;
             while r + TILE_ROWS <= rows {
-                tile::<V, TILE_ROWS>(kc, a, x.add(r * xs), xs, c.add(r * cs), cs, first, last);
+                let (x, c, s) = (x.add(r * xs), c.add(r * cs), s.down(r, cs));
+                tile::<V, TILE_ROWS>(kc, a, x, xs, c, cs, s);
                 r += TILE_ROWS;
             }
-            let (x, c) = (x.add(r * xs), c.add(r * cs));
+            let (x, c, s) = (x.add(r * xs), c.add(r * cs), s.down(r, cs));
             match rows - r {
                 0 => {}
-                1 => tile::<V, 1>(kc, a, x, xs, c, cs, first, last),
-                2 => tile::<V, 2>(kc, a, x, xs, c, cs, first, last),
-                3 => tile::<V, 3>(kc, a, x, xs, c, cs, first, last),
-                4 => tile::<V, 4>(kc, a, x, xs, c, cs, first, last),
-                _ => tile::<V, 5>(kc, a, x, xs, c, cs, first, last),
+                1 => tile::<V, 1>(kc, a, x, xs, c, cs, s),
+                2 => tile::<V, 2>(kc, a, x, xs, c, cs, s),
+                3 => tile::<V, 3>(kc, a, x, xs, c, cs, s),
+                4 => tile::<V, 4>(kc, a, x, xs, c, cs, s),
+                _ => tile::<V, 5>(kc, a, x, xs, c, cs, s),
             }
         }
     }
@@ -308,27 +379,52 @@ mod avx512_kernel {
                 let (c0, width, offset) = panel(p, k, m);
                 let v = width.div_ceil(LANES);
                 let tail = width - (v - 1) * LANES;
-                let last: __mmask16 = if tail == LANES { !0 } else { (1 << tail) - 1 };
+                let last_block = k0 + kc >= k;
+                let mut s = Store {
+                    accumulate: k0 > 0,
+                    last: if tail == LANES { !0 } else { (1 << tail) - 1 },
+                    bias: std::ptr::null(),
+                    residual: std::ptr::null(),
+                    clamp: Clamp::None,
+                };
+                // The bias, residual and the clamps in the last block's
+                // stores; any other activation over the finished block.
+                let mut activation = None;
+                if let (true, Some((ep, at))) = (last_block, ep) {
+                    s.bias = ep.bias[c0..].as_ptr();
+                    if let Some(r) = ep.residual {
+                        s.residual = r[at + c0..].as_ptr();
+                    }
+                    match ep.act {
+                        Act::Identity => {}
+                        Act::Relu => s.clamp = Clamp::Relu,
+                        Act::Relu6 => s.clamp = Clamp::Relu6,
+                        act => activation = Some(act),
+                    }
+                }
                 // SAFETY: the panel holds k rows of 16v values at `offset`;
-                // x has `rows` rows from input k0, out from column c0.
+                // x has `rows` rows from input k0, out from column c0; the
+                // bias has the panel's `width` outputs from c0, the
+                // residual (the whole layer's, from element `at` of it)
+                // `rows` rows of m.
                 unsafe {
                     let a = ops.w.as_ptr().add(offset + k0 * v * LANES);
                     let x = ops.x.as_ptr().add(k0);
                     let c = out.add(c0);
-                    let (rows, xs, first) = (ops.rows, ops.stride, k0 == 0);
+                    let (rows, xs) = (ops.rows, ops.stride);
                     match v {
-                        4 => tiles::<4>(kc, a, x, xs, rows, c, m, first, last),
-                        3 => tiles::<3>(kc, a, x, xs, rows, c, m, first, last),
-                        2 => tiles::<2>(kc, a, x, xs, rows, c, m, first, last),
-                        _ => tiles::<1>(kc, a, x, xs, rows, c, m, first, last),
+                        4 => tiles::<4>(kc, a, x, xs, rows, c, m, s),
+                        3 => tiles::<3>(kc, a, x, xs, rows, c, m, s),
+                        2 => tiles::<2>(kc, a, x, xs, rows, c, m, s),
+                        _ => tiles::<1>(kc, a, x, xs, rows, c, m, s),
                     }
                 }
-                if let (true, Some((ep, at))) = (k0 + kc == k, ep) {
+                if let Some(act) = activation {
                     for r in 0..ops.rows {
                         // SAFETY: row r's panel columns were just written.
                         let seg =
                             unsafe { std::slice::from_raw_parts_mut(out.add(r * m + c0), width) };
-                        finish::<true>(seg, ep, at + r * m + c0, c0);
+                        super::super::apply::<true>(seg, act);
                     }
                 }
             }
@@ -341,6 +437,7 @@ mod avx512_kernel {
 /// output).
 pub fn product_into(ops: &Operands, out: &mut [f32], ep: Option<(&Epilogue, usize)>) {
     ops.check();
+    check_epilogue(ep, ops.rows, ops.m);
     assert!(out.len() >= ops.rows * ops.m, "product: output too short");
     // SAFETY: operands and output checked above.
     unsafe { block(ops, 0..panels(ops.m), out.as_mut_ptr(), ep) };
@@ -355,6 +452,7 @@ const TASK_ROWS: usize = 96;
 /// as well, so every thread has work.
 pub fn product(ops: &Operands, ep: &Epilogue) -> Vec<f32> {
     ops.check();
+    check_epilogue(Some((ep, 0)), ops.rows, ops.m);
     let (rows, m) = (ops.rows, ops.m);
     let len = rows * m;
     let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -398,24 +496,32 @@ mod tests {
 
     /// Every shape class (tile rows 1..6, partial vectors and panels,
     /// several input blocks, k = 0), in parallel and one-thread form, on
-    /// this machine's kernel and on the portable one, against an f64 sum.
+    /// this machine's kernel and on the portable one, against an f64 sum;
+    /// each activation the AVX-512 stores apply (or leave to a pass over
+    /// the block), with and without a residual, and a NaN input row that
+    /// each keeps or drops as the reference does.
     #[test]
     fn product_matches_the_f64_sum() {
         let mut rng = crate::util::SplitMix64(5);
-        for (rows, k, m) in [
+        let cases = [
             (1, 3, 5),
             (7, 0, 20),
             (13, 300, 64),
             (200, 40, 130),
             (11, 600, 72),
             (97, 17, 1000),
-        ] {
-            let (x, w, bias, res) = (
+        ];
+        let acts = [Act::Silu, Act::Identity, Act::Relu, Act::Relu6, Act::Gelu];
+        for (case, (rows, k, m)) in cases.into_iter().enumerate() {
+            let (mut x, w, bias, res) = (
                 rand(&mut rng, rows * k),
                 rand(&mut rng, k * m),
                 rand(&mut rng, m),
                 rand(&mut rng, rows * m),
             );
+            if k > 0 {
+                x[(rows - 1) * k] = f32::NAN;
+            }
             let packed = pack(k, m, |i, o| w[i * m + o]);
             assert_eq!(packed.len(), packed_len(k, m));
             for (i, o) in [(0, 0), (k.saturating_sub(1), m - 1), (k / 2, m / 2)] {
@@ -431,33 +537,40 @@ mod tests {
                 k,
                 m,
             };
-            let ep = Epilogue {
-                bias: &bias,
-                residual: Some(&res),
-                act: Act::Silu,
-            };
-            let want = |i: usize, j: usize| {
-                let dot: f64 = (0..k).map(|t| (x[i * k + t] * w[t * m + j]) as f64).sum();
-                Act::Silu.apply(dot as f32 + bias[j] + res[i * m + j])
-            };
-            let parallel = product(&ops, &ep);
-            let mut single = vec![f32::NAN; rows * m];
-            product_into(&ops, &mut single, Some((&ep, 0)));
-            let mut portable = vec![f32::NAN; rows * m];
-            // SAFETY: `portable` holds rows x m values.
-            unsafe { portable_block(&ops, 0..panels(m), portable.as_mut_ptr(), Some((&ep, 0))) };
-            for (name, y) in [
-                ("parallel", &parallel),
-                ("one thread", &single),
-                ("portable", &portable),
-            ] {
-                for i in 0..rows {
-                    for j in 0..m {
-                        let (got, want) = (y[i * m + j], want(i, j));
-                        assert!(
-                            (got - want).abs() < 2e-5,
-                            "{name} {rows}x{k}x{m} at ({i}, {j}): {got} vs {want}"
-                        );
+            let act = acts[case % acts.len()];
+            for residual in [Some(&res[..]), None] {
+                let ep = Epilogue {
+                    bias: &bias,
+                    residual,
+                    act,
+                };
+                let want = |i: usize, j: usize| {
+                    let dot: f64 = (0..k).map(|t| (x[i * k + t] * w[t * m + j]) as f64).sum();
+                    act.apply(dot as f32 + bias[j] + residual.map_or(0.0, |r| r[i * m + j]))
+                };
+                let parallel = product(&ops, &ep);
+                let mut single = vec![f32::NAN; rows * m];
+                product_into(&ops, &mut single, Some((&ep, 0)));
+                let mut portable = vec![f32::NAN; rows * m];
+                // SAFETY: `portable` holds rows x m values.
+                unsafe {
+                    portable_block(&ops, 0..panels(m), portable.as_mut_ptr(), Some((&ep, 0)))
+                };
+                for (name, y) in [
+                    ("parallel", &parallel),
+                    ("one thread", &single),
+                    ("portable", &portable),
+                ] {
+                    for i in 0..rows {
+                        for j in 0..m {
+                            let (got, want) = (y[i * m + j], want(i, j));
+                            assert!(
+                                (got - want).abs() < 2e-5 || (got.is_nan() && want.is_nan()),
+                                "{name} {rows}x{k}x{m}, {act:?}, residual {}: \
+                                 ({i}, {j}): {got} vs {want}",
+                                residual.is_some()
+                            );
+                        }
                     }
                 }
             }
