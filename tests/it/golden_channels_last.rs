@@ -75,6 +75,16 @@ fn channels_last_efficientnets_match_timm() {
         move |vb| Ok(Box::new(efficientnet::build(&b0(), vb)?) as Net),
         channels_last(move || program::efficientnet("efficientnet_b0", &b0(), 64).unwrap()),
     );
+    // As the CPU runs EfficientNet-B0 (`CPU_SPLITS`): the batch of two in
+    // parts of one image, each through the whole plan on its own thread.
+    logits_parity_of(
+        "effnet/efficientnet_w025_d05_s64.json",
+        move |vb| Ok(Box::new(efficientnet::build(&b0(), vb)?) as Net),
+        move |vb| {
+            let plan = program::efficientnet("efficientnet_b0", &b0(), 64).unwrap();
+            Ok(Box::new(ChannelsLastNet::new(plan, vb)?.split_batch(Some(1))) as Net)
+        },
+    );
     // "SAME" padding: asymmetric pads become pad steps at 57 px.
     let lite = || EfficientNetConfig::tf_efficientnet_lite(0.25, 0.5);
     logits_parity_of(

@@ -119,7 +119,10 @@ pub fn build(
         )?);
     }
     let program = program.map_err(candle_core::Error::wrap)?;
-    Ok(Box::new(net::ChannelsLastNet::new(program, vb)?))
+    let split = (!vb.device().is_cuda()).then(|| cpu_images_per_thread(arch.name()));
+    Ok(Box::new(
+        net::ChannelsLastNet::new(program, vb)?.split_batch(split.flatten()),
+    ))
 }
 
 /// What a measurement decided for one model on one kind of device.
@@ -187,6 +190,25 @@ pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[
     ),
 ];
 
+/// Per model, how many images each thread carries through the whole plan
+/// on the CPU (`net::ChannelsLastNet::split_batch`), where that was
+/// measured faster than sharing each layer of the whole batch; models
+/// missing here (weight-bound ones: AlexNet's and VGG's classifiers, ViT)
+/// run whole batches.
+pub const CPU_SPLITS: &[(&str, usize, &str)] = &[(
+    "efficientnet_b0",
+    2,
+    "2 cores, 2026-12-06: 124 vs 100 crops/s (batch 16; 1 image: 122, 4: 113)",
+)];
+
+/// `CPU_SPLITS`' entry for `arch`.
+pub fn cpu_images_per_thread(arch: &str) -> Option<usize> {
+    CPU_SPLITS
+        .iter()
+        .find(|(a, _, _)| *a == arch)
+        .map(|(_, n, _)| *n)
+}
+
 /// The decision for `arch` on a GPU or the CPU, if one was measured.
 pub fn decision(arch: &str, gpu: bool) -> Option<Decision> {
     let table = if gpu { GPU_DECISIONS } else { CPU_DECISIONS };
@@ -231,6 +253,12 @@ mod tests {
             assert!(crate::models::Architecture::find(arch).is_some(), "{arch}");
             assert!(!note.is_empty(), "{arch}: say where it was measured");
         }
+        for (arch, images, note) in CPU_SPLITS {
+            assert!(runnable(arch) && *images > 0, "{arch}");
+            assert!(!note.is_empty(), "{arch}: say where it was measured");
+            assert_eq!(cpu_images_per_thread(arch), Some(*images));
+        }
+        assert_eq!(cpu_images_per_thread("alexnet"), None);
         // `cudnn` is the path's name on a GPU.
         use clap::ValueEnum;
         assert_eq!(Kernels::from_str("cudnn", false), Ok(Kernels::Fused));

@@ -53,6 +53,9 @@ pub struct ChannelsLastNet {
     program: Program,
     steps: Vec<Bound>,
     last_use: Vec<usize>,
+    /// On the CPU, the batch in parts of this many images, each carried
+    /// through the whole plan by one thread at a time (`split_batch`).
+    images_per_thread: Option<usize>,
 }
 
 /// Read a convolution's weight and bias in f32 and fold its BatchNorm:
@@ -269,7 +272,19 @@ impl ChannelsLastNet {
             program,
             steps,
             last_use,
+            images_per_thread: None,
         })
+    }
+
+    /// Run batches on the CPU in parts of `images` images, the threads
+    /// taking parts rather than sharing each layer: a part's values stay
+    /// in cache from layer to layer, where a whole batch's spill to
+    /// memory; the weights are read once per part. `None`: whole batches.
+    pub fn split_batch(self, images: Option<usize>) -> ChannelsLastNet {
+        ChannelsLastNet {
+            images_per_thread: images.filter(|&n| n > 0),
+            ..self
+        }
     }
 
     pub fn program(&self) -> &Program {
@@ -392,6 +407,29 @@ fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
 
 impl Module for ChannelsLastNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        match self.images_per_thread {
+            Some(per) if x.device().is_cpu() && n > per => {
+                use rayon::prelude::*;
+                let parts = (0..n)
+                    .step_by(per)
+                    .map(|at| x.narrow(0, at, per.min(n - at)))
+                    .collect::<Result<Vec<_>>>()?;
+                let logits = parts
+                    .par_iter()
+                    .map(|part| self.forward_whole(part))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&logits, 0)
+            }
+            _ => self.forward_whole(x),
+        }
+    }
+}
+
+impl ChannelsLastNet {
+    /// The plan over all of `x`, one step after another (each step's
+    /// kernel shares its work among the threads).
+    fn forward_whole(&self, x: &Tensor) -> Result<Tensor> {
         let mut values: Vec<Option<Tensor>> = vec![None; self.steps.len() + 1];
         values[0] = Some(x.clone());
         for i in 0..self.steps.len() {
