@@ -195,11 +195,23 @@ pub const CPU_DECISIONS: &[(&str, Decision, &str)] = &[
 /// measured faster than sharing each layer of the whole batch; models
 /// missing here (weight-bound ones: AlexNet's and VGG's classifiers, ViT)
 /// run whole batches.
-pub const CPU_SPLITS: &[(&str, usize, &str)] = &[(
-    "efficientnet_b0",
-    2,
-    "2 cores, 2026-12-06: 124 vs 100 crops/s (batch 16; 1 image: 122, 4: 113)",
-)];
+pub const CPU_SPLITS: &[(&str, usize, &str)] = &[
+    (
+        "efficientnet_b0",
+        2,
+        "2 cores, 2026-12-06: 124 vs 100 crops/s (batch 16; 1 image: 122, 4: 113)",
+    ),
+    (
+        "resnet18",
+        4,
+        "2 cores, 2026-12-06: 80 vs 68 crops/s (batch 16; 2 images: 72, 8: 79); peak RSS 397 -> 303 MB",
+    ),
+    (
+        "resnet50",
+        4,
+        "2 cores, 2026-12-06: 27.6 vs 26.6 crops/s (batch 16, 6 pairs); peak RSS 559 -> 457 MB",
+    ),
+];
 
 /// `CPU_SPLITS`' entry for `arch`.
 pub fn cpu_images_per_thread(arch: &str) -> Option<usize> {
