@@ -596,6 +596,147 @@ pub fn pool(
     out
 }
 
+/// Softmax attention over f32 tokens `qkv` `[n, t, 3d]` holding each
+/// token's query (already scaled), key and value, in `heads` heads of
+/// `d / heads`: `[n, t, d]`, each head's output in its columns. One task
+/// per image and head, both products on ours (the keys and values packed
+/// per task, `t x d / heads` values each), read in place from `qkv`.
+pub fn attention(qkv: &[f32], (n, t, d): (usize, usize, usize), heads: usize) -> Vec<f32> {
+    let dh = d / heads.max(1);
+    assert!(
+        heads > 0 && dh * heads == d && qkv.len() == n * t * 3 * d,
+        "attention: {} values for [{n}, {t}, 3 x {d}] in {heads} heads",
+        qkv.len()
+    );
+    let len = n * t * d;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..n * heads).into_par_iter().for_each(|task| {
+        let (b, h) = (task / heads, task % heads);
+        let image = &qkv[b * t * 3 * d..][..t * 3 * d];
+        // scores[t, t] = q k^T: the keys transposed are the packed operand.
+        let keys = product::pack_rows(&image[d + h * dh..], 3 * d, (dh, t), true);
+        let mut scores = vec![0f32; t * t];
+        let q = product::Operands {
+            x: &image[h * dh..],
+            stride: 3 * d,
+            rows: t,
+            w: &keys,
+            k: dh,
+            m: t,
+        };
+        product::product_into(&q, &mut scores, None);
+        softmax_rows(&mut scores, t);
+        let values = product::pack_rows(&image[2 * d + h * dh..], 3 * d, (t, dh), false);
+        let mut o = vec![0f32; t * dh];
+        let p = product::Operands {
+            x: &scores,
+            stride: t,
+            rows: t,
+            w: &values,
+            k: t,
+            m: dh,
+        };
+        product::product_into(&p, &mut o, None);
+        for (i, row) in o.chunks_exact(dh).enumerate() {
+            // SAFETY: task (b, h) writes columns h*dh.. of image b's rows
+            // only, disjoint from every other task's; within capacity.
+            unsafe {
+                let to = dst.at((b * t + i) * d + h * dh);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), to, dh);
+            }
+        }
+    });
+    // SAFETY: the tasks wrote every head's columns of every row.
+    unsafe { out.set_len(len) };
+    out
+}
+
+widest_vectors! {
+    /// A softmax over each row of `t` values, in place.
+    fn softmax_rows / softmax_rows_avx512 / softmax_rows_avx2
+        => softmax_rows_any::<FUSED>(s: &mut [f32], t: usize)
+}
+
+#[inline(always)]
+fn softmax_rows_any<const FUSED: bool>(s: &mut [f32], t: usize) {
+    for row in s.chunks_exact_mut(t.max(1)) {
+        let max = lanes_reduce(row, f32::NEG_INFINITY, |v| v, f32::max);
+        // Separate passes, so that each vectorises.
+        row.iter_mut()
+            .for_each(|v| *v = exp_fast::<FUSED>(*v - max));
+        let scale = 1.0 / lanes_reduce(row, 0.0, |v| v, |a, b| a + b);
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+}
+
+/// `map` over `row` reduced by `combine` from `init`, in 16 lanes and
+/// then across them: a reduction that vectorises (a sequential f32 fold
+/// cannot be reordered).
+#[inline(always)]
+fn lanes_reduce(
+    row: &[f32],
+    init: f32,
+    map: impl Fn(f32) -> f32,
+    combine: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = combine(*a, map(v));
+        }
+    }
+    let lanes = acc.into_iter().fold(init, &combine);
+    chunks
+        .remainder()
+        .iter()
+        .fold(lanes, |a, &v| combine(a, map(v)))
+}
+
+/// Layer norm over each row of `weight.len()` values of f32 `x`:
+/// `(x - mean) / sqrt(var + eps) * weight + bias`, the mean and (biased)
+/// variance in two passes, rows shared by the threads.
+pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let d = weight.len();
+    assert!(
+        d > 0 && bias.len() == d && x.len().is_multiple_of(d),
+        "layer norm: {} values in rows of {d} ({} biases)",
+        x.len(),
+        bias.len()
+    );
+    let mut out = vec![0f32; x.len()];
+    let rows_per_task = (1 << 14) / d + 1;
+    out.par_chunks_mut(rows_per_task * d)
+        .zip(x.par_chunks(rows_per_task * d))
+        .for_each(|(o, x)| layer_norm_rows(x, o, (weight, bias), eps));
+    out
+}
+
+widest_vectors! {
+    /// `layer_norm` over whole rows of `x` into `o`.
+    fn layer_norm_rows / layer_norm_rows_avx512 / layer_norm_rows_avx2
+        => layer_norm_rows_any::<FUSED>(x: &[f32], o: &mut [f32], affine: (&[f32], &[f32]), eps: f32)
+}
+
+#[inline(always)]
+fn layer_norm_rows_any<const FUSED: bool>(
+    x: &[f32],
+    o: &mut [f32],
+    (weight, bias): (&[f32], &[f32]),
+    eps: f32,
+) {
+    let d = weight.len();
+    for (row, out) in x.chunks_exact(d).zip(o.chunks_exact_mut(d)) {
+        let mean = lanes_reduce(row, 0.0, |v| v, |a, b| a + b) / d as f32;
+        let var = lanes_reduce(row, 0.0, |v| (v - mean) * (v - mean), |a, b| a + b) / d as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (((y, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
+            *y = madd::<FUSED>((v - mean) * rstd, w, b);
+        }
+    }
+}
+
 /// `x * gate` over f32 NHWC `x` `[n, h, w, c]` with `gate` `[n, c]`.
 pub fn gate(x: &[f32], g: &[f32], (n, hw, c): (usize, usize, usize)) -> Vec<f32> {
     let mut out = vec![0f32; n * hw * c];
@@ -650,6 +791,67 @@ mod tests {
         }
         check::<true>();
         check::<false>();
+    }
+
+    #[test]
+    fn attention_and_layer_norm_match_their_definitions() {
+        let mut rng = crate::util::SplitMix64(9);
+        let mut rand =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| 2.0 * rng.next_unit() - 1.0).collect() };
+        // Heads of 8 and 20 (a partial vector), 7 and 70 tokens (two
+        // panels of keys).
+        for (n, t, d, heads) in [(2, 7, 24, 3), (1, 70, 40, 2)] {
+            let qkv = rand(n * t * 3 * d);
+            let y = attention(&qkv, (n, t, d), heads);
+            let dh = d / heads;
+            let at = |b: usize, i: usize, part: usize, c: usize| {
+                qkv[(b * t + i) * 3 * d + part * d + c] as f64
+            };
+            for b in 0..n {
+                for h in 0..heads {
+                    for i in 0..t {
+                        let scores: Vec<f64> = (0..t)
+                            .map(|j| {
+                                (0..dh)
+                                    .map(|c| at(b, i, 0, h * dh + c) * at(b, j, 1, h * dh + c))
+                                    .sum()
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        for c in 0..dh {
+                            let want: f64 =
+                                (0..t).map(|j| e[j] / sum * at(b, j, 2, h * dh + c)).sum();
+                            let got = y[(b * t + i) * d + h * dh + c] as f64;
+                            assert!(
+                                (got - want).abs() < 1e-5,
+                                "{t} tokens, head {h}: ({b}, {i}, {c}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Rows of 5 (no whole vector), 40 and 768, far from zero mean.
+        for d in [5, 40, 768] {
+            let x: Vec<f32> = rand(3 * d).into_iter().map(|v| 100.0 + v).collect();
+            let (w, b) = (rand(d), rand(d));
+            let y = layer_norm(&x, &w, &b, 1e-5);
+            for (row, out) in x.chunks(d).zip(y.chunks(d)) {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    let want =
+                        (row[i] as f64 - mean) / (var + 1e-5).sqrt() * w[i] as f64 + b[i] as f64;
+                    assert!(
+                        (out[i] as f64 - want).abs() < 1e-4,
+                        "rows of {d}: {i}: {} vs {want}",
+                        out[i]
+                    );
+                }
+            }
+        }
     }
 
     #[test]

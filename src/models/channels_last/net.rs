@@ -330,9 +330,7 @@ impl ChannelsLastNet {
                 .contiguous(),
             Bound::Pool(op) => x.apply_op1_no_bwd(op),
             Bound::Gate(g) => x.apply_op2_no_bwd(value(*g)?, &GateOp),
-            Bound::LayerNorm { weight, bias, eps } => {
-                candle_nn::ops::layer_norm(x, weight, bias, *eps)
-            }
+            Bound::LayerNorm { weight, bias, eps } => layer_norm(x, weight, bias, *eps),
             Bound::Linear {
                 op,
                 weight,
@@ -385,12 +383,35 @@ impl ChannelsLastNet {
     }
 }
 
+/// Layer norm over the last dimension: on the CPU in f32 ours
+/// (`cpu::layer_norm`), elsewhere candle's fused kernel.
+fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    let on_ours = x.device().is_cpu() && x.dtype() == DType::F32;
+    let d = x.dims().last().copied().unwrap_or(0);
+    if !on_ours || weight.elem_count() != d || bias.elem_count() != d {
+        // (candle names a mismatch of shapes)
+        return candle_nn::ops::layer_norm(x, weight, bias, eps);
+    }
+    let y = with_values(x, |v| {
+        with_values(weight, |w| {
+            with_values(bias, |b| super::cpu::layer_norm(v, w, b, eps))
+        })
+    })???;
+    Tensor::from_vec(y, x.shape(), x.device())
+}
+
 /// Softmax attention over `[n, t, 3 d]` tokens holding q (already scaled),
-/// k and v: the scores stay in the model's dtype (candle's softmax kernel
-/// accumulates in f32); cuBLAS makes both products.
+/// k and v: on the CPU in f32 ours (`cpu::attention`); elsewhere the
+/// scores stay in the model's dtype (candle's softmax kernel accumulates
+/// in f32) and cuBLAS makes both products.
 fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     let (n, t, d3) = qkv.dims3()?;
     let d = d3 / 3;
+    if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+        // Our products per image and head, from the tokens in place.
+        let out = with_values(qkv, |v| super::cpu::attention(v, (n, t, d), heads))?;
+        return Tensor::from_vec(out, (n, t, d), qkv.device());
+    }
     let qkv = qkv
         .reshape((n, t, 3, heads, d / heads))?
         .permute((2, 0, 3, 1, 4))?;

@@ -46,6 +46,32 @@ pub fn pack(k: usize, m: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     out
 }
 
+/// `W[k, m]` packed from rows `stride` apart in `src`: `W[i, o] =
+/// src[i * stride + o]`, or `src[o * stride + i]` if `transposed` (the
+/// keys of an attention head, one token per row). `pack` with whole-row
+/// copies and no per-value index arithmetic.
+pub fn pack_rows(src: &[f32], stride: usize, (k, m): (usize, usize), transposed: bool) -> Vec<f32> {
+    let mut out = vec![0f32; packed_len(k, m)];
+    for p in 0..panels(m) {
+        let (c0, width, offset) = panel(p, k, m);
+        let padded = width.next_multiple_of(LANES);
+        let block = &mut out[offset..][..k * padded];
+        if transposed {
+            for o in 0..width {
+                let row = &src[(c0 + o) * stride..][..k];
+                for (i, &v) in row.iter().enumerate() {
+                    block[i * padded + o] = v;
+                }
+            }
+        } else {
+            for (i, dst) in block.chunks_exact_mut(padded).enumerate() {
+                dst[..width].copy_from_slice(&src[i * stride + c0..][..width]);
+            }
+        }
+    }
+    out
+}
+
 /// Where `pack` puts `W[i, o]` of a `[k, m]` matrix.
 pub fn packed_index(k: usize, m: usize, i: usize, o: usize) -> usize {
     let c0 = o / PANEL * PANEL;
