@@ -499,13 +499,32 @@ fn depthwise(g: &ConvGeometry, input: &Input, n: usize, wt: &[f32], ep: Epilogue
         }
     }
     let (oh, ow) = (input.oh, input.ow);
-    let mut out = vec![0f32; n * oh * ow * c];
-    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
-        let (b, oy) = (row / oh, row % oh);
-        depthwise_row(o, (b, oy), input, &taps, g);
-        ep.apply(o, row * ow * c);
-    });
+    let len = n * oh * ow * c;
+    // Not zero-filled as a whole: each row is zeroed as its task starts,
+    // while it is in cache.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(ow * c)
+        .enumerate()
+        .for_each(|(row, o)| {
+            let o = zeroed(o);
+            let (b, oy) = (row / oh, row % oh);
+            depthwise_row(o, (b, oy), input, &taps, g);
+            ep.apply(o, row * ow * c);
+        });
+    // SAFETY: the tasks wrote every row (`zeroed` first).
+    unsafe { out.set_len(len) };
     out
+}
+
+/// `part` with every value written as 0.0, as initialised values.
+fn zeroed(part: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    for v in part.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every element was just written; MaybeUninit<f32> has f32's
+    // layout.
+    unsafe { &mut *(part as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 widest_vectors! {
@@ -752,13 +771,21 @@ fn layer_norm_rows_any<const FUSED: bool>(
 
 /// `x * gate` over f32 NHWC `x` `[n, h, w, c]` with `gate` `[n, c]`.
 pub fn gate(x: &[f32], g: &[f32], (n, hw, c): (usize, usize, usize)) -> Vec<f32> {
-    let mut out = vec![0f32; n * hw * c];
-    out.par_chunks_mut(c).enumerate().for_each(|(p, o)| {
-        let (src, gate) = (&x[p * c..][..c], &g[(p / hw) * c..][..c]);
-        for ((o, v), s) in o.iter_mut().zip(src).zip(gate) {
-            *o = v * s;
-        }
-    });
+    let len = n * hw * c;
+    assert!(x.len() >= len && g.len() >= n * c, "gate: inputs too short");
+    // Written value by value, so not zero-filled first.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(c.max(1))
+        .enumerate()
+        .for_each(|(p, o)| {
+            let (src, gate) = (&x[p * c..][..c], &g[(p / hw) * c..][..c]);
+            for ((o, v), s) in o.iter_mut().zip(src).zip(gate) {
+                o.write(v * s);
+            }
+        });
+    // SAFETY: every pixel's c values were written above.
+    unsafe { out.set_len(len) };
     out
 }
 
