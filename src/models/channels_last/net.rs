@@ -407,6 +407,9 @@ fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Te
 fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     let (n, t, d3) = qkv.dims3()?;
     let d = d3 / 3;
+    if d3 % 3 != 0 || heads == 0 || d % heads != 0 {
+        candle_core::bail!("attention: {d3} values a token are not q, k and v of {heads} heads");
+    }
     if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
         // Our products per image and head, from the tokens in place.
         let out = with_values(qkv, |v| super::cpu::attention(v, (n, t, d), heads))?;
