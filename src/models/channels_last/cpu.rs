@@ -435,6 +435,9 @@ fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilog
         return linear(input.x, wt, ep, (pixels, c, m));
     }
     let packed = wt.packed(k, m);
+    if reads_in_place(g, k, m) {
+        return conv_in_place(g, input, n, &packed, (k, m), ep);
+    }
     let mut out = vec![0f32; pixels * m];
     let block = block_rows(k, pixels);
     out.par_chunks_mut(block * m)
@@ -448,31 +451,7 @@ fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilog
                     buf.resize(rows * k, 0.0);
                 }
                 let cols = &mut buf[..rows * k];
-                // im2col in (kh, kw, c) order: the KRSC weight's row order.
-                for (r, col) in cols.chunks_exact_mut(k).enumerate() {
-                    let (b, oy, ox) = input.pixel(p0 + r);
-                    for i in 0..kh {
-                        let iy =
-                            (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
-                        // Undilated, a tap row's kw pixels lie side by side
-                        // in the input: one copy (an RGB stem's 11 pixels
-                        // are 33 values, not 11 copies of 3).
-                        let ix0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
-                        if let (1, Some(src)) = (g.dilation[1], input.run(b, iy, ix0, kw)) {
-                            col[i * kw * c..][..kw * c].copy_from_slice(src);
-                            continue;
-                        }
-                        for j in 0..kw {
-                            let ix =
-                                (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
-                            let dst = &mut col[(i * kw + j) * c..][..c];
-                            match input.at(b, iy, ix) {
-                                Some(src) => dst.copy_from_slice(src),
-                                None => dst.fill(0.0),
-                            }
-                        }
-                    }
-                }
+                im2col(cols, input, g, p0);
                 let ops = product::Operands {
                     x: cols,
                     stride: k,
@@ -484,6 +463,119 @@ fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilog
                 product::product_into(&ops, o, Some((&ep, p0 * m)));
             });
         });
+    out
+}
+
+/// The im2col rows of output pixels `p0..` into `cols`, one row of
+/// `kh kw c` values each in (kh, kw, c) order: the KRSC weight's.
+fn im2col(cols: &mut [f32], input: &Input, g: &ConvGeometry, p0: usize) {
+    let c = g.c_in;
+    let [kh, kw] = g.kernel;
+    let k = kh * kw * c;
+    for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+        let (b, oy, ox) = input.pixel(p0 + r);
+        for i in 0..kh {
+            let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
+            // Undilated, a tap row's kw pixels lie side by side in the
+            // input: one copy (an RGB stem's 11 pixels are 33 values, not
+            // 11 copies of 3).
+            let ix0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
+            if let (1, Some(src)) = (g.dilation[1], input.run(b, iy, ix0, kw)) {
+                col[i * kw * c..][..kw * c].copy_from_slice(src);
+                continue;
+            }
+            for j in 0..kw {
+                let ix = (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
+                let dst = &mut col[(i * kw + j) * c..][..c];
+                match input.at(b, iy, ix) {
+                    Some(src) => dst.copy_from_slice(src),
+                    None => dst.fill(0.0),
+                }
+            }
+        }
+    }
+}
+
+/// Whether `dense_conv` reads `g`'s tap rows in place
+/// (`product::parts_into`) instead of copying them by im2col: undilated,
+/// tap rows of at least 16 values, and filters small enough (`k x m` up
+/// to 256 KiB) to stay in L2 while every output row's task reads them:
+/// the RGB stems (AlexNet's 11x11, the ResNets' 7x7), whose im2col is the
+/// largest copy of any layer.
+fn reads_in_place(g: &ConvGeometry, k: usize, m: usize) -> bool {
+    g.dilation == [1, 1] && g.kernel[1] * g.c_in >= 16 && k * m <= 1 << 16
+}
+
+/// `dense_conv` with the tap rows read in place: one task per output
+/// row, its inner pixels (every tap inside the image) as one product over
+/// the `kh` tap rows, each `kw c` values at a pixel stride of `stride c`;
+/// the pixels at the border (and whole rows there) through im2col.
+fn conv_in_place(
+    g: &ConvGeometry,
+    input: &Input,
+    n: usize,
+    packed: &[f32],
+    (k, m): (usize, usize),
+    ep: Epilogue,
+) -> Vec<f32> {
+    let (c, [kh, kw], [sy, sx], [py, px]) = (g.c_in, g.kernel, g.stride, g.pad);
+    let (oh, ow) = (input.oh, input.ow);
+    // Inner columns: ox * sx >= px and ox * sx - px + kw <= w.
+    let lo = px.div_ceil(sx);
+    let hi = (input.w + px)
+        .checked_sub(kw)
+        .map(|last| (last / sx).min(ow.saturating_sub(1)));
+    let mut out = vec![0f32; n * oh * ow * m];
+    out.par_chunks_mut(ow * m).enumerate().for_each(|(row, o)| {
+        let (b, oy) = (row / oh, row % oh);
+        let p0 = row * ow;
+        // Pixels ox0..ox1 of this row through im2col.
+        let by_copy = |o: &mut [f32], ox0: usize, ox1: usize| {
+            if ox1 <= ox0 {
+                return;
+            }
+            COLUMNS.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let rows = ox1 - ox0;
+                if buf.len() < rows * k {
+                    buf.resize(rows * k, 0.0);
+                }
+                let cols = &mut buf[..rows * k];
+                im2col(cols, input, g, p0 + ox0);
+                let ops = product::Operands {
+                    x: cols,
+                    stride: k,
+                    rows,
+                    w: packed,
+                    k,
+                    m,
+                };
+                let at = (p0 + ox0) * m;
+                product::product_into(&ops, &mut o[ox0 * m..ox1 * m], Some((&ep, at)));
+            });
+        };
+        let iy0 = (oy * sy) as isize - py as isize;
+        let rows_inside = iy0 >= 0 && iy0 as usize + kh <= input.h;
+        match hi.filter(|&hi| rows_inside && lo <= hi) {
+            Some(hi) => {
+                let (iy0, ix0) = (iy0 as usize, lo * sx - px);
+                let parts: Vec<product::Part> = (0..kh)
+                    .map(|i| product::Part {
+                        x: &input.x[((b * input.h + iy0 + i) * input.w + ix0) * c..],
+                        stride: sx * c,
+                        k0: i * kw * c,
+                        len: kw * c,
+                    })
+                    .collect();
+                let at = (p0 + lo) * m;
+                let inner = &mut o[lo * m..(hi + 1) * m];
+                product::parts_into(&parts, hi + 1 - lo, packed, (k, m), inner, Some((&ep, at)));
+                by_copy(o, 0, lo);
+                by_copy(o, hi + 1, ow);
+            }
+            None => by_copy(o, 0, ow),
+        }
+    });
     out
 }
 

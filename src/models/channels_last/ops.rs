@@ -568,6 +568,11 @@ mod tests {
                 ..ConvGeometry::square(4, 6, 3, 1, 2)
             },
             ConvGeometry::square(3, 8, 4, 4, 0),
+            // Tap rows read in place (`cpu::reads_in_place`): an RGB stem
+            // with border pixels, overlapping stride-1 rows, two panels.
+            ConvGeometry::square(3, 8, 7, 2, 3),
+            ConvGeometry::square(6, 5, 3, 1, 1),
+            ConvGeometry::square(4, 70, 5, 1, 2),
         ];
         for g in cases {
             let (n, h, w) = (2, 9, 11);

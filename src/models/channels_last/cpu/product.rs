@@ -490,13 +490,53 @@ mod avx512_kernel {
         for b in 0..blocks {
             let k0 = b * KC;
             let kc = KC.min(k - k0);
-            for p in panels.clone() {
+            let pass = Pass {
+                k0,
+                kc,
+                x: ops.x[k0.min(ops.x.len())..].as_ptr(),
+                xs: ops.stride,
+                accumulate: b > 0,
+                last: b + 1 == blocks,
+            };
+            // SAFETY: x has `rows` rows of inputs k0..k0 + kc from `x`, as
+            // `Operands::check` made sure; `out` as the caller promised.
+            unsafe { pass.run(ops.w, (k, m), ops.rows, panels.clone(), out, ep) };
+        }
+    }
+
+    /// One block of inputs `k0..k0 + kc` over panels: rows of `x` `xs`
+    /// apart, added to the output unless it is the first, with the
+    /// epilogue if it is the last.
+    struct Pass {
+        k0: usize,
+        kc: usize,
+        x: *const f32,
+        xs: usize,
+        accumulate: bool,
+        last: bool,
+    }
+
+    impl Pass {
+        /// # Safety
+        /// `x` holds `rows` rows of `kc` inputs `xs` apart, `out` `rows`
+        /// rows of m; `w` is packed for `[k, m]` and `k0 + kc <= k`.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run(
+            &self,
+            w: &[f32],
+            (k, m): (usize, usize),
+            rows: usize,
+            panels: Range<usize>,
+            out: *mut f32,
+            ep: Finish,
+        ) {
+            let Pass { k0, kc, x, xs, .. } = *self;
+            for p in panels {
                 let (c0, width, offset) = panel(p, k, m);
                 let v = width.div_ceil(LANES);
                 let tail = width - (v - 1) * LANES;
-                let last_block = k0 + kc >= k;
                 let mut s = Store {
-                    accumulate: k0 > 0,
+                    accumulate: self.accumulate,
                     last: if tail == LANES { !0 } else { (1 << tail) - 1 },
                     bias: std::ptr::null(),
                     residual: std::ptr::null(),
@@ -505,7 +545,7 @@ mod avx512_kernel {
                 // The bias, residual and activation in the last block's
                 // stores; GELU over the finished block.
                 let mut activation = None;
-                if let (true, Some((ep, at))) = (last_block, ep) {
+                if let (true, Some((ep, at))) = (self.last, ep) {
                     s.bias = ep.bias[c0..].as_ptr();
                     if let Some(r) = ep.residual {
                         s.residual = r[at + c0..].as_ptr();
@@ -516,15 +556,13 @@ mod avx512_kernel {
                     }
                 }
                 // SAFETY: the panel holds k rows of 16v values at `offset`;
-                // x has `rows` rows from input k0, out from column c0; the
-                // bias has the panel's `width` outputs from c0, the
-                // residual (the whole layer's, from element `at` of it)
-                // `rows` rows of m.
+                // x `rows` rows of this block's inputs, out from column
+                // c0; the bias has the panel's `width` outputs from c0,
+                // the residual (the whole layer's, from element `at` of
+                // it) `rows` rows of m.
                 unsafe {
-                    let a = ops.w.as_ptr().add(offset + k0 * v * LANES);
-                    let x = ops.x.as_ptr().add(k0);
+                    let a = w.as_ptr().add(offset + k0 * v * LANES);
                     let c = out.add(c0);
-                    let (rows, xs) = (ops.rows, ops.stride);
                     match v {
                         4 => tiles::<4>(kc, a, x, xs, rows, c, m, s),
                         3 => tiles::<3>(kc, a, x, xs, rows, c, m, s),
@@ -533,13 +571,46 @@ mod avx512_kernel {
                     }
                 }
                 if let Some(act) = activation {
-                    for r in 0..ops.rows {
+                    for r in 0..rows {
                         // SAFETY: row r's panel columns were just written.
                         let seg =
                             unsafe { std::slice::from_raw_parts_mut(out.add(r * m + c0), width) };
                         super::super::apply::<true>(seg, act);
                     }
                 }
+            }
+        }
+    }
+
+    /// `super::parts_into` on AVX-512: each part's inputs in blocks of
+    /// up to 256, one pass each.
+    ///
+    /// # Safety
+    /// As `super::parts_into` checked; a CPU with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn parts(
+        parts: &[super::Part],
+        rows: usize,
+        w: &[f32],
+        (k, m): (usize, usize),
+        out: *mut f32,
+        ep: Finish,
+    ) {
+        let blocks: usize = parts.iter().map(|p| p.len.div_ceil(KC)).sum();
+        let mut b = 0;
+        for part in parts {
+            for j0 in (0..part.len).step_by(KC) {
+                let pass = Pass {
+                    k0: part.k0 + j0,
+                    kc: KC.min(part.len - j0),
+                    x: part.x[j0..].as_ptr(),
+                    xs: part.stride,
+                    accumulate: b > 0,
+                    last: b + 1 == blocks,
+                };
+                // SAFETY: as `parts_into` checked.
+                unsafe { pass.run(w, (k, m), rows, 0..super::panels(m), out, ep) };
+                b += 1;
             }
         }
     }
@@ -554,6 +625,66 @@ pub fn product_into(ops: &Operands, out: &mut [f32], ep: Option<(&Epilogue, usiz
     assert!(out.len() >= ops.rows * ops.m, "product: output too short");
     // SAFETY: operands and output checked above.
     unsafe { block(ops, 0..panels(ops.m), out.as_mut_ptr(), ep) };
+}
+
+/// Inputs `k0..k0 + len` of a product's rows, read from `x` (rows
+/// `stride` apart, overlapping where `stride < len`) rather than from one
+/// matrix: one tap row of a convolution, whose `kw x c` values lie side
+/// by side in the input.
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    pub x: &'a [f32],
+    pub stride: usize,
+    pub k0: usize,
+    pub len: usize,
+}
+
+/// `out = sum over parts of x_part W[k0..k0 + len, :]`, then the epilogue
+/// (`out` starting at element `at` of its layer's output), one thread:
+/// an im2col product that reads each part in place. The parts must cover
+/// inputs 0..k in order, once each.
+pub fn parts_into(
+    parts: &[Part],
+    rows: usize,
+    w: &[f32],
+    (k, m): (usize, usize),
+    out: &mut [f32],
+    ep: Option<(&Epilogue, usize)>,
+) {
+    let mut next = 0;
+    for p in parts {
+        assert!(
+            p.k0 == next && (rows == 0 || p.x.len() >= (rows - 1) * p.stride + p.len),
+            "product: parts out of order or too short"
+        );
+        next += p.len;
+    }
+    assert!(
+        next == k && k > 0 && w.len() >= packed_len(k, m) && out.len() >= rows * m,
+        "product: parts do not cover the weights' {k} inputs"
+    );
+    check_epilogue(ep, rows, m);
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the CPU has AVX-512F; operands checked above.
+        return unsafe { avx512_kernel::parts(parts, rows, w, (k, m), out.as_mut_ptr(), ep) };
+    }
+    // Elsewhere: the rows gathered into one matrix.
+    let mut x = vec![0f32; rows * k];
+    for (r, row) in x.chunks_exact_mut(k).enumerate() {
+        for p in parts {
+            row[p.k0..p.k0 + p.len].copy_from_slice(&p.x[r * p.stride..][..p.len]);
+        }
+    }
+    let ops = Operands {
+        x: &x,
+        stride: k,
+        rows,
+        w,
+        k,
+        m,
+    };
+    product_into(&ops, out, ep);
 }
 
 /// Rows per task of the parallel product: a multiple of the tile height.
@@ -605,6 +736,59 @@ mod tests {
 
     fn rand(rng: &mut crate::util::SplitMix64, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.next_unit() - 0.5).collect()
+    }
+
+    /// Parts read in place (overlapping rows, a part longer than one
+    /// input block, several panels) give the product of the rows they
+    /// make up.
+    #[test]
+    fn parts_match_the_rows_they_make_up() {
+        let mut rng = crate::util::SplitMix64(11);
+        let (rows, m) = (13, 70);
+        let lens = [300, 7, 40];
+        let k: usize = lens.iter().sum();
+        // Part i reads rows `strides[i]` apart from its own source.
+        let strides = [310, 3, 40];
+        let sources: Vec<Vec<f32>> = lens
+            .iter()
+            .zip(strides)
+            .map(|(&len, stride)| rand(&mut rng, (rows - 1) * stride + len))
+            .collect();
+        let w = rand(&mut rng, k * m);
+        let bias = rand(&mut rng, m);
+        let packed = pack(k, m, |i, o| w[i * m + o]);
+        let mut k0 = 0;
+        let parts: Vec<Part> = (0..3)
+            .map(|i| {
+                let part = Part {
+                    x: &sources[i],
+                    stride: strides[i],
+                    k0,
+                    len: lens[i],
+                };
+                k0 += lens[i];
+                part
+            })
+            .collect();
+        let ep = Epilogue {
+            bias: &bias,
+            residual: None,
+            act: Act::Relu,
+        };
+        let mut y = vec![f32::NAN; rows * m];
+        parts_into(&parts, rows, &packed, (k, m), &mut y, Some((&ep, 0)));
+        for r in 0..rows {
+            let row: Vec<f32> = parts
+                .iter()
+                .flat_map(|p| p.x[r * p.stride..][..p.len].iter().copied())
+                .collect();
+            for o in 0..m {
+                let dot: f64 = (0..k).map(|i| (row[i] * w[i * m + o]) as f64).sum();
+                let want = Act::Relu.apply(dot as f32 + bias[o]);
+                let got = y[r * m + o];
+                assert!((got - want).abs() < 2e-5, "({r}, {o}): {got} vs {want}");
+            }
+        }
     }
 
     /// The AVX-512 stores' activations give `cpu::apply`'s bits, lane for
