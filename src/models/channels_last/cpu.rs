@@ -1,9 +1,10 @@
 //! The channels-last ops on the CPU in f32: the fused plans the GPU runs,
 //! on our packed product (`product`). A convolution is one product per
 //! block of output pixels (NHWC im2col into a per-thread buffer; a 1x1
-//! stride-1 convolution reads the input rows directly; a 3x3 stride-1 one
-//! goes by Winograd, `winograd`), a depthwise convolution a direct loop
-//! over channels, a linear layer one product; the bias, residual and
+//! stride-1 convolution reads the input rows directly, an RGB stem its
+//! tap rows in place; a 3x3 stride-1 one goes by Winograd, `winograd`),
+//! a depthwise convolution a direct loop over channels, a linear layer
+//! one product, attention two per image and head; the bias, residual and
 //! activation are applied to each block while it is still in cache. Other
 //! formats take the references in `ops`.
 
