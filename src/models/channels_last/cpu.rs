@@ -294,7 +294,7 @@ impl Weights<'_> {
 /// product, once at load: what the kernels take as `WeightOrder::Packed`.
 pub fn prepare(rows: &[f32], k: usize, m: usize) -> Vec<f32> {
     assert!(rows.len() >= m * k, "weights too short for {m} x {k}");
-    product::pack(k, m, |i, o| rows[o * k + i])
+    product::pack(rows, k, (k, m), true)
 }
 
 /// Values in `prepare`'s output for `m` outputs of `k` inputs.
@@ -443,28 +443,38 @@ fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilog
     let block = block_rows(k, pixels);
     out.par_chunks_mut(block * m)
         .enumerate()
-        .for_each(|(bi, o)| {
-            let p0 = bi * block;
-            let rows = o.len() / m;
-            COLUMNS.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                if buf.len() < rows * k {
-                    buf.resize(rows * k, 0.0);
-                }
-                let cols = &mut buf[..rows * k];
-                im2col(cols, input, g, p0);
-                let ops = product::Operands {
-                    x: cols,
-                    stride: k,
-                    rows,
-                    w: &packed,
-                    k,
-                    m,
-                };
-                product::product_into(&ops, o, Some((&ep, p0 * m)));
-            });
-        });
+        .for_each(|(bi, o)| im2col_product(o, bi * block, (input, g), &packed, &ep));
     out
+}
+
+/// Output pixels `p0..` (as many as `out` holds rows of `m`) by im2col
+/// into this thread's buffer and one product with the packed filters.
+fn im2col_product(
+    out: &mut [f32],
+    p0: usize,
+    (input, g): (&Input, &ConvGeometry),
+    packed: &[f32],
+    ep: &Epilogue,
+) {
+    let (k, m) = (g.kernel[0] * g.kernel[1] * g.c_in, g.c_out);
+    let rows = out.len() / m;
+    COLUMNS.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < rows * k {
+            buf.resize(rows * k, 0.0);
+        }
+        let cols = &mut buf[..rows * k];
+        im2col(cols, input, g, p0);
+        let ops = product::Operands {
+            x: cols,
+            stride: k,
+            rows,
+            w: packed,
+            k,
+            m,
+        };
+        product::product_into(&ops, out, Some((ep, p0 * m)));
+    });
 }
 
 /// The im2col rows of output pixels `p0..` into `cols`, one row of
@@ -532,28 +542,9 @@ fn conv_in_place(
         let p0 = row * ow;
         // Pixels ox0..ox1 of this row through im2col.
         let by_copy = |o: &mut [f32], ox0: usize, ox1: usize| {
-            if ox1 <= ox0 {
-                return;
+            if ox1 > ox0 {
+                im2col_product(&mut o[ox0 * m..ox1 * m], p0 + ox0, (input, g), packed, &ep);
             }
-            COLUMNS.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let rows = ox1 - ox0;
-                if buf.len() < rows * k {
-                    buf.resize(rows * k, 0.0);
-                }
-                let cols = &mut buf[..rows * k];
-                im2col(cols, input, g, p0 + ox0);
-                let ops = product::Operands {
-                    x: cols,
-                    stride: k,
-                    rows,
-                    w: packed,
-                    k,
-                    m,
-                };
-                let at = (p0 + ox0) * m;
-                product::product_into(&ops, &mut o[ox0 * m..ox1 * m], Some((&ep, at)));
-            });
         };
         let iy0 = (oy * sy) as isize - py as isize;
         let rows_inside = iy0 >= 0 && iy0 as usize + kh <= input.h;
@@ -594,7 +585,7 @@ fn depthwise(g: &ConvGeometry, input: &Input, n: usize, wt: &[f32], ep: Epilogue
     let (oh, ow) = (input.oh, input.ow);
     let len = n * oh * ow * c;
     // Not zero-filled as a whole: each row is zeroed as its task starts,
-    // while it is in cache.
+    // while it is in cache, and the taps summed into it.
     let mut out: Vec<f32> = Vec::with_capacity(len);
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(ow * c)
@@ -621,7 +612,8 @@ fn zeroed(part: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
 }
 
 widest_vectors! {
-    /// One output row of a depthwise convolution, before its epilogue.
+    /// One output row of a depthwise convolution, before its epilogue,
+    /// summed into `o` (zeroed by the caller).
     fn depthwise_row / depthwise_row_avx512 / depthwise_row_avx2
         => depthwise_row_any(
             o: &mut [f32],
@@ -644,7 +636,6 @@ fn depthwise_row_any(
     let [kh, kw] = g.kernel;
     for ox in 0..input.ow {
         let acc = &mut o[ox * c..][..c];
-        acc.fill(0.0);
         for i in 0..kh {
             let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
             for j in 0..kw {
@@ -740,7 +731,7 @@ pub fn attention(qkv: &[f32], (n, t, d): (usize, usize, usize), heads: usize) ->
         let (b, h) = (task / heads, task % heads);
         let image = &qkv[b * t * 3 * d..][..t * 3 * d];
         // scores[t, t] = q k^T: the keys transposed are the packed operand.
-        let keys = product::pack_rows(&image[d + h * dh..], 3 * d, (dh, t), true);
+        let keys = product::pack(&image[d + h * dh..], 3 * d, (dh, t), true);
         let mut scores = vec![0f32; t * t];
         let q = product::Operands {
             x: &image[h * dh..],
@@ -752,7 +743,7 @@ pub fn attention(qkv: &[f32], (n, t, d): (usize, usize, usize), heads: usize) ->
         };
         product::product_into(&q, &mut scores, None);
         softmax_rows(&mut scores, t);
-        let values = product::pack_rows(&image[2 * d + h * dh..], 3 * d, (t, dh), false);
+        let values = product::pack(&image[2 * d + h * dh..], 3 * d, (t, dh), false);
         let mut o = vec![0f32; t * dh];
         let p = product::Operands {
             x: &scores,

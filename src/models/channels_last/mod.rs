@@ -119,9 +119,10 @@ pub fn build(
         )?);
     }
     let program = program.map_err(candle_core::Error::wrap)?;
-    let split = (!vb.device().is_cuda()).then(|| cpu_images_per_thread(arch.name()));
+    // (`forward` splits on the CPU only.)
+    let split = cpu_images_per_thread(arch.name());
     Ok(Box::new(
-        net::ChannelsLastNet::new(program, vb)?.split_batch(split.flatten()),
+        net::ChannelsLastNet::new(program, vb)?.split_batch(split),
     ))
 }
 

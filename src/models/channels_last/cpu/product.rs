@@ -34,23 +34,11 @@ pub fn packed_len(k: usize, m: usize) -> usize {
     k * m.next_multiple_of(LANES)
 }
 
-/// `W[k, m]` (`at(input, output)`) packed for `product`.
-pub fn pack(k: usize, m: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(packed_len(k, m));
-    for c0 in (0..m).step_by(PANEL) {
-        let width = (m - c0).min(PANEL).next_multiple_of(LANES);
-        for i in 0..k {
-            out.extend((c0..c0 + width).map(|o| if o < m { at(i, o) } else { 0.0 }));
-        }
-    }
-    out
-}
-
-/// `W[k, m]` packed from rows `stride` apart in `src`: `W[i, o] =
-/// src[i * stride + o]`, or `src[o * stride + i]` if `transposed` (the
-/// keys of an attention head, one token per row). `pack` with whole-row
-/// copies and no per-value index arithmetic.
-pub fn pack_rows(src: &[f32], stride: usize, (k, m): (usize, usize), transposed: bool) -> Vec<f32> {
+/// `W[k, m]` packed for `product` from rows `stride` apart in `src`:
+/// `W[i, o] = src[i * stride + o]`, or `src[o * stride + i]` if
+/// `transposed` (a checkpoint's `[m, k]` rows; the keys of an attention
+/// head, one token per row), by whole-row copies.
+pub fn pack(src: &[f32], stride: usize, (k, m): (usize, usize), transposed: bool) -> Vec<f32> {
     let mut out = vec![0f32; packed_len(k, m)];
     for p in 0..panels(m) {
         let (c0, width, offset) = panel(p, k, m);
@@ -756,7 +744,7 @@ mod tests {
             .collect();
         let w = rand(&mut rng, k * m);
         let bias = rand(&mut rng, m);
-        let packed = pack(k, m, |i, o| w[i * m + o]);
+        let packed = pack(&w, m, (k, m), false);
         let mut k0 = 0;
         let parts: Vec<Part> = (0..3)
             .map(|i| {
@@ -852,7 +840,7 @@ mod tests {
             if k > 0 {
                 x[(rows - 1) * k] = f32::NAN;
             }
-            let packed = pack(k, m, |i, o| w[i * m + o]);
+            let packed = pack(&w, m, (k, m), false);
             assert_eq!(packed.len(), packed_len(k, m));
             for (i, o) in [(0, 0), (k.saturating_sub(1), m - 1), (k / 2, m / 2)] {
                 if k > 0 {
