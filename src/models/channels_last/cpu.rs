@@ -297,6 +297,30 @@ pub fn prepare(rows: &[f32], k: usize, m: usize) -> Vec<f32> {
     product::pack(rows, k, (k, m), true)
 }
 
+/// `prepare` for `m` rows whose inputs are channels first, `[c, h, w]`
+/// (a checkpoint's OIHW filters; a linear layer after PyTorch's NCHW
+/// flatten), where the kernels read `[h, w, c]` (KRSC): each row reordered
+/// as it is packed, so loading never holds a reordered copy of the whole
+/// matrix beside the packing (VGG-16's first classifier layer is 411 MB).
+pub fn prepare_channels_first(
+    rows: &[f32],
+    m: usize,
+    (c, h, w): (usize, usize, usize),
+) -> Vec<f32> {
+    let (plane, k) = (h * w, c * h * w);
+    assert!(
+        rows.len() >= m * k,
+        "weights too short for {m} x {c} x {h} x {w}"
+    );
+    product::pack_columns(k, m, |o, column| {
+        for (ch, taps) in rows[o * k..][..k].chunks_exact(plane.max(1)).enumerate() {
+            for (p, &v) in taps.iter().enumerate() {
+                column[p * c + ch] = v;
+            }
+        }
+    })
+}
+
 /// Values in `prepare`'s output for `m` outputs of `k` inputs.
 pub fn prepared_len(k: usize, m: usize) -> usize {
     product::packed_len(k, m)
@@ -996,6 +1020,29 @@ mod tests {
             assert_eq!(tasks % threads, 0, "{items} in {tasks} tasks of {per}");
         }
         assert_eq!(balanced(0, 96, 6), 6, "never a task of nothing");
+    }
+
+    #[test]
+    fn channels_first_rows_pack_as_their_krsc_order() {
+        let mut rng = crate::util::SplitMix64(5);
+        // Two panels and a part of one; a single input pixel (a 1x1 layer).
+        for (m, (c, h, w)) in [(150, (5, 3, 4)), (17, (9, 1, 1))] {
+            let k = c * h * w;
+            let rows: Vec<f32> = (0..m * k).map(|_| rng.next_unit()).collect();
+            let mut krsc = vec![0f32; m * k];
+            for o in 0..m {
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        krsc[o * k + p * c + ch] = rows[o * k + ch * h * w + p];
+                    }
+                }
+            }
+            assert_eq!(
+                prepare_channels_first(&rows, m, (c, h, w)),
+                prepare(&krsc, k, m),
+                "{m} x {c} x {h} x {w}"
+            );
+        }
     }
 
     #[test]

@@ -86,14 +86,26 @@ fn conv_weights(
     Ok((w, b))
 }
 
+/// How a weight's rows hold their inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Columns {
+    /// As the kernels read them.
+    Kernel,
+    /// Channels first, `[c, h, w]` (a checkpoint's OIHW filters; a linear
+    /// layer after PyTorch's NCHW flatten) where the kernels read `[h, w,
+    /// c]` (KRSC; the channels-last flatten).
+    ChannelsFirst(usize, usize, usize),
+}
+
 /// Read a linear layer's `[out, in]` matrix and bias in f32, stacked and
-/// folded as the plan says.
+/// folded as the plan says; the columns' order is left to `prepare` (the
+/// folds that scale rows commute with it).
 fn dense_weights(
     vb: &VarBuilder,
     dw: &DenseWeights,
     c_in: usize,
     c_out: usize,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Tensor, Columns)> {
     let part = c_out / dw.weights.len().max(1);
     let read = |name: &String| -> Result<Tensor> {
         // A 1x1 convolution's `[out, in, 1, 1]` is the same matrix.
@@ -112,14 +124,10 @@ fn dense_weights(
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&bs, 0)?
     };
+    let mut columns = Columns::Kernel;
     for fold in &dw.folds {
         match fold {
-            Fold::NchwColumns { c, h, w: wd } => {
-                w = w
-                    .reshape((c_out, *c, *h, *wd))?
-                    .permute((0, 2, 3, 1))?
-                    .reshape((c_out, c_in))?;
-            }
+            Fold::NchwColumns { c, h, w } => columns = Columns::ChannelsFirst(*c, *h, *w),
             Fold::ScaleRows { rows, factor } => {
                 let scale: Vec<f32> = (0..c_out)
                     .map(|i| if i < *rows { *factor as f32 } else { 1.0 })
@@ -135,37 +143,57 @@ fn dense_weights(
             }
         }
     }
-    Ok((w, b))
+    Ok((w, b, columns))
 }
 
-/// A weight as the kernels take it: on the CPU in f32, prepared once
-/// (`cpu::prepare`: packed for the product; `cpu::winograd_filters`: a 3x3
+/// A weight as the kernels take it, in the model's `dtype`: on the CPU in
+/// f32, prepared once (`cpu::prepare`: packed for the product, reordered
+/// to KRSC row by row as it is packed; `cpu::winograd_filters`: a 3x3
 /// stride-1 convolution transformed for Winograd F(4x4, 3x3)) in place of
 /// the checkpoint's rows, so that no call packs them; elsewhere (cuDNN and
 /// cuBLASLt take KRSC and `[m, k]` rows, half formats the references) as
-/// it is. `conv`: the convolution it belongs to, `None` for a linear layer.
-fn prepare(w: Tensor, conv: Option<&ConvGeometry>) -> Result<(Tensor, WeightOrder)> {
-    if !w.device().is_cpu() || w.dtype() != DType::F32 {
-        return Ok((w, WeightOrder::Rows));
-    }
+/// rows in the kernels' order. `w`: `[m, ..]` f32 rows holding their
+/// inputs as `columns` says; `conv`: the convolution it belongs to, `None`
+/// for a linear layer (then `[m, k]` rows out).
+fn prepare(
+    w: Tensor,
+    columns: Columns,
+    conv: Option<&ConvGeometry>,
+    dtype: DType,
+) -> Result<(Tensor, WeightOrder)> {
     let m = w.dim(0)?;
     let k = w.elem_count() / m.max(1);
-    let prepared = with_values(&w, |values| match conv {
-        Some(g) => super::cpu::winograd_filters(g, values)
-            .map(|u| (u, WeightOrder::Winograd))
-            .or_else(|| {
-                super::cpu::takes_prepared(g)
-                    .then(|| (super::cpu::prepare(values, k, m), WeightOrder::Packed))
-            }),
-        None => Some((super::cpu::prepare(values, k, m), WeightOrder::Packed)),
-    })?;
-    match prepared {
-        Some((values, order)) => {
-            let n = values.len();
-            Ok((Tensor::from_vec(values, n, w.device())?, order))
-        }
-        None => Ok((w, WeightOrder::Rows)),
+    let cpu_f32 = w.device().is_cpu() && dtype == DType::F32;
+    if cpu_f32 && conv.is_none_or(super::cpu::takes_prepared) {
+        let packed = with_values(&w, |values| match columns {
+            Columns::Kernel => super::cpu::prepare(values, k, m),
+            Columns::ChannelsFirst(c, h, wd) => {
+                super::cpu::prepare_channels_first(values, m, (c, h, wd))
+            }
+        })?;
+        let n = packed.len();
+        return Ok((
+            Tensor::from_vec(packed, n, w.device())?,
+            WeightOrder::Packed,
+        ));
     }
+    let w = match columns {
+        Columns::Kernel => w,
+        Columns::ChannelsFirst(c, h, wd) => w.reshape((m, c, h, wd))?.permute(OIHW_TO_KRSC)?,
+    };
+    let w = w.to_dtype(dtype)?.contiguous()?;
+    let w = if conv.is_some() {
+        w
+    } else {
+        w.reshape((m, k))?
+    };
+    if let Some(g) = conv.filter(|_| cpu_f32) {
+        if let Some(u) = with_values(&w, |krsc| super::cpu::winograd_filters(g, krsc))? {
+            let n = u.len();
+            return Ok((Tensor::from_vec(u, n, w.device())?, WeightOrder::Winograd));
+        }
+    }
+    Ok((w, WeightOrder::Rows))
 }
 
 /// `f` over an f32 tensor's values, read in place where it is contiguous
@@ -201,8 +229,8 @@ impl ChannelsLastNet {
                 } => {
                     let dims = (g.c_out, g.c_in / g.groups, g.kernel[0], g.kernel[1]);
                     let (w, b) = conv_weights(&vb, weights, dims)?;
-                    let w = cast(w.permute(OIHW_TO_KRSC)?)?;
-                    let (weight, filters) = prepare(w, Some(g))?;
+                    let columns = Columns::ChannelsFirst(dims.1, dims.2, dims.3);
+                    let (weight, filters) = prepare(w, columns, Some(g), dtype)?;
                     Bound::Conv {
                         op: step.op.clone(),
                         filters,
@@ -232,8 +260,8 @@ impl ChannelsLastNet {
                     weights,
                     ..
                 } => {
-                    let (w, b) = dense_weights(&vb, weights, *c_in, *c_out)?;
-                    let (weight, order) = prepare(cast(w)?, None)?;
+                    let (w, b, columns) = dense_weights(&vb, weights, *c_in, *c_out)?;
+                    let (weight, order) = prepare(w, columns, None, dtype)?;
                     Bound::Linear {
                         op: step.op.clone(),
                         weight,

@@ -39,25 +39,54 @@ pub fn packed_len(k: usize, m: usize) -> usize {
 /// `transposed` (a checkpoint's `[m, k]` rows; the keys of an attention
 /// head, one token per row), by whole-row copies.
 pub fn pack(src: &[f32], stride: usize, (k, m): (usize, usize), transposed: bool) -> Vec<f32> {
-    let mut out = vec![0f32; packed_len(k, m)];
-    for p in 0..panels(m) {
-        let (c0, width, offset) = panel(p, k, m);
-        let padded = width.next_multiple_of(LANES);
-        let block = &mut out[offset..][..k * padded];
+    pack_panels(k, m, |c0, width, padded, block| {
         if transposed {
             for o in 0..width {
-                let row = &src[(c0 + o) * stride..][..k];
-                for (i, &v) in row.iter().enumerate() {
-                    block[i * padded + o] = v;
-                }
+                scatter(block, padded, o, &src[(c0 + o) * stride..][..k]);
             }
         } else {
             for (i, dst) in block.chunks_exact_mut(padded).enumerate() {
                 dst[..width].copy_from_slice(&src[i * stride + c0..][..width]);
             }
         }
+    })
+}
+
+/// `W[k, m]` packed from its columns made one at a time: `column(o, buf)`
+/// writes `W[.., o]` (output `o`'s `k` weights) into `buf`. For weights
+/// that must be reordered on the way in, without a reordered copy of the
+/// whole matrix.
+pub fn pack_columns(k: usize, m: usize, mut column: impl FnMut(usize, &mut [f32])) -> Vec<f32> {
+    let mut buf = vec![0f32; k];
+    pack_panels(k, m, |c0, width, padded, block| {
+        for o in 0..width {
+            column(c0 + o, &mut buf);
+            scatter(block, padded, o, &buf);
+        }
+    })
+}
+
+/// The zeroed packing of a `[k, m]` matrix, each panel's block (`k` rows
+/// of `padded` values) filled by `fill(first output, width, padded, block)`.
+fn pack_panels(
+    k: usize,
+    m: usize,
+    mut fill: impl FnMut(usize, usize, usize, &mut [f32]),
+) -> Vec<f32> {
+    let mut out = vec![0f32; packed_len(k, m)];
+    for p in 0..panels(m) {
+        let (c0, width, offset) = panel(p, k, m);
+        let padded = width.next_multiple_of(LANES);
+        fill(c0, width, padded, &mut out[offset..][..k * padded]);
     }
     out
+}
+
+/// Column `o` of a panel block `padded` wide set to `column`.
+fn scatter(block: &mut [f32], padded: usize, o: usize, column: &[f32]) {
+    for (row, &v) in block.chunks_exact_mut(padded).zip(column) {
+        row[o] = v;
+    }
 }
 
 /// Where `pack` puts `W[i, o]` of a `[k, m]` matrix.
