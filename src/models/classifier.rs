@@ -183,7 +183,8 @@ pub struct Normaliser {
 /// still be running until [`Classifier::finish`] reads them.
 pub struct Started(Tensor);
 
-/// A `VarBuilder` over a weights file: safetensors (mmapped), or a PyTorch
+/// A `VarBuilder` over a weights file: safetensors (mapped, each tensor's
+/// pages handed back once read: `weights_file`), or a PyTorch
 /// zip checkpoint (`.pth`, `.pt`, `.bin`) after checking that its pickle
 /// only rebuilds tensors.
 pub fn var_builder(weights: &Path, device: &Device) -> Result<VarBuilder<'static>, pth::PthError> {
@@ -194,6 +195,11 @@ pub fn var_builder(weights: &Path, device: &Device) -> Result<VarBuilder<'static
         pth::check_tensor_only(weights)?;
         return Ok(VarBuilder::from_pth(weights, DType::F32, device)?);
     }
-    // SAFETY: the file is mmapped read-only; the tool never writes weights it is reading.
-    Ok(unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }?)
+    // SAFETY: the file is mapped read-only; the tool never writes weights it is reading.
+    let file = unsafe { super::weights_file::WeightsFile::open(weights) }?;
+    Ok(VarBuilder::from_backend(
+        Box::new(file),
+        DType::F32,
+        device.clone(),
+    ))
 }

@@ -31,6 +31,7 @@ pub mod shapes;
 pub mod synthetic;
 pub mod vgg;
 pub mod vit;
+pub mod weights_file;
 
 pub use arch::{ArchSpec, Architecture, ARCHITECTURES};
 pub use channels_last::Kernels;
