@@ -617,8 +617,7 @@ fn depthwise(g: &ConvGeometry, input: &Input, n: usize, wt: &[f32], ep: Epilogue
         .for_each(|(row, o)| {
             let o = zeroed(o);
             let (b, oy) = (row / oh, row % oh);
-            depthwise_row(o, (b, oy), input, &taps, g);
-            ep.apply(o, row * ow * c);
+            depthwise_row(o, (b, oy), input, &taps, g, &ep, row * ow * c);
         });
     // SAFETY: the tasks wrote every row (`zeroed` first).
     unsafe { out.set_len(len) };
@@ -636,25 +635,31 @@ fn zeroed(part: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
 }
 
 widest_vectors! {
-    /// One output row of a depthwise convolution, before its epilogue,
-    /// summed into `o` (zeroed by the caller).
+    /// One output row of a depthwise convolution summed into `o` (zeroed
+    /// by the caller), each pixel's epilogue applied as soon as its taps
+    /// are in, while it is in L1 (`first`: the row's first element in the
+    /// layer's output, for the residual).
     fn depthwise_row / depthwise_row_avx512 / depthwise_row_avx2
-        => depthwise_row_any(
+        => depthwise_row_any::<FUSED>(
             o: &mut [f32],
             at: (usize, usize),
             input: &Input,
             taps: &[f32],
-            g: &ConvGeometry
+            g: &ConvGeometry,
+            ep: &Epilogue,
+            first: usize
         )
 }
 
 #[inline(always)]
-fn depthwise_row_any(
+fn depthwise_row_any<const FUSED: bool>(
     o: &mut [f32],
     (b, oy): (usize, usize),
     input: &Input,
     taps: &[f32],
     g: &ConvGeometry,
+    ep: &Epilogue,
+    first: usize,
 ) {
     let c = input.c;
     let [kh, kw] = g.kernel;
@@ -672,6 +677,8 @@ fn depthwise_row_any(
                 }
             }
         }
+        let residual = ep.residual.map(|r| &r[first + ox * c..][..c]);
+        epilogue_any::<FUSED>(acc, ep.bias, residual, ep.act);
     }
 }
 

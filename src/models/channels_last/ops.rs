@@ -452,8 +452,15 @@ mod tests {
         x.flatten_all().unwrap().to_vec1().unwrap()
     }
 
+    /// The test's residual at element `i` of an NHWC output: it varies
+    /// from pixel to pixel and channel to channel, so a residual read at
+    /// the wrong place shows.
+    fn residual_at(i: usize) -> f32 {
+        (i * 37 % 11) as f32 * 0.05 - 0.2
+    }
+
     /// The convolution by its definition, over NCHW data and an OIHW
-    /// weight, then ReLU(+ bias + 0.25).
+    /// weight, then ReLU(+ bias + residual_at).
     #[allow(clippy::too_many_arguments)]
     fn direct(
         g: &ConvGeometry,
@@ -489,8 +496,8 @@ mod tests {
                             }
                         }
                         // Written channels-last.
-                        y[((b * oh + oy) * ow + ox) * g.c_out + k] =
-                            (acc as f32 + bias[k] + 0.25).max(0.0);
+                        let at = ((b * oh + oy) * ow + ox) * g.c_out + k;
+                        y[at] = (acc as f32 + bias[k] + residual_at(at)).max(0.0);
                     }
                 }
             }
@@ -593,7 +600,12 @@ mod tests {
             let op = ConvOp {
                 geometry: g,
                 act: Act::Relu,
-                residual: Some(Tensor::full(0.25f32, (n, oh, ow, g.c_out), &Device::Cpu).unwrap()),
+                residual: Some(t(
+                    &(0..n * oh * ow * g.c_out)
+                        .map(residual_at)
+                        .collect::<Vec<_>>(),
+                    &[n, oh, ow, g.c_out],
+                )),
                 filters: WeightOrder::Rows,
             };
             let y = x.apply_op3_no_bwd(&wk, &t(&bv, &[g.c_out]), &op).unwrap();
