@@ -444,6 +444,70 @@ pub fn conv(
     }
 }
 
+/// Whether `gated_conv` folds an input gate into the weights of `g` on
+/// maps of `pixels` pixels: a pointwise layer with packed weights and
+/// fewer (padded) outputs than pixels, where scaling the `k x m` weights
+/// once per image costs less than gating the `pixels x k` input.
+pub fn folds_gate(g: &ConvGeometry, order: WeightOrder, pixels: usize) -> bool {
+    pointwise(g) && order == WeightOrder::Packed && g.c_out.next_multiple_of(16) < pixels
+}
+
+/// A 1x1, stride-1, unpadded, ungrouped convolution: a linear layer over
+/// the pixels.
+fn pointwise(g: &ConvGeometry) -> bool {
+    g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] && g.groups == 1
+}
+
+/// `conv` of `x` multiplied per image and input channel by `gate` (`[n,
+/// c_in]`, squeeze-excite): where `folds_gate`, the gate scales a copy of
+/// the packed weights for each image instead of a gated copy of `x`;
+/// otherwise `x` is gated first.
+pub fn gated_conv(
+    g: &ConvGeometry,
+    x: &[f32],
+    (n, h, w): (usize, usize, usize),
+    gate: &[f32],
+    wt: Weights,
+    ep: Epilogue,
+) -> Option<Vec<f32>> {
+    let (pixels, k, m) = (h * w, g.c_in, g.c_out);
+    if !folds_gate(g, wt.order, pixels) {
+        return conv(g, &self::gate(x, gate, (n, pixels, k)), (n, h, w), wt, ep);
+    }
+    assert!(
+        x.len() >= n * pixels * k && gate.len() >= n * k,
+        "gated conv: inputs too short"
+    );
+    let len = n * pixels * m;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return Some(out);
+    }
+    let mut scaled = vec![0f32; prepared_len(k, m)];
+    for (b, image) in out.spare_capacity_mut()[..len]
+        .chunks_mut(pixels * m)
+        .enumerate()
+    {
+        product::scale_rows(wt.values, (k, m), &gate[b * k..][..k], &mut scaled);
+        let ops = product::Operands {
+            x: &x[b * pixels * k..],
+            stride: k,
+            rows: pixels,
+            w: &scaled,
+            k,
+            m,
+        };
+        let ep = Epilogue {
+            residual: ep.residual.map(|r| &r[b * pixels * m..]),
+            ..ep
+        };
+        product::product_to(&ops, &ep, image);
+    }
+    // SAFETY: `product_to` wrote each image's pixels x m values.
+    unsafe { out.set_len(len) };
+    Some(out)
+}
+
 /// Whether `conv` computes `g` from filters `prepare`d for the product
 /// (dense, not Winograd) on the CPU.
 pub fn takes_prepared(g: &ConvGeometry) -> bool {
@@ -456,7 +520,7 @@ fn dense_conv(g: &ConvGeometry, input: &Input, n: usize, wt: Weights, ep: Epilog
     let [kh, kw] = g.kernel;
     let k = kh * kw * c;
     // A 1x1 stride-1 convolution is a linear layer over the pixels.
-    if g.kernel == [1, 1] && g.stride == [1, 1] && g.pad == [0, 0] {
+    if pointwise(g) {
         return linear(input.x, wt, ep, (pixels, c, m));
     }
     let packed = wt.packed(k, m);
@@ -1027,6 +1091,41 @@ mod tests {
             assert_eq!(tasks % threads, 0, "{items} in {tasks} tasks of {per}");
         }
         assert_eq!(balanced(0, 96, 6), 6, "never a task of nothing");
+    }
+
+    #[test]
+    fn a_gate_folded_into_the_weights_gates_the_input() {
+        let mut rng = crate::util::SplitMix64(9);
+        let mut rand =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_unit() - 0.5).collect() };
+        let (n, h, w, k) = (3, 5, 7, 20);
+        // 17 outputs (padded to 32) on 35 pixels fold; 40 (48) do not.
+        for (m, folds) in [(17, true), (40, false)] {
+            let g = ConvGeometry::square(k, m, 1, 1, 0);
+            let (x, gate, wv, bias, res) = (
+                rand(n * h * w * k),
+                rand(n * k),
+                rand(m * k),
+                rand(m),
+                rand(n * h * w * m),
+            );
+            let packed = prepare(&wv, k, m);
+            let wt = Weights {
+                values: &packed,
+                order: WeightOrder::Packed,
+            };
+            assert_eq!(folds_gate(&g, wt.order, h * w), folds, "{m}");
+            let ep = Epilogue {
+                bias: &bias,
+                residual: Some(&res),
+                act: Act::Silu,
+            };
+            let got = gated_conv(&g, &x, (n, h, w), &gate, wt, ep).unwrap();
+            let gated = super::gate(&x, &gate, (n, h * w, k));
+            let want = conv(&g, &gated, (n, h, w), wt, ep).unwrap();
+            let worst = crate::models::channels_last::max_abs_diff(&got, &want);
+            assert!(worst < 1e-5, "{m} outputs: {worst}");
+        }
     }
 
     #[test]

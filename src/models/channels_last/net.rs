@@ -25,7 +25,6 @@ enum Bound {
     },
     Pad([usize; 4]),
     Pool(PoolOp),
-    Gate(usize),
     LayerNorm {
         weight: Tensor,
         bias: Tensor,
@@ -245,7 +244,6 @@ impl ChannelsLastNet {
                     pad: *pad,
                 }),
                 Op::AvgPool { out } => Bound::Pool(PoolOp::Avg { out: *out }),
-                Op::Gate { gate } => Bound::Gate(*gate),
                 Op::LayerNorm { weight, bias, eps } => {
                     let d = input.last();
                     Bound::LayerNorm {
@@ -339,15 +337,31 @@ impl ChannelsLastNet {
                     geometry,
                     act,
                     residual,
+                    gate,
                     ..
                 } = op
                 else {
                     unreachable!("bound from a conv step")
                 };
+                // The gate goes into the op where the CPU kernels fold it
+                // into the weights; elsewhere it gates a copy of the input.
+                let mut x = x.clone();
+                let mut folded = None;
+                if let Some(g) = gate {
+                    let g = value(*g)?;
+                    let (_, h, w, _) = x.dims4()?;
+                    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+                    if cpu_f32 && super::cpu::folds_gate(geometry, *filters, h * w) {
+                        folded = Some(g.clone());
+                    } else {
+                        x = x.apply_op2_no_bwd(g, &GateOp)?;
+                    }
+                }
                 let op = ConvOp {
                     geometry: *geometry,
                     act: *act,
                     residual: residual.map(value).transpose()?.cloned(),
+                    gate: folded,
                     filters: *filters,
                 };
                 x.apply_op3_no_bwd(weight, bias, &op)
@@ -357,7 +371,6 @@ impl ChannelsLastNet {
                 .pad_with_zeros(2, *left, *right)?
                 .contiguous(),
             Bound::Pool(op) => x.apply_op1_no_bwd(op),
-            Bound::Gate(g) => x.apply_op2_no_bwd(value(*g)?, &GateOp),
             Bound::LayerNorm { weight, bias, eps } => layer_norm(x, weight, bias, *eps),
             Bound::Linear {
                 op,

@@ -21,6 +21,10 @@ pub struct ConvOp {
     pub geometry: ConvGeometry,
     pub act: Act,
     pub residual: Option<Tensor>,
+    /// On the CPU in f32, a pointwise layer's input gate (`[n, 1, 1, c]`,
+    /// squeeze-excite) folded into its packed weights image by image
+    /// (`cpu::folds_gate` says where); elsewhere the caller gates the input.
+    pub gate: Option<Tensor>,
     /// How the weight input holds the filters: KRSC (`Rows`, any device
     /// and dtype), or prepared once on the CPU in f32 as one flat tensor
     /// (`Packed` by `cpu::prepare`, `Winograd` by `cpu::winograd_filters`).
@@ -147,6 +151,14 @@ fn with_residual<R>(r: &Option<Tensor>, f: impl FnOnce(Option<&[f32]>) -> R) -> 
     }
 }
 
+/// A gate's f32 values, checked to be `[n, 1, 1, c]`.
+fn gate_values(t: &Tensor, (n, c): (usize, usize)) -> Result<Vec<f32>> {
+    if t.dims4()? != (n, 1, 1, c) {
+        candle_core::bail!("gate {:?} for {n} images of {c} channels", t.shape());
+    }
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
 /// The residual tensor's values, checked to have `len` of them.
 fn residual_values(r: &Option<Tensor>, len: usize) -> Result<Option<Vec<f32>>> {
     match r {
@@ -202,18 +214,28 @@ impl CustomOp3 for ConvOp {
         }
         let weights = ((ws, wl), self.filters, prepared.unwrap_or(0));
         if let Some((x, wt, bias)) = all_f32((xs, xl), weights, (bs, bl))? {
+            let gate = match &self.gate {
+                Some(t) => Some(gate_values(t, (n, c))?),
+                None => None,
+            };
             let fast = with_residual(&self.residual, |r| {
                 let ep = Epilogue {
                     bias,
                     residual: r,
                     act: self.act,
                 };
-                super::cpu::conv(g, x, (n, h, w), wt, ep)
+                match &gate {
+                    Some(gate) => super::cpu::gated_conv(g, x, (n, h, w), gate, wt, ep),
+                    None => super::cpu::conv(g, x, (n, h, w), wt, ep),
+                }
             })?;
             if let Some(y) = fast {
                 let (oh, ow) = g.out_hw(h, w).map_err(candle_core::Error::wrap)?;
                 return Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, g.c_out))));
             }
+        }
+        if self.gate.is_some() {
+            candle_core::bail!("conv {g}: a gate is folded only on the CPU's f32 kernels");
         }
         if prepared.is_some() {
             candle_core::bail!(
@@ -256,6 +278,9 @@ impl CustomOp3 for ConvOp {
         bs: &candle_core::CudaStorage,
         bl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.gate.is_some() {
+            candle_core::bail!("conv {}: a gate is folded only on the CPU", self.geometry);
+        }
         super::cuda_conv::conv(self, (xs, xl), (ws, wl), (bs, bl))
     }
 }
@@ -525,6 +550,7 @@ mod tests {
             let b = t(&rand(g.c_out), &[g.c_out]);
             let op = |filters| ConvOp {
                 geometry: g,
+                gate: None,
                 act: Act::Silu,
                 residual: None,
                 filters,
@@ -599,6 +625,7 @@ mod tests {
                 .unwrap();
             let op = ConvOp {
                 geometry: g,
+                gate: None,
                 act: Act::Relu,
                 residual: Some(t(
                     &(0..n * oh * ow * g.c_out)
@@ -671,6 +698,7 @@ mod tests {
             let cast = |t: &Tensor| t.to_dtype(dtype).unwrap();
             let op = ConvOp {
                 geometry: ConvGeometry::square(4, 4, 3, 1, 1),
+                gate: None,
                 act: Act::Silu,
                 residual: Some(cast(&x)),
                 filters: WeightOrder::Rows,

@@ -201,6 +201,9 @@ pub enum Op {
         weights: ConvWeights,
         act: Act,
         residual: Option<usize>,
+        /// The input multiplied first, per image and input channel, by
+        /// this value (`[1, 1, c_in]` per image: a squeeze-excite gate).
+        gate: Option<usize>,
     },
     /// Zero padding `[top, bottom, left, right]` (asymmetric "SAME").
     Pad([usize; 4]),
@@ -209,8 +212,6 @@ pub enum Op {
     MaxPool { k: usize, stride: usize, pad: usize },
     /// PyTorch's adaptive average pool to `out` (global: `(1, 1)`).
     AvgPool { out: (usize, usize) },
-    /// `x * gate`, the gate `[1, 1, c]` per image (squeeze-excite).
-    Gate { gate: usize },
     /// LayerNorm over the last dimension.
     LayerNorm {
         weight: String,
@@ -343,13 +344,14 @@ impl Program {
         for (i, step) in self.steps.iter().enumerate() {
             last[step.input] = i;
             match &step.op {
-                Op::Conv {
-                    residual: Some(r), ..
-                }
-                | Op::Linear {
+                Op::Linear {
                     residual: Some(r), ..
                 } => last[*r] = i,
-                Op::Gate { gate } => last[*gate] = i,
+                Op::Conv { residual, gate, .. } => {
+                    for v in residual.iter().chain(gate) {
+                        last[*v] = i;
+                    }
+                }
                 _ => {}
             }
         }
@@ -459,7 +461,28 @@ impl Builder {
         act: Act,
         residual: Option<usize>,
     ) -> Built<usize> {
+        self.gated_conv(input, None, geometry, weights, act, residual)
+    }
+
+    /// `conv` of `input` multiplied by `gate` (if any) first.
+    fn gated_conv(
+        &mut self,
+        input: usize,
+        gate: Option<usize>,
+        geometry: ConvGeometry,
+        weights: ConvWeights,
+        act: Act,
+        residual: Option<usize>,
+    ) -> Built<usize> {
         let (h, w, c) = self.map(input)?;
+        if let Some(g) = gate {
+            if self.map(g)? != (1, 1, c) {
+                return Err(GeometryError::Invalid(
+                    geometry.to_string(),
+                    format!("gate value {g} is not 1x1x{c}"),
+                ));
+            }
+        }
         let out = Nhwc { n: 1, h, w, c }.conv_out(&geometry)?;
         if let Some(r) = residual {
             let (rh, rw, rc) = self.map(r)?;
@@ -475,6 +498,7 @@ impl Builder {
             weights,
             act,
             residual,
+            gate,
         };
         Ok(self.push(op, input, Shape::nhwc(out.h, out.w, out.c)))
     }
@@ -743,7 +767,8 @@ fn padded_conv(
 }
 
 /// A squeeze-excite gate over `y`'s `mid` channels through `rd`: pooled,
-/// reduced, expanded to a sigmoid gate, multiplied in.
+/// reduced, expanded to a sigmoid gate (the value returned), which the
+/// next convolution multiplies in (`gated_conv`).
 fn squeeze_excite(
     b: &mut Builder,
     y: usize,
@@ -759,15 +784,13 @@ fn squeeze_excite(
         act,
         None,
     )?;
-    let gate = b.conv(
+    b.conv(
         s,
         ConvGeometry::square(rd, mid, 1, 1, 0),
         conv_bias(&format!("{p}.se.conv_expand")),
         Act::Sigmoid,
         None,
-    )?;
-    let shape = b.program.shape(y);
-    Ok(b.push(Op::Gate { gate }, y, shape))
+    )
 }
 
 /// timm's EfficientNet family (B0 and Lite0 are the registered ones).
@@ -823,13 +846,17 @@ pub fn efficientnet(arch: &'static str, cfg: &EfficientNetConfig, size: usize) -
                 conv_bn(&format!("{p}.conv_dw"), &format!("{p}.{}", names[0]), eps),
                 act,
             )?;
-            if let Some(ratio) = cfg.se_ratio {
-                let rd = (mid as f64 * (ratio / args.expand)).round_ties_even() as usize;
-                y = squeeze_excite(&mut b, y, (mid, rd), &p, act)?;
-            }
+            let gate = match cfg.se_ratio {
+                Some(ratio) => {
+                    let rd = (mid as f64 * (ratio / args.expand)).round_ties_even() as usize;
+                    Some(squeeze_excite(&mut b, y, (mid, rd), &p, act)?)
+                }
+                None => None,
+            };
             let skip = stride == 1 && in_chs == out_chs;
-            y = b.conv(
+            y = b.gated_conv(
                 y,
+                gate,
                 ConvGeometry::square(mid, out_chs, 1, 1, 0),
                 conv_bn(
                     &format!("{p}.{}", names[1]),
@@ -1238,12 +1265,22 @@ mod tests {
         assert_eq!(s.batchnorms_folded, 1 + 16 * 2 + 15 + 1);
         // Shortcuts: blocks with stride 1 and equal widths (9 of 16).
         assert_eq!(s.residual_convs, 9);
-        let gates = p
+        // Every block's projection multiplies its input by the block's
+        // gate, made just before it and read by it alone.
+        let last = p.last_use();
+        let gated: Vec<(usize, usize)> = p
             .steps
             .iter()
-            .filter(|s| matches!(s.op, Op::Gate { .. }))
-            .count();
-        assert_eq!(gates, 16);
+            .enumerate()
+            .filter_map(|(i, s)| match s.op {
+                Op::Conv { gate: Some(g), .. } => Some((i, g)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gated.len(), 16);
+        for (i, g) in gated {
+            assert_eq!((g, last[g]), (i, i), "step {i}");
+        }
         // Symmetric padding: no pad steps.
         assert!(!p.steps.iter().any(|s| matches!(s.op, Op::Pad(_))));
         // Lite's "SAME" padding pads its stride-2 layers (stem + 4 stages) first.

@@ -712,13 +712,23 @@ const TASK_ROWS: usize = 96;
 /// threads), and for few rows (a classifier on one batch) groups of panels
 /// as well, so every thread has work.
 pub fn product(ops: &Operands, ep: &Epilogue) -> Vec<f32> {
+    let len = ops.rows * ops.m;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    product_to(ops, ep, &mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `product_to` wrote every element of rows x m.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `product` into `out` (`rows x m` values, written whole, none read).
+pub fn product_to(ops: &Operands, ep: &Epilogue, out: &mut [std::mem::MaybeUninit<f32>]) {
     ops.check();
     check_epilogue(Some((ep, 0)), ops.rows, ops.m);
     let (rows, m) = (ops.rows, ops.m);
     let len = rows * m;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
+    assert!(out.len() >= len, "product: output too short");
     if len == 0 {
-        return out;
+        return;
     }
     let threads = rayon::current_num_threads().max(1);
     let per_task = if rows <= TASK_ROWS {
@@ -729,7 +739,7 @@ pub fn product(ops: &Operands, ep: &Epilogue) -> Vec<f32> {
     let row_tasks = rows.div_ceil(per_task);
     let groups = (2 * threads).div_ceil(row_tasks).min(panels(m)).max(1);
     let per_group = panels(m).div_ceil(groups);
-    let dst = SharedOut(out.as_mut_ptr());
+    let dst = SharedOut(out.as_mut_ptr().cast::<f32>());
     (0..row_tasks * groups).into_par_iter().for_each(|t| {
         let (rt, g) = (t / groups, t % groups);
         let r = rt * per_task..((rt + 1) * per_task).min(rows);
@@ -737,13 +747,39 @@ pub fn product(ops: &Operands, ep: &Epilogue) -> Vec<f32> {
         let at = r.start * m;
         let part = ops.rows(r);
         // SAFETY: task (rt, g) writes rows r of panels ps only: disjoint
-        // from every other task's; the capacity covers rows x m.
+        // from every other task's; `out` holds rows x m values. Together
+        // the tasks write every element (every row range, every panel,
+        // every column of each panel).
         unsafe { block(&part, ps, dst.at(at), Some((ep, at))) };
     });
-    // SAFETY: the tasks wrote every element of rows x m (every row range,
-    // every panel, every column of each panel).
-    unsafe { out.set_len(len) };
-    out
+}
+
+/// `packed` (a `[k, m]` packing) with its row `i` multiplied by
+/// `scale[i]`, written to `out` (as long): the weights of a product whose
+/// inputs are scaled per column, `(x diag(s)) W = x (diag(s) W)`.
+pub fn scale_rows(packed: &[f32], (k, m): (usize, usize), scale: &[f32], out: &mut [f32]) {
+    let len = packed_len(k, m);
+    assert!(
+        packed.len() >= len && out.len() >= len && scale.len() >= k,
+        "scale_rows: operands too short"
+    );
+    for p in 0..panels(m) {
+        let (_, width, offset) = panel(p, k, m);
+        let padded = width.next_multiple_of(LANES);
+        let (src, dst) = (
+            &packed[offset..][..k * padded],
+            &mut out[offset..][..k * padded],
+        );
+        for ((d, s), &f) in dst
+            .chunks_exact_mut(padded)
+            .zip(src.chunks_exact(padded))
+            .zip(scale)
+        {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = s * f;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
