@@ -704,8 +704,31 @@ pub fn parts_into(
     product_into(&ops, out, ep);
 }
 
-/// Rows per task of the parallel product: a multiple of the tile height.
+/// Rows per task of the parallel product, at most: a multiple of the tile
+/// height.
 const TASK_ROWS: usize = 96;
+
+/// How many tasks `product` shares `rows` rows out in: one for up to
+/// `TASK_ROWS`, else enough for tasks of at most `TASK_ROWS`, rounded up
+/// to a multiple of the threads (never more than there are tiles).
+fn task_count(rows: usize, threads: usize) -> usize {
+    let tiles = rows.div_ceil(TILE_ROWS);
+    if rows <= TASK_ROWS {
+        return 1;
+    }
+    tiles
+        .div_ceil(TASK_ROWS / TILE_ROWS)
+        .next_multiple_of(threads.max(1))
+        .min(tiles)
+}
+
+/// The first row of task `t` of `tasks` over `rows` rows: whole tiles,
+/// each task within one tile of the others (800 rows in 10 tasks: 78 or
+/// 84 rows each, not nine of 84 and one of 44).
+fn task_start(rows: usize, tasks: usize, t: usize) -> usize {
+    let tiles = rows.div_ceil(TILE_ROWS);
+    (t * tiles / tasks.max(1) * TILE_ROWS).min(rows)
+}
 
 /// `act(x W + bias [+ residual])` as a new `[rows, m]` output, shared by
 /// the threads: tasks of up to 96 rows (their count a multiple of the
@@ -731,18 +754,13 @@ pub fn product_to(ops: &Operands, ep: &Epilogue, out: &mut [std::mem::MaybeUnini
         return;
     }
     let threads = rayon::current_num_threads().max(1);
-    let per_task = if rows <= TASK_ROWS {
-        rows
-    } else {
-        super::balanced(rows, TASK_ROWS, TILE_ROWS)
-    };
-    let row_tasks = rows.div_ceil(per_task);
+    let row_tasks = task_count(rows, threads);
     let groups = (2 * threads).div_ceil(row_tasks).min(panels(m)).max(1);
     let per_group = panels(m).div_ceil(groups);
     let dst = SharedOut(out.as_mut_ptr().cast::<f32>());
     (0..row_tasks * groups).into_par_iter().for_each(|t| {
         let (rt, g) = (t / groups, t % groups);
-        let r = rt * per_task..((rt + 1) * per_task).min(rows);
+        let r = task_start(rows, row_tasks, rt)..task_start(rows, row_tasks, rt + 1);
         let ps = g * per_group..((g + 1) * per_group).min(panels(m));
         let at = r.start * m;
         let part = ops.rows(r);
@@ -883,6 +901,39 @@ mod tests {
     /// each activation the AVX-512 stores apply (or leave to a pass over
     /// the block), with and without a residual, and a NaN input row that
     /// each keeps or drops as the reference does.
+    #[test]
+    fn tasks_share_the_rows_evenly_in_whole_tiles() {
+        for threads in [1, 2, 3, 16] {
+            for rows in [1, 6, 95, 96, 97, 200, 800, 801, 12544] {
+                let tasks = task_count(rows, threads);
+                // One task for a few rows; else a multiple of the threads
+                // (unless there are fewer tiles than that).
+                let shared = tasks.is_multiple_of(threads) || tasks == rows.div_ceil(TILE_ROWS);
+                assert!(
+                    tasks >= 1 && (rows <= TASK_ROWS || shared),
+                    "{rows}: {tasks}"
+                );
+                let starts: Vec<usize> = (0..=tasks).map(|t| task_start(rows, tasks, t)).collect();
+                assert_eq!(
+                    (starts[0], starts[tasks]),
+                    (0, rows),
+                    "{rows} rows, {threads} threads"
+                );
+                let sizes: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(
+                    *hi <= TASK_ROWS.max(TILE_ROWS) && hi - lo <= TILE_ROWS,
+                    "{rows}: {sizes:?}"
+                );
+                // Every task but the last starts and ends on a tile.
+                assert!(
+                    starts[..tasks].iter().all(|s| s % TILE_ROWS == 0),
+                    "{rows}: {starts:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn product_matches_the_f64_sum() {
         let mut rng = crate::util::SplitMix64(5);
