@@ -318,11 +318,7 @@ impl ChannelsLastNet {
     }
 
     fn step(&self, i: usize, values: &[Option<Tensor>]) -> Result<Tensor> {
-        let value = |v: usize| -> Result<&Tensor> {
-            values[v]
-                .as_ref()
-                .ok_or_else(|| candle_core::Error::msg(format!("value {v} dropped too early")))
-        };
+        let value = |v: usize| read(values, v);
         let x = value(self.program.steps[i].input)?;
         match &self.steps[i] {
             // A permuted view of NHWC data is contiguous again here: free.
@@ -332,40 +328,7 @@ impl ChannelsLastNet {
                 weight,
                 bias,
                 filters,
-            } => {
-                let Op::Conv {
-                    geometry,
-                    act,
-                    residual,
-                    gate,
-                    ..
-                } = op
-                else {
-                    unreachable!("bound from a conv step")
-                };
-                // The gate goes into the op where the CPU kernels fold it
-                // into the weights; elsewhere it gates a copy of the input.
-                let mut x = x.clone();
-                let mut folded = None;
-                if let Some(g) = gate {
-                    let g = value(*g)?;
-                    let (_, h, w, _) = x.dims4()?;
-                    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
-                    if cpu_f32 && super::cpu::folds_gate(geometry, *filters, h * w) {
-                        folded = Some(g.clone());
-                    } else {
-                        x = x.apply_op2_no_bwd(g, &GateOp)?;
-                    }
-                }
-                let op = ConvOp {
-                    geometry: *geometry,
-                    act: *act,
-                    residual: residual.map(value).transpose()?.cloned(),
-                    gate: folded,
-                    filters: *filters,
-                };
-                x.apply_op3_no_bwd(weight, bias, &op)
-            }
+            } => conv(x, op, (weight, bias, *filters), values),
             Bound::Pad([top, bottom, left, right]) => x
                 .pad_with_zeros(1, *top, *bottom)?
                 .pad_with_zeros(2, *left, *right)?
@@ -422,6 +385,55 @@ impl ChannelsLastNet {
             Bound::Flatten => x.flatten_from(1),
         }
     }
+}
+
+/// Value `v` of a forward pass.
+fn read(values: &[Option<Tensor>], v: usize) -> Result<&Tensor> {
+    values[v]
+        .as_ref()
+        .ok_or_else(|| candle_core::Error::msg(format!("value {v} dropped too early")))
+}
+
+/// A convolution step: `act(conv(x [* gate]) + bias [+ residual])`, the
+/// gate and residual read from `values`. The gate goes into the op where
+/// the CPU kernels fold it into the weights (`cpu::folds_gate`); elsewhere
+/// it gates a copy of the input first.
+fn conv(
+    x: &Tensor,
+    op: &Op,
+    (weight, bias, filters): (&Tensor, &Tensor, WeightOrder),
+    values: &[Option<Tensor>],
+) -> Result<Tensor> {
+    let Op::Conv {
+        geometry,
+        act,
+        residual,
+        gate,
+        ..
+    } = op
+    else {
+        unreachable!("bound from a conv step")
+    };
+    let mut x = x.clone();
+    let mut folded = None;
+    if let Some(g) = gate {
+        let g = read(values, *g)?;
+        let (_, h, w, _) = x.dims4()?;
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        if cpu_f32 && super::cpu::folds_gate(geometry, filters, h * w) {
+            folded = Some(g.clone());
+        } else {
+            x = x.apply_op2_no_bwd(g, &GateOp)?;
+        }
+    }
+    let op = ConvOp {
+        geometry: *geometry,
+        act: *act,
+        residual: residual.map(|r| read(values, r)).transpose()?.cloned(),
+        gate: folded,
+        filters,
+    };
+    x.apply_op3_no_bwd(weight, bias, &op)
 }
 
 /// Layer norm over the last dimension: on the CPU in f32 ours
