@@ -67,12 +67,14 @@ impl WeightsFile {
             self.data_start + info.data_offsets.0,
             self.data_start + info.data_offsets.1,
         );
-        let view = safetensors::tensor::TensorView::new(
-            info.dtype,
-            info.shape.clone(),
-            &self.map[start..end],
-        )
-        .map_err(|e| candle_core::Error::from(e).with_path(&self.path))?;
+        // (The header was validated against the file's length when it was
+        // read; a range outside the map is still an error, not a panic.)
+        let bytes = self.map.get(start..end).ok_or_else(|| {
+            candle_core::Error::msg(format!("{name}: bytes {start}..{end} lie outside the file"))
+                .with_path(&self.path)
+        })?;
+        let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), bytes)
+            .map_err(|e| candle_core::Error::from(e).with_path(&self.path))?;
         let tensor = view.load(device)?;
         self.release(start..end);
         Ok(tensor)
