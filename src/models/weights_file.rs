@@ -97,10 +97,6 @@ impl WeightsFile {
             };
         }
     }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
-    }
 }
 
 fn page_size() -> usize {
@@ -143,7 +139,7 @@ impl SimpleBackend for WeightsFile {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.contains(name)
+        self.tensors.contains_key(name)
     }
 }
 

@@ -448,7 +448,7 @@ pub fn conv(
 /// maps of `pixels` pixels: a pointwise layer with packed weights and
 /// fewer (padded) outputs than pixels, where scaling the `k x m` weights
 /// once per image costs less than gating the `pixels x k` input.
-pub fn folds_gate(g: &ConvGeometry, order: WeightOrder, pixels: usize) -> bool {
+fn folds_gate(g: &ConvGeometry, order: WeightOrder, pixels: usize) -> bool {
     pointwise(g) && order == WeightOrder::Packed && g.c_out.next_multiple_of(16) < pixels
 }
 

@@ -395,9 +395,9 @@ fn read(values: &[Option<Tensor>], v: usize) -> Result<&Tensor> {
 }
 
 /// A convolution step: `act(conv(x [* gate]) + bias [+ residual])`, the
-/// gate and residual read from `values`. The gate goes into the op where
-/// the CPU kernels fold it into the weights (`cpu::folds_gate`); elsewhere
-/// it gates a copy of the input first.
+/// gate and residual read from `values`. On the CPU in f32 the gate goes
+/// into the op (whose kernels fold it into the weights where that costs
+/// less, `cpu::gated_conv`); elsewhere it gates a copy of the input first.
 fn conv(
     x: &Tensor,
     op: &Op,
@@ -415,13 +415,11 @@ fn conv(
         unreachable!("bound from a conv step")
     };
     let mut x = x.clone();
-    let mut folded = None;
+    let mut in_op = None;
     if let Some(g) = gate {
         let g = read(values, *g)?;
-        let (_, h, w, _) = x.dims4()?;
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
-        if cpu_f32 && super::cpu::folds_gate(geometry, filters, h * w) {
-            folded = Some(g.clone());
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            in_op = Some(g.clone());
         } else {
             x = x.apply_op2_no_bwd(g, &GateOp)?;
         }
@@ -430,7 +428,7 @@ fn conv(
         geometry: *geometry,
         act: *act,
         residual: residual.map(|r| read(values, r)).transpose()?.cloned(),
-        gate: folded,
+        gate: in_op,
         filters,
     };
     x.apply_op3_no_bwd(weight, bias, &op)

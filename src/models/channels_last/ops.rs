@@ -21,9 +21,10 @@ pub struct ConvOp {
     pub geometry: ConvGeometry,
     pub act: Act,
     pub residual: Option<Tensor>,
-    /// On the CPU in f32, a pointwise layer's input gate (`[n, 1, 1, c]`,
-    /// squeeze-excite) folded into its packed weights image by image
-    /// (`cpu::folds_gate` says where); elsewhere the caller gates the input.
+    /// On the CPU, a gate the input is multiplied by first (`[n, 1, 1,
+    /// c]`, squeeze-excite): the f32 kernels fold it into a pointwise
+    /// layer's packed weights image by image where that costs less
+    /// (`cpu::gated_conv`). On CUDA the caller gates the input instead.
     pub gate: Option<Tensor>,
     /// How the weight input holds the filters: KRSC (`Rows`, any device
     /// and dtype), or prepared once on the CPU in f32 as one flat tensor
@@ -159,6 +160,14 @@ fn gate_values(t: &Tensor, (n, c): (usize, usize)) -> Result<Vec<f32>> {
     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
 }
 
+/// NHWC values `x` (`hw` pixels of `c` per image) times their image's
+/// gate `g` (`[n, c]`): the references' gate.
+fn gate_values_in_place(x: &mut [f32], g: &[f32], (hw, c): (usize, usize)) {
+    for (i, v) in x.iter_mut().enumerate() {
+        *v *= g[(i / (hw * c)) * c + i % c];
+    }
+}
+
 /// The residual tensor's values, checked to have `len` of them.
 fn residual_values(r: &Option<Tensor>, len: usize) -> Result<Option<Vec<f32>>> {
     match r {
@@ -212,12 +221,12 @@ impl CustomOp3 for ConvOp {
                 self.filters
             );
         }
+        let gate = match &self.gate {
+            Some(t) => Some(gate_values(t, (n, c))?),
+            None => None,
+        };
         let weights = ((ws, wl), self.filters, prepared.unwrap_or(0));
         if let Some((x, wt, bias)) = all_f32((xs, xl), weights, (bs, bl))? {
-            let gate = match &self.gate {
-                Some(t) => Some(gate_values(t, (n, c))?),
-                None => None,
-            };
             let fast = with_residual(&self.residual, |r| {
                 let ep = Epilogue {
                     bias,
@@ -234,9 +243,6 @@ impl CustomOp3 for ConvOp {
                 return Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, g.c_out))));
             }
         }
-        if self.gate.is_some() {
-            candle_core::bail!("conv {g}: a gate is folded only on the CPU's f32 kernels");
-        }
         if prepared.is_some() {
             candle_core::bail!(
                 "conv {g}: filters prepared for the CPU's f32 kernels, given {:?} {:?}",
@@ -248,7 +254,11 @@ impl CustomOp3 for ConvOp {
             candle_core::bail!("conv {g}: the reference takes equal strides, pads and dilations");
         }
         // candle's NCHW convolution in f32 is the reference.
-        let x = Tensor::from_vec(to_f32(xs, xl)?, (n, h, w, c), &Device::Cpu)?;
+        let mut xv = to_f32(xs, xl)?;
+        if let Some(gate) = &gate {
+            gate_values_in_place(&mut xv, gate, (h * w, c));
+        }
+        let x = Tensor::from_vec(xv, (n, h, w, c), &Device::Cpu)?;
         let wt = Tensor::from_vec(to_f32(ws, wl)?, wl.shape(), &Device::Cpu)?;
         let bias = to_f32(bs, bl)?;
         let y = x
@@ -279,7 +289,10 @@ impl CustomOp3 for ConvOp {
         bl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         if self.gate.is_some() {
-            candle_core::bail!("conv {}: a gate is folded only on the CPU", self.geometry);
+            candle_core::bail!(
+                "conv {}: on CUDA the caller gates the input (GateOp) before the convolution",
+                self.geometry
+            );
         }
         super::cuda_conv::conv(self, (xs, xl), (ws, wl), (bs, bl))
     }
@@ -369,9 +382,7 @@ impl CustomOp2 for GateOp {
             return Ok((CpuStorage::F32(y), xl.shape().clone()));
         }
         let (mut x, g) = (to_f32(xs, xl)?, to_f32(gs, gl)?);
-        for (i, v) in x.iter_mut().enumerate() {
-            *v *= g[(i / (h * w * c)) * c + i % c];
-        }
+        gate_values_in_place(&mut x, &g, (h * w, c));
         Ok((from_f32(x, xs.dtype())?, xl.shape().clone()))
     }
 
@@ -661,6 +672,58 @@ mod tests {
         let x = t(&[1.0, 10.0, 3.0, 30.0], &[1, 1, 2, 2]);
         let g = x.apply_op1_no_bwd(&PoolOp::Avg { out: (1, 1) }).unwrap();
         assert_eq!(values(&g), [2.0, 20.0]);
+    }
+
+    /// A gate given to the op equals gating the input first: on a
+    /// pointwise layer (the kernels fold it into the weights) and a
+    /// grouped one (no fast kernel: the reference gates the input).
+    #[test]
+    fn a_gate_in_the_op_gates_the_input() {
+        let mut rng = crate::util::SplitMix64(21);
+        let mut rand =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_unit() * 2.0 - 1.0).collect() };
+        let grouped = ConvGeometry {
+            groups: 2,
+            ..ConvGeometry::square(4, 6, 3, 1, 1)
+        };
+        for g in [ConvGeometry::square(8, 5, 1, 1, 0), grouped] {
+            let (n, h, w) = (2, 6, 7);
+            let x = t(&rand(n * h * w * g.c_in), &[n, h, w, g.c_in]);
+            let gate = t(&rand(n * g.c_in), &[n, 1, 1, g.c_in]);
+            let [kh, kw] = g.kernel;
+            let krsc = rand(g.c_out * kh * kw * g.c_in / g.groups);
+            // The pointwise layer's filters packed, as `net` loads them.
+            let (wk, filters) = if g.groups == 1 {
+                let packed = super::super::cpu::prepare(&krsc, g.c_in, g.c_out);
+                (t(&packed, &[packed.len()]), WeightOrder::Packed)
+            } else {
+                let dims = [g.c_out, kh, kw, g.c_in / g.groups];
+                (t(&krsc, &dims), WeightOrder::Rows)
+            };
+            let b = t(&rand(g.c_out), &[g.c_out]);
+            let op = |gate| ConvOp {
+                geometry: g,
+                act: Act::Silu,
+                residual: None,
+                gate,
+                filters,
+            };
+            let want = x
+                .apply_op2_no_bwd(&gate, &GateOp)
+                .unwrap()
+                .apply_op3_no_bwd(&wk, &b, &op(None))
+                .unwrap();
+            let got = x
+                .apply_op3_no_bwd(&wk, &b, &op(Some(gate.clone())))
+                .unwrap();
+            let d = crate::models::channels_last::max_abs_diff(&values(&got), &values(&want));
+            assert!(d < 1e-5, "{g}: {d}");
+            let wrong = t(&rand(g.c_in), &[1, 1, 1, g.c_in]);
+            assert!(
+                x.apply_op3_no_bwd(&wk, &b, &op(Some(wrong))).is_err(),
+                "{g}"
+            );
+        }
     }
 
     #[test]
