@@ -3,7 +3,7 @@
 //! block of output pixels (NHWC im2col into a per-thread buffer; a 1x1
 //! stride-1 convolution reads the input rows directly, an RGB stem its
 //! tap rows in place; a 3x3 stride-1 one goes by Winograd, `winograd`),
-//! a depthwise convolution a direct loop over channels, a linear layer
+//! a depthwise convolution in runs of pixels held in registers (`depthwise`), a linear layer
 //! one product, attention two per image and head; the bias, residual and
 //! activation are applied to each block while it is still in cache. Other
 //! formats take the references in `ops`.
@@ -206,6 +206,9 @@ macro_rules! widest_vectors {
     };
 }
 
+mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 mod product;
 mod winograd;
 
@@ -438,7 +441,7 @@ pub fn conv(
             Some(dense_conv(g, &input, n, wt, ep))
         }
         WeightOrder::Rows if g.groups == g.c_in && g.c_out == g.c_in => {
-            Some(depthwise(g, &input, n, wt.values, ep))
+            Some(depthwise::conv(g, &input, n, wt.values, ep))
         }
         _ => None,
     }
@@ -657,93 +660,6 @@ fn conv_in_place(
         }
     });
     out
-}
-
-fn depthwise(g: &ConvGeometry, input: &Input, n: usize, wt: &[f32], ep: Epilogue) -> Vec<f32> {
-    let c = g.c_in;
-    let [kh, kw] = g.kernel;
-    // KRSC [c, kh, kw, 1] to one row of c taps per (i, j): the inner loop
-    // runs over channels, contiguous in both the input and the taps.
-    let mut taps = vec![0f32; kh * kw * c];
-    for ch in 0..c {
-        for t in 0..kh * kw {
-            taps[t * c + ch] = wt[ch * kh * kw + t];
-        }
-    }
-    let (oh, ow) = (input.oh, input.ow);
-    let len = n * oh * ow * c;
-    // Not zero-filled as a whole: each row is zeroed as its task starts,
-    // while it is in cache, and the taps summed into it.
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(ow * c)
-        .enumerate()
-        .for_each(|(row, o)| {
-            let o = zeroed(o);
-            let (b, oy) = (row / oh, row % oh);
-            depthwise_row(o, (b, oy), input, &taps, g, &ep, row * ow * c);
-        });
-    // SAFETY: the tasks wrote every row (`zeroed` first).
-    unsafe { out.set_len(len) };
-    out
-}
-
-/// `part` with every value written as 0.0, as initialised values.
-fn zeroed(part: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
-    for v in part.iter_mut() {
-        v.write(0.0);
-    }
-    // SAFETY: every element was just written; MaybeUninit<f32> has f32's
-    // layout.
-    unsafe { &mut *(part as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
-}
-
-widest_vectors! {
-    /// One output row of a depthwise convolution summed into `o` (zeroed
-    /// by the caller), each pixel's epilogue applied as soon as its taps
-    /// are in, while it is in L1 (`first`: the row's first element in the
-    /// layer's output, for the residual).
-    fn depthwise_row / depthwise_row_avx512 / depthwise_row_avx2
-        => depthwise_row_any::<FUSED>(
-            o: &mut [f32],
-            at: (usize, usize),
-            input: &Input,
-            taps: &[f32],
-            g: &ConvGeometry,
-            ep: &Epilogue,
-            first: usize
-        )
-}
-
-#[inline(always)]
-fn depthwise_row_any<const FUSED: bool>(
-    o: &mut [f32],
-    (b, oy): (usize, usize),
-    input: &Input,
-    taps: &[f32],
-    g: &ConvGeometry,
-    ep: &Epilogue,
-    first: usize,
-) {
-    let c = input.c;
-    let [kh, kw] = g.kernel;
-    for ox in 0..input.ow {
-        let acc = &mut o[ox * c..][..c];
-        for i in 0..kh {
-            let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
-            for j in 0..kw {
-                let ix = (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
-                if let Some(src) = input.at(b, iy, ix) {
-                    let tap = &taps[(i * kw + j) * c..][..c];
-                    for ((a, s), t) in acc.iter_mut().zip(src).zip(tap) {
-                        *a += s * t;
-                    }
-                }
-            }
-        }
-        let residual = ep.residual.map(|r| &r[first + ox * c..][..c]);
-        epilogue_any::<FUSED>(acc, ep.bias, residual, ep.act);
-    }
 }
 
 /// `k x k` max-pool (stride, zero padding never chosen) or PyTorch's
