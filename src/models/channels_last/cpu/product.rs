@@ -302,6 +302,20 @@ mod avx512_kernel {
         // and as much residual, and 16V biases (the last vector's lanes
         // past `s.last` are neither read nor written).
         unsafe {
+            if !s.bias.is_null() {
+                // The epilogue's lines on their way while the sums run:
+                // with few inputs (64 in ResNet's 1x1 layers) the sums
+                // are too short to hide a miss on each.
+                for r in 0..N {
+                    for v in 0..V {
+                        if !s.residual.is_null() {
+                            let res = s.residual.add(r * cs + v * LANES);
+                            _mm_prefetch::<_MM_HINT_T0>(res.cast::<i8>());
+                        }
+                        _mm_prefetch::<_MM_HINT_ET0>(c.add(r * cs + v * LANES).cast::<i8>());
+                    }
+                }
+            }
             let mut acc = [[_mm512_setzero_ps(); V]; N];
             for p in 0..kc {
                 let mut w = [_mm512_setzero_ps(); V];
