@@ -2,11 +2,12 @@
 //! on our packed product (`product`). A convolution is one product per
 //! block of output pixels (NHWC im2col into a per-thread buffer; a 1x1
 //! stride-1 convolution reads the input rows directly, an RGB stem its
-//! tap rows in place; a 3x3 stride-1 one goes by Winograd, `winograd`),
-//! a depthwise convolution in runs of pixels held in registers (`depthwise`), a linear layer
-//! one product, attention two per image and head; the bias, residual and
-//! activation are applied to each block while it is still in cache. Other
-//! formats take the references in `ops`.
+//! tap rows in place; a 3x3 or 5x5 stride-1 one goes by Winograd,
+//! `winograd`), a depthwise convolution in runs of pixels held in
+//! registers (`depthwise`), a linear layer one product, attention two per
+//! image and head; the bias, residual and activation are applied to each
+//! block while it is still in cache. Other formats take the references in
+//! `ops`.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -278,8 +279,8 @@ pub enum WeightOrder {
     Rows,
     /// Packed for `product` (`prepare`).
     Packed,
-    /// A 3x3 stride-1 convolution's filters transformed for Winograd
-    /// F(4x4, 3x3) and packed (`winograd_filters`).
+    /// A 3x3 or 5x5 stride-1 convolution's filters transformed for
+    /// Winograd F(4x4, 3x3) or F(2x2, 5x5) and packed (`winograd_filters`).
     Winograd,
 }
 
@@ -400,17 +401,17 @@ impl Input<'_> {
     }
 }
 
-/// The filters of a convolution the Winograd path computes (3x3, stride 1,
-/// dense), transformed and packed once: what `conv` takes as
+/// The filters of a convolution the Winograd path computes (3x3 or 5x5,
+/// stride 1, dense), transformed and packed once: what `conv` takes as
 /// `WeightOrder::Winograd`. `None` for any other geometry. `krsc`: the
 /// checkpoint's KRSC filters.
 pub fn winograd_filters(g: &ConvGeometry, krsc: &[f32]) -> Option<Vec<f32>> {
-    winograd::applies(g).then(|| winograd::filters(krsc, g.c_in, g.c_out))
+    winograd::applies(g).then(|| winograd::filters(krsc, g.c_in, g.c_out, g.kernel[0]))
 }
 
 /// `act(conv(x) + bias [+ residual])` for f32 NHWC `x` `[n, h, w, c_in]`
 /// and KRSC `wt` (or, dense only, as `prepare` or `winograd_filters` made
-/// them); 3x3 stride-1 convolutions by Winograd F(4x4, 3x3). `None` for a
+/// them); 3x3 and 5x5 stride-1 convolutions by Winograd. `None` for a
 /// grouped (not depthwise) geometry, or weights prepared for another path.
 pub fn conv(
     g: &ConvGeometry,
@@ -434,7 +435,7 @@ pub fn conv(
             Some(winograd::conv(g, &input, n, wt.values, ep))
         }
         WeightOrder::Rows if winograd::applies(g) => {
-            let u = winograd::filters(wt.values, g.c_in, g.c_out);
+            let u = winograd::filters(wt.values, g.c_in, g.c_out, g.kernel[0]);
             Some(winograd::conv(g, &input, n, &u, ep))
         }
         WeightOrder::Packed | WeightOrder::Rows if dense && !winograd::applies(g) => {

@@ -148,7 +148,7 @@ fn dense_weights(
 /// A weight as the kernels take it, in the model's `dtype`: on the CPU in
 /// f32, prepared once (`cpu::prepare`: packed for the product, reordered
 /// to KRSC row by row as it is packed; `cpu::winograd_filters`: a 3x3
-/// stride-1 convolution transformed for Winograd F(4x4, 3x3)) in place of
+/// or 5x5 stride-1 convolution transformed for Winograd) in place of
 /// the checkpoint's rows, so that no call packs them; elsewhere (cuDNN and
 /// cuBLASLt take KRSC and `[m, k]` rows, half formats the references) as
 /// rows in the kernels' order. `w`: `[m, ..]` f32 rows holding their
