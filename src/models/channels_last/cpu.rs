@@ -75,6 +75,19 @@ fn act_fast<const FUSED: bool>(act: Act, x: f32) -> f32 {
 /// from AVX2 on only: there `mul_add` would be a library call).
 const BASELINE_FMA: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
 
+/// Whether the AVX-512 kernels (`product`'s tiles, `depthwise`'s runs)
+/// run here.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// `a * b + c`: one fused instruction where the caller is compiled with
 /// FMA (`FUSED`), which halves the activations' polynomial work; two
 /// otherwise.

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use super::{epilogue_any, Epilogue, Input, BASELINE_FMA};
+use super::{avx512, epilogue_any, Epilogue, Input, BASELINE_FMA};
 use crate::models::channels_last::geometry::ConvGeometry;
 
 /// `act(depthwise(x) + bias [+ residual])`, `wt` the KRSC filters
@@ -27,6 +27,12 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, wt: &[f32], ep: Epilogue)
             taps[t * c + ch] = wt[ch * kh * kw + t];
         }
     }
+    let layer = Layer {
+        g,
+        input,
+        taps: &taps,
+        ep: &ep,
+    };
     let (oh, ow) = (input.oh, input.ow);
     let len = n * oh * ow * c;
     let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -39,13 +45,22 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, wt: &[f32], ep: Epilogue)
                 oy: r % oh,
                 first: r * ow * c,
             };
-            let runs = runs(o, &row, input, &taps, g, &ep);
-            pixels(o, &row, runs, input, &taps, g, &ep);
+            let done = runs(o, &row, &layer);
+            pixels(o, &row, done, &layer);
         });
     // SAFETY: each row task wrote every value of its row: the runs their
     // columns, `pixels` the others.
     unsafe { out.set_len(len) };
     out
+}
+
+/// What every row task reads: the geometry, the input, the taps (`[kh,
+/// kw, c]`: a row of c per tap) and the epilogue.
+struct Layer<'a> {
+    g: &'a ConvGeometry,
+    input: &'a Input<'a>,
+    taps: &'a [f32],
+    ep: &'a Epilogue<'a>,
 }
 
 /// Which output row a task writes: image `b`, row `oy`, whose first value
@@ -72,32 +87,24 @@ fn inner_columns(g: &ConvGeometry, w: usize, ow: usize) -> Range<usize> {
 
 /// The columns of the row that the AVX-512 runs wrote (none where the CPU
 /// or the shape does not take them).
-fn runs(
-    o: &mut [MaybeUninit<f32>],
-    row: &Row,
-    input: &Input,
-    taps: &[f32],
-    g: &ConvGeometry,
-    ep: &Epilogue,
-) -> Range<usize> {
+fn runs(o: &mut [MaybeUninit<f32>], row: &Row, layer: &Layer) -> Range<usize> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if avx512() {
         // SAFETY: the CPU has AVX-512F.
-        return unsafe { avx512::runs(o, row, input, taps, g, ep) };
+        return unsafe { avx512_runs::runs(o, row, layer) };
     }
-    let _ = (o, row, input, taps, g, ep);
+    let _ = (o, row, layer);
     0..0
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+mod avx512_runs {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
     use std::ops::Range;
 
     use super::super::lanes::InRegisters;
-    use super::{inner_columns, Epilogue, Input, Row};
-    use crate::models::channels_last::geometry::ConvGeometry;
+    use super::{inner_columns, Layer, Row};
 
     const LANES: usize = 16;
 
@@ -127,11 +134,9 @@ mod avx512 {
     pub(super) unsafe fn runs(
         o: &mut [MaybeUninit<f32>],
         row: &Row,
-        input: &Input,
-        taps: &[f32],
-        g: &ConvGeometry,
-        ep: &Epilogue,
+        layer: &Layer,
     ) -> Range<usize> {
+        let Layer { g, input, taps, ep } = *layer;
         let c = input.c;
         let cols = inner_columns(g, input.w, input.ow);
         let Some(act) = InRegisters::of(ep.act) else {
@@ -263,73 +268,40 @@ mod avx512 {
     }
 }
 
-/// The row's pixels outside `done`, tap by tap over the channels.
-fn pixels(
-    o: &mut [MaybeUninit<f32>],
-    row: &Row,
-    done: Range<usize>,
-    input: &Input,
-    taps: &[f32],
-    g: &ConvGeometry,
-    ep: &Epilogue,
-) {
-    let c = input.c;
-    for ox in (0..input.ow).filter(|ox| !done.contains(ox)) {
-        let acc = zeroed(&mut o[ox * c..][..c]);
-        pixel(
-            acc,
-            (row.b, row.oy, ox),
-            input,
-            taps,
-            g,
-            ep,
-            row.first + ox * c,
-        );
-    }
-}
-
 widest_vectors! {
-    /// One output pixel's `c` channels summed into `acc` (zeroed), then
-    /// its epilogue (`at`: the pixel's first element in the layer's
-    /// output): any kernel, stride, dilation and padding.
-    fn pixel / pixel_avx512 / pixel_avx2
-        => pixel_any::<FUSED>(
-            acc: &mut [f32],
-            at: (usize, usize, usize),
-            input: &Input,
-            taps: &[f32],
-            g: &ConvGeometry,
-            ep: &Epilogue,
-            first: usize
-        )
+    /// The row's pixels outside `done` (the runs'), tap by tap over the
+    /// channels, each pixel's epilogue as soon as its taps are in: any
+    /// kernel, stride, dilation and padding.
+    fn pixels / pixels_avx512 / pixels_avx2
+        => pixels_any::<FUSED>(o: &mut [MaybeUninit<f32>], row: &Row, done: Range<usize>, layer: &Layer)
 }
 
 #[inline(always)]
-fn pixel_any<const FUSED: bool>(
-    acc: &mut [f32],
-    (b, oy, ox): (usize, usize, usize),
-    input: &Input,
-    taps: &[f32],
-    g: &ConvGeometry,
-    ep: &Epilogue,
-    first: usize,
+fn pixels_any<const FUSED: bool>(
+    o: &mut [MaybeUninit<f32>],
+    row: &Row,
+    done: Range<usize>,
+    layer: &Layer,
 ) {
-    let c = input.c;
-    let [kh, kw] = g.kernel;
-    for i in 0..kh {
-        let iy = (oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
-        for j in 0..kw {
-            let ix = (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
-            if let Some(src) = input.at(b, iy, ix) {
-                let tap = &taps[(i * kw + j) * c..][..c];
-                for ((a, s), t) in acc.iter_mut().zip(src).zip(tap) {
-                    *a += s * t;
+    let Layer { g, input, taps, ep } = *layer;
+    let (c, [kh, kw]) = (input.c, g.kernel);
+    for ox in (0..input.ow).filter(|ox| !done.contains(ox)) {
+        let acc = zeroed(&mut o[ox * c..][..c]);
+        for i in 0..kh {
+            let iy = (row.oy * g.stride[0] + i * g.dilation[0]) as isize - g.pad[0] as isize;
+            for j in 0..kw {
+                let ix = (ox * g.stride[1] + j * g.dilation[1]) as isize - g.pad[1] as isize;
+                if let Some(src) = input.at(row.b, iy, ix) {
+                    let tap = &taps[(i * kw + j) * c..][..c];
+                    for ((a, s), t) in acc.iter_mut().zip(src).zip(tap) {
+                        *a += s * t;
+                    }
                 }
             }
         }
+        let residual = ep.residual.map(|r| &r[row.first + ox * c..][..c]);
+        epilogue_any::<FUSED>(acc, ep.bias, residual, ep.act);
     }
-    let residual = ep.residual.map(|r| &r[first..][..c]);
-    epilogue_any::<FUSED>(acc, ep.bias, residual, ep.act);
 }
 
 /// `part` with every value written as 0.0, as initialised values.

@@ -128,7 +128,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn activations_in_registers_match_the_epilogue_bit_for_bit() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        if !super::super::avx512() {
             return;
         }
         let xs: Vec<f32> = (-12000..12000)

@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{Epilogue, SharedOut};
+use super::{avx512, Epilogue, SharedOut};
 use crate::models::kernels::conv::matmul;
 
 /// Outputs per panel: 4 AVX-512 vectors.
@@ -105,18 +105,6 @@ fn panels(m: usize) -> usize {
 fn panel(p: usize, k: usize, m: usize) -> (usize, usize, usize) {
     let c0 = p * PANEL;
     (c0, (m - c0).min(PANEL), k * c0)
-}
-
-/// Whether the AVX-512 kernel runs here.
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// The operands of one product: `rows` rows of `x`, `stride` apart, times

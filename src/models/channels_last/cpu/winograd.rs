@@ -44,7 +44,7 @@ fn outputs(r: usize) -> usize {
 }
 
 /// `G g` for one 3-tap filter column (or row) `g`: six values.
-fn filter([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
+fn filter3([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
     [
         g0 / 4.0,
         -(g0 + g1 + g2) / 6.0,
@@ -69,6 +69,15 @@ fn filter5([g0, g1, g2, g3, g4]: [f32; 5]) -> [f32; 6] {
     ]
 }
 
+/// `G g` for the `r`-tap filter column (or row) `g(0..r)`.
+fn g_times(r: usize, g: impl Fn(usize) -> f32) -> [f32; 6] {
+    if r == 3 {
+        filter3([g(0), g(1), g(2)])
+    } else {
+        filter5([g(0), g(1), g(2), g(3), g(4)])
+    }
+}
+
 /// The KRSC `r x r` filters (`r` 3 or 5) transformed, `G g G^T` per
 /// (input, output) channel pair: `T x T` matrices `[c_in, c_out]`, each
 /// packed for the product.
@@ -78,23 +87,19 @@ pub fn filters(krsc: &[f32], c: usize, k: usize, r: usize) -> Vec<f32> {
         "winograd: {k} x {r} x {r} x {c} filters expected"
     );
     let tap = |ko: usize, i: usize, j: usize, ch: usize| krsc[((ko * r + i) * r + j) * c + ch];
-    let g = |taps: &dyn Fn(usize) -> f32| -> [f32; 6] {
-        if r == 3 {
-            filter(std::array::from_fn(taps))
-        } else {
-            filter5(std::array::from_fn(taps))
-        }
-    };
     let t = T;
     let per = product::packed_len(c, k);
     let mut u = vec![0f32; t * t * per];
     for ch in 0..c {
         for ko in 0..k {
             // G g, column by column, then (G g) G^T row by row.
-            let cols: Vec<[f32; 6]> = (0..r).map(|j| g(&|i| tap(ko, i, j, ch))).collect();
+            let mut cols = [[0f32; 6]; 5];
+            for (j, col) in cols.iter_mut().enumerate().take(r) {
+                *col = g_times(r, |i| tap(ko, i, j, ch));
+            }
             let at = product::packed_index(c, k, ch, ko);
             for i in 0..t {
-                for (j, v) in g(&|q| cols[q][i]).into_iter().enumerate() {
+                for (j, v) in g_times(r, |q| cols[q][i]).into_iter().enumerate() {
                     u[(i * t + j) * per + at] = v;
                 }
             }
@@ -217,16 +222,6 @@ fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
     v
 }
 
-/// Six vectors `f(0..6)`, as `lanes` (no `from_fn`).
-#[inline(always)]
-fn six(f: impl Fn(usize) -> Lanes) -> [Lanes; 6] {
-    let mut v = [[0f32; LANES]; 6];
-    for (i, x) in v.iter_mut().enumerate() {
-        *x = f(i);
-    }
-    v
-}
-
 /// The first `n` values of `src` (zeros after them), a whole vector at
 /// once when `n == LANES` (a compile-time size: no `memcpy` call).
 #[inline(always)]
@@ -276,14 +271,20 @@ fn input_tile_any(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usiz
     let mut ch = 0;
     while ch < c {
         let n = LANES.min(c - ch);
-        let load = |e: usize| load(&src[e][ch..], n);
         // B^T d column by column, then each of its rows times B.
         let mut cols = [[[0f32; LANES]; 6]; 6];
         for (j, col) in cols.iter_mut().enumerate() {
-            *col = bt4(&six(|i| load(i * 6 + j)));
+            let mut d = [[0f32; LANES]; 6];
+            for (i, d) in d.iter_mut().enumerate() {
+                *d = load(&src[i * 6 + j][ch..], n);
+            }
+            *col = bt4(&d);
         }
         for i in 0..6 {
-            let row = six(|j| cols[j][i]);
+            let mut row = [[0f32; LANES]; 6];
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = cols[j][i];
+            }
             for (j, v) in bt4(&row).into_iter().enumerate() {
                 store(&mut dst[(i * 6 + j) * stride + ch..], &v, n);
             }
@@ -320,13 +321,19 @@ fn output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     let mut ko = 0;
     while ko < k {
         let n = LANES.min(k - ko);
-        let load = |e: usize| load(&m[e * stride + ko..], n);
         let mut rows = [[[0f32; LANES]; 4]; 6];
         for (i, row) in rows.iter_mut().enumerate() {
-            *row = at4(&six(|j| load(i * 6 + j)));
+            let mut v = [[0f32; LANES]; 6];
+            for (j, v) in v.iter_mut().enumerate() {
+                *v = load(&m[(i * 6 + j) * stride + ko..], n);
+            }
+            *row = at4(&v);
         }
         for j in 0..4 {
-            let col = six(|i| rows[i][j]);
+            let mut col = [[0f32; LANES]; 6];
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = rows[i][j];
+            }
             for (i, v) in at4(&col).into_iter().enumerate() {
                 store(&mut y[(i * 4 + j) * k + ko..], &v, n);
             }
@@ -335,6 +342,8 @@ fn output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     }
 }
 
+// Two functions rather than one generic over the tile's side: merged,
+// `perf` found their closures out of line (compiled without AVX-512).
 widest_vectors! {
     /// `output_tile` for F(2x2, 5x5): `y` the 2x2 outputs.
     fn output_tile2 / output_tile2_avx512 / output_tile2_avx2
@@ -358,13 +367,19 @@ fn output_tile2_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     let mut ko = 0;
     while ko < k {
         let n = LANES.min(k - ko);
-        let load = |e: usize| load(&m[e * stride + ko..], n);
         let mut rows = [[[0f32; LANES]; 2]; 6];
         for (i, row) in rows.iter_mut().enumerate() {
-            *row = at2(&six(|j| load(i * 6 + j)));
+            let mut v = [[0f32; LANES]; 6];
+            for (j, v) in v.iter_mut().enumerate() {
+                *v = load(&m[(i * 6 + j) * stride + ko..], n);
+            }
+            *row = at2(&v);
         }
         for j in 0..2 {
-            let col = six(|i| rows[i][j]);
+            let mut col = [[0f32; LANES]; 6];
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = rows[i][j];
+            }
             for (i, v) in at2(&col).into_iter().enumerate() {
                 store(&mut y[(i * 2 + j) * k + ko..], &v, n);
             }
