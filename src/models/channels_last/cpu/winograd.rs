@@ -135,6 +135,10 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
     }
     let block = super::balanced(tiles, block_tiles(t, c, k), 1);
     let dst = SharedOut(out.as_mut_ptr());
+    // On AVX-512 the output transform applies the epilogue in registers
+    // and stores each pixel once.
+    #[cfg(target_arch = "x86_64")]
+    let in_registers = avx512_tiles::Outputs::new(&ep, dst, len, k);
     let zeros = vec![0f32; c];
     (0..tiles.div_ceil(block)).into_par_iter().for_each(|bi| {
         let (t0, nt) = (bi * block, block.min(tiles - bi * block));
@@ -174,6 +178,20 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
             let mut y = vec![0f32; m * m * k];
             for i in 0..nt {
                 let (b, oy, ox) = at(i);
+                #[cfg(target_arch = "x86_64")]
+                if let Some(outputs) = &in_registers {
+                    let mut pixels = [None; 16];
+                    for (q, p) in pixels[..m * m].iter_mut().enumerate() {
+                        let (py, px) = (oy + q / m, ox + q % m);
+                        *p = (py < oh && px < ow).then_some(((b * oh + py) * ow + px) * k);
+                    }
+                    let tile = &prod[i * k..];
+                    // SAFETY: `in_registers` exists on AVX-512 only; every
+                    // pixel offset lies inside the output and belongs to
+                    // this tile alone.
+                    unsafe { outputs.tile(m, tile, nt * k, k, &pixels[..m * m]) };
+                    continue;
+                }
                 if m == 4 {
                     output_tile(&prod[i * k..], nt * k, k, &mut y);
                 } else {
@@ -199,11 +217,30 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
     out
 }
 
-widest_vectors! {
-    /// `B^T d B` of one tile over the channels: `src` the 6x6 input pixels
-    /// (row-major), `dst[e * stride + ch]` the 36 transformed values.
-    fn input_tile / input_tile_avx512 / input_tile_avx2
-        => input_tile_any(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize)
+/// `B^T d B` of one tile over the channels: `src` the 6x6 input pixels
+/// (row-major), `dst[e * stride + ch]` the 36 transformed values. On
+/// AVX-512 in intrinsics (`avx512_tiles`), else `input_tile_any` compiled
+/// for AVX2 + FMA or the baseline.
+fn input_tile(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx512() {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { avx512_tiles::input_tile(src, dst, stride, c) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { input_tile_avx2(src, dst, stride, c) };
+        }
+    }
+    input_tile_any(src, dst, stride, c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_tile_avx2(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
+    input_tile_any(src, dst, stride, c)
 }
 
 /// Channels the transforms take at once: one AVX-512 vector (two AVX2).
@@ -388,6 +425,218 @@ fn output_tile2_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     }
 }
 
+/// The tile transforms in AVX-512 intrinsics, 16 channels a vector (a
+/// masked one for the last few): the portable versions' arithmetic with
+/// fused multiply-adds, and the output transform storing each pixel
+/// once, its epilogue applied in registers.
+#[cfg(target_arch = "x86_64")]
+mod avx512_tiles {
+    use std::arch::x86_64::*;
+
+    use super::super::lanes::InRegisters;
+    use super::super::{Epilogue, SharedOut};
+    use super::T;
+
+    const LANES: usize = 16;
+
+    /// The first `n` lanes (all for `n >= 16`).
+    #[inline(always)]
+    fn mask(n: usize) -> __mmask16 {
+        if n >= LANES {
+            !0
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// `B^T x` over six vectors (`bt4` in the portable code).
+    #[inline(always)]
+    unsafe fn bt4(d: [__m512; 6]) -> [__m512; 6] {
+        // SAFETY: register operations only (AVX-512F, the caller's).
+        unsafe {
+            let set = _mm512_set1_ps;
+            let d24 = _mm512_sub_ps(d[4], d[2]);
+            let d13 = _mm512_sub_ps(d[1], d[3]);
+            [
+                _mm512_fmadd_ps(set(4.0), d[0], _mm512_fmadd_ps(set(-5.0), d[2], d[4])),
+                _mm512_fmadd_ps(
+                    set(-4.0),
+                    _mm512_add_ps(d[1], d[2]),
+                    _mm512_add_ps(d[3], d[4]),
+                ),
+                _mm512_fmadd_ps(
+                    set(4.0),
+                    _mm512_sub_ps(d[1], d[2]),
+                    _mm512_sub_ps(d[4], d[3]),
+                ),
+                _mm512_fmadd_ps(set(-2.0), d13, d24),
+                _mm512_fmadd_ps(set(2.0), d13, d24),
+                _mm512_fmadd_ps(set(4.0), d[1], _mm512_fmadd_ps(set(-5.0), d[3], d[5])),
+            ]
+        }
+    }
+
+    /// `A^T x` over six vectors to `M` (4: `at4`, 2: `at2`).
+    #[inline(always)]
+    unsafe fn at<const M: usize>(x: [__m512; 6]) -> [__m512; M] {
+        // SAFETY: register operations only (AVX-512F, the caller's).
+        unsafe {
+            let set = _mm512_set1_ps;
+            let a = _mm512_add_ps(x[1], x[2]);
+            let b = _mm512_sub_ps(x[1], x[2]);
+            let p = _mm512_add_ps(x[3], x[4]);
+            let q = _mm512_sub_ps(x[3], x[4]);
+            let mut y = [_mm512_setzero_ps(); M];
+            y[0] = _mm512_add_ps(_mm512_add_ps(x[0], a), p);
+            if M == 4 {
+                y[1] = _mm512_fmadd_ps(set(2.0), q, b);
+                y[2] = _mm512_fmadd_ps(set(4.0), p, a);
+                y[3] = _mm512_fmadd_ps(set(8.0), q, _mm512_add_ps(b, x[5]));
+            } else {
+                y[1] = _mm512_fmadd_ps(set(2.0), q, _mm512_add_ps(b, x[5]));
+            }
+            y
+        }
+    }
+
+    /// `super::input_tile` on AVX-512.
+    ///
+    /// # Safety
+    /// A CPU with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn input_tile(
+        src: &[&[f32]; T * T],
+        dst: &mut [f32],
+        stride: usize,
+        c: usize,
+    ) {
+        assert!(dst.len() >= 35 * stride + c && src.iter().all(|s| s.len() >= c));
+        let out = dst.as_mut_ptr();
+        for ch in (0..c).step_by(LANES) {
+            let lanes = mask(c - ch);
+            // SAFETY: channels ch.. under the mask lie inside every
+            // source pixel (`c` long) and inside each of the 36 output
+            // rows (`e * stride + c <= dst.len()`), as asserted.
+            unsafe {
+                // B^T d column by column (kept as rows: `bd[i][j]`),
+                // then each of its rows times B.
+                let mut bd = [[_mm512_setzero_ps(); 6]; 6];
+                for j in 0..6 {
+                    let mut d = [_mm512_setzero_ps(); 6];
+                    for (i, d) in d.iter_mut().enumerate() {
+                        *d = _mm512_maskz_loadu_ps(lanes, src[i * 6 + j].as_ptr().add(ch));
+                    }
+                    for (i, v) in bt4(d).into_iter().enumerate() {
+                        bd[i][j] = v;
+                    }
+                }
+                for (i, row) in bd.into_iter().enumerate() {
+                    for (j, v) in bt4(row).into_iter().enumerate() {
+                        _mm512_mask_storeu_ps(out.add((i * 6 + j) * stride + ch), lanes, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where one layer's output transforms store: its epilogue (with the
+    /// activation in registers) and output.
+    pub(super) struct Outputs<'a> {
+        bias: &'a [f32],
+        residual: Option<&'a [f32]>,
+        act: InRegisters,
+        out: SharedOut,
+    }
+
+    impl<'a> Outputs<'a> {
+        /// For an output of `len` values, `k` a pixel: `None` without
+        /// AVX-512 or for an activation the registers do not apply.
+        pub(super) fn new(ep: &Epilogue<'a>, out: SharedOut, len: usize, k: usize) -> Option<Self> {
+            assert!(ep.bias.len() >= k && ep.residual.is_none_or(|r| r.len() >= len));
+            let act = InRegisters::of(ep.act)?;
+            super::super::avx512().then_some(Outputs {
+                bias: ep.bias,
+                residual: ep.residual,
+                act,
+                out,
+            })
+        }
+
+        /// `A^T m A` of one tile (`m` outputs a side; the 36 products at
+        /// `prod[e * stride + ko]`), plus bias and residual, activated
+        /// and stored at each pixel's offset in `pixels` (`None`: outside
+        /// the image).
+        ///
+        /// # Safety
+        /// Every offset + `k` lies inside the output (and the residual),
+        /// and no other task writes those values.
+        pub(super) unsafe fn tile(
+            &self,
+            m: usize,
+            prod: &[f32],
+            stride: usize,
+            k: usize,
+            pixels: &[Option<usize>],
+        ) {
+            assert!(prod.len() >= 35 * stride + k && pixels.len() == m * m);
+            // SAFETY: `new` found AVX-512F; the rest is the caller's.
+            unsafe {
+                if m == 4 {
+                    self.transform::<4>(prod, stride, k, pixels)
+                } else {
+                    self.transform::<2>(prod, stride, k, pixels)
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn transform<const M: usize>(
+            &self,
+            prod: &[f32],
+            stride: usize,
+            k: usize,
+            pixels: &[Option<usize>],
+        ) {
+            let src = prod.as_ptr();
+            for ko in (0..k).step_by(LANES) {
+                let lanes = mask(k - ko);
+                // SAFETY: the products' rows as `tile` asserted, the bias
+                // `k` long (`new`), the pixels as the caller promised.
+                unsafe {
+                    // A^T m row by row, then each column of that times A.
+                    let mut rows = [[_mm512_setzero_ps(); M]; 6];
+                    for (i, row) in rows.iter_mut().enumerate() {
+                        let mut v = [_mm512_setzero_ps(); 6];
+                        for (j, v) in v.iter_mut().enumerate() {
+                            *v = _mm512_maskz_loadu_ps(lanes, src.add((i * 6 + j) * stride + ko));
+                        }
+                        *row = at::<M>(v);
+                    }
+                    let bias = _mm512_maskz_loadu_ps(lanes, self.bias.as_ptr().add(ko));
+                    for j in 0..M {
+                        let y = at::<M>(rows.map(|row| row[j]));
+                        for (i, y) in y.into_iter().enumerate() {
+                            let Some(at) = pixels[i * M + j] else {
+                                continue;
+                            };
+                            // As `epilogue_any`: the sum plus (bias + residual).
+                            let add = match self.residual {
+                                None => bias,
+                                Some(r) => _mm512_add_ps(
+                                    bias,
+                                    _mm512_maskz_loadu_ps(lanes, r.as_ptr().add(at + ko)),
+                                ),
+                            };
+                            let v = self.act.apply(_mm512_add_ps(y, add));
+                            _mm512_mask_storeu_ps(self.out.at(at + ko), lanes, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,7 +651,8 @@ mod tests {
         (k, r): (usize, usize),
         pad: usize,
         bias: &[f32],
-        residual: &[f32],
+        residual: Option<&[f32]>,
+        act: Act,
     ) -> Vec<f32> {
         let (oh, ow) = (h + 2 * pad + 1 - r, w + 2 * pad + 1 - r);
         let mut out = vec![0f32; n * oh * ow * k];
@@ -425,7 +675,7 @@ mod tests {
                             }
                         }
                         let at = ((b * oh + oy) * ow + ox) * k + ko;
-                        out[at] = Act::Relu.apply(s as f32 + residual[at]);
+                        out[at] = act.apply(s as f32 + residual.map_or(0.0, |r| r[at]));
                     }
                 }
             }
@@ -443,6 +693,8 @@ mod tests {
             (2, 7, 6, 16, 24, 3, 1),
             (1, 9, 9, 32, 8, 3, 0),
             (3, 40, 33, 16, 16, 3, 1),
+            // Channels not in whole vectors (masked lanes in and out).
+            (1, 10, 7, 20, 12, 3, 1),
             // F(2x2, 5x5): AlexNet's padding, an odd map (a half tile at
             // the edge), no padding.
             (2, 13, 13, 32, 40, 5, 2),
@@ -453,8 +705,15 @@ mod tests {
             let (x, wt, bias) = (rand(n * h * w * c), rand(k * r * r * c), rand(k));
             let (oh, ow) = g.out_hw(h, w).unwrap();
             let residual = rand(n * oh * ow * k);
-            let want = direct(&x, (n, h, w, c), &wt, (k, r), pad, &bias, &residual);
-            {
+            // With a residual and an activation the AVX-512 stores apply,
+            // without a residual, and with one they do not (GELU: the
+            // portable transform, then a pass over the outputs).
+            for (residual, act) in [
+                (Some(&residual[..]), Act::Relu),
+                (None, Act::Silu),
+                (Some(&residual[..]), Act::Gelu),
+            ] {
+                let want = direct(&x, (n, h, w, c), &wt, (k, r), pad, &bias, residual, act);
                 let input = Input {
                     x: &x,
                     h,
@@ -466,8 +725,8 @@ mod tests {
                 let u = filters(&wt, c, k, r);
                 let ep = Epilogue {
                     bias: &bias,
-                    residual: Some(&residual),
-                    act: Act::Relu,
+                    residual,
+                    act,
                 };
                 let y = conv(&g, &input, n, &u, ep);
                 let worst = crate::models::channels_last::max_abs_diff(&y, &want);
@@ -476,7 +735,7 @@ mod tests {
                 let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
                 assert!(
                     worst < 1e-5 * largest,
-                    "{n}x{h}x{w}x{c} -> {k}, {r}x{r} pad {pad}: {worst} of {largest}"
+                    "{n}x{h}x{w}x{c} -> {k}, {r}x{r} pad {pad}, {act:?}: {worst} of {largest}"
                 );
             }
         }
