@@ -683,6 +683,56 @@ mod tests {
         out
     }
 
+    /// The AVX-512 transforms against the portable ones (which AVX2 and
+    /// baseline CPUs run, and which `conv` takes on this machine only for
+    /// GELU's outputs): the same values within rounding, 24 channels (a
+    /// whole vector and a masked one).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx512_transforms_match_the_portable_ones() {
+        if !super::super::avx512() {
+            return;
+        }
+        let mut rng = crate::util::SplitMix64(11);
+        let c = 24;
+        let pixels: Vec<Vec<f32>> = (0..T * T)
+            .map(|_| (0..c).map(|_| rng.next_unit() - 0.5).collect())
+            .collect();
+        let src: [&[f32]; T * T] = std::array::from_fn(|e| &pixels[e][..]);
+        let (mut want, mut got) = (vec![0f32; T * T * c], vec![0f32; T * T * c]);
+        input_tile_any(&src, &mut want, c, c);
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { avx512_tiles::input_tile(&src, &mut got, c, c) };
+        let worst = crate::models::channels_last::max_abs_diff(&got, &want);
+        assert!(worst < 1e-5, "input transform: {worst}");
+
+        // The output transforms of both sizes, no bias or activation.
+        let prod: Vec<f32> = (0..T * T * c).map(|_| rng.next_unit() - 0.5).collect();
+        let bias = vec![0f32; c];
+        for m in [4, 2] {
+            let mut want = vec![0f32; m * m * c];
+            if m == 4 {
+                output_tile_any(&prod, c, c, &mut want);
+            } else {
+                output_tile2_any(&prod, c, c, &mut want);
+            }
+            let mut got = vec![f32::NAN; m * m * c];
+            let ep = Epilogue {
+                bias: &bias,
+                residual: None,
+                act: Act::Identity,
+            };
+            let outputs =
+                avx512_tiles::Outputs::new(&ep, SharedOut(got.as_mut_ptr()), got.len(), c)
+                    .expect("AVX-512 and an activation in registers");
+            let pixels: Vec<Option<usize>> = (0..m * m).map(|q| Some(q * c)).collect();
+            // SAFETY: each pixel's c values lie inside `got`.
+            unsafe { outputs.tile(m, &prod, c, c, &pixels) };
+            let worst = crate::models::channels_last::max_abs_diff(&got, &want);
+            assert!(worst < 1e-5, "output transform, {m}x{m}: {worst}");
+        }
+    }
+
     #[test]
     fn winograd_matches_the_direct_sum() {
         let mut rng = crate::util::SplitMix64(7);
