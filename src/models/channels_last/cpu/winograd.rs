@@ -578,7 +578,7 @@ mod avx512_tiles {
             k: usize,
             pixels: &[Option<usize>],
         ) {
-            assert!(prod.len() >= 35 * stride + k && pixels.len() == m * m);
+            assert!((m == 4 || m == 2) && prod.len() >= 35 * stride + k && pixels.len() == m * m);
             // SAFETY: `new` found AVX-512F; the rest is the caller's.
             unsafe {
                 if m == 4 {
@@ -616,7 +616,7 @@ mod avx512_tiles {
                     for j in 0..M {
                         let y = at::<M>(rows.map(|row| row[j]));
                         for (i, y) in y.into_iter().enumerate() {
-                            let Some(at) = pixels[i * M + j] else {
+                            let Some(offset) = pixels[i * M + j] else {
                                 continue;
                             };
                             // As `epilogue_any`: the sum plus (bias + residual).
@@ -624,11 +624,11 @@ mod avx512_tiles {
                                 None => bias,
                                 Some(r) => _mm512_add_ps(
                                     bias,
-                                    _mm512_maskz_loadu_ps(lanes, r.as_ptr().add(at + ko)),
+                                    _mm512_maskz_loadu_ps(lanes, r.as_ptr().add(offset + ko)),
                                 ),
                             };
                             let v = self.act.apply(_mm512_add_ps(y, add));
-                            _mm512_mask_storeu_ps(self.out.at(at + ko), lanes, v);
+                            _mm512_mask_storeu_ps(self.out.at(offset + ko), lanes, v);
                         }
                     }
                 }
