@@ -138,7 +138,7 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
     // On AVX-512 the output transform applies the epilogue in registers
     // and stores each pixel once.
     #[cfg(target_arch = "x86_64")]
-    let in_registers = avx512_tiles::Outputs::new(&ep, dst, len, k);
+    let in_registers = vector_tiles::Outputs::new(&ep, dst, len, k);
     let zeros = vec![0f32; c];
     (0..tiles.div_ceil(block)).into_par_iter().for_each(|bi| {
         let (t0, nt) = (bi * block, block.min(tiles - bi * block));
@@ -192,11 +192,7 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
                     unsafe { outputs.tile(m, tile, nt * k, k, &pixels[..m * m]) };
                     continue;
                 }
-                if m == 4 {
-                    output_tile(&prod[i * k..], nt * k, k, &mut y);
-                } else {
-                    output_tile2(&prod[i * k..], nt * k, k, &mut y);
-                }
+                output_tile(m, &prod[i * k..], nt * k, k, &mut y);
                 for (q, yq) in y.chunks_exact_mut(k).enumerate() {
                     let (py, px) = (oy + q / m, ox + q % m);
                     if py >= oh || px >= ow {
@@ -218,18 +214,16 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
 }
 
 /// `B^T d B` of one tile over the channels: `src` the 6x6 input pixels
-/// (row-major), `dst[e * stride + ch]` the 36 transformed values. On
-/// AVX-512 in intrinsics (`avx512_tiles`), else `input_tile_any` compiled
-/// for AVX2 + FMA or the baseline.
+/// (row-major), `dst[e * stride + ch]` the 36 transformed values. In
+/// AVX-512 or AVX2 intrinsics (`vector_tiles`), else portable.
 fn input_tile(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::avx512() {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { avx512_tiles::input_tile(src, dst, stride, c) };
+            return unsafe { input_tile_avx512(src, dst, stride, c) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if avx2() {
             // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { input_tile_avx2(src, dst, stride, c) };
         }
@@ -237,13 +231,77 @@ fn input_tile(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
     input_tile_any(src, dst, stride, c)
 }
 
+/// `A^T m A` of one tile over the output channels: `m[e * stride + ko]`
+/// the 36 products, `y` the `side x side` outputs (row-major, `k` each;
+/// `side` 4 for F(4x4, 3x3), 2 for F(2x2, 5x5)). In AVX-512 or AVX2
+/// intrinsics (`vector_tiles`), else portable.
+fn output_tile(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx512() {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { output_tile_avx512(side, m, stride, k, y) };
+        }
+        if avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { output_tile_avx2(side, m, stride, k, y) };
+        }
+    }
+    if side == 4 {
+        output_tile_any(m, stride, k, y)
+    } else {
+        output_tile2_any(m, stride, k, y)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_tile_avx512(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
+    // SAFETY: compiled for, and called on, AVX-512F.
+    unsafe { vector_tiles::input_tile::<vector_tiles::Avx512>(src, dst, stride, c) }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn input_tile_avx2(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
-    input_tile_any(src, dst, stride, c)
+    // SAFETY: compiled for, and called on, AVX2 + FMA.
+    unsafe { vector_tiles::input_tile::<vector_tiles::Avx2>(src, dst, stride, c) }
 }
 
-/// Channels the transforms take at once: one AVX-512 vector (two AVX2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_tile_avx512(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
+    use vector_tiles::{output_block, Avx512};
+    // SAFETY: compiled for, and called on, AVX-512F.
+    unsafe {
+        if side == 4 {
+            output_block::<Avx512, 4>(m, stride, k, y)
+        } else {
+            output_block::<Avx512, 2>(m, stride, k, y)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_tile_avx2(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
+    use vector_tiles::{output_block, Avx2};
+    // SAFETY: compiled for, and called on, AVX2 + FMA.
+    unsafe {
+        if side == 4 {
+            output_block::<Avx2, 4>(m, stride, k, y)
+        } else {
+            output_block::<Avx2, 2>(m, stride, k, y)
+        }
+    }
+}
+
+/// Channels the portable transforms take at once.
 const LANES: usize = 16;
 type Lanes = [f32; LANES];
 
@@ -330,13 +388,6 @@ fn input_tile_any(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usiz
     }
 }
 
-widest_vectors! {
-    /// `A^T m A` of one tile over the output channels: `m[e * stride + ko]`
-    /// the 36 products, `y` the 4x4 outputs (row-major, `k` each).
-    fn output_tile / output_tile_avx512 / output_tile_avx2
-        => output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32])
-}
-
 /// `A^T x` over a lane of channels: six values to four.
 #[inline(always)]
 fn at4(m: &[Lanes; 6]) -> [Lanes; 4] {
@@ -352,6 +403,7 @@ fn at4(m: &[Lanes; 6]) -> [Lanes; 4] {
     ]
 }
 
+/// `output_tile` for F(4x4, 3x3), portable.
 #[inline(always)]
 fn output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     assert!(m.len() >= 35 * stride + k && y.len() >= 16 * k);
@@ -379,14 +431,6 @@ fn output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     }
 }
 
-// Two functions rather than one generic over the tile's side: merged,
-// `perf` found their closures out of line (compiled without AVX-512).
-widest_vectors! {
-    /// `output_tile` for F(2x2, 5x5): `y` the 2x2 outputs.
-    fn output_tile2 / output_tile2_avx512 / output_tile2_avx2
-        => output_tile2_any(m: &[f32], stride: usize, k: usize, y: &mut [f32])
-}
-
 /// `A^T x` of F(2x2, 5x5) over a lane of channels: six values to two.
 #[inline(always)]
 fn at2(m: &[Lanes; 6]) -> [Lanes; 2] {
@@ -398,6 +442,7 @@ fn at2(m: &[Lanes; 6]) -> [Lanes; 2] {
     ]
 }
 
+/// `output_tile` for F(2x2, 5x5), portable.
 #[inline(always)]
 fn output_tile2_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     assert!(m.len() >= 35 * stride + k && y.len() >= 4 * k);
@@ -425,86 +470,173 @@ fn output_tile2_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     }
 }
 
-/// The tile transforms in AVX-512 intrinsics, 16 channels a vector (a
-/// masked one for the last few): the portable versions' arithmetic with
-/// fused multiply-adds, and the output transform storing each pixel
-/// once, its epilogue applied in registers.
+/// The tile transforms in intrinsics, generic over the vector width
+/// (AVX-512: 16 channels a vector, AVX2: 8; a partial vector for the last
+/// few): the portable versions' arithmetic with fused multiply-adds. On
+/// AVX-512 the output transform also stores each pixel once, its epilogue
+/// applied in registers (`Outputs`).
 #[cfg(target_arch = "x86_64")]
-mod avx512_tiles {
+mod vector_tiles {
     use std::arch::x86_64::*;
 
     use super::super::lanes::InRegisters;
     use super::super::{Epilogue, SharedOut};
     use super::T;
 
-    const LANES: usize = 16;
+    /// The operations the transforms need, on one vector of channels.
+    /// Every method is inlined into a caller compiled for its width.
+    pub(super) trait Vector: Copy {
+        const LANES: usize;
+        unsafe fn splat(x: f32) -> Self;
+        unsafe fn add(self, b: Self) -> Self;
+        unsafe fn sub(self, b: Self) -> Self;
+        /// `a * self + c`, one rounding.
+        unsafe fn times_plus(self, a: f32, c: Self) -> Self;
+        /// The first `n` values at `p` (`n < LANES`: zeros after them).
+        unsafe fn load(p: *const f32, n: usize) -> Self;
+        /// The first `n` lanes to `p`.
+        unsafe fn store(self, p: *mut f32, n: usize);
+    }
 
-    /// The first `n` lanes (all for `n >= 16`).
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(pub __m512);
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    /// The first `n` of 16 lanes (all for `n >= 16`).
     #[inline(always)]
-    fn mask(n: usize) -> __mmask16 {
-        if n >= LANES {
+    fn mask16(n: usize) -> __mmask16 {
+        if n >= 16 {
             !0
         } else {
             ((1u32 << n) - 1) as __mmask16
         }
     }
 
+    // SAFETY (both impls): register operations, and loads and stores of
+    // the lanes the caller names; on CPUs with the width's features (the
+    // callers' `target_feature`).
+    impl Vector for Avx512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { Avx512(_mm512_set1_ps(x)) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            unsafe { Avx512(_mm512_add_ps(self.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn sub(self, b: Self) -> Self {
+            unsafe { Avx512(_mm512_sub_ps(self.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn times_plus(self, a: f32, c: Self) -> Self {
+            unsafe { Avx512(_mm512_fmadd_ps(_mm512_set1_ps(a), self.0, c.0)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32, n: usize) -> Self {
+            unsafe { Avx512(_mm512_maskz_loadu_ps(mask16(n), p)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, n: usize) {
+            unsafe { _mm512_mask_storeu_ps(p, mask16(n), self.0) }
+        }
+    }
+
+    impl Vector for Avx2 {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { Avx2(_mm256_set1_ps(x)) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_add_ps(self.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn sub(self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_sub_ps(self.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn times_plus(self, a: f32, c: Self) -> Self {
+            unsafe { Avx2(_mm256_fmadd_ps(_mm256_set1_ps(a), self.0, c.0)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32, n: usize) -> Self {
+            unsafe {
+                if n >= 8 {
+                    Avx2(_mm256_loadu_ps(p))
+                } else {
+                    // A partial vector through the stack (AVX2's masked
+                    // moves are slow on some CPUs; this is the rare tail).
+                    let mut v = [0f32; 8];
+                    std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n);
+                    Avx2(_mm256_loadu_ps(v.as_ptr()))
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, n: usize) {
+            unsafe {
+                if n >= 8 {
+                    _mm256_storeu_ps(p, self.0)
+                } else {
+                    let mut v = [0f32; 8];
+                    _mm256_storeu_ps(v.as_mut_ptr(), self.0);
+                    std::ptr::copy_nonoverlapping(v.as_ptr(), p, n);
+                }
+            }
+        }
+    }
+
     /// `B^T x` over six vectors (`bt4` in the portable code).
     #[inline(always)]
-    unsafe fn bt4(d: [__m512; 6]) -> [__m512; 6] {
-        // SAFETY: register operations only (AVX-512F, the caller's).
+    unsafe fn bt4<V: Vector>(d: [V; 6]) -> [V; 6] {
+        // SAFETY: register operations only.
         unsafe {
-            let set = _mm512_set1_ps;
-            let d24 = _mm512_sub_ps(d[4], d[2]);
-            let d13 = _mm512_sub_ps(d[1], d[3]);
+            let d24 = d[4].sub(d[2]);
+            let d13 = d[1].sub(d[3]);
             [
-                _mm512_fmadd_ps(set(4.0), d[0], _mm512_fmadd_ps(set(-5.0), d[2], d[4])),
-                _mm512_fmadd_ps(
-                    set(-4.0),
-                    _mm512_add_ps(d[1], d[2]),
-                    _mm512_add_ps(d[3], d[4]),
-                ),
-                _mm512_fmadd_ps(
-                    set(4.0),
-                    _mm512_sub_ps(d[1], d[2]),
-                    _mm512_sub_ps(d[4], d[3]),
-                ),
-                _mm512_fmadd_ps(set(-2.0), d13, d24),
-                _mm512_fmadd_ps(set(2.0), d13, d24),
-                _mm512_fmadd_ps(set(4.0), d[1], _mm512_fmadd_ps(set(-5.0), d[3], d[5])),
+                d[0].times_plus(4.0, d[2].times_plus(-5.0, d[4])),
+                d[1].add(d[2]).times_plus(-4.0, d[3].add(d[4])),
+                d[1].sub(d[2]).times_plus(4.0, d[4].sub(d[3])),
+                d13.times_plus(-2.0, d24),
+                d13.times_plus(2.0, d24),
+                d[1].times_plus(4.0, d[3].times_plus(-5.0, d[5])),
             ]
         }
     }
 
     /// `A^T x` over six vectors to `M` (4: `at4`, 2: `at2`).
     #[inline(always)]
-    unsafe fn at<const M: usize>(x: [__m512; 6]) -> [__m512; M] {
-        // SAFETY: register operations only (AVX-512F, the caller's).
+    unsafe fn at<V: Vector, const M: usize>(x: [V; 6]) -> [V; M] {
+        // SAFETY: register operations only.
         unsafe {
-            let set = _mm512_set1_ps;
-            let a = _mm512_add_ps(x[1], x[2]);
-            let b = _mm512_sub_ps(x[1], x[2]);
-            let p = _mm512_add_ps(x[3], x[4]);
-            let q = _mm512_sub_ps(x[3], x[4]);
-            let mut y = [_mm512_setzero_ps(); M];
-            y[0] = _mm512_add_ps(_mm512_add_ps(x[0], a), p);
+            let a = x[1].add(x[2]);
+            let b = x[1].sub(x[2]);
+            let p = x[3].add(x[4]);
+            let q = x[3].sub(x[4]);
+            let mut y = [V::splat(0.0); M];
+            y[0] = x[0].add(a).add(p);
             if M == 4 {
-                y[1] = _mm512_fmadd_ps(set(2.0), q, b);
-                y[2] = _mm512_fmadd_ps(set(4.0), p, a);
-                y[3] = _mm512_fmadd_ps(set(8.0), q, _mm512_add_ps(b, x[5]));
+                y[1] = q.times_plus(2.0, b);
+                y[2] = p.times_plus(4.0, a);
+                y[3] = q.times_plus(8.0, b.add(x[5]));
             } else {
-                y[1] = _mm512_fmadd_ps(set(2.0), q, _mm512_add_ps(b, x[5]));
+                y[1] = q.times_plus(2.0, b.add(x[5]));
             }
             y
         }
     }
 
-    /// `super::input_tile` on AVX-512.
+    /// `super::input_tile` in vectors of `V`.
     ///
     /// # Safety
-    /// A CPU with AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn input_tile(
+    /// A CPU with `V`'s features, in a caller compiled for them.
+    #[inline(always)]
+    pub(super) unsafe fn input_tile<V: Vector>(
         src: &[&[f32]; T * T],
         dst: &mut [f32],
         stride: usize,
@@ -512,19 +644,19 @@ mod avx512_tiles {
     ) {
         assert!(dst.len() >= 35 * stride + c && src.iter().all(|s| s.len() >= c));
         let out = dst.as_mut_ptr();
-        for ch in (0..c).step_by(LANES) {
-            let lanes = mask(c - ch);
-            // SAFETY: channels ch.. under the mask lie inside every
-            // source pixel (`c` long) and inside each of the 36 output
-            // rows (`e * stride + c <= dst.len()`), as asserted.
+        for ch in (0..c).step_by(V::LANES) {
+            let n = c - ch;
+            // SAFETY: channels ch.. (at most n) lie inside every source
+            // pixel (`c` long) and inside each of the 36 output rows
+            // (`e * stride + c <= dst.len()`), as asserted.
             unsafe {
                 // B^T d column by column (kept as rows: `bd[i][j]`),
                 // then each of its rows times B.
-                let mut bd = [[_mm512_setzero_ps(); 6]; 6];
+                let mut bd = [[V::splat(0.0); 6]; 6];
                 for j in 0..6 {
-                    let mut d = [_mm512_setzero_ps(); 6];
+                    let mut d = [V::splat(0.0); 6];
                     for (i, d) in d.iter_mut().enumerate() {
-                        *d = _mm512_maskz_loadu_ps(lanes, src[i * 6 + j].as_ptr().add(ch));
+                        *d = V::load(src[i * 6 + j].as_ptr().add(ch), n);
                     }
                     for (i, v) in bt4(d).into_iter().enumerate() {
                         bd[i][j] = v;
@@ -532,15 +664,103 @@ mod avx512_tiles {
                 }
                 for (i, row) in bd.into_iter().enumerate() {
                     for (j, v) in bt4(row).into_iter().enumerate() {
-                        _mm512_mask_storeu_ps(out.add((i * 6 + j) * stride + ch), lanes, v);
+                        v.store(out.add((i * 6 + j) * stride + ch), n);
                     }
                 }
             }
         }
     }
 
-    /// Where one layer's output transforms store: its epilogue (with the
-    /// activation in registers) and output.
+    /// Where `output_tile` puts each pixel's output vectors. (A trait
+    /// rather than a closure: its methods, `inline(always)`, compile into
+    /// the caller with its vector width.)
+    trait Sink<V> {
+        /// Pixel `q`'s outputs `ko..ko + lanes`.
+        unsafe fn put(&mut self, q: usize, ko: usize, v: V, lanes: usize);
+    }
+
+    /// The column `j` of six rows.
+    #[inline(always)]
+    fn column<V: Copy, const M: usize>(rows: &[[V; M]; 6], j: usize) -> [V; 6] {
+        [
+            rows[0][j], rows[1][j], rows[2][j], rows[3][j], rows[4][j], rows[5][j],
+        ]
+    }
+
+    /// `A^T m A` of one tile (`M` outputs a side; the 36 products at
+    /// `prod[e * stride + ko]`), each pixel's `k` outputs to `sink`.
+    ///
+    /// # Safety
+    /// A CPU with `V`'s features, in a caller compiled for them; `sink`'s
+    /// own conditions.
+    #[inline(always)]
+    unsafe fn output_tile<V: Vector, const M: usize>(
+        prod: &[f32],
+        stride: usize,
+        k: usize,
+        sink: &mut impl Sink<V>,
+    ) {
+        assert!(prod.len() >= 35 * stride + k);
+        let src = prod.as_ptr();
+        for ko in (0..k).step_by(V::LANES) {
+            let n = k - ko;
+            // SAFETY: the products' rows as asserted.
+            unsafe {
+                // A^T m row by row, then each column of that times A.
+                let mut rows = [[V::splat(0.0); M]; 6];
+                for (i, row) in rows.iter_mut().enumerate() {
+                    let mut v = [V::splat(0.0); 6];
+                    for (j, v) in v.iter_mut().enumerate() {
+                        *v = V::load(src.add((i * 6 + j) * stride + ko), n);
+                    }
+                    *row = at::<V, M>(v);
+                }
+                for j in 0..M {
+                    for (i, y) in at::<V, M>(column(&rows, j)).into_iter().enumerate() {
+                        sink.put(i * M + j, ko, y, n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A block of `M x M` pixels, `k` values each.
+    struct Block {
+        out: *mut f32,
+        k: usize,
+    }
+
+    impl<V: Vector> Sink<V> for Block {
+        #[inline(always)]
+        unsafe fn put(&mut self, q: usize, ko: usize, v: V, lanes: usize) {
+            // SAFETY: `output_block` made the block `M x M x k` long.
+            unsafe { v.store(self.out.add(q * self.k + ko), lanes) }
+        }
+    }
+
+    /// `super::output_tile` (`M` 4) or `output_tile2` (2) in vectors of
+    /// `V`: the outputs to `y`, pixel by pixel, `k` values each.
+    ///
+    /// # Safety
+    /// A CPU with `V`'s features, in a caller compiled for them.
+    #[inline(always)]
+    pub(super) unsafe fn output_block<V: Vector, const M: usize>(
+        prod: &[f32],
+        stride: usize,
+        k: usize,
+        y: &mut [f32],
+    ) {
+        assert!(y.len() >= M * M * k);
+        let mut block = Block {
+            out: y.as_mut_ptr(),
+            k,
+        };
+        // SAFETY: the CPU as the caller promised; the block as asserted.
+        unsafe { output_tile::<V, M>(prod, stride, k, &mut block) }
+    }
+
+    /// Where one layer's output transforms store on AVX-512: its epilogue
+    /// (with the activation in registers) and output.
     pub(super) struct Outputs<'a> {
         bias: &'a [f32],
         residual: Option<&'a [f32]>,
@@ -578,7 +798,7 @@ mod avx512_tiles {
             k: usize,
             pixels: &[Option<usize>],
         ) {
-            assert!((m == 4 || m == 2) && prod.len() >= 35 * stride + k && pixels.len() == m * m);
+            assert!((m == 4 || m == 2) && pixels.len() == m * m);
             // SAFETY: `new` found AVX-512F; the rest is the caller's.
             unsafe {
                 if m == 4 {
@@ -597,41 +817,48 @@ mod avx512_tiles {
             k: usize,
             pixels: &[Option<usize>],
         ) {
-            let src = prod.as_ptr();
-            for ko in (0..k).step_by(LANES) {
-                let lanes = mask(k - ko);
-                // SAFETY: the products' rows as `tile` asserted, the bias
-                // `k` long (`new`), the pixels as the caller promised.
-                unsafe {
-                    // A^T m row by row, then each column of that times A.
-                    let mut rows = [[_mm512_setzero_ps(); M]; 6];
-                    for (i, row) in rows.iter_mut().enumerate() {
-                        let mut v = [_mm512_setzero_ps(); 6];
-                        for (j, v) in v.iter_mut().enumerate() {
-                            *v = _mm512_maskz_loadu_ps(lanes, src.add((i * 6 + j) * stride + ko));
-                        }
-                        *row = at::<M>(v);
-                    }
-                    let bias = _mm512_maskz_loadu_ps(lanes, self.bias.as_ptr().add(ko));
-                    for j in 0..M {
-                        let y = at::<M>(rows.map(|row| row[j]));
-                        for (i, y) in y.into_iter().enumerate() {
-                            let Some(offset) = pixels[i * M + j] else {
-                                continue;
-                            };
-                            // As `epilogue_any`: the sum plus (bias + residual).
-                            let add = match self.residual {
-                                None => bias,
-                                Some(r) => _mm512_add_ps(
-                                    bias,
-                                    _mm512_maskz_loadu_ps(lanes, r.as_ptr().add(offset + ko)),
-                                ),
-                            };
-                            let v = self.act.apply(_mm512_add_ps(y, add));
-                            _mm512_mask_storeu_ps(self.out.at(offset + ko), lanes, v);
-                        }
-                    }
-                }
+            // SAFETY: AVX-512F (`new`); the pixels as the caller promised.
+            unsafe {
+                output_tile::<Avx512, M>(
+                    prod,
+                    stride,
+                    k,
+                    &mut Fused {
+                        outputs: self,
+                        pixels,
+                    },
+                )
+            }
+        }
+    }
+
+    /// One tile's pixels stored through `Outputs`' epilogue.
+    struct Fused<'o, 'a> {
+        outputs: &'o Outputs<'a>,
+        pixels: &'o [Option<usize>],
+    }
+
+    impl Sink<Avx512> for Fused<'_, '_> {
+        #[inline(always)]
+        unsafe fn put(&mut self, q: usize, ko: usize, y: Avx512, lanes: usize) {
+            let Some(offset) = self.pixels[q] else { return };
+            let o = self.outputs;
+            let lanes = mask16(lanes);
+            // SAFETY: the bias `k` long and the residual as long as the
+            // output (`Outputs::new`); the pixel's offset + k inside the
+            // output and this tile's alone (`Outputs::tile`'s caller).
+            unsafe {
+                // As `epilogue_any`: the sum plus (bias + residual).
+                let bias = _mm512_maskz_loadu_ps(lanes, o.bias.as_ptr().add(ko));
+                let add = match o.residual {
+                    None => bias,
+                    Some(r) => _mm512_add_ps(
+                        bias,
+                        _mm512_maskz_loadu_ps(lanes, r.as_ptr().add(offset + ko)),
+                    ),
+                };
+                let v = o.act.apply(_mm512_add_ps(y.0, add));
+                _mm512_mask_storeu_ps(o.out.at(offset + ko), lanes, v);
             }
         }
     }
@@ -683,53 +910,73 @@ mod tests {
         out
     }
 
-    /// The AVX-512 transforms against the portable ones (which AVX2 and
-    /// baseline CPUs run, and which `conv` takes on this machine only for
-    /// GELU's outputs): the same values within rounding, 24 channels (a
-    /// whole vector and a masked one).
+    /// The vector transforms (AVX-512 and AVX2, where the CPU has them)
+    /// against the portable ones, which baseline CPUs run: the same
+    /// values within rounding, 20 channels (whole vectors and a partial
+    /// one at either width).
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn the_avx512_transforms_match_the_portable_ones() {
-        if !super::super::avx512() {
-            return;
-        }
+    fn the_vector_transforms_match_the_portable_ones() {
         let mut rng = crate::util::SplitMix64(11);
-        let c = 24;
+        let c = 20;
         let pixels: Vec<Vec<f32>> = (0..T * T)
             .map(|_| (0..c).map(|_| rng.next_unit() - 0.5).collect())
             .collect();
         let src: [&[f32]; T * T] = std::array::from_fn(|e| &pixels[e][..]);
-        let (mut want, mut got) = (vec![0f32; T * T * c], vec![0f32; T * T * c]);
-        input_tile_any(&src, &mut want, c, c);
-        // SAFETY: the CPU has AVX-512F.
-        unsafe { avx512_tiles::input_tile(&src, &mut got, c, c) };
-        let worst = crate::models::channels_last::max_abs_diff(&got, &want);
-        assert!(worst < 1e-5, "input transform: {worst}");
-
-        // The output transforms of both sizes, no bias or activation.
         let prod: Vec<f32> = (0..T * T * c).map(|_| rng.next_unit() - 0.5).collect();
-        let bias = vec![0f32; c];
-        for m in [4, 2] {
-            let mut want = vec![0f32; m * m * c];
-            if m == 4 {
-                output_tile_any(&prod, c, c, &mut want);
-            } else {
-                output_tile2_any(&prod, c, c, &mut want);
+        let mut want_in = vec![0f32; T * T * c];
+        input_tile_any(&src, &mut want_in, c, c);
+        let mut want_out = [vec![0f32; 16 * c], vec![0f32; 4 * c]];
+        output_tile_any(&prod, c, c, &mut want_out[0]);
+        output_tile2_any(&prod, c, c, &mut want_out[1]);
+        type Input = unsafe fn(&[&[f32]; T * T], &mut [f32], usize, usize);
+        type Output = unsafe fn(usize, &[f32], usize, usize, &mut [f32]);
+        let widths: [(&str, bool, Input, Output); 2] = [
+            (
+                "AVX-512",
+                super::super::avx512(),
+                input_tile_avx512,
+                output_tile_avx512,
+            ),
+            ("AVX2", avx2(), input_tile_avx2, output_tile_avx2),
+        ];
+        for (name, here, input, output) in widths {
+            if !here {
+                continue;
             }
-            let mut got = vec![f32::NAN; m * m * c];
-            let ep = Epilogue {
-                bias: &bias,
-                residual: None,
-                act: Act::Identity,
+            let mut got = vec![f32::NAN; T * T * c];
+            // SAFETY: the CPU has the width's features.
+            unsafe { input(&src, &mut got, c, c) };
+            let worst = crate::models::channels_last::max_abs_diff(&got, &want_in);
+            assert!(worst < 1e-5, "{name} input transform: {worst}");
+            for (side, want) in [4, 2].into_iter().zip(&want_out) {
+                let mut got = vec![f32::NAN; side * side * c];
+                // SAFETY: as above.
+                unsafe { output(side, &prod, c, c, &mut got) };
+                let worst = crate::models::channels_last::max_abs_diff(&got, want);
+                assert!(
+                    worst < 1e-5,
+                    "{name} output transform {side}x{side}: {worst}"
+                );
+            }
+        }
+        // The AVX-512 stores with the epilogue (none here) as well.
+        let ep = Epilogue {
+            bias: &[0.0; 20],
+            residual: None,
+            act: Act::Identity,
+        };
+        for (side, want) in [4, 2].into_iter().zip(&want_out) {
+            let mut got = vec![f32::NAN; side * side * c];
+            let dst = SharedOut(got.as_mut_ptr());
+            let Some(outputs) = vector_tiles::Outputs::new(&ep, dst, got.len(), c) else {
+                return; // no AVX-512 here
             };
-            let outputs =
-                avx512_tiles::Outputs::new(&ep, SharedOut(got.as_mut_ptr()), got.len(), c)
-                    .expect("AVX-512 and an activation in registers");
-            let pixels: Vec<Option<usize>> = (0..m * m).map(|q| Some(q * c)).collect();
+            let pixels: Vec<Option<usize>> = (0..side * side).map(|q| Some(q * c)).collect();
             // SAFETY: each pixel's c values lie inside `got`.
-            unsafe { outputs.tile(m, &prod, c, c, &pixels) };
-            let worst = crate::models::channels_last::max_abs_diff(&got, &want);
-            assert!(worst < 1e-5, "output transform, {m}x{m}: {worst}");
+            unsafe { outputs.tile(side, &prod, c, c, &pixels) };
+            let worst = crate::models::channels_last::max_abs_diff(&got, want);
+            assert!(worst < 1e-5, "AVX-512 stores {side}x{side}: {worst}");
         }
     }
 
