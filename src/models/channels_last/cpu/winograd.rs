@@ -207,7 +207,7 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
             }
         });
     });
-    // SAFETY: the tiles (th x tw per image, 4 x 4 pixels each) cover every
+    // SAFETY: the tiles (th x tw per image, m x m pixels each) cover every
     // pixel of every image, and each pixel's k values were written above.
     unsafe { out.set_len(len) };
     out
