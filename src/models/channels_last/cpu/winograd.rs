@@ -175,33 +175,32 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
                 };
                 product::product_into(&ops, &mut prod[e * nt * k..][..nt * k], None);
             }
-            let mut y = vec![0f32; m * m * k];
+            // The fallback's outputs (sized on first use).
+            let mut y = Vec::new();
             for i in 0..nt {
                 let (b, oy, ox) = at(i);
+                // Each output pixel's offset, `None` past the image's edge.
+                let mut pixels = [None; 16];
+                for (q, p) in pixels[..m * m].iter_mut().enumerate() {
+                    let (py, px) = (oy + q / m, ox + q % m);
+                    *p = (py < oh && px < ow).then_some(((b * oh + py) * ow + px) * k);
+                }
+                let (pixels, tile) = (&pixels[..m * m], &prod[i * k..]);
                 #[cfg(target_arch = "x86_64")]
                 if let Some(outputs) = &in_registers {
-                    let mut pixels = [None; 16];
-                    for (q, p) in pixels[..m * m].iter_mut().enumerate() {
-                        let (py, px) = (oy + q / m, ox + q % m);
-                        *p = (py < oh && px < ow).then_some(((b * oh + py) * ow + px) * k);
-                    }
-                    let tile = &prod[i * k..];
                     // SAFETY: `in_registers` exists on AVX-512 only; every
                     // pixel offset lies inside the output and belongs to
                     // this tile alone.
-                    unsafe { outputs.tile(m, tile, nt * k, k, &pixels[..m * m]) };
+                    unsafe { outputs.tile(m, tile, nt * k, k, pixels) };
                     continue;
                 }
-                output_tile(m, &prod[i * k..], nt * k, k, &mut y);
-                for (q, yq) in y.chunks_exact_mut(k).enumerate() {
-                    let (py, px) = (oy + q / m, ox + q % m);
-                    if py >= oh || px >= ow {
-                        continue;
-                    }
-                    let at = ((b * oh + py) * ow + px) * k;
+                y.resize(m * m * k, 0.0);
+                output_tile(m, tile, nt * k, k, &mut y);
+                for (yq, &pixel) in y.chunks_exact_mut(k).zip(pixels) {
+                    let Some(at) = pixel else { continue };
                     ep.apply(yq, at);
-                    // SAFETY: pixel (b, py, px) belongs to this tile alone,
-                    // and `at + k <= len`.
+                    // SAFETY: the pixel belongs to this tile alone, and
+                    // `at + k <= len`.
                     unsafe { std::ptr::copy_nonoverlapping(yq.as_ptr(), dst.at(at), k) };
                 }
             }
@@ -214,8 +213,8 @@ pub fn conv(g: &ConvGeometry, input: &Input, n: usize, u: &[f32], ep: Epilogue) 
 }
 
 /// `B^T d B` of one tile over the channels: `src` the 6x6 input pixels
-/// (row-major), `dst[e * stride + ch]` the 36 transformed values. In
-/// AVX-512 or AVX2 intrinsics (`vector_tiles`), else portable.
+/// (row-major), `dst[e * stride + ch]` the 36 transformed values, in
+/// AVX-512 or AVX2 vectors where the CPU has them (`vector_tiles`).
 fn input_tile(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -228,13 +227,14 @@ fn input_tile(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
             return unsafe { input_tile_avx2(src, dst, stride, c) };
         }
     }
-    input_tile_any(src, dst, stride, c)
+    // SAFETY: plain arrays, no CPU features needed.
+    unsafe { vector_tiles::input_tile::<vector_tiles::Plain>(src, dst, stride, c) }
 }
 
 /// `A^T m A` of one tile over the output channels: `m[e * stride + ko]`
 /// the 36 products, `y` the `side x side` outputs (row-major, `k` each;
-/// `side` 4 for F(4x4, 3x3), 2 for F(2x2, 5x5)). In AVX-512 or AVX2
-/// intrinsics (`vector_tiles`), else portable.
+/// `side` 4 for F(4x4, 3x3), 2 for F(2x2, 5x5)), in AVX-512 or AVX2
+/// vectors where the CPU has them (`vector_tiles`).
 fn output_tile(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -247,10 +247,14 @@ fn output_tile(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
             return unsafe { output_tile_avx2(side, m, stride, k, y) };
         }
     }
-    if side == 4 {
-        output_tile_any(m, stride, k, y)
-    } else {
-        output_tile2_any(m, stride, k, y)
+    use vector_tiles::{output_block, Plain};
+    // SAFETY: plain arrays, no CPU features needed.
+    unsafe {
+        if side == 4 {
+            output_block::<Plain, 4>(m, stride, k, y)
+        } else {
+            output_block::<Plain, 2>(m, stride, k, y)
+        }
     }
 }
 
@@ -301,185 +305,18 @@ unsafe fn output_tile_avx2(side: usize, m: &[f32], stride: usize, k: usize, y: &
     }
 }
 
-/// Channels the portable transforms take at once.
-const LANES: usize = 16;
-type Lanes = [f32; LANES];
-
-/// A vector of `f(lane)`. A plain loop rather than `std::array::from_fn`,
-/// whose closures LLVM left uninlined (so compiled without the caller's
-/// vector width: 10% of AlexNet's time in `try_from_fn`).
-#[inline(always)]
-fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
-    let mut v = [0f32; LANES];
-    for (l, x) in v.iter_mut().enumerate() {
-        *x = f(l);
-    }
-    v
-}
-
-/// The first `n` values of `src` (zeros after them), a whole vector at
-/// once when `n == LANES` (a compile-time size: no `memcpy` call).
-#[inline(always)]
-fn load(src: &[f32], n: usize) -> Lanes {
-    if n == LANES {
-        let mut v = [0f32; LANES];
-        v.copy_from_slice(&src[..LANES]);
-        v
-    } else {
-        lanes(|l| if l < n { src[l] } else { 0.0 })
-    }
-}
-
-/// `v`'s first `n` values into `dst`.
-#[inline(always)]
-fn store(dst: &mut [f32], v: &Lanes, n: usize) {
-    if n == LANES {
-        dst[..LANES].copy_from_slice(v);
-    } else {
-        dst[..n].copy_from_slice(&v[..n]);
-    }
-}
-
-#[inline(always)]
-fn comb(a: &Lanes, wa: f32, b: &Lanes, wb: f32, c: &Lanes) -> Lanes {
-    lanes(|l| wa * a[l] + wb * b[l] + c[l])
-}
-
-/// `B^T x` over a lane of channels, one column of six.
-#[inline(always)]
-fn bt4(d: &[Lanes; 6]) -> [Lanes; 6] {
-    let d24 = lanes(|l| d[4][l] - d[2][l]);
-    let d13 = lanes(|l| d[1][l] - d[3][l]);
-    [
-        lanes(|l| 4.0 * d[0][l] - 5.0 * d[2][l] + d[4][l]),
-        lanes(|l| -4.0 * (d[1][l] + d[2][l]) + d[3][l] + d[4][l]),
-        lanes(|l| 4.0 * (d[1][l] - d[2][l]) - d[3][l] + d[4][l]),
-        comb(&d13, -2.0, &d24, 1.0, &[0.0; LANES]),
-        comb(&d13, 2.0, &d24, 1.0, &[0.0; LANES]),
-        lanes(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
-    ]
-}
-
-#[inline(always)]
-fn input_tile_any(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
-    assert!(dst.len() >= 35 * stride + c && src.iter().all(|s| s.len() >= c));
-    let mut ch = 0;
-    while ch < c {
-        let n = LANES.min(c - ch);
-        // B^T d column by column, then each of its rows times B.
-        let mut cols = [[[0f32; LANES]; 6]; 6];
-        for (j, col) in cols.iter_mut().enumerate() {
-            let mut d = [[0f32; LANES]; 6];
-            for (i, d) in d.iter_mut().enumerate() {
-                *d = load(&src[i * 6 + j][ch..], n);
-            }
-            *col = bt4(&d);
-        }
-        for i in 0..6 {
-            let mut row = [[0f32; LANES]; 6];
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = cols[j][i];
-            }
-            for (j, v) in bt4(&row).into_iter().enumerate() {
-                store(&mut dst[(i * 6 + j) * stride + ch..], &v, n);
-            }
-        }
-        ch += LANES;
-    }
-}
-
-/// `A^T x` over a lane of channels: six values to four.
-#[inline(always)]
-fn at4(m: &[Lanes; 6]) -> [Lanes; 4] {
-    let a = lanes(|l| m[1][l] + m[2][l]);
-    let b = lanes(|l| m[1][l] - m[2][l]);
-    let p = lanes(|l| m[3][l] + m[4][l]);
-    let q = lanes(|l| m[3][l] - m[4][l]);
-    [
-        lanes(|l| m[0][l] + a[l] + p[l]),
-        comb(&q, 2.0, &b, 1.0, &[0.0; LANES]),
-        comb(&p, 4.0, &a, 1.0, &[0.0; LANES]),
-        comb(&q, 8.0, &b, 1.0, &m[5]),
-    ]
-}
-
-/// `output_tile` for F(4x4, 3x3), portable.
-#[inline(always)]
-fn output_tile_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
-    assert!(m.len() >= 35 * stride + k && y.len() >= 16 * k);
-    let mut ko = 0;
-    while ko < k {
-        let n = LANES.min(k - ko);
-        let mut rows = [[[0f32; LANES]; 4]; 6];
-        for (i, row) in rows.iter_mut().enumerate() {
-            let mut v = [[0f32; LANES]; 6];
-            for (j, v) in v.iter_mut().enumerate() {
-                *v = load(&m[(i * 6 + j) * stride + ko..], n);
-            }
-            *row = at4(&v);
-        }
-        for j in 0..4 {
-            let mut col = [[0f32; LANES]; 6];
-            for (i, v) in col.iter_mut().enumerate() {
-                *v = rows[i][j];
-            }
-            for (i, v) in at4(&col).into_iter().enumerate() {
-                store(&mut y[(i * 4 + j) * k + ko..], &v, n);
-            }
-        }
-        ko += LANES;
-    }
-}
-
-/// `A^T x` of F(2x2, 5x5) over a lane of channels: six values to two.
-#[inline(always)]
-fn at2(m: &[Lanes; 6]) -> [Lanes; 2] {
-    let b = lanes(|l| m[1][l] - m[2][l]);
-    let q = lanes(|l| m[3][l] - m[4][l]);
-    [
-        lanes(|l| m[0][l] + (m[1][l] + m[2][l]) + (m[3][l] + m[4][l])),
-        comb(&q, 2.0, &b, 1.0, &m[5]),
-    ]
-}
-
-/// `output_tile` for F(2x2, 5x5), portable.
-#[inline(always)]
-fn output_tile2_any(m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
-    assert!(m.len() >= 35 * stride + k && y.len() >= 4 * k);
-    let mut ko = 0;
-    while ko < k {
-        let n = LANES.min(k - ko);
-        let mut rows = [[[0f32; LANES]; 2]; 6];
-        for (i, row) in rows.iter_mut().enumerate() {
-            let mut v = [[0f32; LANES]; 6];
-            for (j, v) in v.iter_mut().enumerate() {
-                *v = load(&m[(i * 6 + j) * stride + ko..], n);
-            }
-            *row = at2(&v);
-        }
-        for j in 0..2 {
-            let mut col = [[0f32; LANES]; 6];
-            for (i, v) in col.iter_mut().enumerate() {
-                *v = rows[i][j];
-            }
-            for (i, v) in at2(&col).into_iter().enumerate() {
-                store(&mut y[(i * 2 + j) * k + ko..], &v, n);
-            }
-        }
-        ko += LANES;
-    }
-}
-
-/// The tile transforms in intrinsics, generic over the vector width
-/// (AVX-512: 16 channels a vector, AVX2: 8; a partial vector for the last
-/// few): the portable versions' arithmetic with fused multiply-adds. On
-/// AVX-512 the output transform also stores each pixel once, its epilogue
-/// applied in registers (`Outputs`).
-#[cfg(target_arch = "x86_64")]
+/// The tile transforms, generic over the vector: AVX-512 (16 channels a
+/// vector) and AVX2 (8) in intrinsics with fused multiply-adds, and
+/// `Plain` arrays for other CPUs; a partial vector for the last few
+/// channels. On AVX-512 the output transform can also store each pixel
+/// once, its epilogue applied in registers (`Outputs`).
 mod vector_tiles {
+    #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
 
+    #[cfg(target_arch = "x86_64")]
     use super::super::lanes::InRegisters;
+    #[cfg(target_arch = "x86_64")]
     use super::super::{Epilogue, SharedOut};
     use super::T;
 
@@ -490,7 +327,7 @@ mod vector_tiles {
         unsafe fn splat(x: f32) -> Self;
         unsafe fn add(self, b: Self) -> Self;
         unsafe fn sub(self, b: Self) -> Self;
-        /// `a * self + c`, one rounding.
+        /// `a * self + c` (one rounding where the CPU fuses them).
         unsafe fn times_plus(self, a: f32, c: Self) -> Self;
         /// The first `n` values at `p` (`n < LANES`: zeros after them).
         unsafe fn load(p: *const f32, n: usize) -> Self;
@@ -498,13 +335,79 @@ mod vector_tiles {
         unsafe fn store(self, p: *mut f32, n: usize);
     }
 
+    /// Eight lanes in an array, in loops the compiler vectorises for
+    /// whatever the build targets.
+    #[derive(Clone, Copy)]
+    pub(super) struct Plain([f32; 8]);
+
+    impl Plain {
+        #[inline(always)]
+        fn zip(mut self, b: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+            for (x, y) in self.0.iter_mut().zip(b.0) {
+                *x = f(*x, y);
+            }
+            self
+        }
+    }
+
+    // SAFETY (`load`, `store`): the caller names lanes that are there.
+    impl Vector for Plain {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Plain([x; 8])
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            self.zip(b, |x, y| x + y)
+        }
+        #[inline(always)]
+        unsafe fn sub(self, b: Self) -> Self {
+            self.zip(b, |x, y| x - y)
+        }
+        #[inline(always)]
+        unsafe fn times_plus(self, a: f32, c: Self) -> Self {
+            // `mul_add` only where it is an instruction (else a call).
+            if super::super::BASELINE_FMA {
+                self.zip(c, |x, y| x.mul_add(a, y))
+            } else {
+                self.zip(c, |x, y| a * x + y)
+            }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32, n: usize) -> Self {
+            unsafe {
+                if n >= 8 {
+                    Plain(p.cast::<[f32; 8]>().read_unaligned())
+                } else {
+                    let mut v = [0f32; 8];
+                    std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n);
+                    Plain(v)
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32, n: usize) {
+            unsafe {
+                if n >= 8 {
+                    p.cast::<[f32; 8]>().write_unaligned(self.0)
+                } else {
+                    std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, n)
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
     #[derive(Clone, Copy)]
     pub(super) struct Avx512(pub __m512);
 
+    #[cfg(target_arch = "x86_64")]
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
 
     /// The first `n` of 16 lanes (all for `n >= 16`).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn mask16(n: usize) -> __mmask16 {
         if n >= 16 {
@@ -517,6 +420,7 @@ mod vector_tiles {
     // SAFETY (both impls): register operations, and loads and stores of
     // the lanes the caller names; on CPUs with the width's features (the
     // callers' `target_feature`).
+    #[cfg(target_arch = "x86_64")]
     impl Vector for Avx512 {
         const LANES: usize = 16;
         #[inline(always)]
@@ -545,6 +449,7 @@ mod vector_tiles {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     impl Vector for Avx2 {
         const LANES: usize = 8;
         #[inline(always)]
@@ -591,7 +496,7 @@ mod vector_tiles {
         }
     }
 
-    /// `B^T x` over six vectors (`bt4` in the portable code).
+    /// `B^T x` over six vectors.
     #[inline(always)]
     unsafe fn bt4<V: Vector>(d: [V; 6]) -> [V; 6] {
         // SAFETY: register operations only.
@@ -609,7 +514,7 @@ mod vector_tiles {
         }
     }
 
-    /// `A^T x` over six vectors to `M` (4: `at4`, 2: `at2`).
+    /// `A^T x` over six vectors to `M` (4 for F(4x4, 3x3), 2 for F(2x2, 5x5)).
     #[inline(always)]
     unsafe fn at<V: Vector, const M: usize>(x: [V; 6]) -> [V; M] {
         // SAFETY: register operations only.
@@ -761,6 +666,7 @@ mod vector_tiles {
 
     /// Where one layer's output transforms store on AVX-512: its epilogue
     /// (with the activation in registers) and output.
+    #[cfg(target_arch = "x86_64")]
     pub(super) struct Outputs<'a> {
         bias: &'a [f32],
         residual: Option<&'a [f32]>,
@@ -768,6 +674,7 @@ mod vector_tiles {
         out: SharedOut,
     }
 
+    #[cfg(target_arch = "x86_64")]
     impl<'a> Outputs<'a> {
         /// For an output of `len` values, `k` a pixel: `None` without
         /// AVX-512 or for an activation the registers do not apply.
@@ -833,11 +740,13 @@ mod vector_tiles {
     }
 
     /// One tile's pixels stored through `Outputs`' epilogue.
+    #[cfg(target_arch = "x86_64")]
     struct Fused<'o, 'a> {
         outputs: &'o Outputs<'a>,
         pixels: &'o [Option<usize>],
     }
 
+    #[cfg(target_arch = "x86_64")]
     impl Sink<Avx512> for Fused<'_, '_> {
         #[inline(always)]
         unsafe fn put(&mut self, q: usize, ko: usize, y: Avx512, lanes: usize) {
@@ -910,36 +819,90 @@ mod tests {
         out
     }
 
-    /// The vector transforms (AVX-512 and AVX2, where the CPU has them)
-    /// against the portable ones, which baseline CPUs run: the same
-    /// values within rounding, 20 channels (whole vectors and a partial
-    /// one at either width).
+    /// `B^T` and `A^T` (4 and 2 outputs) as matrices, from the
+    /// interpolation points 0, 1, -1, 2, -2 and infinity: what the
+    /// transforms' hand-expanded sums must compute.
+    const BT: [[f64; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const AT4: [[f64; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+    const AT2: [[f64; 6]; 2] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 1.0],
+    ];
+
+    /// `L X L^T` over each of `c` channels, in f64: `x[(i * 6 + j) * c +
+    /// ch]` a 6x6 tile, the result `r x r` the same way.
+    fn sandwich(l: &[[f64; 6]], x: &[f32], c: usize) -> Vec<f32> {
+        let r = l.len();
+        let mut out = vec![0f32; r * r * c];
+        for ch in 0..c {
+            for (i, li) in l.iter().enumerate() {
+                for (j, lj) in l.iter().enumerate() {
+                    let mut s = 0f64;
+                    for (p, lip) in li.iter().enumerate() {
+                        for (q, ljq) in lj.iter().enumerate() {
+                            s += lip * x[(p * 6 + q) * c + ch] as f64 * ljq;
+                        }
+                    }
+                    out[(i * r + j) * c + ch] = s as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Each vector width's transforms (plain arrays everywhere; AVX2 and
+    /// AVX-512 where the CPU has them, and the AVX-512 stores with their
+    /// epilogue) against the matrices in f64, 20 channels (whole vectors
+    /// and a partial one at every width).
     #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn the_vector_transforms_match_the_portable_ones() {
+    fn the_transforms_match_their_matrices() {
+        use vector_tiles::{output_block, Plain};
         let mut rng = crate::util::SplitMix64(11);
         let c = 20;
-        let pixels: Vec<Vec<f32>> = (0..T * T)
-            .map(|_| (0..c).map(|_| rng.next_unit() - 0.5).collect())
-            .collect();
-        let src: [&[f32]; T * T] = std::array::from_fn(|e| &pixels[e][..]);
-        let prod: Vec<f32> = (0..T * T * c).map(|_| rng.next_unit() - 0.5).collect();
-        let mut want_in = vec![0f32; T * T * c];
-        input_tile_any(&src, &mut want_in, c, c);
-        let mut want_out = [vec![0f32; 16 * c], vec![0f32; 4 * c]];
-        output_tile_any(&prod, c, c, &mut want_out[0]);
-        output_tile2_any(&prod, c, c, &mut want_out[1]);
+        let tile: Vec<f32> = (0..T * T * c).map(|_| rng.next_unit() - 0.5).collect();
+        let pixels: Vec<&[f32]> = tile.chunks_exact(c).collect();
+        let src: [&[f32]; T * T] = std::array::from_fn(|e| pixels[e]);
+        let want_in = sandwich(&BT, &tile, c);
+        let want_out = [sandwich(&AT4, &tile, c), sandwich(&AT2, &tile, c)];
         type Input = unsafe fn(&[&[f32]; T * T], &mut [f32], usize, usize);
         type Output = unsafe fn(usize, &[f32], usize, usize, &mut [f32]);
-        let widths: [(&str, bool, Input, Output); 2] = [
+        // SAFETY (the plain width's): no CPU features needed.
+        unsafe fn plain_input(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize, c: usize) {
+            unsafe { vector_tiles::input_tile::<Plain>(src, dst, stride, c) }
+        }
+        unsafe fn plain_output(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
+            unsafe {
+                if side == 4 {
+                    output_block::<Plain, 4>(m, stride, k, y)
+                } else {
+                    output_block::<Plain, 2>(m, stride, k, y)
+                }
+            }
+        }
+        let mut widths: Vec<(&str, bool, Input, Output)> =
+            vec![("plain", true, plain_input, plain_output)];
+        #[cfg(target_arch = "x86_64")]
+        widths.extend([
             (
                 "AVX-512",
                 super::super::avx512(),
-                input_tile_avx512,
-                output_tile_avx512,
+                input_tile_avx512 as Input,
+                output_tile_avx512 as Output,
             ),
             ("AVX2", avx2(), input_tile_avx2, output_tile_avx2),
-        ];
+        ]);
         for (name, here, input, output) in widths {
             if !here {
                 continue;
@@ -952,7 +915,7 @@ mod tests {
             for (side, want) in [4, 2].into_iter().zip(&want_out) {
                 let mut got = vec![f32::NAN; side * side * c];
                 // SAFETY: as above.
-                unsafe { output(side, &prod, c, c, &mut got) };
+                unsafe { output(side, &tile, c, c, &mut got) };
                 let worst = crate::models::channels_last::max_abs_diff(&got, want);
                 assert!(
                     worst < 1e-5,
@@ -961,22 +924,25 @@ mod tests {
             }
         }
         // The AVX-512 stores with the epilogue (none here) as well.
-        let ep = Epilogue {
-            bias: &[0.0; 20],
-            residual: None,
-            act: Act::Identity,
-        };
-        for (side, want) in [4, 2].into_iter().zip(&want_out) {
-            let mut got = vec![f32::NAN; side * side * c];
-            let dst = SharedOut(got.as_mut_ptr());
-            let Some(outputs) = vector_tiles::Outputs::new(&ep, dst, got.len(), c) else {
-                return; // no AVX-512 here
+        #[cfg(target_arch = "x86_64")]
+        {
+            let ep = Epilogue {
+                bias: &[0.0; 20],
+                residual: None,
+                act: Act::Identity,
             };
-            let pixels: Vec<Option<usize>> = (0..side * side).map(|q| Some(q * c)).collect();
-            // SAFETY: each pixel's c values lie inside `got`.
-            unsafe { outputs.tile(side, &prod, c, c, &pixels) };
-            let worst = crate::models::channels_last::max_abs_diff(&got, want);
-            assert!(worst < 1e-5, "AVX-512 stores {side}x{side}: {worst}");
+            for (side, want) in [4, 2].into_iter().zip(&want_out) {
+                let mut got = vec![f32::NAN; side * side * c];
+                let dst = SharedOut(got.as_mut_ptr());
+                let Some(outputs) = vector_tiles::Outputs::new(&ep, dst, got.len(), c) else {
+                    return; // no AVX-512 here
+                };
+                let pixels: Vec<Option<usize>> = (0..side * side).map(|q| Some(q * c)).collect();
+                // SAFETY: each pixel's c values lie inside `got`.
+                unsafe { outputs.tile(side, &tile, c, c, &pixels) };
+                let worst = crate::models::channels_last::max_abs_diff(&got, want);
+                assert!(worst < 1e-5, "AVX-512 stores {side}x{side}: {worst}");
+            }
         }
     }
 
@@ -1004,7 +970,7 @@ mod tests {
             let residual = rand(n * oh * ow * k);
             // With a residual and an activation the AVX-512 stores apply,
             // without a residual, and with one they do not (GELU: the
-            // portable transform, then a pass over the outputs).
+            // transform into a block, then a pass over its outputs).
             for (residual, act) in [
                 (Some(&residual[..]), Act::Relu),
                 (None, Act::Silu),
