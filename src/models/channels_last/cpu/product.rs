@@ -165,7 +165,13 @@ unsafe fn block(ops: &Operands, panels: Range<usize>, out: *mut f32, ep: Finish,
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F; `out` as the caller promised.
-        return unsafe { avx512_kernel::block(ops, panels, out, ep, stream) };
+        unsafe { avx512_kernel::block(ops, panels, out, ep, stream) };
+        if stream {
+            // The streamed stores reach memory before the task ends and
+            // another thread reads them.
+            std::arch::x86_64::_mm_sfence();
+        }
+        return;
     }
     // SAFETY: as the caller promised.
     unsafe { portable_block(ops, panels, out, ep) }
@@ -482,13 +488,9 @@ mod avx512_kernel {
                         Some(act) => s.act = act,
                         None => activation = Some(ep.act),
                     }
-                    // Whole panels of a 64-byte aligned output, written
-                    // here (no activation pass reads them back).
-                    stream = self.stream
-                        && v == 4
-                        && activation.is_none()
-                        && m.is_multiple_of(LANES)
-                        && (out.add(c0) as usize).is_multiple_of(64);
+                    // Whole panels (`streams` saw to their alignment),
+                    // finished here: no activation pass reads them back.
+                    stream = self.stream && v == 4 && activation.is_none();
                 }
                 // SAFETY: the panel holds k rows of 16v values at `offset`;
                 // x `rows` rows of this block's inputs, out from column
@@ -499,11 +501,7 @@ mod avx512_kernel {
                     let a = w.as_ptr().add(offset + k0 * v * LANES);
                     let c = out.add(c0);
                     match v {
-                        4 if stream => {
-                            tiles::<4, true>(kc, a, x, xs, rows, c, m, s);
-                            // Before another thread reads the outputs.
-                            _mm_sfence();
-                        }
+                        4 if stream => tiles::<4, true>(kc, a, x, xs, rows, c, m, s),
                         4 => tiles::<4, false>(kc, a, x, xs, rows, c, m, s),
                         3 => tiles::<3, false>(kc, a, x, xs, rows, c, m, s),
                         2 => tiles::<2, false>(kc, a, x, xs, rows, c, m, s),
@@ -645,9 +643,16 @@ pub fn parts_into(
 /// 30.3-31.8 (median 31.0) against 27.0-30.8 (29.4).
 const STREAM_BYTES: usize = 2 << 20;
 
-/// Whether a product of `len` outputs with epilogue `ep` streams them.
-fn streams(ep: &Epilogue, len: usize) -> bool {
-    ep.residual.is_some() && len * size_of::<f32>() >= STREAM_BYTES
+/// Whether `product_to` streams its `rows x m` outputs from `out` on: a
+/// residual, `STREAM_BYTES` or more, and rows of whole vectors from a
+/// 64-byte aligned start, so that every panel's stores are aligned
+/// vectors (the kernel streams whole 64-wide panels whose activation it
+/// applies in registers).
+fn streams(ep: &Epilogue, (rows, m): (usize, usize), out: *const f32) -> bool {
+    ep.residual.is_some()
+        && rows * m * size_of::<f32>() >= STREAM_BYTES
+        && m.is_multiple_of(LANES)
+        && (out as usize).is_multiple_of(64)
 }
 
 /// Rows per task of the parallel product, at most: a multiple of the tile
@@ -700,7 +705,7 @@ pub fn product_to(ops: &Operands, ep: &Epilogue, out: &mut [std::mem::MaybeUnini
     if len == 0 {
         return;
     }
-    let stream = streams(ep, len);
+    let stream = streams(ep, (rows, m), out.as_ptr().cast());
     let threads = rayon::current_num_threads().max(1);
     let row_tasks = task_count(rows, threads);
     let groups = (2 * threads).div_ceil(row_tasks).min(panels(m)).max(1);
@@ -953,16 +958,19 @@ mod tests {
             residual: Some(&res),
             act: Act::Relu,
         };
-        assert!(streams(&ep, rows * m));
+        let mut buf = vec![std::mem::MaybeUninit::new(f32::NAN); rows * m + 32];
+        let aligned = buf.as_ptr().align_offset(64);
+        let start = buf[aligned..].as_ptr().cast::<f32>();
+        assert!(streams(&ep, (rows, m), start));
         assert!(!streams(
             &Epilogue {
                 residual: None,
                 ..ep
             },
-            rows * m
+            (rows, m),
+            start
         ));
-        let mut buf = vec![std::mem::MaybeUninit::new(f32::NAN); rows * m + 32];
-        let aligned = buf.as_ptr().align_offset(64);
+        assert!(!streams(&ep, (rows, m), start.wrapping_add(1)));
         // Aligned (streamed) and one value off (stored as usual).
         for at in [aligned, aligned + 1] {
             product_to(&ops, &ep, &mut buf[at..at + rows * m]);

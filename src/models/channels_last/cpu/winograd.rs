@@ -247,15 +247,8 @@ fn output_tile(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
             return unsafe { output_tile_avx2(side, m, stride, k, y) };
         }
     }
-    use vector_tiles::{output_block, Plain};
     // SAFETY: plain arrays, no CPU features needed.
-    unsafe {
-        if side == 4 {
-            output_block::<Plain, 4>(m, stride, k, y)
-        } else {
-            output_block::<Plain, 2>(m, stride, k, y)
-        }
-    }
+    unsafe { vector_tiles::output_block::<vector_tiles::Plain>(side, m, stride, k, y) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -280,29 +273,15 @@ unsafe fn input_tile_avx2(src: &[&[f32]; T * T], dst: &mut [f32], stride: usize,
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn output_tile_avx512(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
-    use vector_tiles::{output_block, Avx512};
     // SAFETY: compiled for, and called on, AVX-512F.
-    unsafe {
-        if side == 4 {
-            output_block::<Avx512, 4>(m, stride, k, y)
-        } else {
-            output_block::<Avx512, 2>(m, stride, k, y)
-        }
-    }
+    unsafe { vector_tiles::output_block::<vector_tiles::Avx512>(side, m, stride, k, y) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn output_tile_avx2(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
-    use vector_tiles::{output_block, Avx2};
     // SAFETY: compiled for, and called on, AVX2 + FMA.
-    unsafe {
-        if side == 4 {
-            output_block::<Avx2, 4>(m, stride, k, y)
-        } else {
-            output_block::<Avx2, 2>(m, stride, k, y)
-        }
-    }
+    unsafe { vector_tiles::output_block::<vector_tiles::Avx2>(side, m, stride, k, y) }
 }
 
 /// The tile transforms, generic over the vector: AVX-512 (16 channels a
@@ -638,30 +617,37 @@ mod vector_tiles {
     impl<V: Vector> Sink<V> for Block {
         #[inline(always)]
         unsafe fn put(&mut self, q: usize, ko: usize, v: V, lanes: usize) {
-            // SAFETY: `output_block` made the block `M x M x k` long.
+            // SAFETY: `output_block` made the block `side x side x k` long.
             unsafe { v.store(self.out.add(q * self.k + ko), lanes) }
         }
     }
 
-    /// `super::output_tile` (`M` 4) or `output_tile2` (2) in vectors of
-    /// `V`: the outputs to `y`, pixel by pixel, `k` values each.
+    /// `super::output_tile` in vectors of `V`: the `side x side` outputs
+    /// (4 or 2) to `y`, pixel by pixel, `k` values each.
     ///
     /// # Safety
     /// A CPU with `V`'s features, in a caller compiled for them.
     #[inline(always)]
-    pub(super) unsafe fn output_block<V: Vector, const M: usize>(
+    pub(super) unsafe fn output_block<V: Vector>(
+        side: usize,
         prod: &[f32],
         stride: usize,
         k: usize,
         y: &mut [f32],
     ) {
-        assert!(y.len() >= M * M * k);
+        assert!(y.len() >= side * side * k);
         let mut block = Block {
             out: y.as_mut_ptr(),
             k,
         };
         // SAFETY: the CPU as the caller promised; the block as asserted.
-        unsafe { output_tile::<V, M>(prod, stride, k, &mut block) }
+        unsafe {
+            if side == 4 {
+                output_tile::<V, 4>(prod, stride, k, &mut block)
+            } else {
+                output_tile::<V, 2>(prod, stride, k, &mut block)
+            }
+        }
     }
 
     /// Where one layer's output transforms store on AVX-512: its epilogue
@@ -883,13 +869,7 @@ mod tests {
             unsafe { vector_tiles::input_tile::<Plain>(src, dst, stride, c) }
         }
         unsafe fn plain_output(side: usize, m: &[f32], stride: usize, k: usize, y: &mut [f32]) {
-            unsafe {
-                if side == 4 {
-                    output_block::<Plain, 4>(m, stride, k, y)
-                } else {
-                    output_block::<Plain, 2>(m, stride, k, y)
-                }
-            }
+            unsafe { output_block::<Plain>(side, m, stride, k, y) }
         }
         let mut widths: Vec<(&str, bool, Input, Output)> =
             vec![("plain", true, plain_input, plain_output)];
