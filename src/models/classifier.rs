@@ -121,7 +121,9 @@ impl Classifier {
     pub fn normaliser(&self, mean: [f32; 3], std: [f32; 3]) -> Result<Normaliser, ModelError> {
         let lut = crate::zoom::normalise_lut(mean, std);
         Ok(Normaliser {
-            lut: Tensor::from_vec(lut, 3 * 256, &self.device).map_err(|e| self.forward_error(e))?,
+            lut: Tensor::from_slice(&lut, 3 * 256, &self.device)
+                .map_err(|e| self.forward_error(e))?,
+            host_lut: lut,
             offsets: Tensor::from_vec(vec![0u32, 256, 512], 3, &self.device)
                 .map_err(|e| self.forward_error(e))?,
         })
@@ -138,13 +140,8 @@ impl Classifier {
     /// on CUDA this returns before the GPU is done.
     pub fn start(&self, crops: &Tensor, norm: &Normaliser) -> Result<Started, ModelError> {
         let go = || -> candle_core::Result<Tensor> {
-            let (n, h, w, c) = crops.dims4()?;
-            let levels = crops.to_dtype(DType::U32)?.broadcast_add(&norm.offsets)?;
             let x = norm
-                .lut
-                .index_select(&levels.flatten_all()?, 0)?
-                .reshape((n, h, w, c))?
-                .to_dtype(self.precision.dtype())?
+                .apply(crops, self.precision.dtype())?
                 .permute((0, 3, 1, 2))?;
             // A channels-last net reads the NHWC data through the view.
             let x = if self.channels_last {
@@ -175,8 +172,62 @@ impl Classifier {
 pub struct Normaliser {
     /// `[3 * 256]` f32.
     lut: Tensor,
+    /// The same table in host memory.
+    host_lut: Vec<f32>,
     /// `[3]` u32: 0, 256, 512, added to each channel's level.
     offsets: Tensor,
+}
+
+impl Normaliser {
+    /// `crops` (`[n, h, w, 3]` u8) normalised, NHWC in `dtype`: on the CPU
+    /// in f32 one pass over the bytes through the table; elsewhere the
+    /// table through tensor ops on the device (a widening, an add and a
+    /// gather, each a pass over the batch).
+    fn apply(&self, crops: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        if dtype == DType::F32 {
+            if let Some(x) = self.on_cpu(crops)? {
+                return Ok(x);
+            }
+        }
+        let (n, h, w, c) = crops.dims4()?;
+        let levels = crops.to_dtype(DType::U32)?.broadcast_add(&self.offsets)?;
+        self.lut
+            .index_select(&levels.flatten_all()?, 0)?
+            .reshape((n, h, w, c))?
+            .to_dtype(dtype)
+    }
+
+    /// The CPU's pass, for contiguous RGB bytes in host memory (`None`
+    /// for anything else).
+    fn on_cpu(&self, crops: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        if crops.rank() != 4 || crops.dims().last() != Some(&3) {
+            return Ok(None);
+        }
+        let out = {
+            let (storage, layout) = crops.storage_and_layout();
+            let (candle_core::Storage::Cpu(candle_core::CpuStorage::U8(v)), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                return Ok(None);
+            };
+            let lut = &self.host_lut;
+            let mut out = vec![0f32; b - a];
+            // Whole pixels a task: the chunk is a multiple of 3.
+            const CHUNK: usize = 3 * 8192;
+            out.par_chunks_mut(CHUNK)
+                .zip(v[a..b].par_chunks(CHUNK))
+                .for_each(|(o, px)| {
+                    for (o, p) in o.chunks_exact_mut(3).zip(px.chunks_exact(3)) {
+                        o[0] = lut[p[0] as usize];
+                        o[1] = lut[256 + p[1] as usize];
+                        o[2] = lut[512 + p[2] as usize];
+                    }
+                });
+            out
+        };
+        Tensor::from_vec(out, crops.shape(), crops.device()).map(Some)
+    }
 }
 
 /// Logits of a batch whose forward pass was started; on CUDA the work may
@@ -202,4 +253,65 @@ pub fn var_builder(weights: &Path, device: &Device) -> Result<VarBuilder<'static
         DType::F32,
         device.clone(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU's one pass gives the tensor ops' values bit for bit, on
+    /// every level of every channel and on a strided (not contiguous)
+    /// batch, which takes the tensor ops.
+    #[test]
+    fn the_cpu_pass_matches_the_device_ops() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (mean, std) = (crate::zoom::IMAGENET_MEAN, crate::zoom::IMAGENET_STD);
+        let lut = crate::zoom::normalise_lut(mean, std);
+        let norm = Normaliser {
+            lut: Tensor::from_slice(&lut, 3 * 256, &dev)?,
+            host_lut: lut,
+            offsets: Tensor::from_vec(vec![0u32, 256, 512], 3, &dev)?,
+        };
+        let mut rng = crate::util::SplitMix64(7);
+        // 2 crops of 96 x 96: every level of every channel, and more
+        // pixels than one task's chunk.
+        let bytes: Vec<u8> = (0..2 * 96 * 96 * 3)
+            .map(|i| {
+                if i < 3 * 256 {
+                    (i / 3) as u8
+                } else {
+                    (rng.next_u64() >> 56) as u8
+                }
+            })
+            .collect();
+        let crops = Tensor::from_vec(bytes, (2, 96, 96, 3), &dev)?;
+        let fast = norm
+            .on_cpu(&crops)?
+            .expect("contiguous bytes take the CPU pass");
+        let (n, h, w, c) = crops.dims4()?;
+        let levels = crops.to_dtype(DType::U32)?.broadcast_add(&norm.offsets)?;
+        let ops = norm
+            .lut
+            .index_select(&levels.flatten_all()?, 0)?
+            .reshape((n, h, w, c))?;
+        let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        assert_eq!(fast.dims(), ops.dims());
+        assert_eq!(bits(&fast)?, bits(&ops)?);
+        assert_eq!(bits(&norm.apply(&crops, DType::F32)?)?, bits(&ops)?);
+        // A view that is not contiguous (rows and columns swapped) is left
+        // to the tensor ops, with the values of its contiguous copy.
+        let swapped = crops.permute((0, 2, 1, 3))?;
+        assert!(norm.on_cpu(&swapped)?.is_none());
+        let copy = norm
+            .on_cpu(&swapped.contiguous()?)?
+            .expect("a contiguous copy");
+        assert_eq!(bits(&norm.apply(&swapped, DType::F32)?)?, bits(&copy)?);
+        Ok(())
+    }
 }
