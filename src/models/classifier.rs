@@ -119,14 +119,7 @@ impl Classifier {
     /// The table that normalises 8-bit crops with `mean` / `std` on this
     /// model's device.
     pub fn normaliser(&self, mean: [f32; 3], std: [f32; 3]) -> Result<Normaliser, ModelError> {
-        let lut = crate::zoom::normalise_lut(mean, std);
-        Ok(Normaliser {
-            lut: Tensor::from_slice(&lut, 3 * 256, &self.device)
-                .map_err(|e| self.forward_error(e))?,
-            host_lut: lut,
-            offsets: Tensor::from_vec(vec![0u32, 256, 512], 3, &self.device)
-                .map_err(|e| self.forward_error(e))?,
-        })
+        Normaliser::new(mean, std, &self.device).map_err(|e| self.forward_error(e))
     }
 
     /// Copy `n` crops of `size x size` RGB bytes (HWC, back to back) to this
@@ -179,16 +172,31 @@ pub struct Normaliser {
 }
 
 impl Normaliser {
+    /// The table for `mean` and `std` on `device`.
+    fn new(mean: [f32; 3], std: [f32; 3], device: &Device) -> candle_core::Result<Normaliser> {
+        let lut = crate::zoom::normalise_lut(mean, std);
+        Ok(Normaliser {
+            lut: Tensor::from_slice(&lut, 3 * 256, device)?,
+            host_lut: lut,
+            offsets: Tensor::from_vec(vec![0u32, 256, 512], 3, device)?,
+        })
+    }
+
     /// `crops` (`[n, h, w, 3]` u8) normalised, NHWC in `dtype`: on the CPU
     /// in f32 one pass over the bytes through the table; elsewhere the
-    /// table through tensor ops on the device (a widening, an add and a
-    /// gather, each a pass over the batch).
+    /// tensor ops.
     fn apply(&self, crops: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
         if dtype == DType::F32 {
             if let Some(x) = self.on_cpu(crops)? {
                 return Ok(x);
             }
         }
+        self.with_ops(crops, dtype)
+    }
+
+    /// The table through tensor ops on the crops' device: a widening, an
+    /// add and a gather, each a pass over the batch.
+    fn with_ops(&self, crops: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
         let (n, h, w, c) = crops.dims4()?;
         let levels = crops.to_dtype(DType::U32)?.broadcast_add(&self.offsets)?;
         self.lut
@@ -212,19 +220,19 @@ impl Normaliser {
                 return Ok(None);
             };
             let lut = &self.host_lut;
-            let mut out = vec![0f32; b - a];
-            // Whole pixels a task: the chunk is a multiple of 3.
-            const CHUNK: usize = 3 * 8192;
-            out.par_chunks_mut(CHUNK)
-                .zip(v[a..b].par_chunks(CHUNK))
-                .for_each(|(o, px)| {
-                    for (o, p) in o.chunks_exact_mut(3).zip(px.chunks_exact(3)) {
-                        o[0] = lut[p[0] as usize];
-                        o[1] = lut[256 + p[1] as usize];
-                        o[2] = lut[512 + p[2] as usize];
-                    }
-                });
-            out
+            // Pixel by pixel, written once (no zero fill first).
+            let pixels: Vec<[f32; 3]> = v[a..b]
+                .par_chunks_exact(3)
+                .with_min_len(4096)
+                .map(|p| {
+                    [
+                        lut[p[0] as usize],
+                        lut[256 + p[1] as usize],
+                        lut[512 + p[2] as usize],
+                    ]
+                })
+                .collect();
+            pixels.into_flattened()
         };
         Tensor::from_vec(out, crops.shape(), crops.device()).map(Some)
     }
@@ -266,15 +274,10 @@ mod tests {
     fn the_cpu_pass_matches_the_device_ops() -> candle_core::Result<()> {
         let dev = Device::Cpu;
         let (mean, std) = (crate::zoom::IMAGENET_MEAN, crate::zoom::IMAGENET_STD);
-        let lut = crate::zoom::normalise_lut(mean, std);
-        let norm = Normaliser {
-            lut: Tensor::from_slice(&lut, 3 * 256, &dev)?,
-            host_lut: lut,
-            offsets: Tensor::from_vec(vec![0u32, 256, 512], 3, &dev)?,
-        };
+        let norm = Normaliser::new(mean, std, &dev)?;
         let mut rng = crate::util::SplitMix64(7);
         // 2 crops of 96 x 96: every level of every channel, and more
-        // pixels than one task's chunk.
+        // pixels than a task's smallest share.
         let bytes: Vec<u8> = (0..2 * 96 * 96 * 3)
             .map(|i| {
                 if i < 3 * 256 {
@@ -288,12 +291,7 @@ mod tests {
         let fast = norm
             .on_cpu(&crops)?
             .expect("contiguous bytes take the CPU pass");
-        let (n, h, w, c) = crops.dims4()?;
-        let levels = crops.to_dtype(DType::U32)?.broadcast_add(&norm.offsets)?;
-        let ops = norm
-            .lut
-            .index_select(&levels.flatten_all()?, 0)?
-            .reshape((n, h, w, c))?;
+        let ops = norm.with_ops(&crops, DType::F32)?;
         let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
             Ok(t.flatten_all()?
                 .to_vec1::<f32>()?
